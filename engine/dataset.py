@@ -1,0 +1,191 @@
+"""Question/answer datasets: load JSON or JSON Lines, validate every item, hash the content."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.errors import DatasetError
+
+MAX_FILE_BYTES = 50 * 1024 * 1024
+MAX_FIELD_CHARS = 4000
+
+
+@dataclass(frozen=True)
+class QAPair:
+    """One training example: a question and the answer the bot should give."""
+
+    prompt: str
+    response: str
+
+
+def normalize_question(text: str) -> str:
+    """Fold case, spaces and trailing punctuation so that trivially different questions compare equal."""
+    return re.sub(r"\s+", " ", text).strip().rstrip("?!. ").casefold()
+
+
+def parse_text(text: str, source: str) -> list[Any]:
+    """Parse a JSON array, or JSON Lines (one object per line); raise DatasetError if neither."""
+    stripped = text.lstrip("\ufeff").strip()
+    if not stripped:
+        raise DatasetError(source, ["the file is empty: expected a JSON array of {prompt, response} objects"])
+    if stripped.startswith("["):
+        try:
+            data = json.loads(stripped)
+        except json.JSONDecodeError as exc:
+            raise DatasetError(source, [f"not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"]) from exc
+        return data
+    if stripped.startswith("{") and "\n" in stripped:
+        items, problems = [], []
+        for lineno, line in enumerate(stripped.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                items.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                problems.append(f"line {lineno}: not valid JSON ({exc.msg}); JSON Lines needs one object per line")
+        if problems:
+            raise DatasetError(source, problems)
+        return items
+    try:
+        data = json.loads(stripped)
+    except json.JSONDecodeError as exc:
+        raise DatasetError(source, [f"not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"]) from exc
+    kind = type(data).__name__ if not isinstance(data, dict) else "a single object"
+    raise DatasetError(source, [f"expected a JSON array of {{prompt, response}} objects, got {kind}"])
+
+
+def validate_items(
+    items: list[Any],
+    source: str = "dataset",
+    *,
+    count_tokens: Callable[[str, str], int] | None = None,
+    max_tokens: int | None = None,
+    max_field_chars: int = MAX_FIELD_CHARS,
+) -> list[QAPair]:
+    """Check every item and return the pairs, or raise DatasetError listing every problem found.
+
+    `count_tokens(prompt, response)` gives the length of a formatted example in tokens; with
+    `max_tokens` it rejects items that will not fit the model's context.
+    """
+    if not isinstance(items, list):
+        raise DatasetError(source, [f"expected a JSON array of {{prompt, response}} objects, got {type(items).__name__}"])
+    if not items:
+        raise DatasetError(source, ["the dataset has no pairs: add at least one {prompt, response} object"])
+    problems: list[str] = []
+    pairs: list[QAPair] = []
+    seen_exact: dict[tuple[str, str], int] = {}
+    seen_question: dict[str, tuple[int, str]] = {}
+    for index, item in enumerate(items):
+        where = f"item {index}"
+        if not isinstance(item, dict):
+            problems.append(f"{where}: expected an object with 'prompt' and 'response', got {type(item).__name__}")
+            continue
+        fields: dict[str, str] = {}
+        for key in ("prompt", "response"):
+            value = item.get(key)
+            if key not in item:
+                problems.append(f"{where}: missing '{key}'")
+            elif not isinstance(value, str):
+                problems.append(f"{where}: '{key}' must be a string, got {type(value).__name__}")
+            elif not value.strip():
+                problems.append(f"{where}: '{key}' is empty")
+            elif len(value) > max_field_chars:
+                problems.append(f"{where}: '{key}' is {len(value)} characters, the limit is {max_field_chars}")
+            else:
+                fields[key] = value.strip()
+        if len(fields) != 2:
+            continue
+        pair = QAPair(fields["prompt"], fields["response"])
+        exact = (pair.prompt, pair.response)
+        question = normalize_question(pair.prompt)
+        if exact in seen_exact:
+            problems.append(f"{where}: exact duplicate of item {seen_exact[exact]}")
+            continue
+        seen_exact[exact] = index
+        if question in seen_question and seen_question[question][1] != pair.response:
+            first = seen_question[question][0]
+            problems.append(f"{where}: the same question as item {first} with a different answer; keep one")
+            continue
+        seen_question.setdefault(question, (index, pair.response))
+        if count_tokens is not None and max_tokens is not None:
+            length = count_tokens(pair.prompt, pair.response)
+            if length > max_tokens:
+                problems.append(f"{where}: {length} tokens once formatted, the model's limit is {max_tokens}; shorten it")
+                continue
+        pairs.append(pair)
+    if problems:
+        raise DatasetError(source, problems)
+    return pairs
+
+
+def read_dataset(
+    path: Path,
+    *,
+    count_tokens: Callable[[str, str], int] | None = None,
+    max_tokens: int | None = None,
+    max_file_bytes: int = MAX_FILE_BYTES,
+) -> list[QAPair]:
+    """Read and validate a dataset file; raise DatasetError (and change nothing) if anything is wrong."""
+    source = str(path)
+    if not path.is_file():
+        raise DatasetError(source, ["file not found"])
+    size = path.stat().st_size
+    if size > max_file_bytes:
+        raise DatasetError(source, [f"the file is {size} bytes, the limit is {max_file_bytes}"])
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DatasetError(source, [f"not UTF-8 text (byte {exc.start})"]) from exc
+    return validate_items(parse_text(text, source), source, count_tokens=count_tokens, max_tokens=max_tokens)
+
+
+def dataset_hash(pairs: list[QAPair]) -> str:
+    """A short content hash that names a dataset version."""
+    canonical = json.dumps([[p.prompt, p.response] for p in pairs], ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+
+
+def pairs_to_json(pairs: list[QAPair]) -> str:
+    """Serialize pairs in the original format, a JSON array of {prompt, response}."""
+    return json.dumps([{"prompt": p.prompt, "response": p.response} for p in pairs], ensure_ascii=False, indent=1)
+
+
+@dataclass(frozen=True)
+class HeldoutItem:
+    """A paraphrased question with the key facts a right answer must contain."""
+
+    question: str
+    facts: tuple[str, ...]
+    answer: str | None = None
+
+
+def read_heldout(path: Path) -> list[HeldoutItem]:
+    """Read a held-out file: a JSON array of {question, facts: [...], answer?}."""
+    source = str(path)
+    if not path.is_file():
+        raise DatasetError(source, ["file not found"])
+    data = parse_text(path.read_text(encoding="utf-8"), source)
+    problems, items = [], []
+    for index, item in enumerate(data if isinstance(data, list) else []):
+        question = item.get("question") if isinstance(item, dict) else None
+        facts = item.get("facts") if isinstance(item, dict) else None
+        if not isinstance(question, str) or not question.strip():
+            problems.append(f"item {index}: 'question' must be a non-empty string")
+        elif not isinstance(facts, list) or not facts or not all(isinstance(f, str) and f.strip() for f in facts):
+            problems.append(f"item {index}: 'facts' must be a non-empty list of strings")
+        else:
+            answer = item.get("answer")
+            items.append(
+                HeldoutItem(question.strip(), tuple(f.strip() for f in facts), answer if isinstance(answer, str) else None)
+            )
+    if not isinstance(data, list) or not data:
+        problems.append("expected a non-empty JSON array of {question, facts} objects")
+    if problems:
+        raise DatasetError(source, problems)
+    return items

@@ -1,0 +1,34 @@
+"""Exceptions raised by the engine; callers at the edges turn them into short messages."""
+
+from __future__ import annotations
+
+
+class QabotError(Exception):
+    """Base class for errors a user can act on; the message names the fix."""
+
+
+class DatasetError(QabotError):
+    """A dataset failed validation; `problems` lists every problem found, one line each."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        shown = "\n".join(f"  - {p}" for p in problems[:50])
+        more = f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else ""
+        super().__init__(f"{source}: {len(problems)} problem(s) found, nothing was trained:\n{shown}{more}")
+
+
+class QuestionError(QabotError):
+    """A question cannot be answered as asked (empty, too long)."""
+
+
+class ModelError(QabotError):
+    """A model or tokenizer could not be loaded or does not exist."""
+
+
+class VersionError(QabotError):
+    """A model version does not exist or cannot be promoted or rolled back to."""
+
+
+class TrainingError(QabotError):
+    """A fine-tune could not start or did not finish."""

@@ -1,0 +1,104 @@
+"""Answer accuracy: does the bot give the right fact for training questions and paraphrases?"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+from engine.dataset import HeldoutItem, QAPair
+from engine.generate import Answerer, StopReason
+
+MATCH_F1 = 0.6
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+
+
+def _tokens(text: str) -> list[str]:
+    text = text.casefold().translate(str.maketrans("", "", string.punctuation))
+    return _ARTICLES.sub(" ", text).split()
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    """SQuAD-style token F1 between two texts (case, punctuation and articles ignored)."""
+    pred, ref = _tokens(prediction), _tokens(reference)
+    common = sum((Counter(pred) & Counter(ref)).values())
+    if not pred or not ref or not common:
+        return float(pred == ref)
+    precision, recall = common / len(pred), common / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def matches_reference(prediction: str, reference: str) -> bool:
+    """A training question counts as answered when the answer is close to the reference."""
+    return token_f1(prediction, reference) >= MATCH_F1
+
+
+def contains_facts(prediction: str, facts: Sequence[str]) -> bool:
+    """A paraphrase counts as answered when every key fact appears in the answer."""
+    text = " ".join(prediction.casefold().split())
+    return all(" ".join(f.casefold().split()) in text for f in facts)
+
+
+@dataclass(frozen=True)
+class EvalItem:
+    question: str
+    expected: str
+    answer: str
+    correct: bool
+    stop: str
+
+
+@dataclass
+class EvalReport:
+    """Accuracy over a set of questions, with each question's outcome."""
+
+    name: str
+    items: list[EvalItem] = field(default_factory=list)
+
+    @property
+    def accuracy(self) -> float:
+        return sum(i.correct for i in self.items) / len(self.items) if self.items else 0.0
+
+    @property
+    def runaway(self) -> int:
+        """Answers that ran to the token limit instead of ending."""
+        return sum(i.stop == StopReason.LENGTH for i in self.items)
+
+    def summary(self) -> dict[str, float | int]:
+        return {
+            f"{self.name}_accuracy": round(self.accuracy, 4),
+            f"{self.name}_n": len(self.items),
+            f"{self.name}_runaway": self.runaway,
+        }
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "accuracy": self.accuracy, "items": [asdict(i) for i in self.items]}
+
+
+def _batched(seq: Sequence, size: int):
+    for start in range(0, len(seq), size):
+        yield seq[start : start + size]
+
+
+def evaluate_pairs(answerer: Answerer, pairs: Sequence[QAPair], *, batch_size: int = 32, name: str = "recall") -> EvalReport:
+    """Ask the training questions and compare with the reference answers."""
+    report = EvalReport(name)
+    for chunk in _batched(pairs, batch_size):
+        for pair, answer in zip(chunk, answerer.answer([p.prompt for p in chunk]), strict=True):
+            ok = matches_reference(answer.text, pair.response)
+            report.items.append(EvalItem(pair.prompt, pair.response, answer.text, ok, answer.stop.value))
+    return report
+
+
+def evaluate_heldout(
+    answerer: Answerer, items: Sequence[HeldoutItem], *, batch_size: int = 32, name: str = "heldout"
+) -> EvalReport:
+    """Ask paraphrased questions and check that the answers carry the key facts."""
+    report = EvalReport(name)
+    for chunk in _batched(items, batch_size):
+        for item, answer in zip(chunk, answerer.answer([i.question for i in chunk]), strict=True):
+            ok = contains_facts(answer.text, item.facts)
+            report.items.append(EvalItem(item.question, " | ".join(item.facts), answer.text, ok, answer.stop.value))
+    return report

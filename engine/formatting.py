@@ -1,0 +1,66 @@
+"""The `Question: ...\\nAnswer: ...` format, answer-only labels, and the padding collator."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from engine.dataset import QAPair
+
+IGNORE_INDEX = -100
+STOP_TEXT = "\nQuestion:"
+
+
+def format_prompt(question: str) -> str:
+    """The text the model sees before it answers."""
+    return f"Question: {question.strip()}\nAnswer:"
+
+
+def format_answer(answer: str) -> str:
+    """The text the model learns to produce after the prompt (EOS is added as a token)."""
+    return f" {answer.strip()}"
+
+
+def tokenize_pair(pair: QAPair, tokenizer: Any, max_length: int) -> dict[str, list[int]]:
+    """Token ids of prompt + answer + EOS, with the prompt's labels masked to IGNORE_INDEX.
+
+    Prompt and answer are tokenized separately, so the prompt ids are exactly those the model
+    gets at generation time.
+    """
+    prompt_ids = tokenizer(format_prompt(pair.prompt), add_special_tokens=True)["input_ids"]
+    answer_ids = tokenizer(format_answer(pair.response), add_special_tokens=False)["input_ids"]
+    answer_ids = [*answer_ids, tokenizer.eos_token_id]
+    input_ids = (prompt_ids + answer_ids)[:max_length]
+    labels = ([IGNORE_INDEX] * len(prompt_ids) + answer_ids)[:max_length]
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": [1] * len(input_ids)}
+
+
+def count_tokens(tokenizer: Any) -> Any:
+    """A function giving the formatted length of a pair, for dataset validation."""
+
+    def count(prompt: str, response: str) -> int:
+        return len(tokenize_pair(QAPair(prompt, response), tokenizer, max_length=10**9)["input_ids"])
+
+    return count
+
+
+@dataclass
+class PadCollator:
+    """Pads a batch to its longest example; labels are padded with IGNORE_INDEX. It only pads."""
+
+    pad_token_id: int
+    pad_to_multiple_of: int | None = None
+
+    def __call__(self, features: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        longest = max(len(f["input_ids"]) for f in features)
+        if self.pad_to_multiple_of:
+            longest = -(-longest // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        batch: dict[str, list[list[int]]] = {"input_ids": [], "attention_mask": [], "labels": []}
+        for f in features:
+            pad = longest - len(f["input_ids"])
+            batch["input_ids"].append(f["input_ids"] + [self.pad_token_id] * pad)
+            batch["attention_mask"].append(f["attention_mask"] + [0] * pad)
+            batch["labels"].append(f["labels"] + [IGNORE_INDEX] * pad)
+        return {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}

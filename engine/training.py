@@ -1,0 +1,250 @@
+"""Fine-tuning with the Trainer: answer-only loss, dynamic padding, accuracy-driven early stopping."""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
+
+from engine.dataset import HeldoutItem, QAPair
+from engine.evaluate import evaluate_heldout, evaluate_pairs
+from engine.formatting import PadCollator, tokenize_pair
+from engine.generate import Answerer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Fine-tuning hyper-parameters; the defaults make a small dataset stick."""
+
+    epochs: float = field(default=8, metadata={"help": "Passes over the data (early stopping may end sooner)."})
+    learning_rate: float = field(default=3e-4, metadata={"help": "Peak learning rate (1e-3 or more with LoRA)."})
+    batch_size: int = field(default=8, metadata={"help": "Examples per optimizer step on one device."})
+    gradient_accumulation: int = field(default=1, metadata={"help": "Batches summed before each step."})
+    warmup_ratio: float = field(default=0.05, metadata={"help": "Share of steps spent warming up the learning rate."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    scheduler: str = field(default="linear", metadata={"help": "Learning-rate schedule after warm-up."})
+    max_length: int = field(default=256, metadata={"help": "Longest formatted example in tokens."})
+    group_by_length: bool = field(default=True, metadata={"help": "Batch examples of similar length together."})
+    seed: int = field(default=42, metadata={"help": "Seed for shuffling and initialisation."})
+    eval_questions: int = field(default=48, metadata={"help": "Training questions asked after each evaluated epoch."})
+    eval_from_epoch: int = field(default=0, metadata={"help": "First epoch evaluated; 0 means half-way through."})
+    early_stopping_patience: int = field(
+        default=2, metadata={"help": "Evaluated epochs without progress before stopping; 0 never stops early."}
+    )
+    lora: bool = field(default=False, metadata={"help": "Train LoRA adapters instead of all weights (merged on save)."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
+    checkpoints: bool = field(default=True, metadata={"help": "Save a checkpoint each epoch so that a run can resume."})
+
+    def __post_init__(self) -> None:
+        if self.epochs <= 0:
+            raise ValueError("epochs must be positive")
+        if self.learning_rate <= 0 or self.learning_rate > 1:
+            raise ValueError("learning_rate must be in (0, 1]; try 3e-4")
+        if self.batch_size < 1 or self.gradient_accumulation < 1:
+            raise ValueError("batch_size and gradient_accumulation must be at least 1")
+        if self.max_length < 16:
+            raise ValueError("max_length must be at least 16 tokens")
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A snapshot of a running fine-tune, for progress bars and job meta."""
+
+    stage: str
+    step: int = 0
+    total_steps: int = 0
+    epoch: float = 0.0
+    loss: float | None = None
+    eta_s: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+ProgressFn = Callable[[Progress], None]
+
+
+@dataclass
+class TrainResult:
+    """What a fine-tune produced: metrics of the kept model and the full log."""
+
+    metrics: dict[str, float]
+    log_history: list[dict[str, Any]]
+    seconds: float
+    epochs_run: float
+
+
+class _ProgressCallback(TrainerCallback):
+    def __init__(self, report: ProgressFn) -> None:
+        self.report = report
+        self.started = time.monotonic()
+        self.first_step = 0
+        self.loss: float | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started, self.first_step = time.monotonic(), state.global_step
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.loss = float(logs["loss"])
+
+    def on_step_end(self, args, state, control, **kwargs):
+        done = state.global_step - self.first_step
+        left = state.max_steps - state.global_step
+        eta = (time.monotonic() - self.started) / done * left if done else None
+        self.report(Progress("training", state.global_step, state.max_steps, state.epoch or 0.0, self.loss, eta))
+
+
+class _AccuracyCallback(TrainerCallback):
+    """Asks questions after each epoch, logs accuracy, stops when it no longer improves, keeps the best."""
+
+    def __init__(
+        self, tokenizer: Any, recall: list[QAPair], heldout: list[HeldoutItem], config: TrainConfig, report: ProgressFn
+    ) -> None:
+        self.tokenizer, self.recall, self.heldout = tokenizer, recall, heldout
+        self.config, self.report = config, report
+        self.first_epoch = config.eval_from_epoch or max(1, math.ceil(config.epochs / 2))
+        self.best_score = -1.0
+        self.best_metrics: dict[str, float] = {}
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.stale = 0
+
+    def on_epoch_end(self, args, state, control, model=None, **kwargs):
+        epoch = round(state.epoch or 0)
+        last = state.global_step >= state.max_steps
+        if epoch < self.first_epoch and not last:
+            return
+        self.report(Progress("evaluating", state.global_step, state.max_steps, state.epoch or 0.0))
+        metrics = self.evaluate(model)
+        metrics["epoch"] = state.epoch or 0.0
+        state.log_history.append({**metrics, "step": state.global_step})
+        score = self.score(metrics)
+        logger.info("epoch %s: %s", epoch, metrics)
+        if score > self.best_score:
+            self.best_score, self.best_metrics, self.stale = score, metrics, 0
+            if not last:
+                self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            else:
+                self.best_state = None
+        else:
+            self.stale += 1
+        patience = self.config.early_stopping_patience
+        if score >= 1.0 or (patience and self.stale >= patience):
+            control.should_training_stop = True
+
+    def evaluate(self, model: Any) -> dict[str, float]:
+        was_training = model.training
+        model.eval()
+        answerer = Answerer(model, self.tokenizer, max_new_tokens=96)
+        metrics: dict[str, float] = {}
+        try:
+            if self.recall:
+                metrics.update(evaluate_pairs(answerer, self.recall).summary())
+            if self.heldout:
+                metrics.update(evaluate_heldout(answerer, self.heldout).summary())
+        finally:
+            model.train(was_training)
+        return metrics
+
+    @staticmethod
+    def score(metrics: dict[str, float]) -> float:
+        accuracies = [v for k, v in metrics.items() if k.endswith("_accuracy")]
+        return sum(accuracies) / len(accuracies) if accuracies else 0.0
+
+    def restore_best(self, model: Any) -> dict[str, float]:
+        if self.best_state is not None:
+            model.load_state_dict(self.best_state)
+        return self.best_metrics
+
+
+def _training_args(config: TrainConfig, output_dir: Path, steps: int, device: torch.device) -> TrainingArguments:
+    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        num_train_epochs=config.epochs,
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type=config.scheduler,
+        warmup_steps=int(steps * config.warmup_ratio),
+        weight_decay=config.weight_decay,
+        logging_steps=1,
+        save_strategy="epoch" if config.checkpoints else "no",
+        save_total_limit=1,
+        eval_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        train_sampling_strategy="group_by_length" if config.group_by_length else "random",
+        remove_unused_columns=False,
+        use_cpu=device.type == "cpu",
+        bf16=bf16,
+        seed=config.seed,
+        data_seed=config.seed,
+        dataloader_num_workers=0,
+    )
+
+
+def fine_tune(
+    model: Any,
+    tokenizer: Any,
+    pairs: list[QAPair],
+    *,
+    config: TrainConfig,
+    run_dir: Path,
+    heldout: list[HeldoutItem] | None = None,
+    resume: bool = False,
+    progress: ProgressFn | None = None,
+) -> tuple[Any, TrainResult]:
+    """Fine-tune `model` in place on `pairs` and return the model to save with the result."""
+    report = progress or (lambda p: None)
+    set_seed(config.seed)
+    started = time.monotonic()
+    device = next(model.parameters()).device
+    report(Progress("preparing"))
+    features = [tokenize_pair(p, tokenizer, config.max_length) for p in pairs]
+    if config.lora:
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(
+            task_type="CAUSAL_LM",
+            r=config.lora_r,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            target_modules="all-linear",
+        )
+        model = get_peft_model(model, lora)
+    model.train()
+    recall = random.Random(config.seed).sample(pairs, min(config.eval_questions, len(pairs)))
+    accuracy = _AccuracyCallback(tokenizer, recall, heldout or [], config, report)
+    steps = math.ceil(len(features) / (config.batch_size * config.gradient_accumulation)) * math.ceil(config.epochs)
+    trainer = Trainer(
+        model=model,
+        args=_training_args(config, run_dir / "checkpoints", steps, device),
+        train_dataset=features,
+        data_collator=PadCollator(tokenizer.pad_token_id),
+        callbacks=[_ProgressCallback(report), accuracy],
+    )
+    trainer.remove_callback(PrinterCallback)
+    checkpoint = resume and any((run_dir / "checkpoints").glob("checkpoint-*"))
+    trainer.train(resume_from_checkpoint=True if checkpoint else None)
+    metrics = dict(accuracy.restore_best(model))
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    if losses:
+        metrics["train_loss_first"] = round(losses[0], 4)
+        metrics["train_loss_last"] = round(sum(losses[-5:]) / len(losses[-5:]), 4)
+    if config.lora:
+        model = model.merge_and_unload()
+    model.eval()
+    result = TrainResult(metrics, trainer.state.log_history, time.monotonic() - started, trainer.state.epoch or 0.0)
+    report(Progress("trained", trainer.state.global_step, trainer.state.max_steps, result.epochs_run, metrics=metrics))
+    return model, result

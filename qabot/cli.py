@@ -1,0 +1,299 @@
+"""`qabot`: the one command line for training, chatting, asking, evaluating and managing models."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import Progress as Bar
+from rich.table import Table
+
+from qabot.settings import Settings
+
+logger = logging.getLogger(__name__)
+console = Console()
+err = Console(stderr=True, soft_wrap=True)
+app = typer.Typer(help=__doc__, no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+models_app = typer.Typer(help="List, promote and roll back model versions.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+EXIT_WORDS = {"exit", "quit", ":q"}
+
+
+class State:
+    debug = False
+
+
+@app.callback()
+def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False) -> None:
+    """qabot: a question-answering chatbot trained on your community's question/answer pairs."""
+    State.debug = debug
+
+
+def _settings() -> Settings:
+    settings = Settings()
+    level = logging.DEBUG if State.debug else getattr(logging, settings.log_level)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not State.debug:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
+    return settings
+
+
+def _store(settings: Settings):
+    from engine.versions import ModelStore
+
+    return ModelStore(settings.models_dir)
+
+
+def _train_with_bar(settings: Settings, request) -> object:
+    """Run a fine-tune with a progress bar; returns the TrainOutcome."""
+    from engine.pipeline import train_version
+
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+    )
+    with Bar(*columns, console=console, transient=False) as bar:
+        task = bar.add_task("loading base model", total=None)
+
+        def show(p) -> None:
+            if p.stage == "training":
+                loss = f" loss {p.loss:.3f}" if p.loss is not None else ""
+                bar.update(task, total=p.total_steps, completed=p.step, description=f"training epoch {p.epoch:.1f}{loss}")
+            else:
+                bar.update(task, description=p.stage)
+
+        outcome = train_version(_store(settings), request, cache_dir=settings.cache_dir, device=settings.device, progress=show)
+    return outcome
+
+
+def _print_outcome(outcome) -> None:
+    info = outcome.version
+    metrics = ", ".join(f"{k} {v}" for k, v in info.meta.get("metrics", {}).items() if "accuracy" in k or "loss" in k)
+    state = "now live" if outcome.promoted else "saved, not promoted"
+    console.print(
+        f"[bold green]{info.name}[/] {state}: {info.meta['dataset']['pairs']} pairs, {info.meta['train_seconds']} s. {metrics}"
+    )
+    console.print(f"loss curve: {info.path / 'loss.png'}")
+
+
+@app.command()
+def train(
+    data: Annotated[Path | None, typer.Option(help="Dataset: JSON array or JSON Lines of {prompt, response}.")] = None,
+    eval_data: Annotated[Path | None, typer.Option(help="Held-out paraphrases {question, facts} to evaluate on.")] = None,
+    base: Annotated[str | None, typer.Option(help="Base model: 'bundled', a hub id or a folder.")] = None,
+    epochs: Annotated[float | None, typer.Option(help="Passes over the data.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Examples per step.")] = None,
+    max_length: Annotated[int | None, typer.Option(help="Longest example in tokens.")] = None,
+    lora: Annotated[bool, typer.Option(help="Train LoRA adapters instead of all weights.")] = False,
+    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    resume: Annotated[bool, typer.Option(help="Resume an interrupted run of the same data and settings.")] = False,
+    promote: Annotated[bool, typer.Option(help="Make the new version live when done.")] = True,
+) -> None:
+    """Fine-tune the base model on a dataset and save (and by default promote) a new version."""
+    from engine.pipeline import TrainRequest
+    from engine.training import TrainConfig
+
+    settings = _settings()
+    overrides = {"epochs": epochs, "learning_rate": lr, "batch_size": batch_size, "max_length": max_length, "seed": seed}
+    config = TrainConfig(lora=lora, **{k: v for k, v in overrides.items() if v is not None})
+    data_path = data or settings.dataset
+    if eval_data is None and data is None:
+        eval_data = settings.eval_data
+    request = TrainRequest(
+        data=data_path, base_model=base or settings.base_model, config=config, eval_data=eval_data, promote=promote, resume=resume
+    )
+    _print_outcome(_train_with_bar(settings, request))
+
+
+def _load_answerer(settings: Settings, version: str | None = None):
+    from engine.pipeline import load_version, make_answerer
+
+    loaded, info = load_version(_store(settings), version, device=settings.device, dtype=settings.dtype)
+    return make_answerer(loaded, max_new_tokens=settings.max_new_tokens, max_question_chars=settings.max_question_chars), info
+
+
+@app.command()
+def chat(version: Annotated[str | None, typer.Option(help="Model version (default: the live one).")] = None) -> None:
+    """Chat with the bot in the console; type 'exit' to leave. Trains a first model if there is none."""
+    from engine.errors import QuestionError
+    from engine.pipeline import TrainRequest
+    from engine.training import TrainConfig
+
+    settings = _settings()
+    store = _store(settings)
+    if version is None and store.current_name() is None:
+        console.print(f"No fine-tuned model yet: training one on {settings.dataset.name} first (a few minutes on a CPU).")
+        request = TrainRequest(
+            data=settings.dataset, base_model=settings.base_model, config=TrainConfig(), eval_data=settings.eval_data
+        )
+        _print_outcome(_train_with_bar(settings, request))
+    answerer, info = _load_answerer(settings, version)
+    console.print(f"qabot {info.name} is ready. Ask a question, or type 'exit' to leave.")
+    while True:
+        try:
+            question = console.input("[bold cyan]you>[/] ")
+        except (EOFError, KeyboardInterrupt):
+            console.print()
+            break
+        if question.strip().casefold() in EXIT_WORDS:
+            break
+        if not question.strip():
+            continue
+        try:
+            console.print(f"[bold green]bot>[/] {answerer.answer([question])[0].text or '(no answer)'}")
+        except QuestionError as exc:
+            console.print(f"[yellow]{exc}[/]")
+    console.print("Thanks for chatting. Goodbye!")
+
+
+@app.command()
+def ask(
+    question: Annotated[str, typer.Argument(help="The question to answer.")],
+    version: Annotated[str | None, typer.Option(help="Model version (default: the live one).")] = None,
+    sample: Annotated[bool, typer.Option(help="Sample instead of greedy decoding.")] = False,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 0.7,
+    seed: Annotated[int | None, typer.Option(help="Seed for sampling.")] = None,
+) -> None:
+    """Answer one question with the live model and print the answer."""
+    from engine.generate import Sampling, check_question
+
+    settings = _settings()
+    check_question(question, settings.max_question_chars)
+    answerer, _ = _load_answerer(settings, version)
+    print(answerer.answer([question], Sampling(do_sample=sample, temperature=temperature, seed=seed))[0].text)
+
+
+@app.command("eval")
+def evaluate(
+    data: Annotated[Path | None, typer.Option(help="Held-out paraphrases {question, facts} (default: the sample's).")] = None,
+    train_data: Annotated[Path | None, typer.Option(help="Training pairs to ask back (default: the version's own data).")] = None,
+    version: Annotated[str | None, typer.Option(help="Model version (default: the live one).")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show every question and answer.")] = False,
+) -> None:
+    """Measure answer accuracy on the training questions and on held-out paraphrases."""
+    from engine.dataset import read_dataset, read_heldout
+    from engine.evaluate import evaluate_heldout, evaluate_pairs
+
+    settings = _settings()
+    answerer, info = _load_answerer(settings, version)
+    pairs = read_dataset(train_data or Path(info.meta["dataset"]["path"]))
+    heldout_path = data or settings.eval_data
+    reports = [evaluate_pairs(answerer, pairs, name="training")]
+    if heldout_path is not None:
+        reports.append(evaluate_heldout(answerer, read_heldout(heldout_path), name="heldout"))
+    for report in reports:
+        if verbose:
+            console.rule(f"{report.name} questions")
+            for item in report.items:
+                mark = "[green]right[/]" if item.correct else "[red]wrong[/]"
+                console.print(
+                    f"{mark} {item.question}\n      answer: {item.answer}\n    expected: {item.expected}",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+        right = sum(i.correct for i in report.items)
+        console.print(
+            f"{info.name} {report.name}: {report.accuracy:.1%} right ({right}/{len(report.items)}), "
+            f"{report.runaway} ran to the token limit",
+            soft_wrap=True,
+        )
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """List model versions; the live one is marked."""
+    settings = _settings()
+    store = _store(settings)
+    current = store.current_name()
+    table = Table("", "version", "created", "base", "pairs", "accuracy")
+    for info in store.list():
+        metrics = info.meta.get("metrics", {})
+        accuracy = " ".join(f"{k.removesuffix('_accuracy')} {v:.0%}" for k, v in metrics.items() if k.endswith("_accuracy"))
+        table.add_row(
+            "*" if info.name == current else "",
+            info.name,
+            info.created_at,
+            info.meta.get("base_model", ""),
+            str(info.meta.get("dataset", {}).get("pairs", "")),
+            accuracy,
+        )
+    console.print(table if store.list() else "No model versions yet: run `qabot train`.")
+
+
+@models_app.command("promote")
+def models_promote(name: Annotated[str, typer.Argument(help="Version to make live, e.g. v0003.")]) -> None:
+    """Make a version live."""
+    info = _store(_settings()).promote(name)
+    console.print(f"{info.name} is now live.")
+
+
+@models_app.command("rollback")
+def models_rollback(
+    name: Annotated[str | None, typer.Argument(help="Version to go back to (default: the previous live one).")] = None,
+) -> None:
+    """Go back to the previously live version (or to a named one)."""
+    info = _store(_settings()).rollback(name)
+    console.print(f"Rolled back: {info.name} is now live.")
+
+
+def main() -> None:
+    """Entry point: errors become one line and a non-zero exit unless --debug."""
+    from pydantic import ValidationError
+
+    from engine.errors import QabotError
+
+    try:
+        app()
+    except QabotError as exc:
+        if State.debug:
+            raise
+        err.print(f"[red]error:[/] {exc}", highlight=False)
+        sys.exit(1)
+    except ValidationError as exc:  # bad settings
+        if State.debug:
+            raise
+        for problem in exc.errors():
+            name = "QABOT_" + "_".join(str(part) for part in problem["loc"]).upper()
+            err.print(f"[red]error:[/] invalid setting {name}={problem.get('input')!r}: {problem['msg']}", highlight=False)
+        sys.exit(2)
+    except ValueError as exc:  # bad hyper-parameters
+        if State.debug:
+            raise
+        err.print(f"[red]error:[/] {exc}", highlight=False)
+        sys.exit(2)
+    except Exception as exc:  # the edge: log it, show one line
+        if State.debug:
+            raise
+        logger.debug("unexpected failure", exc_info=True)
+        err.print(f"[red]error:[/] unexpected {type(exc).__name__}: {exc}{_save_traceback()}", highlight=False)
+        sys.exit(1)
+
+
+def _save_traceback() -> str:
+    """Keep the traceback in a file for a bug report; the user sees one line."""
+    try:
+        path = Settings().home / "last-error.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(traceback.format_exc(), encoding="utf-8")
+        return f" (details in {path}; --debug shows them)"
+    except Exception:  # noqa: BLE001 - never fail while reporting a failure
+        return " (run with --debug for details)"
+
+
+if __name__ == "__main__":
+    main()

