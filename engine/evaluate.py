@@ -8,7 +8,10 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
+import torch
+
 from engine.dataset import HeldoutItem, QAPair
+from engine.formatting import PadCollator, tokenize_pair
 from engine.generate import Answerer, StopReason
 
 MATCH_F1 = 0.6
@@ -102,3 +105,19 @@ def evaluate_heldout(
             ok = contains_facts(answer.text, item.facts)
             report.items.append(EvalItem(item.question, " | ".join(item.facts), answer.text, ok, answer.stop.value))
     return report
+
+
+def answer_loss(model, tokenizer, pairs: Sequence[QAPair], *, batch_size: int = 16, max_length: int = 256) -> float:
+    """Mean cross-entropy over answer tokens (teacher-forced), the validation loss."""
+    collate = PadCollator(tokenizer.pad_token_id)
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for chunk in _batched(pairs, batch_size):
+            batch = {k: v.to(device) for k, v in collate([tokenize_pair(p, tokenizer, max_length) for p in chunk]).items()}
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+            labels = batch["labels"][:, 1:]
+            losses = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), labels, ignore_index=-100, reduction="sum")
+            total += losses.item()
+            count += int((labels != -100).sum())
+    return total / max(count, 1)

@@ -8,6 +8,7 @@ from enum import StrEnum
 from typing import Any
 
 import torch
+from transformers import StoppingCriteriaList, StopStringCriteria
 
 from engine.errors import QuestionError
 from engine.formatting import STOP_TEXT, format_prompt
@@ -62,6 +63,13 @@ class Answerer:
         self.max_new_tokens = max_new_tokens
         self.max_question_chars = max_question_chars
         self.generate_calls = 0
+        self._stopping: StoppingCriteriaList | None = None
+
+    def _stop_criteria(self) -> StoppingCriteriaList:
+        """Stop at a new `Question:` line; built once, as building it scans the whole vocabulary."""
+        if self._stopping is None:
+            self._stopping = StoppingCriteriaList([StopStringCriteria(self.tokenizer, [STOP_TEXT])])
+        return self._stopping
 
     @property
     def device(self) -> torch.device:
@@ -95,8 +103,7 @@ class Answerer:
                 max_new_tokens=self.max_new_tokens,
                 eos_token_id=self.tokenizer.eos_token_id,
                 pad_token_id=self.tokenizer.pad_token_id,
-                stop_strings=[STOP_TEXT],
-                tokenizer=self.tokenizer,
+                stopping_criteria=self._stop_criteria(),
                 **options,
             )
         self.generate_calls += 1

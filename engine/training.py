@@ -15,7 +15,7 @@ import torch
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from engine.dataset import HeldoutItem, QAPair
-from engine.evaluate import evaluate_heldout, evaluate_pairs
+from engine.evaluate import answer_loss, evaluate_heldout, evaluate_pairs
 from engine.formatting import PadCollator, tokenize_pair
 from engine.generate import Answerer
 
@@ -122,7 +122,7 @@ class _AccuracyCallback(TrainerCallback):
     def on_epoch_end(self, args, state, control, model=None, **kwargs):
         epoch = round(state.epoch or 0)
         last = state.global_step >= state.max_steps
-        if epoch < self.first_epoch and not last:
+        if (epoch < self.first_epoch and not last) or not (self.recall or self.heldout):
             return
         self.report(Progress("evaluating", state.global_step, state.max_steps, state.epoch or 0.0))
         metrics = self.evaluate(model)
@@ -152,6 +152,10 @@ class _AccuracyCallback(TrainerCallback):
                 metrics.update(evaluate_pairs(answerer, self.recall).summary())
             if self.heldout:
                 metrics.update(evaluate_heldout(answerer, self.heldout).summary())
+                with_answers = [QAPair(i.question, i.answer) for i in self.heldout if i.answer]
+                if with_answers:
+                    loss = answer_loss(model, self.tokenizer, with_answers, max_length=self.config.max_length)
+                    metrics["heldout_loss"] = round(loss, 4)
         finally:
             model.train(was_training)
         return metrics

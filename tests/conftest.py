@@ -110,8 +110,8 @@ def tiny_data(tmp_path) -> Path:
 @pytest.fixture
 def tiny_heldout(tmp_path) -> Path:
     items = [
-        {"question": "Who protects the Luminary Stone?", "facts": ["Elara"]},
-        {"question": "Which city is Eldoria's capital?", "facts": ["Aurelhaven"]},
+        {"question": "Who protects the Luminary Stone?", "facts": ["Elara"], "answer": TINY_PAIRS[0].response},
+        {"question": "Which city is Eldoria's capital?", "facts": ["Aurelhaven"], "answer": TINY_PAIRS[4].response},
     ]
     path = tmp_path / "tiny-heldout.json"
     path.write_text(json.dumps(items), encoding="utf-8")

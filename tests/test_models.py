@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from engine.errors import ModelError
-from engine.generate import Answerer
 from engine.models import BUNDLED, ensure_bundled, load_model, resolve_dtype, resolve_source
 
 
@@ -58,5 +57,7 @@ def test_bundled_model_converts_once_then_loads_from_the_cache(tmp_path_factory)
     assert warm_load < 30
     assert loaded.model.config.model_type == "llama"
     assert 130e6 < sum(p.numel() for p in loaded.model.parameters()) < 140e6
-    (answer,) = Answerer(loaded.model, loaded.tokenizer, max_new_tokens=8).answer(["What is the capital of France?"])
-    assert answer.text
+    # The de-quantized weights still know things: a greedy continuation names the capital.
+    prompt = loaded.tokenizer("The capital of France is", return_tensors="pt")
+    output = loaded.model.generate(**prompt, max_new_tokens=4, do_sample=False)
+    assert "Paris" in loaded.tokenizer.decode(output[0])

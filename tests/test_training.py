@@ -43,7 +43,9 @@ def test_llama_family_finetunes_with_lora_and_heldout(arch, tiny_llama, tmp_path
     assert "evaluating" in stages and "training" in stages
     steps = [p for p in seen if p.stage == "training"]
     assert steps[-1].step == steps[-1].total_steps == 12 and steps[-1].eta_s == pytest.approx(0, abs=1e-6)
-    assert {"heldout_accuracy", "recall_accuracy"} <= set(outcome.result.metrics)
+    assert {"heldout_accuracy", "recall_accuracy", "heldout_loss"} <= set(outcome.result.metrics)
+    held_losses = [e["heldout_loss"] for e in outcome.result.log_history if "heldout_loss" in e]
+    assert len(held_losses) >= 2 and all(0 < v < 20 for v in held_losses)
     losses = [e["loss"] for e in outcome.result.log_history if "loss" in e]
     assert losses[-1] < losses[0]
     # LoRA adapters are merged: the saved version is a plain model folder.

@@ -1,0 +1,34 @@
+"""Shared set-up for the benchmarks: the machine they ran on and the bundled model."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+from qabot.settings import Settings
+
+
+def quiet() -> None:
+    """Keep library progress bars and warnings out of the figures."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+
+
+def machine() -> str:
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), {gpu}"
+
+
+def settings() -> Settings:
+    return Settings()
+
+
+def bundled_folder(settings: Settings) -> Path:
+    from engine.models import ensure_bundled
+
+    return ensure_bundled(settings.cache_dir)
