@@ -46,10 +46,16 @@ def main() -> None:
     batched = answerer.answer(questions)
     batch_s = time.monotonic() - started
 
+    reference = Answerer(loaded.model, loaded.tokenizer, max_new_tokens=s.max_new_tokens, prune=False)
+    started = time.monotonic()
+    reference.answer(questions)
+    generate_s = time.monotonic() - started
+
     same = sum(a.text == b.text for a, b in zip(single, batched, strict=True))
     tokens = sum(a.new_tokens for a in batched)
     print(f"one at a time: {len(questions) / single_s:.2f} answers/s ({single_s:.1f} s)")
     print(f"one batch:     {len(questions) / batch_s:.2f} answers/s ({batch_s:.1f} s, {tokens} new tokens)")
+    print(f"(model.generate, one batch, no pruning: {len(questions) / generate_s:.2f} answers/s, {generate_s:.1f} s)")
     print(f"identical answers: {same}/{len(questions)}")
     ratio = single_s / batch_s
     print(f"speed-up: {ratio:.2f}x (target >= 8x): {'PASS' if ratio >= 8 else 'FAIL'}")

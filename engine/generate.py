@@ -1,4 +1,4 @@
-"""Answer a batch of questions with one `generate` call."""
+"""Answer a batch of questions in one batched decoding pass."""
 
 from __future__ import annotations
 
@@ -8,10 +8,13 @@ from enum import StrEnum
 from typing import Any
 
 import torch
-from transformers import StoppingCriteriaList, StopStringCriteria
+from transformers import StoppingCriteriaList, StopStringCriteria, TopPLogitsWarper
 
+from engine.decoding import decode, supports_pruned_decoding
 from engine.errors import QuestionError
 from engine.formatting import STOP_TEXT, format_prompt
+
+STOP_TAIL_TOKENS = 12
 
 logger = logging.getLogger(__name__)
 
@@ -57,11 +60,14 @@ def check_question(question: str, max_chars: int) -> str:
 class Answerer:
     """Generates answers with a loaded model; one `generate` call per batch of questions."""
 
-    def __init__(self, model: Any, tokenizer: Any, *, max_new_tokens: int = 64, max_question_chars: int = 500) -> None:
+    def __init__(
+        self, model: Any, tokenizer: Any, *, max_new_tokens: int = 64, max_question_chars: int = 500, prune: bool = True
+    ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.max_new_tokens = max_new_tokens
         self.max_question_chars = max_question_chars
+        self.prune = prune and supports_pruned_decoding(model)
         self.generate_calls = 0
         self._stopping: StoppingCriteriaList | None = None
 
@@ -90,6 +96,44 @@ class Answerer:
         batch = self.tokenizer(
             [format_prompt(q) for q in cleaned], return_tensors="pt", padding=True, add_special_tokens=True
         ).to(self.device)
+        with torch.inference_mode():
+            if self.prune:
+                new_tokens = decode(
+                    self.model,
+                    batch["input_ids"],
+                    batch["attention_mask"],
+                    max_new_tokens=self.max_new_tokens,
+                    eos_token_id=self.tokenizer.eos_token_id,
+                    should_stop=self._ends_with_stop_text,
+                    pick=self._picker(sampling),
+                )
+            else:
+                new_tokens = self._hf_generate(batch, sampling)
+        self.generate_calls += 1
+        return [self._finish(q, ids) for q, ids in zip(cleaned, new_tokens, strict=True)]
+
+    def _ends_with_stop_text(self, ids: list[int]) -> bool:
+        return STOP_TEXT in self.tokenizer.decode(ids[-STOP_TAIL_TOKENS:], skip_special_tokens=True)
+
+    def _picker(self, sampling: Sampling):
+        """Greedy, or temperature and top-p sampling (seeded when asked)."""
+        if not sampling.do_sample:
+            return lambda logits: logits.argmax(dim=-1)
+        generator = torch.Generator(device=self.device)
+        if sampling.seed is not None:
+            generator.manual_seed(sampling.seed)
+        else:
+            generator.seed()
+        top_p = TopPLogitsWarper(sampling.top_p)
+
+        def pick(logits: torch.Tensor) -> torch.Tensor:
+            probs = torch.softmax(top_p(None, logits / max(sampling.temperature, 1e-5)), dim=-1)
+            return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+        return pick
+
+    def _hf_generate(self, batch: Any, sampling: Sampling) -> list[list[int]]:
+        """`model.generate`, for models the pruned loop does not support."""
         options: dict[str, Any] = {"do_sample": sampling.do_sample}
         if sampling.do_sample:
             options.update(temperature=sampling.temperature, top_p=sampling.top_p)
@@ -97,18 +141,15 @@ class Answerer:
                 torch.manual_seed(sampling.seed)
         else:
             options.update(temperature=None, top_p=None, top_k=None)
-        with torch.inference_mode():
-            output = self.model.generate(
-                **batch,
-                max_new_tokens=self.max_new_tokens,
-                eos_token_id=self.tokenizer.eos_token_id,
-                pad_token_id=self.tokenizer.pad_token_id,
-                stopping_criteria=self._stop_criteria(),
-                **options,
-            )
-        self.generate_calls += 1
-        new_tokens = output[:, batch["input_ids"].shape[1] :].tolist()
-        return [self._finish(q, ids) for q, ids in zip(cleaned, new_tokens, strict=True)]
+        output = self.model.generate(
+            **batch,
+            max_new_tokens=self.max_new_tokens,
+            eos_token_id=self.tokenizer.eos_token_id,
+            pad_token_id=self.tokenizer.pad_token_id,
+            stopping_criteria=self._stop_criteria(),
+            **options,
+        )
+        return output[:, batch["input_ids"].shape[1] :].tolist()
 
     def _finish(self, question: str, ids: list[int]) -> Answer:
         eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id

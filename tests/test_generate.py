@@ -74,3 +74,14 @@ def test_sampling_with_a_seed_is_repeatable(answerer):
     first = answerer.answer(QUESTIONS[:3], sampling)
     again = answerer.answer(QUESTIONS[:3], sampling)
     assert [a.text for a in first] == [a.text for a in again]
+
+
+def test_pruned_decoding_gives_what_generate_gives(answerer, tiny_llama):
+    """Dropping finished answers from the batch changes no answer (trained GPT-2, untrained Llama)."""
+    loaded = load_model(str(tiny_llama), device="cpu")
+    for model, tokenizer in ((answerer.model, answerer.tokenizer), (loaded.model, loaded.tokenizer)):
+        pruned = Answerer(model, tokenizer, max_new_tokens=16)
+        reference = Answerer(model, tokenizer, max_new_tokens=16, prune=False)
+        assert pruned.prune and not reference.prune
+        got, expected = pruned.answer(QUESTIONS), reference.answer(QUESTIONS)
+        assert [(a.text, a.stop, a.new_tokens) for a in got] == [(a.text, a.stop, a.new_tokens) for a in expected]
