@@ -19,7 +19,7 @@ from qabot.settings import Settings
 logger = logging.getLogger(__name__)
 console = Console()
 err = Console(stderr=True, soft_wrap=True)
-app = typer.Typer(help=__doc__, no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 models_app = typer.Typer(help="List, promote and roll back model versions.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 
