@@ -138,9 +138,10 @@ def chat(version: Annotated[str | None, typer.Option(help="Model version (defaul
     store = _store(settings)
     if version is None and store.current_name() is None:
         console.print(f"No fine-tuned model yet: training one on {settings.dataset.name} first (a few minutes on a CPU).")
-        request = TrainRequest(
-            data=settings.dataset, base_model=settings.base_model, config=TrainConfig(), eval_data=settings.eval_data
-        )
+        # No epoch checkpoints here: they write ~1.6 GB per epoch for the bundled model, and a first
+        # run that is interrupted simply starts again (`qabot train --resume` is the resumable path).
+        config = TrainConfig(checkpoints=False)
+        request = TrainRequest(data=settings.dataset, base_model=settings.base_model, config=config, eval_data=settings.eval_data)
         _print_outcome(_train_with_bar(settings, request))
     answerer, info = _load_answerer(settings, version)
     console.print(f"qabot {info.name} is ready. Ask a question, or type 'exit' to leave.")
