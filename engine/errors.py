@@ -32,3 +32,19 @@ class VersionError(QabotError):
 
 class TrainingError(QabotError):
     """A fine-tune could not start or did not finish."""
+
+
+class ServiceUnavailable(QabotError):
+    """The queue (Redis) or the workers cannot be reached."""
+
+
+class AnswerTimeout(QabotError):
+    """No answer arrived in time."""
+
+
+class JobFailed(QabotError):
+    """A queued job ended in failure; the message says why."""
+
+
+class TrainingBusy(QabotError):
+    """A training run is already queued or running; only one runs at a time."""

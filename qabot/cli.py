@@ -22,6 +22,8 @@ err = Console(stderr=True, soft_wrap=True)
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 models_app = typer.Typer(help="List, promote and roll back model versions.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+worker_app = typer.Typer(help="Run the RQ workers of a GPU host.", no_args_is_help=True)
+app.add_typer(worker_app, name="worker")
 
 EXIT_WORDS = {"exit", "quit", ":q"}
 
@@ -36,11 +38,12 @@ def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks a
     State.debug = debug
 
 
-def _settings() -> Settings:
+def _settings(engine: bool = True) -> Settings:
+    """Build the settings and logging; `engine=False` keeps torch out of this process (the train worker's parent)."""
     settings = Settings()
     level = logging.DEBUG if State.debug else getattr(logging, settings.log_level)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if not State.debug:
+    if engine and not State.debug:
         import transformers
 
         transformers.logging.set_verbosity_error()
@@ -169,12 +172,18 @@ def ask(
     sample: Annotated[bool, typer.Option(help="Sample instead of greedy decoding.")] = False,
     temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 0.7,
     seed: Annotated[int | None, typer.Option(help="Seed for sampling.")] = None,
+    remote: Annotated[bool, typer.Option(help="Ask through the Redis queue and the answer workers.")] = False,
 ) -> None:
     """Answer one question with the live model and print the answer."""
     from engine.generate import Sampling, check_question
 
-    settings = _settings()
+    settings = _settings(engine=not remote)
     check_question(question, settings.max_question_chars)
+    if remote:
+        from worker.client import QueueClient
+
+        print(QueueClient(settings).ask_sync(question, asker="cli").answer)
+        return
     answerer, _ = _load_answerer(settings, version)
     print(answerer.answer([question], Sampling(do_sample=sample, temperature=temperature, seed=seed))[0].text)
 
@@ -250,6 +259,30 @@ def models_rollback(
     """Go back to the previously live version (or to a named one)."""
     info = _store(_settings()).rollback(name)
     console.print(f"Rolled back: {info.name} is now live.")
+
+
+@worker_app.command("answer")
+def worker_answer(burst: Annotated[bool, typer.Option(help="Stop when the queue is empty.")] = False) -> None:
+    """Answer questions from the `answer` queue in batches, with the live model loaded once."""
+    from worker.answer_worker import AnswerWorker
+    from worker.client import WORKER_SOCKET_TIMEOUT, connect
+    from worker.jobs import ANSWER_QUEUE
+
+    settings = _settings()
+    connection = connect(settings.redis_url, WORKER_SOCKET_TIMEOUT)
+    AnswerWorker([ANSWER_QUEUE], connection=connection, settings=settings).work(burst=burst)
+
+
+@worker_app.command("train")
+def worker_train(burst: Annotated[bool, typer.Option(help="Stop when the queue is empty.")] = False) -> None:
+    """Run fine-tunes from the `train` queue, each in a fresh child process that frees the GPU when it ends."""
+    from rq import Worker
+
+    from worker.client import WORKER_SOCKET_TIMEOUT, connect
+    from worker.jobs import TRAIN_QUEUE
+
+    settings = _settings(engine=False)
+    Worker([TRAIN_QUEUE], connection=connect(settings.redis_url, WORKER_SOCKET_TIMEOUT)).work(burst=burst)
 
 
 def main() -> None:

@@ -41,6 +41,13 @@ class Settings(BaseSettings):
     max_question_chars: int = Field(default=500, ge=1, description="Longest question accepted.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
 
+    redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="Redis that carries the job queues.")
+    answer_batch_size: int = Field(default=16, ge=1, le=256, description="Most questions answered in one batch.")
+    answer_timeout: int = Field(default=60, ge=1, description="Seconds a question may take once a worker starts it.")
+    answer_wait: int = Field(default=120, ge=1, description="Seconds a client waits for an answer before giving up.")
+    train_timeout: int = Field(default=6 * 3600, ge=60, description="Seconds a fine-tune may run before it is killed.")
+    result_ttl: int = Field(default=3600, ge=1, description="Seconds answers and training results stay in Redis.")
+
     @field_validator("home", "dataset", "eval_data", mode="after")
     @classmethod
     def _expand_user(cls, value: Path | None) -> Path | None:

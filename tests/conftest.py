@@ -134,3 +134,63 @@ def trained_tiny(tiny_gpt2, tmp_path_factory):
     request = TrainRequest(data=data, base_model=str(tiny_gpt2), config=TrainConfig(**TINY_CONFIG))
     outcome = train_version(store, request, cache_dir=root / "cache", device="cpu")
     return store, outcome
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """A real redis-server on a free loopback port for the whole session."""
+    import shutil
+    import subprocess
+    import time
+
+    from redis import Redis
+
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.fail("redis-server is not installed: `apt-get install redis-server` (.ci/run does it)")
+    port = _free_port()
+    folder = tmp_path_factory.mktemp("redis")
+    args = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(folder)]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    client = Redis.from_url(url)
+    for _ in range(100):
+        try:
+            client.ping()
+            break
+        except Exception:  # noqa: BLE001 - still starting
+            time.sleep(0.05)
+    else:
+        proc.kill()
+        pytest.fail("redis-server did not start")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture
+def redis_url(redis_server) -> str:
+    """The session's Redis, emptied for this test."""
+    from redis import Redis
+
+    Redis.from_url(redis_server).flushall()
+    return redis_server
+
+
+@pytest.fixture
+def home(trained_tiny, tmp_path) -> Path:
+    """A QABOT_HOME holding a copy of the trained tiny store (v0001 live), for tests that change it."""
+    import shutil
+
+    store, _ = trained_tiny
+    target = tmp_path / "home"
+    shutil.copytree(store.root, target / "models")
+    return target

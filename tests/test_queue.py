@@ -1,0 +1,148 @@
+"""Answer jobs through a real Redis and a real batching answer worker running a tiny model."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+
+import pytest
+from redis import Redis
+from rq import Queue
+from rq.job import JobStatus
+from rq.registry import FailedJobRegistry, FinishedJobRegistry
+
+from engine.errors import AnswerTimeout, JobFailed
+from engine.generate import Answerer
+from engine.models import load_model
+from engine.pipeline import load_version
+from engine.versions import ModelStore
+from qabot.settings import Settings
+from tests.conftest import TINY_PAIRS
+from worker.answer_worker import AnswerWorker
+from worker.client import QueueClient
+from worker.jobs import ANSWER_QUEUE
+
+QUESTIONS = [p.prompt for p in TINY_PAIRS]
+
+
+def make_settings(home, redis_url, **overrides) -> Settings:
+    values = {"home": home, "redis_url": redis_url, "device": "cpu", "max_new_tokens": 24, "answer_wait": 5} | overrides
+    return Settings(**values)
+
+
+def make_worker(settings: Settings) -> AnswerWorker:
+    connection = Redis.from_url(settings.redis_url)
+    return AnswerWorker([Queue(ANSWER_QUEUE, connection=connection)], connection=connection, settings=settings)
+
+
+def test_waiting_questions_are_answered_in_one_batch_like_one_by_one(home, redis_url):
+    settings = make_settings(home, redis_url)
+    client = QueueClient(settings)
+    jobs = [client.enqueue_answer(q, asker=f"user{i}", channel="general") for i, q in enumerate(QUESTIONS)]
+    worker = make_worker(settings)
+    worker.work(burst=True)
+    assert worker.answerer.generate_calls == 1 and worker.batches == [len(QUESTIONS)]
+
+    loaded, _ = load_version(ModelStore(settings.models_dir), device="cpu")
+    alone = Answerer(loaded.model, loaded.tokenizer, max_new_tokens=24)
+    results = [client.wait_answer(job, timeout=2) for job in jobs]
+    assert [r.answer for r in results] == [alone.answer([q])[0].text for q in QUESTIONS]
+    assert sum(r.answer == p.response for r, p in zip(results, TINY_PAIRS, strict=True)) >= len(TINY_PAIRS) - 1
+    assert {r.version for r in results} == {"v0001"}
+    assert len(FinishedJobRegistry(ANSWER_QUEUE, connection=client.connection)) == len(QUESTIONS)
+    first = jobs[0].latest_result().return_value
+    assert first["batch_size"] == len(QUESTIONS) and jobs[0].kwargs["asker"] == "user0"
+
+
+def test_batch_size_caps_each_pass(home, redis_url):
+    settings = make_settings(home, redis_url, answer_batch_size=3)
+    client = QueueClient(settings)
+    jobs = [client.enqueue_answer(q) for q in QUESTIONS]
+    worker = make_worker(settings)
+    worker.work(burst=True)
+    assert worker.batches == [3, 3, 2]
+    assert all(job.get_status(refresh=True) == JobStatus.FINISHED for job in jobs)
+
+
+def test_a_bad_question_fails_alone(home, redis_url):
+    settings = make_settings(home, redis_url, max_question_chars=100)
+    client = QueueClient(settings)
+    good, empty, long, other = (client.enqueue_answer(q) for q in [QUESTIONS[0], "   ", "why? " * 40, QUESTIONS[1]])
+    make_worker(settings).work(burst=True)
+    assert client.wait_answer(good).answer == TINY_PAIRS[0].response
+    assert client.wait_answer(other).answer == TINY_PAIRS[1].response
+    with pytest.raises(JobFailed, match="the question is empty"):
+        client.wait_answer(empty)
+    with pytest.raises(JobFailed, match="the limit is 100"):
+        client.wait_answer(long)
+    assert set(FailedJobRegistry(ANSWER_QUEUE, connection=client.connection).get_job_ids()) == {empty.id, long.id}
+
+
+def test_an_answer_past_its_timeout_fails_with_a_message(tiny_llama, tmp_path, redis_url):
+    home = tmp_path / "home"
+    store = ModelStore(home / "models")
+    staging = store.staging_dir()
+    loaded = load_model(str(tiny_llama), device="cpu")
+    loaded.model.save_pretrained(staging)
+    loaded.tokenizer.save_pretrained(staging)
+    store.promote(store.commit(staging, {"note": "untrained, never says EOS"}).name)
+    # Untrained and greedy, the tiny Llama loops without EOS: 2048 tokens take longer than 1 s.
+    precheck = Answerer(loaded.model, loaded.tokenizer, max_new_tokens=300).answer([QUESTIONS[0]])[0]
+    assert precheck.stop.value == "length"
+    settings = make_settings(home, redis_url, max_new_tokens=2048, answer_timeout=1)
+    client = QueueClient(settings)
+    job = client.enqueue_answer(QUESTIONS[0])
+    make_worker(settings).work(burst=True)
+    with pytest.raises(JobFailed, match="took longer than 1 s"):
+        client.wait_answer(job)
+    assert job.get_status(refresh=True) == JobStatus.FAILED
+
+
+def test_no_worker_means_a_timeout_and_the_question_is_withdrawn(home, redis_url):
+    client = QueueClient(make_settings(home, redis_url))
+    job = client.enqueue_answer(QUESTIONS[0])
+    with pytest.raises(AnswerTimeout, match="are the answer workers running"):
+        client.wait_answer(job, timeout=1)
+    assert job.get_status(refresh=True) == JobStatus.CANCELED
+
+
+def worker_process(settings: Settings, kind: str = "answer") -> subprocess.Popen:
+    """A real `qabot worker` process in burst mode, configured through the environment."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QABOT_")}
+    env |= {
+        "QABOT_HOME": str(settings.home),
+        "QABOT_REDIS_URL": settings.redis_url,
+        "QABOT_DEVICE": "cpu",
+        "QABOT_MAX_NEW_TOKENS": str(settings.max_new_tokens),
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "qabot", "worker", kind, "--burst"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+async def test_async_ask_does_not_block_the_event_loop(home, redis_url):
+    settings = make_settings(home, redis_url, answer_wait=60)
+    client = QueueClient(settings)
+    ticks = 0
+
+    async def ticker():
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0.01)
+
+    task = asyncio.create_task(ticker())
+    asking = asyncio.create_task(client.ask(QUESTIONS[2], asker="u", channel="c"))
+    await asyncio.sleep(0.3)
+    proc = worker_process(settings)
+    result = await asking
+    task.cancel()
+    assert proc.wait(timeout=60) == 0, proc.stdout.read()
+    assert result.answer == TINY_PAIRS[2].response
+    assert ticks >= 20

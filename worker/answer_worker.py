@@ -1,0 +1,153 @@
+"""The answer worker: an rq SimpleWorker that keeps the model loaded and answers waiting questions in batches."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from typing import Any
+
+from rq import Queue, SimpleWorker
+from rq.job import Job
+from rq.timeouts import JobTimeoutException
+from rq.worker import WorkerStatus
+
+from qabot.settings import Settings
+from worker import jobs
+
+logger = logging.getLogger(__name__)
+
+
+class AnswerWorker(SimpleWorker):
+    """Loads the live model once, answers up to `batch_size` waiting questions per pass, hot-swaps versions.
+
+    Each question stays its own rq job (started/finished/failed registries, result, TTLs); the model
+    runs once per batch, before rq performs each job, and each job hands back its own answer.
+    """
+
+    def __init__(self, *args: Any, settings: Settings | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        from engine.versions import ModelStore
+
+        self.settings = settings or Settings()
+        self.batch_size = self.settings.answer_batch_size
+        self.store = ModelStore(self.settings.models_dir)
+        self.answerer = None
+        self.version: str | None = None
+        self.batches: list[int] = []
+
+    # -- model ------------------------------------------------------------------------------
+    def refresh_model(self) -> None:
+        """Load the live version if it is not the one loaded (between batches only)."""
+        from engine.pipeline import load_version, make_answerer
+
+        live = self.store.current_name()
+        if live is None or live == self.version:
+            return
+        started = time.monotonic()
+        loaded, info = load_version(self.store, live, device=self.settings.device, dtype=self.settings.dtype)
+        answerer = make_answerer(
+            loaded, max_new_tokens=self.settings.max_new_tokens, max_question_chars=self.settings.max_question_chars
+        )
+        old, self.answerer, self.version = self.answerer, answerer, info.name
+        del old
+        gc.collect()
+        _empty_device_cache()
+        self.log.info("Worker %s: model %s loaded in %.1f s", self.name, info.name, time.monotonic() - started)
+
+    # -- batching ---------------------------------------------------------------------------
+    def _take_waiting(self, queue: Queue, most: int) -> list[tuple[Job, Queue]]:
+        """Dequeue up to `most` questions that are already waiting, without blocking."""
+        taken: list[tuple[Job, Queue]] = []
+        while len(taken) < most:
+            found = self.queue_class.dequeue_any(
+                [queue], None, connection=self.connection, job_class=self.job_class, serializer=self.serializer
+            )
+            if found is None:
+                break
+            taken.append(found)
+        return taken
+
+    def answer_batch(self, batch: list[Job]) -> None:
+        """Compute every job's answer (or its error) with one batched pass of the model."""
+        from engine.errors import QabotError, QuestionError
+        from engine.generate import check_question
+
+        try:
+            self.refresh_model()
+        except QabotError as exc:
+            for job in batch:
+                jobs.batch_results[job.id] = exc
+            return
+        if self.answerer is None:
+            error = RuntimeError("no model has been trained yet: an admin must train one first")
+            for job in batch:
+                jobs.batch_results[job.id] = error
+            return
+        valid: list[tuple[Job, str]] = []
+        for job in batch:
+            question = job.kwargs.get("question", job.args[0] if job.args else "")
+            try:
+                valid.append((job, check_question(question, self.answerer.max_question_chars)))
+            except QuestionError as exc:
+                jobs.batch_results[job.id] = exc
+        if not valid:
+            return
+        timeout = min(job.timeout or self.queue_class.DEFAULT_TIMEOUT for job, _ in valid)
+        started = time.monotonic()
+        try:
+            with self.death_penalty_class(timeout, JobTimeoutException, job_id=valid[0][0].id):
+                answers = self.answerer.answer([q for _, q in valid])
+        except JobTimeoutException:
+            error = JobTimeoutException(f"the answer took longer than {timeout} s and was stopped")
+            for job, _ in valid:
+                jobs.batch_results[job.id] = error
+            return
+        except Exception:
+            self.log.exception("Worker %s: a batch of %d failed; answering one at a time", self.name, len(valid))
+            answers = None
+        elapsed = time.monotonic() - started
+        self.batches.append(len(valid))
+        for index, (job, question) in enumerate(valid):
+            try:
+                result = answers[index] if answers is not None else self.answerer.answer([question])[0]
+            except Exception as exc:  # noqa: BLE001 - this question fails alone, the others go on
+                jobs.batch_results[job.id] = exc
+                continue
+            jobs.batch_results[job.id] = {
+                "answer": result.text,
+                "stop": result.stop.value,
+                "version": self.version,
+                "batch_size": len(valid),
+                "generate_s": round(elapsed, 4),
+                "queued_s": round(max(0.0, time.time() - job.enqueued_at.timestamp()), 4) if job.enqueued_at else None,
+            }
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        """Take the waiting questions too, answer all at once, then let rq finish each job."""
+        batch = [(job, queue)]
+        if job.func_name == jobs.ANSWER_JOB:
+            batch += [(j, q) for j, q in self._take_waiting(queue, self.batch_size - 1)]
+            self.answer_batch([j for j, _ in batch if j.func_name == jobs.ANSWER_JOB])
+        try:
+            for each, each_queue in batch:
+                self.perform_job(each, each_queue, self.prepare_execution(each))
+        finally:
+            for each, _ in batch:
+                jobs.batch_results.pop(each.id, None)
+            self.set_state(WorkerStatus.IDLE)
+
+    def work(self, *args: Any, **kwargs: Any) -> bool:
+        """Load the live model before taking the first question."""
+        try:
+            self.refresh_model()
+        except Exception:  # the worker still starts; each question then gets the error
+            self.log.exception("Worker %s: could not load the live model", self.name)
+        return super().work(*args, **kwargs)
+
+
+def _empty_device_cache() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,0 +1,187 @@
+"""The client side of the queues, for the CLI and the bots: enqueue, await results, follow training.
+
+Imports neither torch nor the engine's model code, so bot containers stay slim.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis import Redis
+from redis.exceptions import RedisError
+from rq import Queue
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
+from rq.results import Result
+
+from engine.errors import AnswerTimeout, JobFailed, ServiceUnavailable, TrainingBusy
+from qabot.settings import Settings
+from worker.jobs import ANSWER_JOB, ANSWER_QUEUE, TRAIN_JOB, TRAIN_LOCK, TRAIN_QUEUE
+
+FINAL_STATES = {JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED}
+
+
+@dataclass(frozen=True)
+class AnswerResult:
+    """What a person is told, and how it was made."""
+
+    question: str
+    answer: str
+    version: str | None
+    seconds: float
+    job_id: str
+
+
+@dataclass(frozen=True)
+class TrainStatus:
+    """A snapshot of a train job: its rq state, progress meta, and result or error when it ends."""
+
+    job_id: str
+    state: str
+    meta: dict[str, Any] = field(default_factory=dict)
+    result: dict[str, Any] | None = None
+    error: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.state in FINAL_STATES
+
+
+def _failure_text(result: Result | None, job: Job) -> str:
+    """The last line of the job's exception, or rq's reason."""
+    if job.meta.get("error"):
+        return str(job.meta["error"])
+    text = (result.exc_string if result is not None else None) or ""
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    if not lines:
+        return f"the job ended as {job.get_status()}"
+    last = lines[-1]
+    return last.split(": ", 1)[1] if ": " in last and last.split(": ", 1)[0].replace(".", "").isidentifier() else last
+
+
+WORKER_SOCKET_TIMEOUT = 600  # above rq's longest blocking dequeue (worker_ttl - 15 = 405 s)
+
+
+def connect(url: str, socket_timeout: float) -> Redis:
+    """A Redis connection whose reads outlast the blocking calls made on it (redis-py's default is 5 s)."""
+    return Redis.from_url(url, socket_connect_timeout=5, socket_timeout=socket_timeout, health_check_interval=30)
+
+
+class QueueClient:
+    """Enqueues answer and train jobs on Redis and waits for their results."""
+
+    def __init__(self, settings: Settings, connection: Redis | None = None) -> None:
+        self.settings = settings
+        self.connection = connection or connect(settings.redis_url, socket_timeout=settings.answer_wait + 10)
+        self.answers = Queue(ANSWER_QUEUE, connection=self.connection)
+        self.training = Queue(TRAIN_QUEUE, connection=self.connection)
+
+    # -- answers ----------------------------------------------------------------------------
+    def enqueue_answer(self, question: str, asker: str | None = None, channel: str | None = None) -> Job:
+        """One question, one rq job with its own timeout and TTLs."""
+        try:
+            return self.answers.enqueue(
+                ANSWER_JOB,
+                kwargs={"question": question, "asker": asker, "channel": channel},
+                job_timeout=self.settings.answer_timeout,
+                ttl=self.settings.answer_wait,
+                result_ttl=self.settings.result_ttl,
+                failure_ttl=self.settings.result_ttl,
+            )
+        except RedisError as exc:
+            raise ServiceUnavailable(f"the question queue is unreachable ({exc})") from exc
+
+    def wait_answer(self, job: Job, timeout: float | None = None) -> AnswerResult:
+        """Block until the job has a result; raise AnswerTimeout or JobFailed."""
+        wait = timeout if timeout is not None else self.settings.answer_wait
+        started = time.monotonic()
+        try:
+            result = job.latest_result(timeout=max(1, int(wait)))
+        except RedisError as exc:
+            raise ServiceUnavailable(f"the question queue is unreachable ({exc})") from exc
+        if result is None:
+            if job.get_status(refresh=True) == JobStatus.QUEUED:
+                job.cancel()  # nobody is waiting for it any more
+            raise AnswerTimeout(f"no answer within {wait:.0f} s; are the answer workers running?")
+        if result.type != Result.Type.SUCCESSFUL:
+            job.refresh()
+            raise JobFailed(_failure_text(result, job))
+        value = result.return_value or {}
+        return AnswerResult(
+            job.kwargs["question"], value.get("answer", ""), value.get("version"), time.monotonic() - started, job.id
+        )
+
+    def ask_sync(
+        self, question: str, asker: str | None = None, channel: str | None = None, timeout: float | None = None
+    ) -> AnswerResult:
+        return self.wait_answer(self.enqueue_answer(question, asker, channel), timeout)
+
+    async def ask(
+        self, question: str, asker: str | None = None, channel: str | None = None, timeout: float | None = None
+    ) -> AnswerResult:
+        """Enqueue and await an answer without blocking the event loop."""
+        return await asyncio.to_thread(self.ask_sync, question, asker, channel, timeout)
+
+    # -- training ---------------------------------------------------------------------------
+    def running_training(self) -> str | None:
+        """The id of the train job that is queued or running, if any."""
+        holder = self.connection.get(TRAIN_LOCK)
+        if holder is None:
+            return None
+        job_id = holder.decode()
+        try:
+            status = Job.fetch(job_id, connection=self.connection).get_status()
+        except NoSuchJobError:
+            status = None
+        if status is None or status in FINAL_STATES:
+            self.connection.delete(TRAIN_LOCK)  # a stale lock: its job ended without releasing it
+            return None
+        return job_id
+
+    def start_training(self, request: dict[str, Any], requested_by: str | None = None) -> Job:
+        """Queue a fine-tune; raise TrainingBusy if one is already queued or running."""
+        try:
+            busy = self.running_training()
+            if busy:
+                raise TrainingBusy(f"a training run is already in progress (job {busy}); wait for it to finish")
+            job_id = Job.create(TRAIN_JOB, connection=self.connection).id  # reserve an id for the lock
+            if not self.connection.set(TRAIN_LOCK, job_id, nx=True, ex=self.settings.train_timeout + 300):
+                raise TrainingBusy("a training run was just started by someone else; wait for it to finish")
+            return self.training.enqueue(
+                TRAIN_JOB,
+                args=(request,),
+                job_id=job_id,
+                job_timeout=self.settings.train_timeout,
+                result_ttl=7 * 24 * 3600,
+                failure_ttl=7 * 24 * 3600,
+                meta={"stage": "queued", "requested_by": requested_by},
+            )
+        except RedisError as exc:
+            raise ServiceUnavailable(f"the training queue is unreachable ({exc})") from exc
+
+    def training_status(self, job_id: str) -> TrainStatus:
+        job = Job.fetch(job_id, connection=self.connection)
+        state = job.get_status()
+        meta = job.get_meta()
+        result = job.latest_result() if state in FINAL_STATES else None
+        if state == JobStatus.FINISHED and result is not None:
+            return TrainStatus(job_id, state, meta, result.return_value)
+        error = _failure_text(result, job) if state in FINAL_STATES else None
+        return TrainStatus(job_id, state, meta, None, error)
+
+    async def follow_training(self, job_id: str, poll_s: float = 1.0) -> AsyncIterator[TrainStatus]:
+        """Yield a status whenever the job's progress changes, and the final one."""
+        previous = None
+        while True:
+            status = await asyncio.to_thread(self.training_status, job_id)
+            key = (status.state, tuple(sorted((k, str(v)) for k, v in status.meta.items())))
+            if key != previous:
+                previous = key
+                yield status
+            if status.done:
+                return
+            await asyncio.sleep(poll_s)
