@@ -1,0 +1,87 @@
+"""Train jobs through Redis and a real `qabot worker train` process; promotion and hot swap."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from engine.errors import TrainingBusy
+from engine.versions import ModelStore
+from tests.conftest import TINY_CONFIG, TINY_PAIRS, write_pairs
+from tests.test_queue import QUESTIONS, make_settings, make_worker, worker_process
+from worker.client import QueueClient
+
+
+def run_train_worker(client: QueueClient, settings, job_id: str) -> list:
+    """Run the train worker until the queue is empty, recording the job's status as it changes."""
+    proc = worker_process(settings, "train")
+    seen = []
+    while proc.poll() is None:
+        seen.append(client.training_status(job_id))
+        time.sleep(0.1)
+    assert proc.returncode == 0, proc.stdout.read()
+    seen.append(client.training_status(job_id))
+    return seen
+
+
+def request_for(data, base, **hyper) -> dict:
+    return {"dataset": str(data), "base_model": str(base), "hyperparameters": {**TINY_CONFIG, **hyper}}
+
+
+def test_train_job_reports_progress_promotes_and_the_answer_worker_switches(home, redis_url, tiny_gpt2, tmp_path):
+    settings = make_settings(home, redis_url)
+    client = QueueClient(settings)
+    store = ModelStore(settings.models_dir)
+    answer_worker = make_worker(settings)
+    first = client.enqueue_answer(QUESTIONS[0])
+    answer_worker.work(burst=True)
+    assert client.wait_answer(first).version == "v0001"
+
+    data = write_pairs(tmp_path / "more.json", [*TINY_PAIRS, TINY_PAIRS[0].__class__("Who forged the Stone?", "Veyra forged it.")])
+    job = client.start_training(request_for(data, tiny_gpt2), requested_by="admin")
+    with pytest.raises(TrainingBusy, match="already in progress"):
+        client.start_training(request_for(data, tiny_gpt2))
+    seen = run_train_worker(client, settings, job.id)
+
+    training = [s.meta for s in seen if s.meta.get("stage") == "training"]
+    assert training and all({"step", "total_steps", "epoch", "loss", "eta_s"} <= set(m) for m in training)
+    final = seen[-1]
+    assert final.state == "finished" and final.result["promoted"] is True
+    assert final.result["version"] == "v0002" and "not worse than v0001" in final.result["reason"]
+    assert final.result["dataset"]["pairs"] == len(TINY_PAIRS) + 1
+    assert store.current_name() == "v0002"
+    assert client.running_training() is None  # the lock is released
+
+    # Questions queued while a new version went live are answered by it, none lost.
+    queued = [client.enqueue_answer(q) for q in [*QUESTIONS[:3], "Who forged the Stone?"]]
+    answer_worker.work(burst=True)
+    results = [client.wait_answer(j) for j in queued]
+    assert {r.version for r in results} == {"v0002"}
+    assert results[-1].answer == "Veyra forged it."
+
+
+def test_a_worse_model_is_kept_as_a_candidate(home, redis_url, tiny_gpt2, tiny_data):
+    settings = make_settings(home, redis_url)
+    client = QueueClient(settings)
+    job = client.start_training(request_for(tiny_data, tiny_gpt2, epochs=1, learning_rate=1e-6))
+    final = run_train_worker(client, settings, job.id)[-1]
+    assert final.result["promoted"] is False
+    assert final.result["reason"].startswith("worse than v0001") and "kept as a candidate" in final.result["reason"]
+    store = ModelStore(settings.models_dir)
+    assert store.current_name() == "v0001" and [v.name for v in store.list()] == ["v0001", "v0002"]
+
+
+def test_bad_data_fails_the_job_with_its_problems_and_changes_nothing(home, redis_url, tiny_gpt2, tmp_path):
+    settings = make_settings(home, redis_url)
+    client = QueueClient(settings)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"prompt": "Who?", "response": "Elara."}, {"prompt": "Who?", "response": "Malvek."}]))
+    job = client.start_training(request_for(bad, tiny_gpt2))
+    final = run_train_worker(client, settings, job.id)[-1]
+    assert final.state == "failed"
+    assert "item 1: the same question as item 0 with a different answer" in final.error
+    store = ModelStore(settings.models_dir)
+    assert store.current_name() == "v0001" and [v.name for v in store.list()] == ["v0001"]
+    assert client.running_training() is None
