@@ -261,6 +261,37 @@ def models_rollback(
     console.print(f"Rolled back: {info.name} is now live.")
 
 
+@app.command()
+def status(
+    quiet: Annotated[bool, typer.Option(help="Print nothing; exit 0 when Redis answers (a health check).")] = False,
+) -> None:
+    """Show the live model, queue lengths, workers and any training run."""
+    import json
+
+    from redis.exceptions import RedisError
+
+    from engine.errors import ServiceUnavailable
+    from worker.client import QueueClient, redacted
+    from worker.status import collect
+
+    settings = _settings(engine=False)
+    try:
+        report = collect(settings, QueueClient(settings))
+    except RedisError as exc:
+        raise ServiceUnavailable(f"Redis at {redacted(settings.redis_url)} is unreachable ({exc})") from exc
+    if not quiet:
+        console.print_json(json.dumps(report, default=str))
+
+
+@app.command()
+def dev() -> None:
+    """Run Redis (started if needed), the answer worker and the train worker locally, for hosts without Docker."""
+    from worker.dev import run
+
+    settings = _settings(engine=False)
+    raise typer.Exit(run(settings, [], echo=console.print))
+
+
 @worker_app.command("answer")
 def worker_answer(burst: Annotated[bool, typer.Option(help="Stop when the queue is empty.")] = False) -> None:
     """Answer questions from the `answer` queue in batches, with the live model loaded once."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -146,3 +147,37 @@ async def test_async_ask_does_not_block_the_event_loop(home, redis_url):
     assert proc.wait(timeout=60) == 0, proc.stdout.read()
     assert result.answer == TINY_PAIRS[2].response
     assert ticks >= 20
+
+
+def qabot_env(settings: Settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QABOT_")}
+    return env | {"QABOT_HOME": str(settings.home), "QABOT_REDIS_URL": settings.redis_url, "QABOT_DEVICE": "cpu"}
+
+
+def test_cli_ask_remote_and_status(home, redis_url):
+    settings = make_settings(home, redis_url)
+    env = qabot_env(settings)
+    asking = subprocess.Popen(
+        [sys.executable, "-m", "qabot", "ask", "--remote", QUESTIONS[3]],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    worker = worker_process(settings)
+    out, err = asking.communicate(timeout=120)
+    assert asking.returncode == 0, err
+    assert out.strip() == TINY_PAIRS[3].response
+    worker.wait(timeout=60)
+
+    status = subprocess.run([sys.executable, "-m", "qabot", "status"], env=env, capture_output=True, text=True, timeout=60)
+    report = json.loads(status.stdout)
+    assert report["live_version"] == "v0001" and report["dataset_pairs"] == len(TINY_PAIRS)
+    assert report["queues"]["answer"] == {"waiting": 0, "running": 0, "failed": 0} and report["training"] is None
+
+    down = env | {"QABOT_REDIS_URL": "redis://:s3cret@127.0.0.1:1/0"}
+    failed = subprocess.run(
+        [sys.executable, "-m", "qabot", "status", "--quiet"], env=down, capture_output=True, text=True, timeout=60
+    )
+    assert failed.returncode == 1 and "unreachable" in failed.stderr
+    assert "s3cret" not in failed.stderr and "Traceback" not in failed.stderr

