@@ -26,6 +26,7 @@ class AnswerWorker(SimpleWorker):
     """
 
     def __init__(self, *args: Any, settings: Settings | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("log_job_description", False)  # questions are people's words: keep them out of logs
         super().__init__(*args, **kwargs)
         from engine.versions import ModelStore
 

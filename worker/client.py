@@ -35,6 +35,7 @@ class AnswerResult:
     version: str | None
     seconds: float
     job_id: str
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -121,9 +122,8 @@ class QueueClient:
             job.refresh()
             raise JobFailed(_failure_text(result, job))
         value = result.return_value or {}
-        return AnswerResult(
-            job.kwargs["question"], value.get("answer", ""), value.get("version"), time.monotonic() - started, job.id
-        )
+        seconds = time.monotonic() - started
+        return AnswerResult(job.kwargs["question"], value.get("answer", ""), value.get("version"), seconds, job.id, value)
 
     def ask_sync(
         self, question: str, asker: str | None = None, channel: str | None = None, timeout: float | None = None
