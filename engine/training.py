@@ -97,12 +97,17 @@ class _ProgressCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs:
             self.loss = float(logs["loss"])
+            self._report(state)
 
-    def on_step_end(self, args, state, control, **kwargs):
+    def _report(self, state) -> None:
         done = state.global_step - self.first_step
         left = state.max_steps - state.global_step
         eta = (time.monotonic() - self.started) / done * left if done else None
         self.report(Progress("training", state.global_step, state.max_steps, state.epoch or 0.0, self.loss, eta))
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.loss is None:  # later steps are reported with their loss, from on_log
+            self._report(state)
 
 
 class _AccuracyCallback(TrainerCallback):

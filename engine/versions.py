@@ -140,6 +140,25 @@ class ModelStore:
         _write_atomic(self.pointer, name + "\n")
 
     # -- datasets ---------------------------------------------------------------------------
+    def current_dataset(self) -> Path | None:
+        """The newest dataset version (set by uploads and additions), else the live model's data."""
+        try:
+            digest = (self.datasets_dir / "current").read_text(encoding="utf-8").strip()
+            path = self.datasets_dir / f"{digest}.json"
+            if path.is_file():
+                return path
+        except FileNotFoundError:
+            pass
+        live = self.current()
+        if live is not None and Path(live.meta.get("dataset", {}).get("path", "")).is_file():
+            return Path(live.meta["dataset"]["path"])
+        return None
+
+    def set_current_dataset(self, digest: str) -> None:
+        if not (self.datasets_dir / f"{digest}.json").is_file():
+            raise VersionError(f"no stored dataset {digest}")
+        _write_atomic(self.datasets_dir / "current", digest + "\n")
+
     def store_dataset(self, pairs: list[QAPair]) -> tuple[str, Path]:
         """Keep a copy of a dataset named by its hash; never overwritten."""
         digest = dataset_hash(pairs)

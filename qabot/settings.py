@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 SAMPLE_DATA = PROJECT_DIR / "data" / "sample.json"
 SAMPLE_HELDOUT = PROJECT_DIR / "data" / "heldout.json"
 BUNDLED_MODEL = "bundled"
+IdList = Annotated[list[int], NoDecode]
 
 
 class Settings(BaseSettings):
@@ -47,6 +48,40 @@ class Settings(BaseSettings):
     answer_wait: int = Field(default=120, ge=1, description="Seconds a client waits for an answer before giving up.")
     train_timeout: int = Field(default=6 * 3600, ge=60, description="Seconds a fine-tune may run before it is killed.")
     result_ttl: int = Field(default=3600, ge=1, description="Seconds answers and training results stay in Redis.")
+
+    train_epochs: float | None = Field(default=None, gt=0, description="Epochs for queued fine-tunes (default: TrainConfig's).")
+    train_learning_rate: float | None = Field(default=None, gt=0, le=1, description="Learning rate for queued fine-tunes.")
+    train_batch_size: int | None = Field(default=None, ge=1, description="Batch size for queued fine-tunes.")
+
+    # -- bots (tokens are secrets: required only by the bot that uses them, never logged) ------
+    telegram_token: SecretStr | None = Field(default=None, description="Telegram bot token from @BotFather.")
+    telegram_admins: IdList = Field(default_factory=list, description="Telegram user ids allowed to retrain.")
+    telegram_api_url: str = Field(default="https://api.telegram.org", description="Bot API server (a local one in tests).")
+    telegram_webhook_url: str | None = Field(default=None, description="Public HTTPS URL: webhook mode instead of polling.")
+    telegram_webhook_secret: SecretStr | None = Field(default=None, description="Secret token Telegram sends with each update.")
+    telegram_webhook_listen: str = Field(default="0.0.0.0:8443", description="host:port the webhook server listens on.")
+    discord_token: SecretStr | None = Field(default=None, description="Discord bot token.")
+    discord_admins: IdList = Field(default_factory=list, description="Discord user ids allowed to retrain.")
+    discord_admin_roles: IdList = Field(default_factory=list, description="Discord role ids whose members may retrain.")
+    discord_channels: IdList = Field(default_factory=list, description="If set, answer only in these channels.")
+    discord_guilds: IdList = Field(default_factory=list, description="If set, answer only in these servers.")
+    rate_limit: int = Field(default=5, ge=1, description="Questions one person may ask per rate window.")
+    rate_window: int = Field(default=60, ge=1, description="The rate window in seconds.")
+    upload_max_bytes: int = Field(default=5 * 1024 * 1024, ge=1024, description="Largest dataset file accepted from chat.")
+
+    @field_validator(
+        "telegram_admins", "discord_admins", "discord_admin_roles", "discord_channels", "discord_guilds", mode="before"
+    )
+    @classmethod
+    def _id_list(cls, value: object) -> object:
+        """Accept `1,2,3` as well as `[1, 2, 3]`."""
+        if isinstance(value, str):
+            text = value.strip().strip("[]")
+            try:
+                return [int(part) for part in text.replace(" ", "").split(",") if part]
+            except ValueError as exc:
+                raise ValueError(f"expected comma-separated numeric ids such as 123,456, got {value!r}") from exc
+        return value
 
     @field_validator("home", "dataset", "eval_data", mode="after")
     @classmethod

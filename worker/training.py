@@ -57,7 +57,12 @@ def run_training(settings: Settings, request: dict[str, Any], report: Callable[.
     from worker.jobs import dataset_file
 
     store = ModelStore(settings.models_dir)
-    config = _config(request.get("hyperparameters"))
+    defaults = {
+        "epochs": settings.train_epochs,
+        "learning_rate": settings.train_learning_rate,
+        "batch_size": settings.train_batch_size,
+    }
+    config = _config({k: v for k, v in defaults.items() if v is not None} | (request.get("hyperparameters") or {}))
     data = dataset_file(settings.models_dir, request.get("dataset") or str(settings.dataset))
     eval_data = request.get("eval_data")
     eval_path = Path(eval_data) if eval_data else None

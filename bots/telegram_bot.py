@@ -1,0 +1,216 @@
+"""The Telegram front end (python-telegram-bot): questions in, answers out; admins retrain from the chat."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from collections.abc import AsyncIterator
+
+from telegram import Message, Update
+from telegram.constants import ChatAction, ChatType, MessageEntityType
+from telegram.ext import Application, ApplicationBuilder, CommandHandler, ContextTypes, MessageHandler, filters
+
+from bots.core import ADMIN_HELP, HELP_TEXT, REFUSAL, BotCore
+from qabot.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+MESSAGE_LIMIT = 4096
+TYPING_EVERY_SECONDS = 4.0  # Telegram shows "typing" for 5 s per chat action
+RETRAIN_CAPTION = re.compile(r"^/retrain(@\w+)?(\s|$)")
+
+
+def _core(context: ContextTypes.DEFAULT_TYPE) -> BotCore:
+    return context.application.bot_data["core"]
+
+
+def _is_admin(update: Update, context: ContextTypes.DEFAULT_TYPE) -> bool:
+    user = update.effective_user
+    return user is not None and user.id in _core(context).settings.telegram_admins
+
+
+@contextlib.asynccontextmanager
+async def typing(message: Message) -> AsyncIterator[None]:
+    """Show "typing" in the chat until the block ends."""
+
+    async def keep_typing() -> None:
+        while True:
+            with contextlib.suppress(Exception):
+                await message.get_bot().send_chat_action(message.chat_id, ChatAction.TYPING)
+            await asyncio.sleep(TYPING_EVERY_SECONDS)
+
+    task = asyncio.create_task(keep_typing())
+    try:
+        yield
+    finally:
+        task.cancel()
+
+
+async def reply(message: Message, text: str) -> None:
+    """Reply to a message, split at Telegram's length limit."""
+    for part in split_for_telegram(text):
+        await message.reply_text(part, do_quote=True)
+
+
+def split_for_telegram(text: str) -> list[str]:
+    from bots.core import split_message
+
+    return split_message(text, MESSAGE_LIMIT)
+
+
+async def answer_question(message: Message, context: ContextTypes.DEFAULT_TYPE, question: str) -> None:
+    """Answer `question` as a reply to `message`, showing typing meanwhile."""
+    user = message.from_user.id if message.from_user else message.chat_id
+    async with typing(message):
+        text = await _core(context).ask(f"tg:{user}", question, f"tg:{message.chat_id}")
+    await reply(message, text)
+
+
+async def start(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """/start and /help: what the bot does."""
+    await reply(update.effective_message, HELP_TEXT + ("\n" + ADMIN_HELP if _is_admin(update, context) else ""))
+
+
+async def ask(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """/ask <question>."""
+    await answer_question(update.effective_message, context, " ".join(context.args or []))
+
+
+async def on_text(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Private chats: any text; groups: a mention of the bot or a reply to one of its messages."""
+    message = update.effective_message
+    if message is None or not message.text:
+        return
+    if message.chat.type == ChatType.PRIVATE:
+        await answer_question(message, context, message.text)
+        return
+    me = context.bot.username
+    mentioned = any(
+        e.type == MessageEntityType.MENTION and message.parse_entity(e).lstrip("@").lower() == (me or "").lower()
+        for e in message.entities
+    )
+    replied = (
+        message.reply_to_message is not None
+        and message.reply_to_message.from_user is not None
+        and (message.reply_to_message.from_user.id == context.bot.id)
+    )
+    if mentioned or replied:
+        question = re.sub(rf"@{re.escape(me or '')}\b", "", message.text, flags=re.IGNORECASE).strip()
+        await answer_question(message, context, question)
+
+
+async def retrain(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """/retrain, optionally with a JSON or JSONL dataset attached (admins only)."""
+    message = update.effective_message
+    if not _is_admin(update, context):
+        await reply(message, REFUSAL)
+        return
+    core = _core(context)
+    upload = None
+    document = message.document
+    if document is not None:
+        if document.file_size and document.file_size > core.settings.upload_max_bytes:
+            await reply(
+                message, f"{document.file_name} is {document.file_size} bytes; the limit is {core.settings.upload_max_bytes}."
+            )
+            return
+        file = await context.bot.get_file(document.file_id)
+        upload = (bytes(await file.download_as_bytearray()), document.file_name or "dataset.json")
+
+    async def send(text: str) -> Message:
+        return await message.reply_text(text, do_quote=True)
+
+    async def edit(handle: Message, text: str) -> None:
+        with contextlib.suppress(Exception):  # an edit that fails (flood, unchanged) must not stop the run
+            await handle.edit_text(text)
+
+    outcome = await core.retrain(f"tg:{update.effective_user.id}", upload, send, edit)
+    await reply(message, outcome.text)
+    if outcome.image is not None:
+        with outcome.image.open("rb") as picture:
+            await message.reply_photo(picture, caption="Loss and accuracy during training", do_quote=True)
+
+
+async def add_qa(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """/addqa question | answer (admins only)."""
+    message = update.effective_message
+    if not _is_admin(update, context):
+        await reply(message, REFUSAL)
+        return
+    await reply(message, await asyncio.to_thread(_core(context).add_pair, " ".join(context.args or [])))
+
+
+async def status(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """/status (admins only)."""
+    if not _is_admin(update, context):
+        await reply(update.effective_message, REFUSAL)
+        return
+    await reply(update.effective_message, await asyncio.to_thread(_core(context).status))
+
+
+async def models(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """/models (admins only)."""
+    if not _is_admin(update, context):
+        await reply(update.effective_message, REFUSAL)
+        return
+    await reply(update.effective_message, _core(context).models())
+
+
+async def rollback(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """/rollback [version] (admins only)."""
+    if not _is_admin(update, context):
+        await reply(update.effective_message, REFUSAL)
+        return
+    await reply(update.effective_message, _core(context).rollback((context.args or [None])[0]))
+
+
+async def on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Log handler errors; the bot keeps running."""
+    logger.error("a handler failed", exc_info=context.error)
+
+
+def build_application(settings: Settings, core: BotCore | None = None) -> Application:
+    """Wire the handlers; the token comes from the settings and is never logged."""
+    if settings.telegram_token is None:
+        raise ValueError("QABOT_TELEGRAM_TOKEN is not set: create a bot with @BotFather and set its token")
+    for noisy in ("httpx", "httpcore"):  # their request lines carry the token in the URL
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("telegram").setLevel(logging.INFO)  # its debug lines print the API URL, token included
+    api = settings.telegram_api_url.rstrip("/")
+    app = (
+        ApplicationBuilder()
+        .token(settings.telegram_token.get_secret_value())
+        .base_url(f"{api}/bot")
+        .base_file_url(f"{api}/file/bot")
+        .concurrent_updates(True)
+        .build()
+    )
+    app.bot_data["core"] = core or BotCore(settings)
+    app.add_handler(CommandHandler(["start", "help"], start))
+    app.add_handler(CommandHandler("ask", ask))
+    app.add_handler(CommandHandler("retrain", retrain))
+    app.add_handler(MessageHandler(filters.Document.ALL & filters.CaptionRegex(RETRAIN_CAPTION), retrain))
+    app.add_handler(CommandHandler("addqa", add_qa))
+    app.add_handler(CommandHandler("status", status))
+    app.add_handler(CommandHandler("models", models))
+    app.add_handler(CommandHandler("rollback", rollback))
+    app.add_handler(MessageHandler(filters.TEXT & ~filters.COMMAND, on_text))
+    app.add_error_handler(on_error)
+    return app
+
+
+def main(settings: Settings) -> None:
+    """Run the bot: long polling by default, a webhook when QABOT_TELEGRAM_WEBHOOK_URL is set."""
+    app = build_application(settings)
+    if settings.telegram_webhook_url:
+        host, _, port = settings.telegram_webhook_listen.rpartition(":")
+        secret = settings.telegram_webhook_secret.get_secret_value() if settings.telegram_webhook_secret else None
+        if secret is None:
+            raise ValueError("QABOT_TELEGRAM_WEBHOOK_SECRET is required in webhook mode (Telegram sends it with each update)")
+        app.run_webhook(
+            listen=host, port=int(port), url_path="telegram", secret_token=secret, webhook_url=settings.telegram_webhook_url
+        )
+    else:
+        app.run_polling(allowed_updates=Update.ALL_TYPES)

@@ -1,0 +1,297 @@
+"""The real python-telegram-bot against a fake Bot API server, with real Redis and real workers."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+
+import aiohttp
+import pytest
+from redis import Redis
+
+from bots.core import APOLOGY, HELP_TEXT, REFUSAL, BotCore
+from bots.telegram_bot import MESSAGE_LIMIT, build_application
+from engine.models import load_model
+from engine.versions import ModelStore
+from qabot.settings import Settings
+from tests.conftest import TINY_CONFIG, TINY_PAIRS, _free_port
+from tests.fake_telegram import BOT_USERNAME, FakeTelegram
+
+TOKEN = "123456:TEST-secret-token-never-logged"
+ADMIN = 4242
+
+
+@pytest.fixture(scope="module")
+def stack(trained_tiny, redis_server, tmp_path_factory, tiny_gpt2):
+    """A QABOT_HOME with the trained tiny model live, and real answer and train workers on Redis."""
+    store, _ = trained_tiny
+    home = tmp_path_factory.mktemp("tg-home")
+    shutil.copytree(store.root, home / "models")
+    url = redis_server.replace("/0", "/2")
+    Redis.from_url(url).flushdb()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QABOT_")}
+    env |= {
+        "QABOT_HOME": str(home),
+        "QABOT_REDIS_URL": url,
+        "QABOT_DEVICE": "cpu",
+        "QABOT_MAX_NEW_TOKENS": "2048",
+        "QABOT_BASE_MODEL": str(tiny_gpt2),
+        "QABOT_TRAIN_EPOCHS": str(TINY_CONFIG["epochs"]),
+        "QABOT_TRAIN_LEARNING_RATE": str(TINY_CONFIG["learning_rate"]),
+        "QABOT_TRAIN_BATCH_SIZE": "4",
+    }
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "qabot", "worker", kind], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        for kind in ("answer", "train")
+    ]
+    yield Settings(home=home, redis_url=url, telegram_token=TOKEN, telegram_admins=[ADMIN], answer_wait=60, rate_limit=5)
+    for proc in workers:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+async def run_bot(settings: Settings, fake: FakeTelegram):
+    core = BotCore(settings)
+    core.edit_delay = 0.2
+    app = build_application(settings.model_copy(update={"telegram_api_url": fake.url}), core)
+    await app.initialize()
+    await app.start()
+    await app.updater.start_polling(poll_interval=0.0, timeout=1)
+    return app
+
+
+async def stop_bot(app) -> None:
+    await app.updater.stop()
+    await app.stop()
+    await app.shutdown()
+
+
+@pytest.fixture
+async def telegram(stack):
+    fake = FakeTelegram(TOKEN)
+    await fake.start()
+    app = await run_bot(stack, fake)
+    yield fake
+    await stop_bot(app)
+    await fake.stop()
+
+
+def texts(fake: FakeTelegram, message_id: int) -> list[str]:
+    return [m["text"] for m in fake.replies_to(message_id)]
+
+
+async def test_private_question_gets_the_answer_as_a_reply_with_typing(telegram):
+    asked = telegram.send_text(chat_id=101, user_id=101, text=TINY_PAIRS[0].prompt)
+    assert await telegram.wait_for(lambda: texts(telegram, asked)) == [TINY_PAIRS[0].response]
+    assert "typing" in telegram.actions(101)
+
+
+async def test_groups_answer_ask_mentions_and_replies_only(telegram):
+    plain = telegram.send_text(-500, 102, "Just chatting about dinner", chat_type="group")
+    asked = telegram.send_text(-500, 102, f"/ask {TINY_PAIRS[1].prompt}", chat_type="group")
+    assert await telegram.wait_for(lambda: texts(telegram, asked)) == [TINY_PAIRS[1].response]
+    mention = telegram.send_text(-500, 103, f"@{BOT_USERNAME} {TINY_PAIRS[4].prompt}", chat_type="group")
+    assert await telegram.wait_for(lambda: texts(telegram, mention)) == [TINY_PAIRS[4].response]
+    bot_message = telegram.replies_to(mention)[0]["message_id"]
+    follow_up = telegram.send_text(-500, 104, TINY_PAIRS[3].prompt, chat_type="group", reply_to=bot_message)
+    assert await telegram.wait_for(lambda: texts(telegram, follow_up)) == [TINY_PAIRS[3].response]
+    assert telegram.replies_to(plain) == []
+
+
+async def test_start_help_and_empty_ask(telegram):
+    start = telegram.send_text(105, 105, "/start")
+    assert (await telegram.wait_for(lambda: texts(telegram, start)))[0] == HELP_TEXT
+    empty = telegram.send_text(105, 105, "/ask")
+    assert (await telegram.wait_for(lambda: texts(telegram, empty)))[0] == HELP_TEXT
+    helped = telegram.send_text(ADMIN, ADMIN, "/help")
+    assert "/retrain" in (await telegram.wait_for(lambda: texts(telegram, helped)))[0]
+
+
+async def test_long_question_is_refused_and_flood_is_rate_limited(telegram):
+    long = telegram.send_text(106, 106, "why " * 200)
+    assert "please keep it under 500" in (await telegram.wait_for(lambda: texts(telegram, long)))[0]
+    flood = [telegram.send_text(107, 107, TINY_PAIRS[i % 8].prompt) for i in range(7)]
+    replies = await telegram.wait_for(lambda: all(texts(telegram, m) for m in flood) and [texts(telegram, m)[0] for m in flood])
+    limited = [r for r in replies if r.startswith("You're asking quickly: please try again in")]
+    assert len(limited) == 2 and len(replies) == 7
+
+
+LONG_ANSWER = "The Luminary Stone is guarded by Elara in the Sanctum of Veyra. " * 90
+
+
+def long_answer_version(store: ModelStore, tiny_llama) -> str:
+    """A tiny Llama with a long context that learnt one answer of about 5,800 characters."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from engine.dataset import QAPair
+    from engine.training import TrainConfig, fine_tune
+
+    tokenizer = load_model(str(tiny_llama), device="cpu").tokenizer
+    config = AutoConfig.from_pretrained(tiny_llama)
+    config.max_position_embeddings = 4096
+    model = AutoModelForCausalLM.from_config(config)
+    pair = QAPair("Tell me everything about the Stone?", LONG_ANSWER.strip())
+    train = TrainConfig(epochs=40, learning_rate=3e-3, batch_size=1, max_length=2048, checkpoints=False, eval_questions=0)
+    model, _ = fine_tune(model, tokenizer, [pair], config=train, run_dir=store.root / "runs" / "long")
+    staging = store.staging_dir()
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    return store.commit(staging, {"note": "one long answer"}).name
+
+
+async def test_a_long_answer_arrives_split(telegram, stack, tiny_llama):
+    store = ModelStore(stack.models_dir)
+    live = store.current_name()
+    store.promote(long_answer_version(store, tiny_llama))
+    try:
+        asked = telegram.send_text(108, 108, "Tell me everything about the Stone?")
+        parts = await telegram.wait_for(lambda: texts(telegram, asked), timeout=60)
+        with contextlib.suppress(AssertionError):
+            await telegram.wait_for(lambda: len(texts(telegram, asked)) >= 2 or None, timeout=5)
+        parts = texts(telegram, asked)
+        assert len(parts) >= 2 and all(0 < len(p) <= MESSAGE_LIMIT for p in parts), [len(p) for p in parts]
+        assert " ".join(parts).startswith(LONG_ANSWER[:500])
+    finally:
+        store.promote(live)
+
+
+async def test_non_admin_cannot_retrain_or_administer(telegram, stack):
+    before = [v.name for v in ModelStore(stack.models_dir).list()]
+    for command in ("/retrain", "/addqa Who? | Me.", "/status", "/models", "/rollback"):
+        sent = telegram.send_text(109, 109, command)
+        assert await telegram.wait_for(lambda sent=sent: texts(telegram, sent)) == [REFUSAL]
+    doc = telegram.send_document(109, 109, "data.json", json.dumps([{"prompt": "a?", "response": "b"}]).encode())
+    assert await telegram.wait_for(lambda: texts(telegram, doc)) == [REFUSAL]
+    assert [v.name for v in ModelStore(stack.models_dir).list()] == before
+    assert Redis.from_url(stack.redis_url).llen("rq:queue:train") == 0
+
+
+async def test_a_bad_dataset_gets_its_problems_and_changes_nothing(telegram, stack):
+    store = ModelStore(stack.models_dir)
+    before = (store.current_name(), [v.name for v in store.list()], store.current_dataset())
+    bad = json.dumps(
+        [{"prompt": "Who guards it?", "response": "Elara."}, {"prompt": "who guards it", "response": "Malvek."}, {"prompt": ""}]
+    )
+    doc = telegram.send_document(ADMIN, ADMIN, "bad.json", bad.encode())
+    (reply,) = await telegram.wait_for(lambda: texts(telegram, doc))
+    assert reply.startswith("That dataset has 3 problem(s); nothing was changed:")
+    assert "item 1: the same question as item 0 with a different answer" in reply and "item 2: missing 'response'" in reply
+    assert (store.current_name(), [v.name for v in store.list()], store.current_dataset()) == before
+
+
+async def test_admin_retrains_with_an_attached_dataset_and_the_live_model_switches(telegram, stack):
+    store = ModelStore(stack.models_dir)
+    live_before = store.current_name()
+    pairs = [{"prompt": p.prompt, "response": p.response} for p in TINY_PAIRS]
+    pairs.append({"prompt": "Who forged the Luminary Stone?", "response": "Veyra forged the Stone."})
+    doc = telegram.send_document(ADMIN, ADMIN, "eldoria.json", json.dumps(pairs).encode())
+    result = await telegram.wait_for(
+        lambda: [t for t in texts(telegram, doc) if t.startswith(("Training done", "Training failed"))], timeout=240
+    )
+    replies = telegram.replies_to(doc)
+    assert replies[0]["text"].startswith("eldoria.json: 9 pairs, valid, stored as dataset")
+    progress = replies[1]
+    assert progress["edits"][-1] == "Training finished." and any(e.startswith("Training: epoch") for e in progress["edits"])
+    assert len(progress["edits"]) >= 3 and any(e.startswith("Training: epoch") and " left" in e for e in progress["edits"])
+    assert result[0].startswith("Training done: v0") and "is now live" in result[0]
+    new_version = store.current_name()
+    assert new_version != live_before
+    photos = await telegram.wait_for(lambda: [m for m in telegram.replies_to(doc) if "photo" in m])
+    assert photos[0]["photo_bytes"][:8] == b"\x89PNG\r\n\x1a\n"
+    asked = telegram.send_text(110, 110, "Who forged the Luminary Stone?")
+    assert await telegram.wait_for(lambda: texts(telegram, asked), timeout=60) == ["Veyra forged the Stone."]
+
+    listing = telegram.send_text(ADMIN, ADMIN, "/models")
+    assert f"{new_version} (live)" in (await telegram.wait_for(lambda: texts(telegram, listing)))[0]
+    status = telegram.send_text(ADMIN, ADMIN, "/status")
+    report = (await telegram.wait_for(lambda: texts(telegram, status)))[0]
+    assert f"Live model: {new_version}" in report and "Dataset: 9 pairs" in report and "Training: none running" in report
+    back = telegram.send_text(ADMIN, ADMIN, "/rollback")
+    assert (await telegram.wait_for(lambda: texts(telegram, back)))[0].startswith(f"Rolled back: {live_before} is live again")
+    assert store.current_name() == live_before
+
+
+async def test_addqa_stores_a_new_dataset_version(telegram, stack):
+    store = ModelStore(stack.models_dir)
+    added = telegram.send_text(ADMIN, ADMIN, "/addqa What do dragons eat? | Dragons eat moonstones.")
+    reply = (await telegram.wait_for(lambda: texts(telegram, added)))[0]
+    assert reply.startswith("Added. The dataset now has")
+    assert {"prompt": "What do dragons eat?", "response": "Dragons eat moonstones."} in json.loads(
+        store.current_dataset().read_text()
+    )
+    again = telegram.send_text(ADMIN, ADMIN, "/addqa What do dragons eat? | Gold.")
+    assert "with a different answer" in (await telegram.wait_for(lambda: texts(telegram, again)))[0]
+    usage = telegram.send_text(ADMIN, ADMIN, "/addqa no separator")
+    assert (await telegram.wait_for(lambda: texts(telegram, usage)))[0] == "Usage: /addqa question | answer"
+
+
+async def test_workers_down_gives_an_apology_and_the_bot_keeps_running(stack, caplog):
+    caplog.set_level(logging.DEBUG)
+    fake = FakeTelegram(TOKEN)
+    await fake.start()
+    idle_db = stack.redis_url.replace("/2", "/3")  # Redis is up but no worker serves this database
+    app = await run_bot(stack.model_copy(update={"redis_url": idle_db, "answer_wait": 2}), fake)
+    try:
+        first = fake.send_text(111, 111, TINY_PAIRS[0].prompt)
+        assert await fake.wait_for(lambda: texts(fake, first), timeout=20) == [APOLOGY]
+        second = fake.send_text(111, 111, TINY_PAIRS[1].prompt)
+        assert await fake.wait_for(lambda: texts(fake, second), timeout=20) == [APOLOGY]
+    finally:
+        await stop_bot(app)
+    dead = FakeTelegram(TOKEN)
+    await dead.start()
+    app = await run_bot(stack.model_copy(update={"redis_url": f"redis://127.0.0.1:{_free_port()}/0"}), dead)
+    try:
+        asked = dead.send_text(112, 112, TINY_PAIRS[0].prompt)
+        assert await dead.wait_for(lambda: texts(dead, asked), timeout=20) == [APOLOGY]
+    finally:
+        await stop_bot(app)
+        await fake.stop()
+        await dead.stop()
+    assert TOKEN not in caplog.text and TOKEN.split(":")[1] not in caplog.text
+
+
+async def test_webhook_mode_rejects_a_wrong_secret(stack):
+    fake = FakeTelegram(TOKEN)
+    await fake.start()
+    core = BotCore(stack)
+    app = build_application(stack.model_copy(update={"telegram_api_url": fake.url}), core)
+    port = _free_port()
+    await app.initialize()
+    await app.start()
+    await app.updater.start_webhook(
+        listen="127.0.0.1",
+        port=port,
+        url_path="telegram",
+        secret_token="right-secret",
+        webhook_url=f"http://127.0.0.1:{port}/telegram",
+    )
+    update = {
+        "update_id": 1,
+        "message": {
+            "message_id": 1,
+            "date": 0,
+            "chat": {"id": 113, "type": "private"},
+            "from": {"id": 113, "is_bot": False, "first_name": "u"},
+            "text": TINY_PAIRS[2].prompt,
+        },
+    }
+    try:
+        async with aiohttp.ClientSession() as session:
+            url = f"http://127.0.0.1:{port}/telegram"
+            wrong = await session.post(url, json=update, headers={"X-Telegram-Bot-Api-Secret-Token": "wrong"})
+            assert wrong.status == 403
+            right = await session.post(url, json=update, headers={"X-Telegram-Bot-Api-Secret-Token": "right-secret"})
+            assert right.status == 200
+        assert await fake.wait_for(lambda: texts(fake, 1), timeout=60) == [TINY_PAIRS[2].response]
+        assert next(p for m, p in fake.calls if m == "setWebhook")["secret_token"] == "right-secret"
+    finally:
+        await stop_bot(app)
+        await fake.stop()
