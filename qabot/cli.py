@@ -24,6 +24,8 @@ models_app = typer.Typer(help="List, promote and roll back model versions.", no_
 app.add_typer(models_app, name="models")
 worker_app = typer.Typer(help="Run the RQ workers of a GPU host.", no_args_is_help=True)
 app.add_typer(worker_app, name="worker")
+bot_app = typer.Typer(help="Run a chat bot (no torch needed).", no_args_is_help=True)
+app.add_typer(bot_app, name="bot")
 
 EXIT_WORDS = {"exit", "quit", ":q"}
 
@@ -284,12 +286,18 @@ def status(
 
 
 @app.command()
-def dev() -> None:
-    """Run Redis (started if needed), the answer worker and the train worker locally, for hosts without Docker."""
+def dev(
+    bot: Annotated[list[str] | None, typer.Option(help="Also run this bot: telegram or discord (repeatable).")] = None,
+) -> None:
+    """Run Redis (started if needed), the answer worker, the train worker and chosen bots locally, without Docker."""
     from worker.dev import run
 
     settings = _settings(engine=False)
-    raise typer.Exit(run(settings, [], echo=console.print))
+    known = {"telegram", "discord"}
+    unknown = set(bot or []) - known
+    if unknown:
+        raise typer.BadParameter(f"unknown bot(s) {', '.join(sorted(unknown))}; choose from {', '.join(sorted(known))}")
+    raise typer.Exit(run(settings, bot or [], echo=console.print))
 
 
 @worker_app.command("answer")
@@ -314,6 +322,22 @@ def worker_train(burst: Annotated[bool, typer.Option(help="Stop when the queue i
 
     settings = _settings(engine=False)
     Worker([TRAIN_QUEUE], connection=connect(settings.redis_url, WORKER_SOCKET_TIMEOUT)).work(burst=burst)
+
+
+@bot_app.command("telegram")
+def bot_telegram() -> None:
+    """Run the Telegram bot: polling, or a webhook when QABOT_TELEGRAM_WEBHOOK_URL is set."""
+    from bots.telegram_bot import main as run_telegram
+
+    run_telegram(_settings(engine=False))
+
+
+@bot_app.command("discord")
+def bot_discord() -> None:
+    """Run the Discord bot (slash commands are synced at start)."""
+    from bots.discord_bot import main as run_discord
+
+    run_discord(_settings(engine=False))
 
 
 def main() -> None:

@@ -115,3 +115,23 @@ def test_qabot_dev_starts_redis_and_workers_and_stops_them(home, tmp_path):
     except Exception:  # noqa: BLE001 - refused: stopped as it should be
         still_up = False
     assert not still_up
+
+
+def test_bot_side_imports_no_torch():
+    code = (
+        "import sys; import bots.core, bots.telegram_bot, bots.discord_bot, worker.client, worker.status, qabot.cli; "
+        "heavy = {'torch', 'transformers'} & set(sys.modules); assert not heavy, heavy"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
+def test_bots_run_from_their_own_image_with_the_shared_models_volume():
+    bots = {name: svc for name, svc in COMPOSE["services"].items() if as_list(svc.get("command", ["x"]))[:2] == ["qabot", "bot"]}
+    assert {"telegram-bot", "discord-bot"} <= set(bots)
+    for name, svc in bots.items():
+        assert svc["build"]["dockerfile"] == "docker/bots.Dockerfile", name
+        assert "models:/var/lib/qabot" in svc["volumes"] and svc["environment"]["QABOT_HOME"] == "/var/lib/qabot"
+        assert "deploy" not in svc  # no GPU for bots
+    dockerfile = (ROOT / "docker" / "bots.Dockerfile").read_text()
+    assert '".[bots]"' in dockerfile and "torch" not in dockerfile.split("RUN", 1)[1]
