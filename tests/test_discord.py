@@ -1,0 +1,118 @@
+"""The real discord.py against a fake Discord REST API and gateway, with real Redis and real workers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import discord
+import pytest
+import yarl
+
+from bots.core import REFUSAL, BotCore
+from bots.discord_bot import MESSAGE_LIMIT, QabotDiscord
+from engine.versions import ModelStore
+from tests.conftest import TINY_PAIRS
+from tests.fake_discord import ADMIN_ROLE_ID, CHANNEL_ID, OTHER_CHANNEL_ID, FakeDiscord
+from tests.test_telegram import long_answer_version, stack  # noqa: F401 - the shared worker stack fixture
+
+ADMIN = 5151
+TOKEN = "discord-secret-token-never-logged"
+
+
+@pytest.fixture
+async def discord_bot(stack, monkeypatch):  # noqa: F811
+    fake = FakeDiscord()
+    await fake.start()
+    # Point the real library at the fake platform (the only thing that cannot exist here).
+    monkeypatch.setattr(discord.http.Route, "BASE", f"{fake.url}/api/v10")
+    monkeypatch.setattr(
+        discord.gateway.DiscordWebSocket, "DEFAULT_GATEWAY", yarl.URL(fake.url.replace("http", "ws") + "/gateway")
+    )
+    settings = stack.model_copy(
+        update={
+            "discord_token": TOKEN,
+            "discord_admins": [ADMIN],
+            "discord_admin_roles": [int(ADMIN_ROLE_ID)],
+            "discord_channels": [int(CHANNEL_ID)],
+        }
+    )
+    core = BotCore(settings)
+    core.edit_delay = 0.2
+    bot = QabotDiscord(settings, core)
+    task = asyncio.create_task(bot.start(TOKEN))
+    await asyncio.wait_for(fake.ready.wait(), 30)
+    await fake.wait_for(lambda: fake.commands)
+    yield fake
+    await bot.close()
+    task.cancel()
+    await fake.stop()
+
+
+async def test_slash_commands_are_synced_at_start(discord_bot):
+    names = {c["name"] for c in discord_bot.commands}
+    assert {"ask", "help", "retrain", "addqa", "status", "models", "rollback"} <= names
+
+
+async def test_slash_ask_is_deferred_then_answered(discord_bot):
+    token = await discord_bot.slash(301, "ask", {"question": TINY_PAIRS[0].prompt})
+    follow = await discord_bot.wait_for(lambda: [m["content"] for m in discord_bot.followups(token)])
+    assert follow == [TINY_PAIRS[0].response]
+    assert discord_bot.callbacks[0]["type"] == 5  # deferred first, within Discord's 3 s
+
+
+async def test_mentions_and_replies_get_answers_with_typing(discord_bot):
+    asked = await discord_bot.say(302, TINY_PAIRS[1].prompt, mention=True)
+    assert await discord_bot.wait_for(lambda: discord_bot.replies_to(asked)) == [TINY_PAIRS[1].response]
+    assert discord_bot.typing_in(CHANNEL_ID) >= 1
+    bot_reply = next(
+        m["id"] for m in discord_bot.messages.values() if str((m.get("message_reference") or {}).get("message_id")) == asked
+    )
+    follow = await discord_bot.say(303, TINY_PAIRS[4].prompt, reply_to=bot_reply)
+    assert await discord_bot.wait_for(lambda: discord_bot.replies_to(follow)) == [TINY_PAIRS[4].response]
+    ignored = await discord_bot.say(304, TINY_PAIRS[2].prompt)
+    elsewhere = await discord_bot.say(305, TINY_PAIRS[2].prompt, mention=True, channel_id=OTHER_CHANNEL_ID)
+    await asyncio.sleep(1.0)
+    assert discord_bot.replies_to(ignored) == [] and discord_bot.replies_to(elsewhere) == []
+
+
+async def test_a_long_answer_is_split_under_2000_characters(discord_bot, stack, tiny_llama):  # noqa: F811
+    store = ModelStore(stack.models_dir)
+    live = store.current_name()
+    store.promote(long_answer_version(store, tiny_llama))
+    try:
+        token = await discord_bot.slash(306, "ask", {"question": "Tell me everything about the Stone?"})
+        await discord_bot.wait_for(lambda: len(discord_bot.followups(token)) >= 3, timeout=60)
+        parts = [m["content"] for m in discord_bot.followups(token)]
+        assert all(0 < len(p) <= MESSAGE_LIMIT for p in parts)
+    finally:
+        store.promote(live)
+
+
+async def test_non_admin_is_refused(discord_bot, stack):  # noqa: F811
+    before = [v.name for v in ModelStore(stack.models_dir).list()]
+    token = await discord_bot.slash(307, "retrain", attachment=("d.json", b"[]"))
+    await discord_bot.wait_for(lambda: discord_bot.followups(token))
+    assert [m["content"] for m in discord_bot.followups(token)] == [REFUSAL]
+    assert [v.name for v in ModelStore(stack.models_dir).list()] == before
+
+
+async def test_admin_role_retrains_with_an_attachment(discord_bot, stack):  # noqa: F811
+    store = ModelStore(stack.models_dir)
+    live_before = store.current_name()
+    pairs = [{"prompt": p.prompt, "response": p.response} for p in TINY_PAIRS]
+    pairs.append({"prompt": "Who mined the first moonstone?", "response": "Brenna mined it."})
+    token = await discord_bot.slash(308, "retrain", roles=[ADMIN_ROLE_ID], attachment=("more.json", json.dumps(pairs).encode()))
+    done = await discord_bot.wait_for(
+        lambda: [m for m in discord_bot.followups(token) if m["content"].startswith("Training done")], timeout=240
+    )
+    assert "is now live" in done[0]["content"] and done[0]["files"]  # the loss curve is attached
+    progress = next(m for m in discord_bot.followups(token) if m["content"] in ("Training finished.",))
+    assert len(progress["edits"]) >= 2
+    assert store.current_name() != live_before
+    bad = await discord_bot.slash(ADMIN, "retrain", attachment=("bad.json", b'[{"prompt": "x"}]'))
+    reply = await discord_bot.wait_for(lambda: [m["content"] for m in discord_bot.followups(bad)])
+    assert reply[0].startswith("That dataset has 1 problem(s)") and "item 0: missing 'response'" in reply[0]
+    back = await discord_bot.slash(ADMIN, "rollback")
+    assert (await discord_bot.wait_for(lambda: [m["content"] for m in discord_bot.followups(back)]))[0].startswith("Rolled back")
+    assert store.current_name() == live_before
