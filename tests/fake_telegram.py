@@ -110,6 +110,7 @@ class FakeTelegram:
         message = {
             "message_id": next(self._ids),
             "date": int(time.time()),
+            "sent_at": time.monotonic(),
             "chat": {"id": int(chat_id), "type": "private"},
             "from": {"id": BOT_ID, "is_bot": True, "first_name": "qabot", "username": BOT_USERNAME},
             **content,
@@ -226,4 +227,4 @@ class FakeTelegram:
 
 def _public(message: dict[str, Any]) -> dict[str, Any]:
     """The message as the Bot API returns it, without what the fake keeps for the tests."""
-    return {k: v for k, v in message.items() if k not in {"edits", "photo_bytes", "reply_to_message_id"}}
+    return {k: v for k, v in message.items() if k not in {"edits", "photo_bytes", "reply_to_message_id", "sent_at"}}
