@@ -19,6 +19,8 @@ lint:
 	$(PYTHON) -m ruff check . && $(PYTHON) -m ruff format --check .
 
 bench: install  ## benchmarks; figures are printed with their ratio to the baseline
-	$(PYTHON) bench/finetune_speed.py
-	$(PYTHON) bench/quality.py
-	$(PYTHON) bench/generation.py
+	$(PYTHON) -m bench.finetune_speed
+	$(PYTHON) -m bench.quality --home $${QABOT_BENCH_HOME:-/tmp/qabot-bench-home}
+	QABOT_HOME=$${QABOT_BENCH_HOME:-/tmp/qabot-bench-home} $(PYTHON) -m bench.generation
+	QABOT_HOME=$${QABOT_BENCH_HOME:-/tmp/qabot-bench-home} $(PYTHON) -m bench.queue
+	$(PYTHON) -m bench.telegram_load
