@@ -295,3 +295,17 @@ async def test_webhook_mode_rejects_a_wrong_secret(stack):
     finally:
         await stop_bot(app)
         await fake.stop()
+
+
+async def test_an_oversize_upload_is_refused_before_download(stack):
+    fake = FakeTelegram(TOKEN)
+    await fake.start()
+    app = await run_bot(stack.model_copy(update={"upload_max_bytes": 1024}), fake)
+    try:
+        data = json.dumps([{"prompt": f"Question {i}?", "response": "An answer."} for i in range(60)]).encode()
+        doc = fake.send_document(ADMIN, ADMIN, "big.json", data)
+        assert await fake.wait_for(lambda: texts(fake, doc)) == [f"big.json is {len(data)} bytes; the limit is 1024."]
+        assert "getFile" not in [m for m, _ in fake.calls]
+    finally:
+        await stop_bot(app)
+        await fake.stop()
