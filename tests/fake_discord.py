@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import time
 from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import WSMsgType, web
+
+from tests.fake_server import Watched
 
 APP_ID = "700000000000000001"
 BOT_ID = "700000000000000002"
@@ -35,10 +36,11 @@ def user(user_id: int | str) -> dict[str, Any]:
     }
 
 
-class FakeDiscord:
+class FakeDiscord(Watched):
     """REST under /api/v10, the gateway at /gateway; records calls; pushes events to the bot."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.calls: list[tuple[str, str, Any]] = []
         self.messages: dict[str, dict[str, Any]] = {}  # by id, as last edited
         self.callbacks: list[dict[str, Any]] = []
@@ -48,7 +50,6 @@ class FakeDiscord:
         self._seq = itertools.count(1)
         self._socket: web.WebSocketResponse | None = None
         self.ready = asyncio.Event()
-        self._changed = asyncio.Event()
         self.runner: web.AppRunner | None = None
         self.url = ""
 
@@ -382,20 +383,6 @@ class FakeDiscord:
 
     def typing_in(self, channel_id: str) -> int:
         return sum(1 for method, path, _ in self.calls if method == "POST" and path == f"channels/{channel_id}/typing")
-
-    async def wait_for(self, predicate, timeout: float = 30.0):
-        deadline = time.monotonic() + timeout
-        while True:
-            value = predicate()
-            if value:
-                return value
-            if time.monotonic() >= deadline:
-                raise AssertionError(f"timed out; last calls: {[(m, p) for m, p, _ in self.calls][-10:]}")
-            self._changed.clear()
-            try:
-                await asyncio.wait_for(self._changed.wait(), min(0.5, deadline - time.monotonic()))
-            except TimeoutError:
-                pass
 
 
 def _public(message: dict[str, Any]) -> dict[str, Any]:

@@ -11,14 +11,17 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.fake_server import Watched
+
 BOT_ID = 999_000
 BOT_USERNAME = "qabot_test_bot"
 
 
-class FakeTelegram:
+class FakeTelegram(Watched):
     """Serves /bot<TOKEN>/<method> and /file/bot<TOKEN>/<path>; records every call; queues updates."""
 
     def __init__(self, token: str) -> None:
+        super().__init__()
         self.token = token
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.sent: dict[int, dict[str, Any]] = {}  # bot messages by id, as last edited
@@ -27,7 +30,6 @@ class FakeTelegram:
         self._ids = itertools.count(1)
         self._update_ids = itertools.count(1)
         self._new_update = asyncio.Event()
-        self._changed = asyncio.Event()
         self.runner: web.AppRunner | None = None
         self.url = ""
 
@@ -208,21 +210,6 @@ class FakeTelegram:
 
     def actions(self, chat_id: int) -> list[str]:
         return [p["action"] for m, p in self.calls if m == "sendChatAction" and int(p["chat_id"]) == chat_id]
-
-    async def wait_for(self, predicate, timeout: float = 30.0):
-        """Wait until predicate() is truthy (re-checked whenever the bot calls the API); return its value."""
-        deadline = time.monotonic() + timeout
-        while True:
-            value = predicate()
-            if value:
-                return value
-            if time.monotonic() >= deadline:
-                raise AssertionError(f"timed out; calls so far: {[m for m, _ in self.calls][-20:]}")
-            self._changed.clear()
-            try:
-                await asyncio.wait_for(self._changed.wait(), min(0.5, deadline - time.monotonic()))
-            except TimeoutError:
-                pass
 
 
 def _public(message: dict[str, Any]) -> dict[str, Any]:
