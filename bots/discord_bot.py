@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from pathlib import Path
@@ -111,18 +112,27 @@ def _register(bot: QabotDiscord) -> None:
                 return
             upload = (await dataset.read(), dataset.filename)
 
-        async def start(text: str) -> discord.WebhookMessage:
-            return await interaction.followup.send(text, wait=True)
+        # Interaction tokens expire after 15 minutes and fine-tunes may last longer: the first message is
+        # the follow-up that ends "thinking"; progress and the result then go to the channel.
+        channel = interaction.channel
+        acked = False
 
-        async def edit(handle: discord.WebhookMessage, text: str) -> None:
+        async def say(text: str, **extra) -> discord.Message | discord.WebhookMessage:
+            nonlocal acked
+            if acked and channel is not None:
+                return await channel.send(text, **extra)
+            acked = True
+            return await interaction.followup.send(text, wait=True, **extra)
+
+        async def edit(handle: discord.Message | discord.WebhookMessage, text: str) -> None:
             with contextlib.suppress(discord.HTTPException):
                 await handle.edit(content=text)
 
-        outcome = await bot.core.retrain(f"dc:{interaction.user.id}", upload, start, edit)
-        if outcome.image is not None:
-            await interaction.followup.send(outcome.text[:MESSAGE_LIMIT], file=discord.File(Path(outcome.image), "loss.png"))
-        else:
-            await _send(interaction, outcome.text)
+        outcome = await bot.core.retrain(f"dc:{interaction.user.id}", upload, say, edit)
+        parts = split_message(outcome.text, MESSAGE_LIMIT)
+        for index, part in enumerate(parts):
+            last = index == len(parts) - 1 and outcome.image is not None
+            await say(part, **({"file": discord.File(Path(outcome.image), "loss.png")} if last else {}))
 
     @tree.command(name="addqa", description="Add one question and answer to the dataset (admins).")
     async def addqa(interaction: discord.Interaction, question: str, answer: str) -> None:
@@ -137,7 +147,7 @@ def _register(bot: QabotDiscord) -> None:
         if await refuse_unless_admin(interaction):
             return
         await interaction.response.defer(thinking=True)
-        await _send(interaction, bot.core.status())
+        await _send(interaction, await asyncio.to_thread(bot.core.status))
 
     @tree.command(name="models", description="Model versions (admins).")
     async def models(interaction: discord.Interaction) -> None:

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import re
 from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
 
 from telegram import Message, Update
 from telegram.constants import ChatAction, ChatType, MessageEntityType
@@ -188,15 +189,16 @@ def build_application(settings: Settings, core: BotCore | None = None) -> Applic
         .build()
     )
     app.bot_data["core"] = core or BotCore(settings)
-    app.add_handler(CommandHandler(["start", "help"], start))
-    app.add_handler(CommandHandler("ask", ask))
-    app.add_handler(CommandHandler("retrain", retrain))
-    app.add_handler(MessageHandler(filters.Document.ALL & filters.CaptionRegex(RETRAIN_CAPTION), retrain))
-    app.add_handler(CommandHandler("addqa", add_qa))
-    app.add_handler(CommandHandler("status", status))
-    app.add_handler(CommandHandler("models", models))
-    app.add_handler(CommandHandler("rollback", rollback))
-    app.add_handler(MessageHandler(filters.TEXT & ~filters.COMMAND, on_text))
+    new = filters.UpdateType.MESSAGE  # an edited message must not ask again or retrain again
+    app.add_handler(CommandHandler(["start", "help"], start, filters=new))
+    app.add_handler(CommandHandler("ask", ask, filters=new))
+    app.add_handler(CommandHandler("retrain", retrain, filters=new))
+    app.add_handler(MessageHandler(new & filters.Document.ALL & filters.CaptionRegex(RETRAIN_CAPTION), retrain))
+    app.add_handler(CommandHandler("addqa", add_qa, filters=new))
+    app.add_handler(CommandHandler("status", status, filters=new))
+    app.add_handler(CommandHandler("models", models, filters=new))
+    app.add_handler(CommandHandler("rollback", rollback, filters=new))
+    app.add_handler(MessageHandler(new & filters.TEXT & ~filters.COMMAND, on_text))
     app.add_error_handler(on_error)
     return app
 
@@ -209,8 +211,9 @@ def main(settings: Settings) -> None:
         secret = settings.telegram_webhook_secret.get_secret_value() if settings.telegram_webhook_secret else None
         if secret is None:
             raise ValueError("QABOT_TELEGRAM_WEBHOOK_SECRET is required in webhook mode (Telegram sends it with each update)")
+        path = urlsplit(settings.telegram_webhook_url).path.strip("/")  # listen where Telegram will post
         app.run_webhook(
-            listen=host, port=int(port), url_path="telegram", secret_token=secret, webhook_url=settings.telegram_webhook_url
+            listen=host, port=int(port), url_path=path, secret_token=secret, webhook_url=settings.telegram_webhook_url
         )
     else:
         app.run_polling(allowed_updates=Update.ALL_TYPES)

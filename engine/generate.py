@@ -13,6 +13,7 @@ from transformers import StoppingCriteriaList, StopStringCriteria, TopPLogitsWar
 from engine.decoding import decode, supports_pruned_decoding
 from engine.errors import QuestionError
 from engine.formatting import STOP_TEXT, format_prompt
+from engine.questions import check_question
 
 STOP_TAIL_TOKENS = 12
 
@@ -45,16 +46,6 @@ class Sampling:
     temperature: float = 0.7
     top_p: float = 0.9
     seed: int | None = None
-
-
-def check_question(question: str, max_chars: int) -> str:
-    """Return the question stripped, or raise QuestionError with a message for the asker."""
-    if not isinstance(question, str) or not question.strip():
-        raise QuestionError("the question is empty: ask something, e.g. 'Who guards the Luminary Stone?'")
-    text = question.strip()
-    if len(text) > max_chars:
-        raise QuestionError(f"the question is {len(text)} characters long; the limit is {max_chars}")
-    return text
 
 
 class Answerer:

@@ -101,13 +101,22 @@ class ModelStore:
 
     def commit(self, staging: Path, meta: dict[str, Any]) -> VersionInfo:
         """Give a staged model the next version number and write its metadata last."""
-        numbers = [int(v.name[1:]) for v in self.list()]
-        name = f"v{(max(numbers) + 1 if numbers else 1):04d}"
-        meta = {**meta, "version": name, "created_at": meta.get("created_at") or datetime.now(UTC).isoformat(timespec="seconds")}
-        _write_atomic(staging / METADATA_FILE, json.dumps(meta, indent=2, default=str))
-        target = self.versions_dir / name
-        os.rename(staging, target)
-        return self._info(target)
+        created = meta.get("created_at") or datetime.now(UTC).isoformat(timespec="seconds")
+        taken = [int(m.group(1)) for p in self.versions_dir.iterdir() if (m := VERSION_RE.match(p.name))]
+        number = max(taken, default=0) + 1
+        while True:  # two fine-tunes finishing at once must not take the same number
+            name = f"v{number:04d}"
+            _write_atomic(
+                staging / METADATA_FILE, json.dumps({**meta, "version": name, "created_at": created}, indent=2, default=str)
+            )
+            target = self.versions_dir / name
+            try:
+                os.rename(staging, target)  # fails if `target` exists and is not empty
+                return self._info(target)
+            except OSError:
+                if not target.exists():
+                    raise
+                number += 1
 
     def discard(self, staging: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)

@@ -177,7 +177,7 @@ def ask(
     remote: Annotated[bool, typer.Option(help="Ask through the Redis queue and the answer workers.")] = False,
 ) -> None:
     """Answer one question with the live model and print the answer."""
-    from engine.generate import Sampling, check_question
+    from engine.questions import check_question
 
     settings = _settings(engine=not remote)
     check_question(question, settings.max_question_chars)
@@ -186,6 +186,8 @@ def ask(
 
         print(QueueClient(settings).ask_sync(question, asker="cli").answer)
         return
+    from engine.generate import Sampling
+
     answerer, _ = _load_answerer(settings, version)
     print(answerer.answer([question], Sampling(do_sample=sample, temperature=temperature, seed=seed))[0].text)
 

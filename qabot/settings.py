@@ -83,6 +83,12 @@ class Settings(BaseSettings):
                 raise ValueError(f"expected comma-separated numeric ids such as 123,456, got {value!r}") from exc
         return value
 
+    @field_validator("telegram_token", "discord_token", "telegram_webhook_secret", "telegram_webhook_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """An empty variable (as docker compose passes `${X:-}`) means not set."""
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("home", "dataset", "eval_data", mode="after")
     @classmethod
     def _expand_user(cls, value: Path | None) -> Path | None:

@@ -122,6 +122,11 @@ class FakeDiscord(Watched):
             return web.Response(status=204)
         if parts[0] == "channels" and parts[-1] == "messages" and request.method == "POST":
             return self._json(self._bot_message(parts[1], body, files))
+        if parts[0] == "channels" and parts[-2] == "messages" and request.method == "PATCH":
+            message = self.messages[parts[-1]]
+            message["content"] = body.get("content", message["content"])
+            message.setdefault("edits", []).append(message["content"])
+            return self._json(_public(message))
         if parts[0] == "interactions" and parts[-1] == "callback":
             self.callbacks.append({"interaction": parts[1], **body})
             flags = (body.get("data") or {}).get("flags", 0)
@@ -377,6 +382,9 @@ class FakeDiscord(Watched):
             for m in self.messages.values()
             if str((m.get("message_reference") or {}).get("message_id")) == message_id
         ]
+
+    def contents(self) -> list[str]:
+        return [m["content"] for m in self.messages.values()]
 
     def followups(self, token: str) -> list[dict[str, Any]]:
         return [m for m in self.messages.values() if m.get("webhook") == token or m.get("interaction") == token]

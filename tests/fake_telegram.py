@@ -187,6 +187,13 @@ class FakeTelegram(Watched):
             message["reply_to_message"] = _public(self.sent[reply_to])
         return self._push(message)
 
+    def edit_text(self, message_id: int, text: str) -> None:
+        """The person edits a message they sent (Telegram sends an edited_message update)."""
+        original = next(u["message"] for u in self.updates if u.get("message", {}).get("message_id") == message_id)
+        edited = {**original, "text": text, "entities": self._entities(text), "edit_date": int(time.time())}
+        self.updates.append({"update_id": next(self._update_ids), "edited_message": edited})
+        self._new_update.set()
+
     def send_document(self, chat_id: int, user_id: int, filename: str, data: bytes, caption: str = "/retrain") -> int:
         file_id = f"doc{len(self.files) + 1}"
         self.files[f"documents/{file_id}"] = data

@@ -104,11 +104,12 @@ async def test_admin_role_retrains_with_an_attachment(discord_bot, stack):  # no
     pairs.append({"prompt": "Who mined the first moonstone?", "response": "Brenna mined it."})
     token = await discord_bot.slash(308, "retrain", roles=[ADMIN_ROLE_ID], attachment=("more.json", json.dumps(pairs).encode()))
     done = await discord_bot.wait_for(
-        lambda: [m for m in discord_bot.followups(token) if m["content"].startswith("Training done")], timeout=240
+        lambda: [m for m in discord_bot.messages.values() if m["content"].startswith("Training done")], timeout=240
     )
     assert "is now live" in done[0]["content"] and done[0]["files"]  # the loss curve is attached
-    progress = next(m for m in discord_bot.followups(token) if m["content"] in ("Training finished.",))
-    assert len(progress["edits"]) >= 2
+    assert next(m["content"] for m in discord_bot.followups(token)).startswith("more.json: 9 pairs, valid")
+    progress = next(m for m in discord_bot.messages.values() if m["content"] == "Training finished.")
+    assert len(progress["edits"]) >= 2 and "webhook" not in progress  # a channel message: no 15-minute token
     assert store.current_name() != live_before
     bad = await discord_bot.slash(ADMIN, "retrain", attachment=("bad.json", b'[{"prompt": "x"}]'))
     reply = await discord_bot.wait_for(lambda: [m["content"] for m in discord_bot.followups(bad)])

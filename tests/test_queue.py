@@ -44,7 +44,7 @@ def test_waiting_questions_are_answered_in_one_batch_like_one_by_one(home, redis
     jobs = [client.enqueue_answer(q, asker=f"user{i}", channel="general") for i, q in enumerate(QUESTIONS)]
     worker = make_worker(settings)
     worker.work(burst=True)
-    assert worker.answerer.generate_calls == 1 and worker.batches == [len(QUESTIONS)]
+    assert worker.answerer.generate_calls == 1 and list(worker.batches) == [len(QUESTIONS)]
 
     loaded, _ = load_version(ModelStore(settings.models_dir), device="cpu")
     alone = Answerer(loaded.model, loaded.tokenizer, max_new_tokens=24)
@@ -63,7 +63,7 @@ def test_batch_size_caps_each_pass(home, redis_url):
     jobs = [client.enqueue_answer(q) for q in QUESTIONS]
     worker = make_worker(settings)
     worker.work(burst=True)
-    assert worker.batches == [3, 3, 2]
+    assert list(worker.batches) == [3, 3, 2]
     assert all(job.get_status(refresh=True) == JobStatus.FINISHED for job in jobs)
 
 
@@ -181,3 +181,27 @@ def test_cli_ask_remote_and_status(home, redis_url):
     )
     assert failed.returncode == 1 and "unreachable" in failed.stderr
     assert "s3cret" not in failed.stderr and "Traceback" not in failed.stderr
+
+
+def test_a_version_that_will_not_load_leaves_the_old_model_serving(home, redis_url):
+    settings = make_settings(home, redis_url)
+    store = ModelStore(settings.models_dir)
+    client = QueueClient(settings)
+    worker = make_worker(settings)
+    first = client.enqueue_answer(QUESTIONS[0])
+    worker.work(burst=True)
+    assert client.wait_answer(first).version == "v0001"
+    staging = store.staging_dir()
+    (staging / "config.json").write_text("{ this is not a model")
+    store.promote(store.commit(staging, {"note": "broken"}).name)
+    later = client.enqueue_answer(QUESTIONS[1])
+    worker.work(burst=True)
+    result = client.wait_answer(later)
+    assert (result.answer, result.version) == (TINY_PAIRS[1].response, "v0001")
+
+
+def test_a_question_that_expired_unanswered_is_a_timeout(home, redis_url):
+    client = QueueClient(make_settings(home, redis_url, answer_wait=1))
+    job = client.enqueue_answer(QUESTIONS[0])  # its ttl (1 s) runs out before the wait (2 s) ends
+    with pytest.raises(AnswerTimeout):
+        client.wait_answer(job, timeout=2)

@@ -309,3 +309,13 @@ async def test_an_oversize_upload_is_refused_before_download(stack):
     finally:
         await stop_bot(app)
         await fake.stop()
+
+
+async def test_an_edited_question_is_not_answered_again(telegram):
+    import asyncio
+
+    asked = telegram.send_text(114, 114, TINY_PAIRS[5].prompt)
+    assert await telegram.wait_for(lambda: texts(telegram, asked)) == [TINY_PAIRS[5].response]
+    telegram.edit_text(asked, TINY_PAIRS[6].prompt)
+    await asyncio.sleep(2.0)
+    assert texts(telegram, asked) == [TINY_PAIRS[5].response]

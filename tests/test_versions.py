@@ -50,3 +50,15 @@ def test_pointer_switch_leaves_no_temporary_files(tmp_path):
     for note in "ab":
         store.promote(make_version(store, note))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["current", "history.json", "versions"]
+
+
+def test_a_number_taken_meanwhile_is_skipped(tmp_path):
+    store = ModelStore(tmp_path)
+    first = store.staging_dir()
+    second = store.staging_dir()
+    (second / "w").write_text("b")
+    (store.versions_dir / "v0001").mkdir()  # another process claimed v0001 after we looked
+    (store.versions_dir / "v0001" / "w").write_text("a")
+    assert store.commit(second, {"note": "b"}).name == "v0002"
+    (first / "w").write_text("c")
+    assert store.commit(first, {"note": "c"}).name == "v0003"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 import time
+from collections import deque
 from typing import Any
 
 from rq import Queue, SimpleWorker
@@ -16,6 +17,8 @@ from qabot.settings import Settings
 from worker import jobs
 
 logger = logging.getLogger(__name__)
+
+RELOAD_RETRY_SECONDS = 60
 
 
 class AnswerWorker(SimpleWorker):
@@ -35,7 +38,8 @@ class AnswerWorker(SimpleWorker):
         self.store = ModelStore(self.settings.models_dir)
         self.answerer = None
         self.version: str | None = None
-        self.batches: list[int] = []
+        self.batches: deque[int] = deque(maxlen=1000)
+        self._failed: tuple[str, int] | None = None
 
     # -- model ------------------------------------------------------------------------------
     def refresh_model(self) -> None:
@@ -45,6 +49,8 @@ class AnswerWorker(SimpleWorker):
         live = self.store.current_name()
         if live is None or live == self.version:
             return
+        if self._failed == (live, int(time.monotonic() // RELOAD_RETRY_SECONDS)):
+            return  # it failed moments ago: keep serving the loaded model, retry a little later
         started = time.monotonic()
         loaded, info = load_version(self.store, live, device=self.settings.device, dtype=self.settings.dtype)
         answerer = make_answerer(
@@ -57,29 +63,35 @@ class AnswerWorker(SimpleWorker):
         self.log.info("Worker %s: model %s loaded in %.1f s", self.name, info.name, time.monotonic() - started)
 
     # -- batching ---------------------------------------------------------------------------
-    def _take_waiting(self, queue: Queue, most: int) -> list[tuple[Job, Queue]]:
-        """Dequeue up to `most` questions that are already waiting, without blocking."""
-        taken: list[tuple[Job, Queue]] = []
-        while len(taken) < most:
+    def _take_waiting(self, queue: Queue, most: int, into: list[tuple[Job, Queue]]) -> None:
+        """Dequeue up to `most` questions that are already waiting, without blocking, appending as it goes."""
+        for _ in range(most):
             found = self.queue_class.dequeue_any(
                 [queue], None, connection=self.connection, job_class=self.job_class, serializer=self.serializer
             )
             if found is None:
-                break
-            taken.append(found)
-        return taken
+                return
+            into.append(found)
 
     def answer_batch(self, batch: list[Job]) -> None:
         """Compute every job's answer (or its error) with one batched pass of the model."""
         from engine.errors import QabotError, QuestionError
-        from engine.generate import check_question
+        from engine.questions import check_question
 
         try:
             self.refresh_model()
-        except QabotError as exc:
-            for job in batch:
-                jobs.batch_results[job.id] = exc
-            return
+        except Exception as exc:  # a version that will not load must not stop the worker
+            self._failed = (self.store.current_name() or "", int(time.monotonic() // RELOAD_RETRY_SECONDS))
+            self.log.exception(
+                "Worker %s: could not load the live model; %s",
+                self.name,
+                f"still serving {self.version}" if self.answerer else "no model loaded",
+            )
+            if self.answerer is None:
+                error = exc if isinstance(exc, QabotError) else RuntimeError(f"the model could not be loaded: {exc}")
+                for job in batch:
+                    jobs.batch_results[job.id] = error
+                return
         if self.answerer is None:
             error = RuntimeError("no model has been trained yet: an admin must train one first")
             for job in batch:
@@ -111,7 +123,11 @@ class AnswerWorker(SimpleWorker):
         self.batches.append(len(valid))
         for index, (job, question) in enumerate(valid):
             try:
-                result = answers[index] if answers is not None else self.answerer.answer([question])[0]
+                if answers is not None:
+                    result = answers[index]
+                else:
+                    with self.death_penalty_class(job.timeout or timeout, JobTimeoutException, job_id=job.id):
+                        result = self.answerer.answer([question])[0]
             except Exception as exc:  # noqa: BLE001 - this question fails alone, the others go on
                 jobs.batch_results[job.id] = exc
                 continue
@@ -127,10 +143,18 @@ class AnswerWorker(SimpleWorker):
     def execute_job(self, job: Job, queue: Queue) -> None:
         """Take the waiting questions too, answer all at once, then let rq finish each job."""
         batch = [(job, queue)]
-        if job.func_name == jobs.ANSWER_JOB:
-            batch += [(j, q) for j, q in self._take_waiting(queue, self.batch_size - 1)]
-            self.answer_batch([j for j, _ in batch if j.func_name == jobs.ANSWER_JOB])
         try:
+            if job.func_name == jobs.ANSWER_JOB:
+                try:
+                    self._take_waiting(queue, self.batch_size - 1, batch)
+                except Exception:  # Redis hiccup: answer the one in hand
+                    self.log.exception("Worker %s: could not take more waiting questions", self.name)
+                try:
+                    self.answer_batch([j for j, _ in batch if j.func_name == jobs.ANSWER_JOB])
+                except Exception as exc:  # every job still ends, failed, with the reason
+                    self.log.exception("Worker %s: a batch failed", self.name)
+                    for each, _ in batch:
+                        jobs.batch_results.setdefault(each.id, exc)
             for each, each_queue in batch:
                 self.perform_job(each, each_queue, self.prepare_execution(each))
         finally:

@@ -6,8 +6,10 @@ Imports neither torch nor the engine's model code, so bot containers stay slim.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -15,14 +17,17 @@ from urllib.parse import urlsplit, urlunsplit
 from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue
-from rq.exceptions import NoSuchJobError
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.results import Result
 
 from engine.errors import AnswerTimeout, JobFailed, ServiceUnavailable, TrainingBusy
 from qabot.settings import Settings
-from worker.jobs import ANSWER_JOB, ANSWER_QUEUE, TRAIN_JOB, TRAIN_LOCK, TRAIN_QUEUE
+from worker.jobs import ANSWER_JOB, ANSWER_QUEUE, TRAIN_JOB, TRAIN_LOCK, TRAIN_QUEUE, release_training_lock
 
+LOCK_MARGIN_S = 300
+LOCK_GRACE_S = 30
+WAITERS = 256  # questions one client may be waiting on at once, each in its own thread
 FINAL_STATES = {JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED}
 
 
@@ -89,6 +94,7 @@ class QueueClient:
         self.settings = settings
         self.connection = connection or connect(settings.redis_url, socket_timeout=settings.answer_wait + 10)
         self.answers = Queue(ANSWER_QUEUE, connection=self.connection)
+        self._waiters = ThreadPoolExecutor(max_workers=WAITERS, thread_name_prefix="qabot-wait")
         self.training = Queue(TRAIN_QUEUE, connection=self.connection)
 
     # -- answers ----------------------------------------------------------------------------
@@ -115,8 +121,9 @@ class QueueClient:
         except RedisError as exc:
             raise ServiceUnavailable(f"the question queue is unreachable ({exc})") from exc
         if result is None:
-            if job.get_status(refresh=True) == JobStatus.QUEUED:
-                job.cancel()  # nobody is waiting for it any more
+            with contextlib.suppress(NoSuchJobError, InvalidJobOperation, RedisError):  # it may have expired already
+                if job.get_status(refresh=True) == JobStatus.QUEUED:
+                    job.cancel()  # nobody is waiting for it any more
             raise AnswerTimeout(f"no answer within {wait:.0f} s; are the answer workers running?")
         if result.type != Result.Type.SUCCESSFUL:
             job.refresh()
@@ -134,7 +141,8 @@ class QueueClient:
         self, question: str, asker: str | None = None, channel: str | None = None, timeout: float | None = None
     ) -> AnswerResult:
         """Enqueue and await an answer without blocking the event loop."""
-        return await asyncio.to_thread(self.ask_sync, question, asker, channel, timeout)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._waiters, self.ask_sync, question, asker, channel, timeout)
 
     # -- training ---------------------------------------------------------------------------
     def running_training(self) -> str | None:
@@ -146,9 +154,12 @@ class QueueClient:
         try:
             status = Job.fetch(job_id, connection=self.connection).get_status()
         except NoSuchJobError:
+            lock_age = self.settings.train_timeout + LOCK_MARGIN_S - self.connection.ttl(TRAIN_LOCK)
+            if lock_age < LOCK_GRACE_S:
+                return job_id  # being enqueued right now
             status = None
         if status is None or status in FINAL_STATES:
-            self.connection.delete(TRAIN_LOCK)  # a stale lock: its job ended without releasing it
+            release_training_lock(self.connection, job_id)  # a stale lock: its job ended without releasing it
             return None
         return job_id
 
@@ -159,7 +170,7 @@ class QueueClient:
             if busy:
                 raise TrainingBusy(f"a training run is already in progress (job {busy}); wait for it to finish")
             job_id = Job.create(TRAIN_JOB, connection=self.connection).id  # reserve an id for the lock
-            if not self.connection.set(TRAIN_LOCK, job_id, nx=True, ex=self.settings.train_timeout + 300):
+            if not self.connection.set(TRAIN_LOCK, job_id, nx=True, ex=self.settings.train_timeout + LOCK_MARGIN_S):
                 raise TrainingBusy("a training run was just started by someone else; wait for it to finish")
             return self.training.enqueue(
                 TRAIN_JOB,

@@ -60,7 +60,15 @@ def train(request: dict[str, Any]) -> dict[str, Any]:
         raise
     finally:
         if job is not None:
-            job.connection.delete(TRAIN_LOCK)
+            release_training_lock(job.connection, job.id)
+
+
+_RELEASE_IF_HOLDER = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+
+
+def release_training_lock(connection, job_id: str) -> None:
+    """Delete the training lock only if `job_id` still holds it."""
+    connection.eval(_RELEASE_IF_HOLDER, 1, TRAIN_LOCK, job_id)
 
 
 def dataset_file(models_dir: Path, reference: str) -> Path:
