@@ -40,6 +40,9 @@ class RateLimiter:
     def wait_for(self, user: str) -> float:
         """0 if `user` may ask now (and counts it), else the seconds until they may."""
         now = self.clock()
+        if len(self.asked) > 10_000:  # forget people who have not asked within the window
+            for quiet_user in [u for u, t in self.asked.items() if not t or now - t[-1] >= self.window]:
+                del self.asked[quiet_user]
         times = self.asked[user]
         while times and now - times[0] >= self.window:
             times.popleft()

@@ -8,4 +8,5 @@ COPY qabot qabot
 COPY engine engine
 COPY worker worker
 COPY bots bots
+COPY data data
 RUN pip install -e ".[bots]"

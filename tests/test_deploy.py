@@ -135,3 +135,21 @@ def test_bots_run_from_their_own_image_with_the_shared_models_volume():
         assert "deploy" not in svc  # no GPU for bots
     dockerfile = (ROOT / "docker" / "bots.Dockerfile").read_text()
     assert '".[bots]"' in dockerfile and "torch" not in dockerfile.split("RUN", 1)[1]
+
+
+def test_rate_limiter_counts_per_person_and_forgets_quiet_people():
+    from bots.core import RateLimiter
+
+    now = [0.0]
+    limiter = RateLimiter(limit=2, window=60, clock=lambda: now[0])
+    assert [limiter.wait_for("a"), limiter.wait_for("a"), limiter.wait_for("b")] == [0.0, 0.0, 0.0]
+    assert limiter.wait_for("a") == 60.0
+    now[0] = 30.0
+    assert limiter.wait_for("a") == 30.0
+    now[0] = 61.0
+    assert limiter.wait_for("a") == 0.0
+    for i in range(10_001):
+        limiter.wait_for(f"user{i}")
+    now[0] = 200.0
+    limiter.wait_for("late")
+    assert len(limiter.asked) == 1
