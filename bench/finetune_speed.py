@@ -9,7 +9,6 @@ Target: at least 3x faster.
 from __future__ import annotations
 
 import argparse
-import logging
 import time
 from pathlib import Path
 from tempfile import TemporaryDirectory
@@ -23,9 +22,6 @@ from engine.evaluate import evaluate_heldout, evaluate_pairs
 from engine.generate import Answerer
 from engine.models import load_model
 from engine.training import TrainConfig, _training_args, fine_tune
-
-logging.basicConfig(level=logging.WARNING)
-transformers.logging.set_verbosity_error()
 
 
 def original_features(pairs, tokenizer, max_length: int = 128):

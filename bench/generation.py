@@ -7,19 +7,13 @@ Target: at least 8x more answers per second in one batch.
 from __future__ import annotations
 
 import argparse
-import logging
 import time
-
-import transformers
 
 from bench.common import bundled_folder, machine, quiet, settings
 from engine.dataset import read_heldout
 from engine.generate import Answerer
 from engine.models import load_model
 from engine.versions import ModelStore
-
-logging.basicConfig(level=logging.WARNING)
-transformers.logging.set_verbosity_error()
 
 
 def main() -> None:

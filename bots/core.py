@@ -78,20 +78,20 @@ def render_progress(status: TrainStatus) -> str:
     return f"Training: {stage}..."
 
 
+def accuracy_text(metrics: dict[str, Any]) -> str:
+    """`recall 100%, heldout 75%` from a metrics dict."""
+    return ", ".join(f"{k.removesuffix('_accuracy')} {v:.0%}" for k, v in metrics.items() if k.endswith("_accuracy"))
+
+
 def render_result(status: TrainStatus) -> str:
     """The final word on a fine-tune."""
     if status.error or status.result is None:
         return f"Training failed: {status.error or status.state}"
     result = status.result
     metrics = result["metrics"]
-    accuracy = ", ".join(f"{k.removesuffix('_accuracy')} {v:.0%}" for k, v in metrics.items() if k.endswith("_accuracy"))
+    accuracy = accuracy_text(metrics)
     previous = result.get("previous")
-    against = ""
-    if previous:
-        old = ", ".join(
-            f"{k.removesuffix('_accuracy')} {v:.0%}" for k, v in previous["metrics"].items() if k.endswith("_accuracy")
-        )
-        against = f" against {previous['version']}'s {old}"
+    against = f" against {previous['version']}'s {accuracy_text(previous['metrics'])}" if previous else ""
     verdict = "now live" if result["promoted"] else "not promoted"
     return (
         f"Training done: {result['version']} ({result['dataset']['pairs']} pairs), accuracy {accuracy}{against}. "
@@ -255,11 +255,7 @@ class BotCore:
             return "No model versions yet: /retrain trains the first."
         rows = []
         for info in versions:
-            accuracy = ", ".join(
-                f"{k.removesuffix('_accuracy')} {v:.0%}"
-                for k, v in info.meta.get("metrics", {}).items()
-                if k.endswith("_accuracy")
-            )
+            accuracy = accuracy_text(info.meta.get("metrics", {}))
             mark = " (live)" if info.name == live else ""
             rows.append(
                 f"{info.name}{mark}: {info.created_at}, {info.meta.get('dataset', {}).get('pairs', '?')} pairs, {accuracy}"

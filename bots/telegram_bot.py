@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from urllib.parse import urlsplit
 
 from telegram import Message, Update
 from telegram.constants import ChatAction, ChatType, MessageEntityType
 from telegram.ext import Application, ApplicationBuilder, CommandHandler, ContextTypes, MessageHandler, filters
 
-from bots.core import ADMIN_HELP, HELP_TEXT, REFUSAL, BotCore
+from bots.core import ADMIN_HELP, HELP_TEXT, REFUSAL, BotCore, split_message
 from qabot.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -30,6 +31,22 @@ def _core(context: ContextTypes.DEFAULT_TYPE) -> BotCore:
 def _is_admin(update: Update, context: ContextTypes.DEFAULT_TYPE) -> bool:
     user = update.effective_user
     return user is not None and user.id in _core(context).settings.telegram_admins
+
+
+Handler = Callable[[Update, ContextTypes.DEFAULT_TYPE], Awaitable[None]]
+
+
+def admins_only(handler: Handler) -> Handler:
+    """Everyone else gets a polite refusal and nothing happens."""
+
+    @functools.wraps(handler)
+    async def guarded(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        if not _is_admin(update, context):
+            await reply(update.effective_message, REFUSAL)
+            return
+        await handler(update, context)
+
+    return guarded
 
 
 @contextlib.asynccontextmanager
@@ -51,14 +68,8 @@ async def typing(message: Message) -> AsyncIterator[None]:
 
 async def reply(message: Message, text: str) -> None:
     """Reply to a message, split at Telegram's length limit."""
-    for part in split_for_telegram(text):
+    for part in split_message(text, MESSAGE_LIMIT):
         await message.reply_text(part, do_quote=True)
-
-
-def split_for_telegram(text: str) -> list[str]:
-    from bots.core import split_message
-
-    return split_message(text, MESSAGE_LIMIT)
 
 
 async def answer_question(message: Message, context: ContextTypes.DEFAULT_TYPE, question: str) -> None:
@@ -102,12 +113,10 @@ async def on_text(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         await answer_question(message, context, question)
 
 
+@admins_only
 async def retrain(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """/retrain, optionally with a JSON or JSONL dataset attached (admins only)."""
     message = update.effective_message
-    if not _is_admin(update, context):
-        await reply(message, REFUSAL)
-        return
     core = _core(context)
     upload = None
     document = message.document
@@ -134,36 +143,28 @@ async def retrain(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
             await message.reply_photo(picture, caption="Loss and accuracy during training", do_quote=True)
 
 
+@admins_only
 async def add_qa(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """/addqa question | answer (admins only)."""
     message = update.effective_message
-    if not _is_admin(update, context):
-        await reply(message, REFUSAL)
-        return
     await reply(message, await asyncio.to_thread(_core(context).add_pair, " ".join(context.args or [])))
 
 
+@admins_only
 async def status(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """/status (admins only)."""
-    if not _is_admin(update, context):
-        await reply(update.effective_message, REFUSAL)
-        return
     await reply(update.effective_message, await asyncio.to_thread(_core(context).status))
 
 
+@admins_only
 async def models(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """/models (admins only)."""
-    if not _is_admin(update, context):
-        await reply(update.effective_message, REFUSAL)
-        return
     await reply(update.effective_message, _core(context).models())
 
 
+@admins_only
 async def rollback(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """/rollback [version] (admins only)."""
-    if not _is_admin(update, context):
-        await reply(update.effective_message, REFUSAL)
-        return
     await reply(update.effective_message, _core(context).rollback((context.args or [None])[0]))
 
 

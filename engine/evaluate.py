@@ -121,3 +121,19 @@ def answer_loss(model, tokenizer, pairs: Sequence[QAPair], *, batch_size: int = 
             total += losses.item()
             count += int((labels != -100).sum())
     return total / max(count, 1)
+
+
+def accuracy_score(metrics: dict[str, float]) -> float:
+    """One number to compare models by: the mean of every `*_accuracy` metric."""
+    accuracies = [v for k, v in metrics.items() if k.endswith("_accuracy")]
+    return sum(accuracies) / len(accuracies) if accuracies else 0.0
+
+
+def evaluate_sets(answerer: Answerer, recall: Sequence[QAPair], heldout: Sequence[HeldoutItem]) -> dict[str, float | int]:
+    """Recall on training questions and accuracy on held-out paraphrases, as flat metrics."""
+    metrics: dict[str, float | int] = {}
+    if recall:
+        metrics.update(evaluate_pairs(answerer, recall).summary())
+    if heldout:
+        metrics.update(evaluate_heldout(answerer, heldout).summary())
+    return metrics

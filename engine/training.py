@@ -15,7 +15,7 @@ import torch
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from engine.dataset import HeldoutItem, QAPair
-from engine.evaluate import answer_loss, evaluate_heldout, evaluate_pairs
+from engine.evaluate import accuracy_score, answer_loss, evaluate_sets
 from engine.formatting import PadCollator, tokenize_pair
 from engine.generate import Answerer
 
@@ -133,7 +133,7 @@ class _AccuracyCallback(TrainerCallback):
         metrics = self.evaluate(model)
         metrics["epoch"] = state.epoch or 0.0
         state.log_history.append({**metrics, "step": state.global_step})
-        score = self.score(metrics)
+        score = accuracy_score(metrics)
         logger.info("epoch %s: %s", epoch, metrics)
         if score > self.best_score:
             self.best_score, self.best_metrics, self.stale = score, metrics, 0
@@ -151,12 +151,9 @@ class _AccuracyCallback(TrainerCallback):
         was_training = model.training
         model.eval()
         answerer = Answerer(model, self.tokenizer, max_new_tokens=96)
-        metrics: dict[str, float] = {}
         try:
-            if self.recall:
-                metrics.update(evaluate_pairs(answerer, self.recall).summary())
+            metrics = evaluate_sets(answerer, self.recall, self.heldout)
             if self.heldout:
-                metrics.update(evaluate_heldout(answerer, self.heldout).summary())
                 with_answers = [QAPair(i.question, i.answer) for i in self.heldout if i.answer]
                 if with_answers:
                     loss = answer_loss(model, self.tokenizer, with_answers, max_length=self.config.max_length)
@@ -165,15 +162,15 @@ class _AccuracyCallback(TrainerCallback):
             model.train(was_training)
         return metrics
 
-    @staticmethod
-    def score(metrics: dict[str, float]) -> float:
-        accuracies = [v for k, v in metrics.items() if k.endswith("_accuracy")]
-        return sum(accuracies) / len(accuracies) if accuracies else 0.0
-
     def restore_best(self, model: Any) -> dict[str, float]:
         if self.best_state is not None:
             model.load_state_dict(self.best_state)
         return self.best_metrics
+
+
+def recall_sample(pairs: list[QAPair], config: TrainConfig) -> list[QAPair]:
+    """The training questions asked back to measure recall (the same ones for every model of a run)."""
+    return random.Random(config.seed).sample(pairs, min(config.eval_questions, len(pairs)))
 
 
 def _training_args(config: TrainConfig, output_dir: Path, steps: int, device: torch.device) -> TrainingArguments:
@@ -233,8 +230,7 @@ def fine_tune(
         )
         model = get_peft_model(model, lora)
     model.train()
-    recall = random.Random(config.seed).sample(pairs, min(config.eval_questions, len(pairs)))
-    accuracy = _AccuracyCallback(tokenizer, recall, heldout or [], config, report)
+    accuracy = _AccuracyCallback(tokenizer, recall_sample(pairs, config), heldout or [], config, report)
     steps = math.ceil(len(features) / (config.batch_size * config.gradient_accumulation)) * math.ceil(config.epochs)
     trainer = Trainer(
         model=model,

@@ -163,6 +163,11 @@ class ModelStore:
             return Path(live.meta["dataset"]["path"])
         return None
 
+    def dataset_file(self, reference: str) -> Path:
+        """A dataset reference is the hash of a stored dataset version, or a file path."""
+        stored = self.datasets_dir / f"{reference}.json"
+        return stored if stored.is_file() else Path(reference)
+
     def set_current_dataset(self, digest: str) -> None:
         if not (self.datasets_dir / f"{digest}.json").is_file():
             raise VersionError(f"no stored dataset {digest}")

@@ -97,6 +97,11 @@ def tiny_model(request) -> Path:
     return request.getfixturevalue(f"tiny_{request.param}")
 
 
+def qabot_env(values: dict[str, str]) -> dict[str, str]:
+    """The environment for a `qabot` subprocess: this one's, minus any QABOT_* of the developer's, plus `values`."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("QABOT_")} | values
+
+
 def write_pairs(path: Path, pairs: list[QAPair]) -> Path:
     path.write_text(json.dumps([{"prompt": p.prompt, "response": p.response} for p in pairs]), encoding="utf-8")
     return path

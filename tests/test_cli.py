@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from qabot.cli import app
-from tests.conftest import TINY_CONFIG, TINY_PAIRS
+from tests.conftest import TINY_CONFIG, TINY_PAIRS, qabot_env
 
 runner = CliRunner()
 TRAIN_ARGS = ["--epochs", str(TINY_CONFIG["epochs"]), "--lr", str(TINY_CONFIG["learning_rate"]), "--batch-size", "4"]
@@ -77,8 +77,7 @@ def test_chat_with_an_existing_model_starts_without_training(env, trained_tiny):
 
 
 def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("QABOT_")} | env
-    return subprocess.run([sys.executable, "-m", "qabot", *args], env=full_env, capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "qabot", *args], env=qabot_env(env), capture_output=True, text=True, timeout=300)
 
 
 def test_errors_are_one_line_without_a_traceback(env, tmp_path):

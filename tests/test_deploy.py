@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -15,7 +14,7 @@ from redis import Redis
 
 from qabot.cli import app
 from qabot.settings import Settings
-from tests.conftest import _free_port
+from tests.conftest import _free_port, qabot_env
 from tests.test_queue import QUESTIONS, make_settings
 from worker.client import QueueClient
 
@@ -89,8 +88,7 @@ def test_workers_share_the_models_volume_at_qabot_home_and_redis_persists():
 def test_qabot_dev_starts_redis_and_workers_and_stops_them(home, tmp_path):
     port = _free_port()
     url = f"redis://127.0.0.1:{port}/0"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("QABOT_")}
-    env |= {"QABOT_HOME": str(home), "QABOT_REDIS_URL": url, "QABOT_DEVICE": "cpu", "QABOT_MAX_NEW_TOKENS": "24"}
+    env = qabot_env({"QABOT_HOME": str(home), "QABOT_REDIS_URL": url, "QABOT_DEVICE": "cpu", "QABOT_MAX_NEW_TOKENS": "24"})
     proc = subprocess.Popen(
         [sys.executable, "-m", "qabot", "dev"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )

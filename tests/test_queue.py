@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
 import sys
 
@@ -20,7 +19,7 @@ from engine.models import load_model
 from engine.pipeline import load_version
 from engine.versions import ModelStore
 from qabot.settings import Settings
-from tests.conftest import TINY_PAIRS
+from tests.conftest import TINY_PAIRS, qabot_env
 from worker.answer_worker import AnswerWorker
 from worker.client import QueueClient
 from worker.jobs import ANSWER_QUEUE
@@ -111,13 +110,7 @@ def test_no_worker_means_a_timeout_and_the_question_is_withdrawn(home, redis_url
 
 def worker_process(settings: Settings, kind: str = "answer") -> subprocess.Popen:
     """A real `qabot worker` process in burst mode, configured through the environment."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("QABOT_")}
-    env |= {
-        "QABOT_HOME": str(settings.home),
-        "QABOT_REDIS_URL": settings.redis_url,
-        "QABOT_DEVICE": "cpu",
-        "QABOT_MAX_NEW_TOKENS": str(settings.max_new_tokens),
-    }
+    env = settings_env(settings) | {"QABOT_MAX_NEW_TOKENS": str(settings.max_new_tokens)}
     return subprocess.Popen(
         [sys.executable, "-m", "qabot", "worker", kind, "--burst"],
         env=env,
@@ -149,14 +142,13 @@ async def test_async_ask_does_not_block_the_event_loop(home, redis_url):
     assert ticks >= 20
 
 
-def qabot_env(settings: Settings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("QABOT_")}
-    return env | {"QABOT_HOME": str(settings.home), "QABOT_REDIS_URL": settings.redis_url, "QABOT_DEVICE": "cpu"}
+def settings_env(settings: Settings) -> dict[str, str]:
+    return qabot_env({"QABOT_HOME": str(settings.home), "QABOT_REDIS_URL": settings.redis_url, "QABOT_DEVICE": "cpu"})
 
 
 def test_cli_ask_remote_and_status(home, redis_url):
     settings = make_settings(home, redis_url)
-    env = qabot_env(settings)
+    env = settings_env(settings)
     asking = subprocess.Popen(
         [sys.executable, "-m", "qabot", "ask", "--remote", QUESTIONS[3]],
         env=env,

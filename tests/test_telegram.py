@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import shutil
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from bots.telegram_bot import MESSAGE_LIMIT, build_application
 from engine.models import load_model
 from engine.versions import ModelStore
 from qabot.settings import Settings
-from tests.conftest import TINY_CONFIG, TINY_PAIRS, _free_port
+from tests.conftest import TINY_CONFIG, TINY_PAIRS, _free_port, qabot_env
 from tests.fake_telegram import BOT_USERNAME, FakeTelegram
 
 TOKEN = "123456:TEST-secret-token-never-logged"
@@ -34,17 +33,18 @@ def stack(trained_tiny, redis_server, tmp_path_factory, tiny_gpt2):
     shutil.copytree(store.root, home / "models")
     url = redis_server.replace("/0", "/2")
     Redis.from_url(url).flushdb()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("QABOT_")}
-    env |= {
-        "QABOT_HOME": str(home),
-        "QABOT_REDIS_URL": url,
-        "QABOT_DEVICE": "cpu",
-        "QABOT_MAX_NEW_TOKENS": "2048",
-        "QABOT_BASE_MODEL": str(tiny_gpt2),
-        "QABOT_TRAIN_EPOCHS": str(TINY_CONFIG["epochs"]),
-        "QABOT_TRAIN_LEARNING_RATE": str(TINY_CONFIG["learning_rate"]),
-        "QABOT_TRAIN_BATCH_SIZE": "4",
-    }
+    env = qabot_env(
+        {
+            "QABOT_HOME": str(home),
+            "QABOT_REDIS_URL": url,
+            "QABOT_DEVICE": "cpu",
+            "QABOT_MAX_NEW_TOKENS": "2048",
+            "QABOT_BASE_MODEL": str(tiny_gpt2),
+            "QABOT_TRAIN_EPOCHS": str(TINY_CONFIG["epochs"]),
+            "QABOT_TRAIN_LEARNING_RATE": str(TINY_CONFIG["learning_rate"]),
+            "QABOT_TRAIN_BATCH_SIZE": "4",
+        }
+    )
     workers = [
         subprocess.Popen(
             [sys.executable, "-m", "qabot", "worker", kind], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL

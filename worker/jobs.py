@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 from rq import get_current_job
@@ -69,9 +68,3 @@ _RELEASE_IF_HOLDER = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis
 def release_training_lock(connection, job_id: str) -> None:
     """Delete the training lock only if `job_id` still holds it."""
     connection.eval(_RELEASE_IF_HOLDER, 1, TRAIN_LOCK, job_id)
-
-
-def dataset_file(models_dir: Path, reference: str) -> Path:
-    """A dataset reference is the hash of a stored dataset version, or a file path."""
-    stored = models_dir / "datasets" / f"{reference}.json"
-    return stored if stored.is_file() else Path(reference)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import random
 from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
@@ -24,27 +23,18 @@ def _config(overrides: dict[str, Any] | None):
     return TrainConfig(**(overrides or {}))
 
 
-def _score(metrics: dict[str, float]) -> float:
-    accuracies = [v for k, v in metrics.items() if k.endswith("_accuracy")]
-    return sum(accuracies) / len(accuracies) if accuracies else 0.0
-
-
 def _evaluate_live(settings: Settings, store, pairs, heldout, config) -> tuple[str, dict[str, float]] | None:
     """Ask the live model the same questions the new one was scored on."""
-    from engine.evaluate import evaluate_heldout, evaluate_pairs
+    from engine.evaluate import evaluate_sets
     from engine.pipeline import load_version, make_answerer
+    from engine.training import recall_sample
 
     current = store.current()
     if current is None:
         return None
     loaded, info = load_version(store, current.name, device=settings.device, dtype=settings.dtype)
     answerer = make_answerer(loaded, max_new_tokens=96, max_question_chars=settings.max_question_chars)
-    recall = random.Random(config.seed).sample(pairs, min(config.eval_questions, len(pairs)))
-    metrics: dict[str, float] = {}
-    if recall:
-        metrics.update(evaluate_pairs(answerer, recall).summary())
-    if heldout:
-        metrics.update(evaluate_heldout(answerer, heldout).summary())
+    metrics = evaluate_sets(answerer, recall_sample(pairs, config), heldout or [])
     del loaded, answerer
     return info.name, metrics
 
@@ -52,9 +42,9 @@ def _evaluate_live(settings: Settings, store, pairs, heldout, config) -> tuple[s
 def run_training(settings: Settings, request: dict[str, Any], report: Callable[..., None]) -> dict[str, Any]:
     """Fine-tune from a request {dataset, eval_data?, base_model?, hyperparameters?, force?} and decide promotion."""
     from engine.dataset import read_dataset, read_heldout
+    from engine.evaluate import accuracy_score
     from engine.pipeline import TrainRequest, train_version
     from engine.versions import ModelStore
-    from worker.jobs import dataset_file
 
     store = ModelStore(settings.models_dir)
     defaults = {
@@ -63,7 +53,7 @@ def run_training(settings: Settings, request: dict[str, Any], report: Callable[.
         "batch_size": settings.train_batch_size,
     }
     config = _config({k: v for k, v in defaults.items() if v is not None} | (request.get("hyperparameters") or {}))
-    data = dataset_file(settings.models_dir, request.get("dataset") or str(settings.dataset))
+    data = store.dataset_file(request.get("dataset") or str(settings.dataset))
     eval_data = request.get("eval_data")
     eval_path = Path(eval_data) if eval_data else None
     base = request.get("base_model") or settings.base_model
@@ -86,12 +76,12 @@ def run_training(settings: Settings, request: dict[str, Any], report: Callable[.
     pairs = read_dataset(Path(new.meta["dataset"]["path"]))
     heldout = read_heldout(eval_path) if eval_path else None
     live = _evaluate_live(settings, store, pairs, heldout, config)
-    new_score = _score(new.meta["metrics"])
+    new_score = accuracy_score(new.meta["metrics"])
     if live is None:
         promote, reason, previous = True, "first model: nothing live to compare with", None
     else:
         name, live_metrics = live
-        live_score = _score(live_metrics)
+        live_score = accuracy_score(live_metrics)
         previous = {"version": name, "metrics": live_metrics, "score": round(live_score, 4)}
         if request.get("force"):
             promote, reason = True, f"forced (score {new_score:.2f} against {name}'s {live_score:.2f})"
