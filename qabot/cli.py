@@ -9,48 +9,29 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.progress import Progress as Bar
 from rich.table import Table
 
+from qabot.ops import bot_app, dev, status, worker_app
 from qabot.settings import Settings
+from qabot.setup import State, console, err
+from qabot.setup import settings as _settings
 
 logger = logging.getLogger(__name__)
-console = Console()
-err = Console(stderr=True, soft_wrap=True)
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 models_app = typer.Typer(help="List, promote and roll back model versions.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
-worker_app = typer.Typer(help="Run the RQ workers of a GPU host.", no_args_is_help=True)
 app.add_typer(worker_app, name="worker")
-bot_app = typer.Typer(help="Run a chat bot (no torch needed).", no_args_is_help=True)
 app.add_typer(bot_app, name="bot")
 
 EXIT_WORDS = {"exit", "quit", ":q"}
-
-
-class State:
-    debug = False
 
 
 @app.callback()
 def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False) -> None:
     """qabot: a question-answering chatbot trained on your community's question/answer pairs."""
     State.debug = debug
-
-
-def _settings(engine: bool = True) -> Settings:
-    """Build the settings and logging; `engine=False` keeps torch out of this process (the train worker's parent)."""
-    settings = Settings()
-    level = logging.DEBUG if State.debug else getattr(logging, settings.log_level)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if engine and not State.debug:
-        import transformers
-
-        transformers.logging.set_verbosity_error()
-        transformers.logging.disable_progress_bar()
-    return settings
 
 
 def _store(settings: Settings):
@@ -265,81 +246,8 @@ def models_rollback(
     console.print(f"Rolled back: {info.name} is now live.")
 
 
-@app.command()
-def status(
-    quiet: Annotated[bool, typer.Option(help="Print nothing; exit 0 when Redis answers (a health check).")] = False,
-) -> None:
-    """Show the live model, queue lengths, workers and any training run."""
-    import json
-
-    from redis.exceptions import RedisError
-
-    from engine.errors import ServiceUnavailable
-    from worker.client import QueueClient, redacted
-    from worker.status import collect
-
-    settings = _settings(engine=False)
-    try:
-        report = collect(settings, QueueClient(settings))
-    except RedisError as exc:
-        raise ServiceUnavailable(f"Redis at {redacted(settings.redis_url)} is unreachable ({exc})") from exc
-    if not quiet:
-        console.print_json(json.dumps(report, default=str))
-
-
-@app.command()
-def dev(
-    bot: Annotated[list[str] | None, typer.Option(help="Also run this bot: telegram or discord (repeatable).")] = None,
-) -> None:
-    """Run Redis (started if needed), the answer worker, the train worker and chosen bots locally, without Docker."""
-    from worker.dev import run
-
-    settings = _settings(engine=False)
-    known = {"telegram", "discord"}
-    unknown = set(bot or []) - known
-    if unknown:
-        raise typer.BadParameter(f"unknown bot(s) {', '.join(sorted(unknown))}; choose from {', '.join(sorted(known))}")
-    raise typer.Exit(run(settings, bot or [], echo=console.print))
-
-
-@worker_app.command("answer")
-def worker_answer(burst: Annotated[bool, typer.Option(help="Stop when the queue is empty.")] = False) -> None:
-    """Answer questions from the `answer` queue in batches, with the live model loaded once."""
-    from worker.answer_worker import AnswerWorker
-    from worker.client import WORKER_SOCKET_TIMEOUT, connect
-    from worker.jobs import ANSWER_QUEUE
-
-    settings = _settings()
-    connection = connect(settings.redis_url, WORKER_SOCKET_TIMEOUT)
-    AnswerWorker([ANSWER_QUEUE], connection=connection, settings=settings).work(burst=burst)
-
-
-@worker_app.command("train")
-def worker_train(burst: Annotated[bool, typer.Option(help="Stop when the queue is empty.")] = False) -> None:
-    """Run fine-tunes from the `train` queue, each in a fresh child process that frees the GPU when it ends."""
-    from rq import Worker
-
-    from worker.client import WORKER_SOCKET_TIMEOUT, connect
-    from worker.jobs import TRAIN_QUEUE
-
-    settings = _settings(engine=False)
-    Worker([TRAIN_QUEUE], connection=connect(settings.redis_url, WORKER_SOCKET_TIMEOUT)).work(burst=burst)
-
-
-@bot_app.command("telegram")
-def bot_telegram() -> None:
-    """Run the Telegram bot: polling, or a webhook when QABOT_TELEGRAM_WEBHOOK_URL is set."""
-    from bots.telegram_bot import main as run_telegram
-
-    run_telegram(_settings(engine=False))
-
-
-@bot_app.command("discord")
-def bot_discord() -> None:
-    """Run the Discord bot (slash commands are synced at start)."""
-    from bots.discord_bot import main as run_discord
-
-    run_discord(_settings(engine=False))
+app.command()(status)
+app.command()(dev)
 
 
 def main() -> None:

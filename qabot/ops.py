@@ -1,0 +1,88 @@
+"""`qabot` commands for running the service: workers, bots, `dev` and `status`. No torch in these processes."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from qabot.setup import console
+from qabot.setup import settings as _settings
+
+worker_app = typer.Typer(help="Run the RQ workers of a GPU host.", no_args_is_help=True)
+bot_app = typer.Typer(help="Run a chat bot (no torch needed).", no_args_is_help=True)
+
+
+def status(
+    quiet: Annotated[bool, typer.Option(help="Print nothing; exit 0 when Redis answers (a health check).")] = False,
+) -> None:
+    """Show the live model, queue lengths, workers and any training run."""
+    import json
+
+    from redis.exceptions import RedisError
+
+    from engine.errors import ServiceUnavailable
+    from worker.client import QueueClient, redacted
+    from worker.status import collect
+
+    settings = _settings(engine=False)
+    try:
+        report = collect(settings, QueueClient(settings))
+    except RedisError as exc:
+        raise ServiceUnavailable(f"Redis at {redacted(settings.redis_url)} is unreachable ({exc})") from exc
+    if not quiet:
+        console.print_json(json.dumps(report, default=str))
+
+
+def dev(
+    bot: Annotated[list[str] | None, typer.Option(help="Also run this bot: telegram or discord (repeatable).")] = None,
+) -> None:
+    """Run Redis (started if needed), the answer worker, the train worker and chosen bots locally, without Docker."""
+    from worker.dev import run
+
+    settings = _settings(engine=False)
+    known = {"telegram", "discord"}
+    unknown = set(bot or []) - known
+    if unknown:
+        raise typer.BadParameter(f"unknown bot(s) {', '.join(sorted(unknown))}; choose from {', '.join(sorted(known))}")
+    raise typer.Exit(run(settings, bot or [], echo=console.print))
+
+
+@worker_app.command("answer")
+def worker_answer(burst: Annotated[bool, typer.Option(help="Stop when the queue is empty.")] = False) -> None:
+    """Answer questions from the `answer` queue in batches, with the live model loaded once."""
+    from worker.answer_worker import AnswerWorker
+    from worker.client import WORKER_SOCKET_TIMEOUT, connect
+    from worker.jobs import ANSWER_QUEUE
+
+    settings = _settings()
+    connection = connect(settings.redis_url, WORKER_SOCKET_TIMEOUT)
+    AnswerWorker([ANSWER_QUEUE], connection=connection, settings=settings).work(burst=burst)
+
+
+@worker_app.command("train")
+def worker_train(burst: Annotated[bool, typer.Option(help="Stop when the queue is empty.")] = False) -> None:
+    """Run fine-tunes from the `train` queue, each in a fresh child process that frees the GPU when it ends."""
+    from rq import Worker
+
+    from worker.client import WORKER_SOCKET_TIMEOUT, connect
+    from worker.jobs import TRAIN_QUEUE
+
+    settings = _settings(engine=False)
+    Worker([TRAIN_QUEUE], connection=connect(settings.redis_url, WORKER_SOCKET_TIMEOUT)).work(burst=burst)
+
+
+@bot_app.command("telegram")
+def bot_telegram() -> None:
+    """Run the Telegram bot: polling, or a webhook when QABOT_TELEGRAM_WEBHOOK_URL is set."""
+    from bots.telegram_bot import main as run_telegram
+
+    run_telegram(_settings(engine=False))
+
+
+@bot_app.command("discord")
+def bot_discord() -> None:
+    """Run the Discord bot (slash commands are synced at start)."""
+    from bots.discord_bot import main as run_discord
+
+    run_discord(_settings(engine=False))
