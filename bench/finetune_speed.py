@@ -17,7 +17,7 @@ import transformers
 from transformers import Trainer, default_data_collator
 
 from bench.common import bundled_folder, machine, quiet, settings
-from engine.dataset import read_dataset, read_heldout
+from qabot.dataset import read_dataset, read_heldout
 from engine.evaluate import evaluate_heldout, evaluate_pairs
 from engine.generate import Answerer
 from engine.models import load_model

@@ -10,7 +10,7 @@ import argparse
 import time
 
 from bench.common import bundled_folder, machine, quiet, settings
-from engine.dataset import read_heldout
+from qabot.dataset import read_heldout
 from engine.generate import Answerer
 from engine.models import load_model
 from engine.versions import ModelStore

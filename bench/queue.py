@@ -23,7 +23,7 @@ from redis import Redis
 from rq import Queue
 
 from bench.common import machine, quiet
-from engine.dataset import read_dataset, read_heldout
+from qabot.dataset import read_dataset, read_heldout
 from qabot.settings import Settings
 from worker.answer_worker import AnswerWorker
 from worker.client import QueueClient

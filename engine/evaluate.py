@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from engine.dataset import HeldoutItem, QAPair
+from qabot.dataset import HeldoutItem, QAPair
 from engine.formatting import PadCollator, tokenize_pair
 from engine.generate import Answerer, StopReason
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from engine.dataset import QAPair
+from qabot.dataset import QAPair
 
 IGNORE_INDEX = -100
 STOP_TEXT = "\nQuestion:"

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from engine.errors import ModelError
+from qabot.errors import ModelError
 
 logger = logging.getLogger(__name__)
 

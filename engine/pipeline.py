@@ -12,8 +12,8 @@ from pathlib import Path
 
 from transformers import AutoConfig
 
-from engine.dataset import QAPair, read_dataset, read_heldout
-from engine.errors import ModelError, TrainingError
+from qabot.dataset import QAPair, read_dataset, read_heldout
+from qabot.errors import ModelError, TrainingError
 from engine.formatting import count_tokens
 from engine.generate import Answerer
 from engine.models import LoadedModel, context_length, load_model, load_tokenizer, resolve_source

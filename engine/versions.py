@@ -12,8 +12,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from engine.dataset import QAPair, dataset_hash, pairs_to_json
-from engine.errors import VersionError
+from qabot.dataset import QAPair, dataset_hash, pairs_to_json
+from qabot.errors import VersionError
 
 METADATA_FILE = "qabot.json"
 VERSION_RE = re.compile(r"^v(\d{4,})$")

@@ -116,7 +116,7 @@ def _load_answerer(settings: Settings, version: str | None = None):
 @app.command()
 def chat(version: Annotated[str | None, typer.Option(help="Model version (default: the live one).")] = None) -> None:
     """Chat with the bot in the console; type 'exit' to leave. Trains a first model if there is none."""
-    from engine.errors import QuestionError
+    from qabot.errors import QuestionError
     from engine.pipeline import TrainRequest
     from engine.training import TrainConfig
 
@@ -158,7 +158,7 @@ def ask(
     remote: Annotated[bool, typer.Option(help="Ask through the Redis queue and the answer workers.")] = False,
 ) -> None:
     """Answer one question with the live model and print the answer."""
-    from engine.questions import check_question
+    from qabot.questions import check_question
 
     settings = _settings(engine=not remote)
     check_question(question, settings.max_question_chars)
@@ -181,7 +181,7 @@ def evaluate(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show every question and answer.")] = False,
 ) -> None:
     """Measure answer accuracy on the training questions and on held-out paraphrases."""
-    from engine.dataset import read_dataset, read_heldout
+    from qabot.dataset import read_dataset, read_heldout
     from engine.evaluate import evaluate_heldout, evaluate_pairs
 
     settings = _settings()
@@ -254,7 +254,7 @@ def main() -> None:
     """Entry point: errors become one line and a non-zero exit unless --debug."""
     from pydantic import ValidationError
 
-    from engine.errors import QabotError
+    from qabot.errors import QabotError
 
     try:
         app()

@@ -21,7 +21,7 @@ def status(
 
     from redis.exceptions import RedisError
 
-    from engine.errors import ServiceUnavailable
+    from qabot.errors import ServiceUnavailable
     from worker.client import QueueClient, redacted
     from worker.status import collect
 

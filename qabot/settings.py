@@ -48,6 +48,10 @@ class Settings(BaseSettings):
     answer_wait: int = Field(default=120, ge=1, description="Seconds a client waits for an answer before giving up.")
     train_timeout: int = Field(default=6 * 3600, ge=60, description="Seconds a fine-tune may run before it is killed.")
     result_ttl: int = Field(default=3600, ge=1, description="Seconds answers and training results stay in Redis.")
+    admin_wait: int = Field(default=20, ge=1, description="Seconds a bot waits for an admin job (/addqa, /models, ...).")
+    keep_versions: int = Field(
+        default=3, ge=0, description="Model versions kept besides the live one (the last ones live before it, for rollback)."
+    )
 
     train_epochs: float | None = Field(default=None, gt=0, description="Epochs for queued fine-tunes (default: TrainConfig's).")
     train_learning_rate: float | None = Field(default=None, gt=0, le=1, description="Learning rate for queued fine-tunes.")
@@ -61,6 +65,9 @@ class Settings(BaseSettings):
     telegram_webhook_secret: SecretStr | None = Field(default=None, description="Secret token Telegram sends with each update.")
     telegram_webhook_listen: str = Field(default="0.0.0.0:8443", description="host:port the webhook server listens on.")
     discord_token: SecretStr | None = Field(default=None, description="Discord bot token.")
+    discord_api_url: str | None = Field(
+        default=None, description="Discord API base for a proxy or a test server: REST at <url>/api/v10, gateway at <url>/gateway."
+    )
     discord_admins: IdList = Field(default_factory=list, description="Discord user ids allowed to retrain.")
     discord_admin_roles: IdList = Field(default_factory=list, description="Discord role ids whose members may retrain.")
     discord_channels: IdList = Field(default_factory=list, description="If set, answer only in these channels.")
@@ -83,7 +90,7 @@ class Settings(BaseSettings):
                 raise ValueError(f"expected comma-separated numeric ids such as 123,456, got {value!r}") from exc
         return value
 
-    @field_validator("telegram_token", "discord_token", "telegram_webhook_secret", "telegram_webhook_url", mode="before")
+    @field_validator("telegram_token", "discord_token", "telegram_webhook_secret", "telegram_webhook_url", "discord_api_url", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         """An empty variable (as docker compose passes `${X:-}`) means not set."""

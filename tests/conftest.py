@@ -11,7 +11,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from engine.dataset import QAPair
+from qabot.dataset import QAPair
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.dataset import dataset_hash, read_dataset, read_heldout, validate_items
-from engine.errors import DatasetError
+from qabot.dataset import dataset_hash, read_dataset, read_heldout, validate_items
+from qabot.errors import DatasetError
 from tests.conftest import DATA_DIR
 
 

@@ -6,7 +6,7 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from engine.dataset import QAPair
+from qabot.dataset import QAPair
 from engine.formatting import PadCollator, format_prompt, tokenize_pair
 
 VOCAB = ["<pad>", "<eos>", "Question", ":", "Answer", "Who", "guards", "it", "?", "Elara", ".", "does"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.errors import QuestionError
+from qabot.errors import QuestionError
 from engine.generate import Answerer, Sampling, StopReason
 from engine.models import load_model
 from engine.pipeline import load_version

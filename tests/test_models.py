@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from engine.errors import ModelError
+from qabot.errors import ModelError
 from engine.models import BUNDLED, ensure_bundled, load_model, resolve_dtype, resolve_source
 
 

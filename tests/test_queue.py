@@ -13,7 +13,7 @@ from rq import Queue
 from rq.job import JobStatus
 from rq.registry import FailedJobRegistry, FinishedJobRegistry
 
-from engine.errors import AnswerTimeout, JobFailed
+from qabot.errors import AnswerTimeout, JobFailed
 from engine.generate import Answerer
 from engine.models import load_model
 from engine.pipeline import load_version

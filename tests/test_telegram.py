@@ -130,7 +130,7 @@ def long_answer_version(store: ModelStore, tiny_llama) -> str:
     """A tiny Llama with a long context that learnt one answer of about 5,800 characters."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from engine.dataset import QAPair
+    from qabot.dataset import QAPair
     from engine.training import TrainConfig, fine_tune
 
     tokenizer = load_model(str(tiny_llama), device="cpu").tokenizer

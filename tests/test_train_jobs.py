@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from engine.errors import TrainingBusy
+from qabot.errors import TrainingBusy
 from engine.versions import ModelStore
 from tests.conftest import TINY_CONFIG, TINY_PAIRS, write_pairs
 from tests.test_queue import QUESTIONS, make_settings, make_worker, worker_process

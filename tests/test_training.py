@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from engine.errors import DatasetError
+from qabot.errors import DatasetError
 from engine.pipeline import TrainRequest, load_version, train_version
 from engine.training import TrainConfig
 from engine.versions import ModelStore

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.errors import VersionError
+from qabot.errors import VersionError
 from engine.versions import ModelStore
 
 

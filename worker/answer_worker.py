@@ -75,8 +75,8 @@ class AnswerWorker(SimpleWorker):
 
     def answer_batch(self, batch: list[Job]) -> None:
         """Compute every job's answer (or its error) with one batched pass of the model."""
-        from engine.errors import QabotError, QuestionError
-        from engine.questions import check_question
+        from qabot.errors import QabotError, QuestionError
+        from qabot.questions import check_question
 
         try:
             self.refresh_model()

@@ -21,7 +21,7 @@ from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.results import Result
 
-from engine.errors import AnswerTimeout, JobFailed, ServiceUnavailable, TrainingBusy
+from qabot.errors import AnswerTimeout, JobFailed, ServiceUnavailable, TrainingBusy
 from qabot.settings import Settings
 from worker.jobs import ANSWER_JOB, ANSWER_QUEUE, TRAIN_JOB, TRAIN_LOCK, TRAIN_QUEUE, release_training_lock
 

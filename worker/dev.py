@@ -13,7 +13,7 @@ from urllib.parse import urlparse
 from redis import Redis
 from redis.exceptions import RedisError
 
-from engine.errors import ServiceUnavailable
+from qabot.errors import ServiceUnavailable
 from qabot.settings import Settings
 from worker.client import redacted
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from engine.errors import QuestionError
+from qabot.errors import QuestionError
 
 
 def check_question(question: str, max_chars: int) -> str:
