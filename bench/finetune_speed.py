@@ -17,11 +17,11 @@ import transformers
 from transformers import Trainer, default_data_collator
 
 from bench.common import bundled_folder, machine, quiet, settings
-from qabot.dataset import read_dataset, read_heldout
 from engine.evaluate import evaluate_heldout, evaluate_pairs
 from engine.generate import Answerer
 from engine.models import load_model
 from engine.training import TrainConfig, _training_args, fine_tune
+from qabot.dataset import read_dataset, read_heldout
 
 
 def original_features(pairs, tokenizer, max_length: int = 128):

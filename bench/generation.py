@@ -10,10 +10,10 @@ import argparse
 import time
 
 from bench.common import bundled_folder, machine, quiet, settings
-from qabot.dataset import read_heldout
 from engine.generate import Answerer
 from engine.models import load_model
 from engine.versions import ModelStore
+from qabot.dataset import read_heldout
 
 
 def main() -> None:

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engine.versions import ModelStore
 from qabot.dataset import parse_text, read_dataset, validate_items
 from qabot.errors import AnswerTimeout, DatasetError, JobFailed, QabotError, ServiceUnavailable, TrainingBusy
-from engine.versions import ModelStore
 from qabot.settings import Settings
 from worker.client import QueueClient, TrainStatus
 

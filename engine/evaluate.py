@@ -10,9 +10,9 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from qabot.dataset import HeldoutItem, QAPair
 from engine.formatting import PadCollator, tokenize_pair
 from engine.generate import Answerer, StopReason
+from qabot.dataset import HeldoutItem, QAPair
 
 MATCH_F1 = 0.6
 _ARTICLES = re.compile(r"\b(a|an|the)\b")

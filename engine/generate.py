@@ -11,8 +11,8 @@ import torch
 from transformers import StoppingCriteriaList, StopStringCriteria, TopPLogitsWarper
 
 from engine.decoding import decode, supports_pruned_decoding
-from qabot.errors import QuestionError
 from engine.formatting import STOP_TEXT, format_prompt
+from qabot.errors import QuestionError
 from qabot.questions import check_question
 
 STOP_TAIL_TOKENS = 12

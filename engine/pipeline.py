@@ -12,14 +12,14 @@ from pathlib import Path
 
 from transformers import AutoConfig
 
-from qabot.dataset import QAPair, read_dataset, read_heldout
-from qabot.errors import ModelError, TrainingError
 from engine.formatting import count_tokens
 from engine.generate import Answerer
 from engine.models import LoadedModel, context_length, load_model, load_tokenizer, resolve_source
 from engine.plots import plot_training
 from engine.training import Progress, ProgressFn, TrainConfig, TrainResult, fine_tune
 from engine.versions import ModelStore, VersionInfo
+from qabot.dataset import QAPair, read_dataset, read_heldout
+from qabot.errors import ModelError, TrainingError
 
 logger = logging.getLogger(__name__)
 

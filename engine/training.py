@@ -14,10 +14,10 @@ from typing import Any
 import torch
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
 
-from qabot.dataset import HeldoutItem, QAPair
 from engine.evaluate import accuracy_score, answer_loss, evaluate_sets
 from engine.formatting import PadCollator, tokenize_pair
 from engine.generate import Answerer
+from qabot.dataset import HeldoutItem, QAPair
 
 logger = logging.getLogger(__name__)
 

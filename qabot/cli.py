@@ -116,9 +116,9 @@ def _load_answerer(settings: Settings, version: str | None = None):
 @app.command()
 def chat(version: Annotated[str | None, typer.Option(help="Model version (default: the live one).")] = None) -> None:
     """Chat with the bot in the console; type 'exit' to leave. Trains a first model if there is none."""
-    from qabot.errors import QuestionError
     from engine.pipeline import TrainRequest
     from engine.training import TrainConfig
+    from qabot.errors import QuestionError
 
     settings = _settings()
     store = _store(settings)
@@ -181,8 +181,8 @@ def evaluate(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show every question and answer.")] = False,
 ) -> None:
     """Measure answer accuracy on the training questions and on held-out paraphrases."""
-    from qabot.dataset import read_dataset, read_heldout
     from engine.evaluate import evaluate_heldout, evaluate_pairs
+    from qabot.dataset import read_dataset, read_heldout
 
     settings = _settings()
     answerer, info = _load_answerer(settings, version)

@@ -66,7 +66,8 @@ class Settings(BaseSettings):
     telegram_webhook_listen: str = Field(default="0.0.0.0:8443", description="host:port the webhook server listens on.")
     discord_token: SecretStr | None = Field(default=None, description="Discord bot token.")
     discord_api_url: str | None = Field(
-        default=None, description="Discord API base for a proxy or a test server: REST at <url>/api/v10, gateway at <url>/gateway."
+        default=None,
+        description="Discord API base for a proxy or a test server: REST at <url>/api/v10, gateway at <url>/gateway.",
     )
     discord_admins: IdList = Field(default_factory=list, description="Discord user ids allowed to retrain.")
     discord_admin_roles: IdList = Field(default_factory=list, description="Discord role ids whose members may retrain.")
@@ -90,7 +91,9 @@ class Settings(BaseSettings):
                 raise ValueError(f"expected comma-separated numeric ids such as 123,456, got {value!r}") from exc
         return value
 
-    @field_validator("telegram_token", "discord_token", "telegram_webhook_secret", "telegram_webhook_url", "discord_api_url", mode="before")
+    @field_validator(
+        "telegram_token", "discord_token", "telegram_webhook_secret", "telegram_webhook_url", "discord_api_url", mode="before"
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         """An empty variable (as docker compose passes `${X:-}`) means not set."""

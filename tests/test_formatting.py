@@ -6,8 +6,8 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from qabot.dataset import QAPair
 from engine.formatting import PadCollator, format_prompt, tokenize_pair
+from qabot.dataset import QAPair
 
 VOCAB = ["<pad>", "<eos>", "Question", ":", "Answer", "Who", "guards", "it", "?", "Elara", ".", "does"]
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from qabot.errors import QuestionError
 from engine.generate import Answerer, Sampling, StopReason
 from engine.models import load_model
 from engine.pipeline import load_version
+from qabot.errors import QuestionError
 from tests.conftest import TINY_PAIRS
 
 QUESTIONS = [p.prompt for p in TINY_PAIRS] + ["Something nobody asked before about dragons and tea?"]

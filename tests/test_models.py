@@ -8,8 +8,8 @@ import time
 import pytest
 import torch
 
-from qabot.errors import ModelError
 from engine.models import BUNDLED, ensure_bundled, load_model, resolve_dtype, resolve_source
+from qabot.errors import ModelError
 
 
 def test_tiny_models_load_through_from_pretrained_with_pad_and_left_padding(tiny_model):

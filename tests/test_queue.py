@@ -13,11 +13,11 @@ from rq import Queue
 from rq.job import JobStatus
 from rq.registry import FailedJobRegistry, FinishedJobRegistry
 
-from qabot.errors import AnswerTimeout, JobFailed
 from engine.generate import Answerer
 from engine.models import load_model
 from engine.pipeline import load_version
 from engine.versions import ModelStore
+from qabot.errors import AnswerTimeout, JobFailed
 from qabot.settings import Settings
 from tests.conftest import TINY_PAIRS, qabot_env
 from worker.answer_worker import AnswerWorker

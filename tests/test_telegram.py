@@ -130,8 +130,8 @@ def long_answer_version(store: ModelStore, tiny_llama) -> str:
     """A tiny Llama with a long context that learnt one answer of about 5,800 characters."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from qabot.dataset import QAPair
     from engine.training import TrainConfig, fine_tune
+    from qabot.dataset import QAPair
 
     tokenizer = load_model(str(tiny_llama), device="cpu").tokenizer
     config = AutoConfig.from_pretrained(tiny_llama)

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from qabot.errors import TrainingBusy
 from engine.versions import ModelStore
+from qabot.errors import TrainingBusy
 from tests.conftest import TINY_CONFIG, TINY_PAIRS, write_pairs
 from tests.test_queue import QUESTIONS, make_settings, make_worker, worker_process
 from worker.client import QueueClient

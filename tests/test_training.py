@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from qabot.errors import DatasetError
 from engine.pipeline import TrainRequest, load_version, train_version
 from engine.training import TrainConfig
 from engine.versions import ModelStore
+from qabot.errors import DatasetError
 from tests.conftest import TINY_CONFIG, TINY_PAIRS, write_pairs
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from qabot.errors import VersionError
 from engine.versions import ModelStore
+from qabot.errors import VersionError
 
 
 def make_version(store: ModelStore, note: str) -> str:

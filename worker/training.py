@@ -41,10 +41,10 @@ def _evaluate_live(settings: Settings, store, pairs, heldout, config) -> tuple[s
 
 def run_training(settings: Settings, request: dict[str, Any], report: Callable[..., None]) -> dict[str, Any]:
     """Fine-tune from a request {dataset, eval_data?, base_model?, hyperparameters?, force?} and decide promotion."""
-    from qabot.dataset import read_dataset, read_heldout
     from engine.evaluate import accuracy_score
     from engine.pipeline import TrainRequest, train_version
     from engine.versions import ModelStore
+    from qabot.dataset import read_dataset, read_heldout
 
     store = ModelStore(settings.models_dir)
     defaults = {
