@@ -67,7 +67,7 @@ class Settings(BaseSettings):
     discord_token: SecretStr | None = Field(default=None, description="Discord bot token.")
     discord_api_url: str | None = Field(
         default=None,
-        description="Discord API base for a proxy or a test server: REST at <url>/api/v10, gateway at <url>/gateway.",
+        description="Discord API base for a proxy or test server: REST <url>/api/v10, gateway <url>/gateway.",
     )
     discord_admins: IdList = Field(default_factory=list, description="Discord user ids allowed to retrain.")
     discord_admin_roles: IdList = Field(default_factory=list, description="Discord role ids whose members may retrain.")
