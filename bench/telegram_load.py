@@ -22,11 +22,9 @@ from bench.common import machine, quiet
 from bench.queue import start_redis
 from bots.core import BotCore
 from bots.telegram_bot import build_application
-from engine.pipeline import TrainRequest, train_version
-from engine.training import TrainConfig
 from engine.versions import ModelStore
 from qabot.settings import Settings
-from tests.conftest import TINY_CONFIG, TINY_PAIRS, _build, write_pairs
+from tests.conftest import TINY_PAIRS, _build, release_tiny, write_pairs
 from tests.fake_telegram import FakeTelegram
 
 TOKEN = "1:bench"
@@ -37,9 +35,7 @@ def tiny_home(root: Path) -> Path:
     base = _build("gpt2", root / "tiny-gpt2")
     data = write_pairs(root / "tiny.json", TINY_PAIRS)
     store = ModelStore(root / "home" / "models")
-    train_version(
-        store, TrainRequest(data=data, base_model=str(base), config=TrainConfig(**TINY_CONFIG)), cache_dir=root, device="cpu"
-    )
+    release_tiny(store, data, base, root)
     return root / "home"
 
 

@@ -1,4 +1,7 @@
-"""What both bots do, whatever the platform: answer, rate-limit, retrain, add pairs, report. No torch here."""
+"""What both bots do, whatever the platform: ask, rate-limit, and render admin jobs' results. Speaks only to Redis.
+
+No torch and nothing of `engine/`: every admin action is a job that a worker runs; this module renders results.
+"""
 
 from __future__ import annotations
 
@@ -8,25 +11,29 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from engine.versions import ModelStore
-from qabot.dataset import parse_text, read_dataset, validate_items
-from qabot.errors import AnswerTimeout, DatasetError, JobFailed, QabotError, ServiceUnavailable, TrainingBusy
+from qabot.errors import AnswerTimeout, JobFailed, QuestionError, ServiceUnavailable, TrainingBusy
+from qabot.questions import check_question
 from qabot.settings import Settings
+from qabot.shapes import AddPairResult, ModelsResult, ReplyTo, RollbackResult, StatusReport
 from worker.client import QueueClient, TrainStatus
 
 logger = logging.getLogger(__name__)
 
 EDIT_DELAY_SECONDS = 5.0  # progress edits stay well inside the platforms' flood limits
+DELIVERY_POLL_SECONDS = 15.0  # how often a bot looks for finished fine-tunes nobody has reported yet
 MAX_PROBLEMS_SHOWN = 15
 HELP_TEXT = (
     "I answer questions about our community's world, trained on its own questions and answers.\n"
     "Ask me anything: /ask <question>, mention me, or reply to one of my messages."
 )
-ADMIN_HELP = "Admins: /retrain [attach a JSON dataset], /addqa question | answer, /status, /models, /rollback [version]."
+ADMIN_HELP = (
+    "Admins: /retrain [attach a JSON dataset; add 'replace' to train on the file alone, 'force' to make it live "
+    "even if it scores lower], /addqa question | answer, /status, /models, /rollback [version]."
+)
 APOLOGY = "Sorry, I can't answer right now: the answering service is down or busy. Please try again in a minute."
+ADMIN_APOLOGY = "Sorry, the admin service is not answering right now (is `qabot worker admin` running?). Nothing was changed."
 REFUSAL = "Sorry, only this bot's admins can do that."
 
 
@@ -67,6 +74,12 @@ def split_message(text: str, limit: int) -> list[str]:
     return parts or [""]
 
 
+def problems_text(problems: list[str] | tuple[str, ...], what: str = "That dataset") -> str:
+    shown = "\n".join(f"- {p}" for p in problems[:MAX_PROBLEMS_SHOWN])
+    more = f"\n...and {len(problems) - MAX_PROBLEMS_SHOWN} more" if len(problems) > MAX_PROBLEMS_SHOWN else ""
+    return f"{what} has {len(problems)} problem(s); nothing was changed:\n{shown}{more}"
+
+
 def render_progress(status: TrainStatus) -> str:
     """One progress line: stage, epoch, loss, ETA."""
     meta = status.meta
@@ -83,46 +96,114 @@ def accuracy_text(metrics: dict[str, Any]) -> str:
     return ", ".join(f"{k.removesuffix('_accuracy')} {v:.0%}" for k, v in metrics.items() if k.endswith("_accuracy"))
 
 
+def upload_text(upload: dict[str, Any]) -> str:
+    """What an uploaded file did to the dataset, and the other choice."""
+    name = upload["filename"]
+    if upload["mode"] == "replace":
+        return f"{name} replaced the dataset: {upload['pairs']} pairs, {upload['dropped']} dropped."
+    text = (
+        f"{name}: {upload['file_pairs']} pairs; {upload['added']} added to the {upload['kept']} of the dataset"
+        + (f", {upload['updated']} answers updated" if upload["updated"] else "")
+        + f" ({upload['pairs']} pairs)."
+    )
+    if upload.get("not_in_file"):
+        text += (
+            f" The file lacks {upload['not_in_file']} pairs of the dataset, which were kept (adding is the default, so an "
+            "upload never drops knowledge); to train on the file alone, send it again with /retrain replace."
+        )
+    return text
+
+
 def render_result(status: TrainStatus) -> str:
     """The final word on a fine-tune."""
-    if status.error or status.result is None:
+    if status.result is None:
+        problems = status.meta.get("problems")
+        if problems:
+            return problems_text(problems)
         return f"Training failed: {status.error or status.state}"
     result = status.result
-    metrics = result["metrics"]
-    accuracy = accuracy_text(metrics)
+    lines = [upload_text(result["upload"])] if result.get("upload") else []
     previous = result.get("previous")
     against = f" against {previous['version']}'s {accuracy_text(previous['metrics'])}" if previous else ""
     verdict = "now live" if result["promoted"] else "not promoted"
+    lines.append(
+        f"Training done: {result['version']} ({result['dataset']['pairs']} pairs), accuracy {accuracy_text(result['metrics'])}"
+        f"{against}. {result['version']} is {verdict}: {result['reason']}."
+    )
+    return "\n".join(lines)
+
+
+def render_status(report: StatusReport) -> str:
+    live = report.live_version or "none yet"
+    lines = [f"Live model: {live}" + (f", trained {report.trained_at}" if report.trained_at else "")]
+    if report.live_dataset:
+        lines.append(f"It learnt dataset {report.live_dataset} ({report.live_pairs} pairs).")
+    if report.waiting_dataset:
+        lines.append(f"Waiting to be trained: dataset {report.current_dataset} ({report.current_pairs} pairs); /retrain.")
+    else:
+        lines.append("No newer dataset is waiting to be trained.")
+    lines.append(
+        "Queues: " + ", ".join(f"{name} {q['waiting']} waiting, {q['running']} running" for name, q in report.queues.items())
+    )
+    lines.append(f"Workers: {len(report.workers)}")
+    training = report.training
+    if training:
+        lines.append(f"Training: {training['stage']}, epoch {training.get('epoch') or 0}, loss {training.get('loss')}")
+    else:
+        lines.append("Training: none running")
+    return "\n".join(lines)
+
+
+def render_models(result: ModelsResult) -> str:
+    if not result.rows:
+        return "No model versions yet: /retrain trains the first."
+    rows = []
+    for row in result.rows:
+        accuracy = ", ".join(f"{k} {v:.0%}" for k, v in row.accuracy.items())
+        rows.append(f"{row.name}{' (live)' if row.live else ''}: {row.created_at}, {row.pairs or '?'} pairs, {accuracy}")
+    return "\n".join(rows)
+
+
+def render_added(result: AddPairResult) -> str:
+    if not result.added:
+        return problems_text(result.problems, "That pair")
+    did = "Updated the answer to" if result.replaced else "Added"
     return (
-        f"Training done: {result['version']} ({result['dataset']['pairs']} pairs), accuracy {accuracy}{against}. "
-        f"{result['version']} is {verdict}: {result['reason']}."
+        f"{did} '{result.question}'. The dataset now has {result.pairs} pairs (dataset {result.dataset}); "
+        "/retrain to teach it to the bot."
     )
 
 
 @dataclass(frozen=True)
 class RetrainOutcome:
     text: str
-    image: Path | None = None
+    image: bytes | None = None
+
+
+Send = Callable[[str], Awaitable[Any]]
+Edit = Callable[[Any, str], Awaitable[None]]
 
 
 class BotCore:
     """Platform-independent behaviour shared by the Telegram and Discord bots."""
 
-    def __init__(self, settings: Settings, client: QueueClient | None = None, store: ModelStore | None = None) -> None:
+    def __init__(self, settings: Settings, client: QueueClient | None = None) -> None:
         self.settings = settings
         self.client = client or QueueClient(settings)
-        self.store = store or ModelStore(settings.models_dir)
         self.limiter = RateLimiter(settings.rate_limit, settings.rate_window)
         self.edit_delay = EDIT_DELAY_SECONDS
+        self.delivery_poll = DELIVERY_POLL_SECONDS
+        self.following: set[str] = set()  # fine-tunes this bot reports itself, live
 
     # -- everyone ---------------------------------------------------------------------------
     async def ask(self, user: str, question: str, channel: str) -> str:
         """The reply to a question: an answer, the help text, a limit message, or an apology."""
-        text = question.strip()
-        if not text:
+        if not question.strip():
             return HELP_TEXT
-        if len(text) > self.settings.max_question_chars:
-            return f"Your question is {len(text)} characters long; please keep it under {self.settings.max_question_chars}."
+        try:
+            text = check_question(question, self.settings.max_question_chars)
+        except QuestionError as exc:
+            return str(exc)
         wait = self.limiter.wait_for(user)
         if wait:
             return f"You're asking quickly: please try again in {max(1, round(wait))} s."
@@ -132,6 +213,8 @@ class BotCore:
             logger.warning("no answer for a question: %s", exc)
             return APOLOGY
         except JobFailed as exc:
+            if exc.kind == "QuestionError":
+                return str(exc)
             logger.warning("an answer job failed: %s", exc)
             return "Sorry, something went wrong while answering that. Please try again."
         except Exception:  # the edge: never crash the bot over one question
@@ -139,63 +222,78 @@ class BotCore:
             return APOLOGY
         return result.answer or "I don't know that one yet."
 
-    # -- admins -----------------------------------------------------------------------------
-    def store_upload(self, data: bytes, filename: str) -> tuple[str | None, str]:
-        """Validate an uploaded dataset; store it as a new dataset version. Returns (hash or None, message)."""
-        if len(data) > self.settings.upload_max_bytes:
-            return None, f"{filename} is {len(data)} bytes; the limit is {self.settings.upload_max_bytes}."
-        try:
-            text = data.decode("utf-8")
-            pairs = validate_items(parse_text(text, filename), filename)
-        except UnicodeDecodeError:
-            return None, f"{filename} is not UTF-8 text."
-        except DatasetError as exc:
-            return None, self._problems(exc)
-        digest, _ = self.store.store_dataset(pairs)
-        self.store.set_current_dataset(digest)
-        return digest, f"{filename}: {len(pairs)} pairs, valid, stored as dataset {digest}."
+    # -- admins: each action is a job; this only renders ------------------------------------
+    async def _admin(self, function: str, *args: Any, reply_to: ReplyTo | None = None) -> Any:
+        return await self.client.ask_admin(function, *args, reply_to=reply_to)
+
+    async def add_pair(self, question: str, answer: str, reply_to: ReplyTo | None = None) -> str:
+        """/addqa: one more pair in the dataset (no training)."""
+        if not question.strip() or not answer.strip():
+            return "Usage: /addqa question | answer"
+        return await self._guarded(lambda: self._admin("add_pair", question, answer, reply_to=reply_to), render_added)
+
+    async def status(self) -> str:
+        return await self._guarded(lambda: self._admin("status"), render_status)
+
+    async def models(self) -> str:
+        return await self._guarded(lambda: self._admin("list_models"), render_models)
+
+    async def rollback(self, version: str | None, reply_to: ReplyTo | None = None) -> str:
+        def render(result: RollbackResult) -> str:
+            if not result.ok:
+                return f"Can't roll back: {result.message}."
+            return f"Rolled back: {result.version} is live again; the answer workers switch to it before their next batch."
+
+        return await self._guarded(lambda: self._admin("rollback", version, reply_to=reply_to), render)
 
     @staticmethod
-    def _problems(exc: DatasetError) -> str:
-        shown = "\n".join(f"- {p}" for p in exc.problems[:MAX_PROBLEMS_SHOWN])
-        more = f"\n...and {len(exc.problems) - MAX_PROBLEMS_SHOWN} more" if len(exc.problems) > MAX_PROBLEMS_SHOWN else ""
-        return f"That dataset has {len(exc.problems)} problem(s); nothing was changed:\n{shown}{more}"
-
-    def _dataset_for_training(self) -> tuple[str, str | None]:
-        current = self.store.current_dataset()
-        if current is not None:
-            return current.stem if current.parent == self.store.datasets_dir else str(current), None
-        eval_data = str(self.settings.eval_data) if self.settings.eval_data else None
-        return str(self.settings.dataset), eval_data
+    async def _guarded(call: Callable[[], Awaitable[Any]], render: Callable[[Any], str]) -> str:
+        try:
+            return render(await call())
+        except (ServiceUnavailable, AnswerTimeout) as exc:
+            logger.warning("admin job not answered: %s", exc)
+            return ADMIN_APOLOGY
+        except JobFailed as exc:
+            logger.warning("an admin job failed: %s", exc)
+            return f"Sorry, that failed: {exc}"
+        except Exception:  # the edge: the bot keeps running
+            logger.exception("unexpected failure in an admin command")
+            return ADMIN_APOLOGY
 
     async def retrain(
         self,
-        admin: str,
+        reply_to: ReplyTo,
         upload: tuple[bytes, str] | None,
-        start: Callable[[str], Awaitable[Any]],
-        edit: Callable[[Any, str], Awaitable[None]],
-    ) -> RetrainOutcome:
-        """Validate an optional upload, queue a fine-tune, keep one progress message up to date, report."""
-        if upload is not None:
-            digest, message = await asyncio.to_thread(self.store_upload, *upload)
-            if digest is None:
-                return RetrainOutcome(message)
-            await start(message)
-        dataset, eval_data = self._dataset_for_training()
-        live = self.store.current()
-        if live is not None and eval_data is None and dataset == live.meta.get("dataset", {}).get("hash"):
-            eval_data = live.meta.get("eval_data")
-        request = {"dataset": dataset, "eval_data": eval_data}
+        start: Send,
+        edit: Edit,
+        *,
+        replace: bool = False,
+        force: bool = False,
+    ) -> RetrainOutcome | None:
+        """Queue a fine-tune (with an uploaded file), keep one progress message up to date, return the final word.
+
+        None when another bot delivered the outcome already (it is delivered once).
+        """
+        if upload is not None and len(upload[0]) > self.settings.upload_max_bytes:
+            return RetrainOutcome(f"{upload[1]} is {len(upload[0])} bytes; the limit is {self.settings.upload_max_bytes}.")
+        request = {"mode": "replace" if replace else "add", "force": force}
         try:
-            job = await asyncio.to_thread(self.client.start_training, request, admin)
+            job = await asyncio.to_thread(self.client.start_training, request, reply_to, upload)
         except TrainingBusy as exc:
             return RetrainOutcome(f"{exc}.")
         except ServiceUnavailable:
             return RetrainOutcome(APOLOGY)
+        self.following.add(job.id)
+        try:
+            return await self._follow(job.id, start, edit)
+        finally:
+            self.following.discard(job.id)
+
+    async def _follow(self, job_id: str, start: Send, edit: Edit) -> RetrainOutcome | None:
         handle = await start("Training queued...")
         last_text, last_edit = "Training queued...", time.monotonic()
         final: TrainStatus | None = None
-        async for status in self.client.follow_training(job.id, poll_s=0.5):
+        async for status in self.client.follow_training(job_id, poll_s=0.5):
             if status.done:
                 final = status
                 break
@@ -205,66 +303,33 @@ class BotCore:
                 last_text, last_edit = text, time.monotonic()
         assert final is not None
         await edit(handle, "Training finished." if final.result else "Training stopped.")
-        image = Path(final.result["loss_curve"]) if final.result and Path(final.result["loss_curve"]).is_file() else None
-        return RetrainOutcome(render_result(final), image)
+        if not await asyncio.to_thread(self.client.claim_delivery, job_id):
+            return None
+        return outcome_of(final)
 
-    def add_pair(self, text: str) -> str:
-        """`question | answer` becomes a new dataset version (validated), without training."""
-        if "|" not in text:
-            return "Usage: /addqa question | answer"
-        question, answer = (part.strip() for part in text.split("|", 1))
-        base = self.store.current_dataset() or self.settings.dataset
-        try:
-            pairs = read_dataset(base)
-            pairs = validate_items(
-                [*({"prompt": p.prompt, "response": p.response} for p in pairs), {"prompt": question, "response": answer}]
-            )
-        except DatasetError as exc:
-            return self._problems(exc)
-        digest, _ = self.store.store_dataset(pairs)
-        self.store.set_current_dataset(digest)
-        return f"Added. The dataset now has {len(pairs)} pairs (dataset {digest}); /retrain to teach it to the bot."
+    async def deliver_pending(self, platform: str, deliver: Callable[[ReplyTo, RetrainOutcome], Awaitable[None]]) -> int:
+        """Deliver, once, the outcome of every ended fine-tune asked for on `platform` that nobody reported."""
+        delivered = 0
+        for status in await asyncio.to_thread(self.client.undelivered_training, platform):
+            if status.job_id in self.following or not await asyncio.to_thread(self.client.claim_delivery, status.job_id):
+                continue
+            try:
+                await deliver(status.reply_to, outcome_of(status))
+                delivered += 1
+            except Exception:
+                logger.exception("could not deliver the outcome of a fine-tune")
+        return delivered
 
-    def status(self) -> str:
-        from worker.status import collect
+    async def keep_delivering(self, platform: str, deliver: Callable[[ReplyTo, RetrainOutcome], Awaitable[None]]) -> None:
+        """Run `deliver_pending` now and then every `delivery_poll` seconds, until cancelled."""
+        while True:
+            try:
+                await self.deliver_pending(platform, deliver)
+            except Exception:
+                logger.warning("could not look for undelivered results", exc_info=True)
+            await asyncio.sleep(self.delivery_poll)
 
-        try:
-            report = collect(self.settings, self.client)
-        except Exception as exc:  # noqa: BLE001 - Redis down: say so and keep running
-            logger.warning("status unavailable: %s", exc)
-            return APOLOGY
-        live = report["live_version"] or "none yet"
-        lines = [
-            f"Live model: {live}" + (f", trained {report['trained_at']}" if report["trained_at"] else ""),
-            f"Dataset: {report['dataset_pairs']} pairs" if report["dataset_pairs"] else "Dataset: none trained yet",
-            "Queues: "
-            + ", ".join(f"{name} {q['waiting']} waiting, {q['running']} running" for name, q in report["queues"].items()),
-            f"Workers: {len(report['workers'])}",
-        ]
-        training = report["training"]
-        if training:
-            lines.append(f"Training: {training['stage']}, epoch {training.get('epoch') or 0}, loss {training.get('loss')}")
-        else:
-            lines.append("Training: none running")
-        return "\n".join(lines)
 
-    def models(self) -> str:
-        live = self.store.current_name()
-        versions = self.store.list()[-10:]
-        if not versions:
-            return "No model versions yet: /retrain trains the first."
-        rows = []
-        for info in versions:
-            accuracy = accuracy_text(info.meta.get("metrics", {}))
-            mark = " (live)" if info.name == live else ""
-            rows.append(
-                f"{info.name}{mark}: {info.created_at}, {info.meta.get('dataset', {}).get('pairs', '?')} pairs, {accuracy}"
-            )
-        return "\n".join(rows)
-
-    def rollback(self, version: str | None) -> str:
-        try:
-            info = self.store.rollback(version or None)
-        except QabotError as exc:
-            return f"Can't roll back: {exc}."
-        return f"Rolled back: {info.name} is live again; the answer workers switch to it before their next batch."
+def outcome_of(status: TrainStatus) -> RetrainOutcome:
+    image = status.result.get("loss_png") if status.result else None
+    return RetrainOutcome(render_result(status), image)

@@ -4,18 +4,37 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
-from pathlib import Path
+from typing import Literal
 
 import discord
+import yarl
 from discord import app_commands
 
-from bots.core import ADMIN_HELP, HELP_TEXT, REFUSAL, BotCore, split_message
+from bots.core import ADMIN_HELP, HELP_TEXT, REFUSAL, BotCore, RetrainOutcome, split_message
 from qabot.settings import Settings
+from qabot.shapes import ReplyTo
 
 logger = logging.getLogger(__name__)
 
 MESSAGE_LIMIT = 2000
+PLATFORM = "discord"
+NO_MENTIONS = discord.AllowedMentions.none()  # a question can never make the bot ping @everyone, a role or a person
+
+
+def use_api(url: str | None) -> None:
+    """Point discord.py at another API (a proxy, a test server): REST at <url>/api/v10, gateway at <url>/gateway."""
+    if not url:
+        return
+    base = url.rstrip("/")
+    discord.http.Route.BASE = f"{base}/api/v10"
+    scheme = "wss" if base.startswith("https") else "ws"
+    discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(f"{scheme}{base[base.index(':') :]}/gateway")
+
+
+def _file(outcome: RetrainOutcome) -> dict:
+    return {"file": discord.File(io.BytesIO(outcome.image), "loss.png")} if outcome.image is not None else {}
 
 
 class QabotDiscord(discord.Client):
@@ -24,15 +43,31 @@ class QabotDiscord(discord.Client):
     def __init__(self, settings: Settings, core: BotCore | None = None) -> None:
         intents = discord.Intents.default()
         intents.message_content = True  # to read questions in mentions and replies; enable it in the developer portal
-        super().__init__(intents=intents)
+        super().__init__(intents=intents, allowed_mentions=NO_MENTIONS)
+        use_api(settings.discord_api_url)
         self.settings = settings
         self.core = core or BotCore(settings)
         self.tree = app_commands.CommandTree(self)
+        self.delivery: asyncio.Task | None = None
         _register(self)
 
     async def setup_hook(self) -> None:
-        """Sync slash commands when the bot starts."""
+        """Sync slash commands when the bot starts; deliver fine-tunes that ended while no bot followed them."""
         await self.tree.sync()
+        self.delivery = asyncio.create_task(self.core.keep_delivering(PLATFORM, self.deliver))
+
+    async def close(self) -> None:
+        if self.delivery is not None:
+            self.delivery.cancel()
+        await super().close()
+
+    async def deliver(self, where: ReplyTo, outcome: RetrainOutcome) -> None:
+        """Post a fine-tune's outcome in the channel it was asked from."""
+        channel = self.get_channel(int(where.chat)) or await self.fetch_channel(int(where.chat))
+        parts = split_message(f"<@{where.user}> {outcome.text}", MESSAGE_LIMIT)
+        for index, part in enumerate(parts):
+            last = index == len(parts) - 1
+            await channel.send(part, allowed_mentions=NO_MENTIONS, **(_file(outcome) if last else {}))
 
     # -- who may do what --------------------------------------------------------------------
     def allowed_here(self, guild_id: int | None, channel_id: int | None) -> bool:
@@ -63,12 +98,16 @@ class QabotDiscord(discord.Client):
         async with message.channel.typing():
             text = await self.core.ask(f"dc:{message.author.id}", question, f"dc:{message.channel.id}")
         for part in split_message(text, MESSAGE_LIMIT):
-            await message.reply(part, mention_author=False)
+            await message.reply(part, mention_author=False, allowed_mentions=NO_MENTIONS)
 
 
 async def _send(interaction: discord.Interaction, text: str) -> None:
     for part in split_message(text, MESSAGE_LIMIT):
-        await interaction.followup.send(part)
+        await interaction.followup.send(part, allowed_mentions=NO_MENTIONS)
+
+
+def _reply_to(interaction: discord.Interaction) -> ReplyTo:
+    return ReplyTo(PLATFORM, str(interaction.user.id), str(interaction.channel_id))
 
 
 def _register(bot: QabotDiscord) -> None:
@@ -77,7 +116,7 @@ def _register(bot: QabotDiscord) -> None:
     async def refuse_unless_admin(interaction: discord.Interaction) -> bool:
         if bot.is_admin(interaction.user):
             return False
-        await interaction.response.send_message(REFUSAL, ephemeral=True)
+        await interaction.response.send_message(REFUSAL, ephemeral=True, allowed_mentions=NO_MENTIONS)
         return True
 
     @tree.command(name="ask", description="Ask the bot a question.")
@@ -85,7 +124,9 @@ def _register(bot: QabotDiscord) -> None:
     async def ask(interaction: discord.Interaction, question: str) -> None:
         """Deferred at once (Discord allows 3 s), answered in a follow-up."""
         if not bot.allowed_here(interaction.guild_id, interaction.channel_id):
-            await interaction.response.send_message("I don't answer in this channel.", ephemeral=True)
+            await interaction.response.send_message(
+                "I don't answer in this channel.", ephemeral=True, allowed_mentions=NO_MENTIONS
+            )
             return
         await interaction.response.defer(thinking=True)
         await _send(interaction, await bot.core.ask(f"dc:{interaction.user.id}", question, f"dc:{interaction.channel_id}"))
@@ -94,11 +135,20 @@ def _register(bot: QabotDiscord) -> None:
     async def help_(interaction: discord.Interaction) -> None:
         """Two lines about the bot."""
         extra = "\n" + ADMIN_HELP if bot.is_admin(interaction.user) else ""
-        await interaction.response.send_message(HELP_TEXT + extra, ephemeral=True)
+        await interaction.response.send_message(HELP_TEXT + extra, ephemeral=True, allowed_mentions=NO_MENTIONS)
 
     @tree.command(name="retrain", description="Retrain the bot, optionally on an attached JSON dataset (admins).")
-    @app_commands.describe(dataset="A JSON array or JSON Lines file of {prompt, response}")
-    async def retrain(interaction: discord.Interaction, dataset: discord.Attachment | None = None) -> None:
+    @app_commands.describe(
+        dataset="A JSON array or JSON Lines file of {prompt, response}",
+        mode="add (default): the file's pairs join the dataset; replace: train on the file alone",
+        force="Make the new model live even if it scores lower than the live one",
+    )
+    async def retrain(
+        interaction: discord.Interaction,
+        dataset: discord.Attachment | None = None,
+        mode: Literal["add", "replace"] = "add",
+        force: bool = False,
+    ) -> None:
         """Validate the upload, train, keep one progress message up to date, post the result."""
         if await refuse_unless_admin(interaction):
             return
@@ -120,26 +170,28 @@ def _register(bot: QabotDiscord) -> None:
         async def say(text: str, **extra) -> discord.Message | discord.WebhookMessage:
             nonlocal acked
             if acked and channel is not None:
-                return await channel.send(text, **extra)
+                return await channel.send(text, allowed_mentions=NO_MENTIONS, **extra)
             acked = True
-            return await interaction.followup.send(text, wait=True, **extra)
+            return await interaction.followup.send(text, wait=True, allowed_mentions=NO_MENTIONS, **extra)
 
         async def edit(handle: discord.Message | discord.WebhookMessage, text: str) -> None:
             with contextlib.suppress(discord.HTTPException):
                 await handle.edit(content=text)
 
-        outcome = await bot.core.retrain(f"dc:{interaction.user.id}", upload, say, edit)
+        outcome = await bot.core.retrain(_reply_to(interaction), upload, say, edit, replace=mode == "replace", force=force)
+        if outcome is None:
+            return
         parts = split_message(outcome.text, MESSAGE_LIMIT)
         for index, part in enumerate(parts):
-            last = index == len(parts) - 1 and outcome.image is not None
-            await say(part, **({"file": discord.File(Path(outcome.image), "loss.png")} if last else {}))
+            await say(part, **(_file(outcome) if index == len(parts) - 1 else {}))
 
     @tree.command(name="addqa", description="Add one question and answer to the dataset (admins).")
     async def addqa(interaction: discord.Interaction, question: str, answer: str) -> None:
         """A new dataset version with one more pair; no training."""
         if await refuse_unless_admin(interaction):
             return
-        await interaction.response.send_message(bot.core.add_pair(f"{question} | {answer}"))
+        await interaction.response.defer(thinking=True)
+        await _send(interaction, await bot.core.add_pair(question, answer, _reply_to(interaction)))
 
     @tree.command(name="status", description="Live model, queues and training (admins).")
     async def status(interaction: discord.Interaction) -> None:
@@ -147,21 +199,23 @@ def _register(bot: QabotDiscord) -> None:
         if await refuse_unless_admin(interaction):
             return
         await interaction.response.defer(thinking=True)
-        await _send(interaction, await asyncio.to_thread(bot.core.status))
+        await _send(interaction, await bot.core.status())
 
     @tree.command(name="models", description="Model versions (admins).")
     async def models(interaction: discord.Interaction) -> None:
         """The last versions, the live one marked."""
         if await refuse_unless_admin(interaction):
             return
-        await interaction.response.send_message(bot.core.models()[:MESSAGE_LIMIT])
+        await interaction.response.defer(thinking=True)
+        await _send(interaction, await bot.core.models())
 
     @tree.command(name="rollback", description="Go back to the previous (or a named) model version (admins).")
     async def rollback(interaction: discord.Interaction, version: str | None = None) -> None:
         """Switch the live version."""
         if await refuse_unless_admin(interaction):
             return
-        await interaction.response.send_message(bot.core.rollback(version))
+        await interaction.response.defer(thinking=True)
+        await _send(interaction, await bot.core.rollback(version, _reply_to(interaction)))
 
 
 def main(settings: Settings) -> None:

@@ -14,14 +14,16 @@ from telegram import Message, Update
 from telegram.constants import ChatAction, ChatType, MessageEntityType
 from telegram.ext import Application, ApplicationBuilder, CommandHandler, ContextTypes, MessageHandler, filters
 
-from bots.core import ADMIN_HELP, HELP_TEXT, REFUSAL, BotCore, split_message
+from bots.core import ADMIN_HELP, HELP_TEXT, REFUSAL, BotCore, RetrainOutcome, split_message
 from qabot.settings import Settings
+from qabot.shapes import ReplyTo
 
 logger = logging.getLogger(__name__)
 
 MESSAGE_LIMIT = 4096
 TYPING_EVERY_SECONDS = 4.0  # Telegram shows "typing" for 5 s per chat action
 RETRAIN_CAPTION = re.compile(r"^/retrain(@\w+)?(\s|$)")
+PLATFORM = "telegram"
 
 
 def _core(context: ContextTypes.DEFAULT_TYPE) -> BotCore:
@@ -113,11 +115,24 @@ async def on_text(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         await answer_question(message, context, question)
 
 
+def _reply_to(message: Message) -> ReplyTo:
+    user = message.from_user.id if message.from_user else message.chat_id
+    return ReplyTo(PLATFORM, str(user), str(message.chat_id), str(message.message_id))
+
+
+def _words(message: Message, context: ContextTypes.DEFAULT_TYPE) -> list[str]:
+    """The command's arguments, from the text or from a document's caption."""
+    if context.args is not None:
+        return [w.casefold() for w in context.args]
+    return [w.casefold() for w in (message.caption or "").split()[1:]]
+
+
 @admins_only
 async def retrain(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """/retrain, optionally with a JSON or JSONL dataset attached (admins only)."""
+    """/retrain [replace] [force], optionally with a JSON or JSONL dataset attached (admins only)."""
     message = update.effective_message
     core = _core(context)
+    words = _words(message, context)
     upload = None
     document = message.document
     if document is not None:
@@ -136,36 +151,68 @@ async def retrain(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         with contextlib.suppress(Exception):  # an edit that fails (flood, unchanged) must not stop the run
             await handle.edit_text(text)
 
-    outcome = await core.retrain(f"tg:{update.effective_user.id}", upload, send, edit)
+    outcome = await core.retrain(_reply_to(message), upload, send, edit, replace="replace" in words, force="force" in words)
+    if outcome is not None:
+        await send_outcome(message, outcome)
+
+
+async def send_outcome(message: Message, outcome: RetrainOutcome) -> None:
+    """The final word on a fine-tune, with the loss curve."""
     await reply(message, outcome.text)
     if outcome.image is not None:
-        with outcome.image.open("rb") as picture:
-            await message.reply_photo(picture, caption="Loss and accuracy during training", do_quote=True)
+        await message.reply_photo(outcome.image, caption="Loss and accuracy during training", do_quote=True)
 
 
 @admins_only
 async def add_qa(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """/addqa question | answer (admins only)."""
     message = update.effective_message
-    await reply(message, await asyncio.to_thread(_core(context).add_pair, " ".join(context.args or [])))
+    text = (message.text or "").partition(" ")[2]
+    if "|" not in text:
+        await reply(message, "Usage: /addqa question | answer")
+        return
+    question, _, answer = text.partition("|")
+    await reply(message, await _core(context).add_pair(question.strip(), answer.strip(), _reply_to(message)))
 
 
 @admins_only
 async def status(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """/status (admins only)."""
-    await reply(update.effective_message, await asyncio.to_thread(_core(context).status))
+    await reply(update.effective_message, await _core(context).status())
 
 
 @admins_only
 async def models(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """/models (admins only)."""
-    await reply(update.effective_message, _core(context).models())
+    await reply(update.effective_message, await _core(context).models())
 
 
 @admins_only
 async def rollback(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """/rollback [version] (admins only)."""
-    await reply(update.effective_message, _core(context).rollback((context.args or [None])[0]))
+    message = update.effective_message
+    await reply(message, await _core(context).rollback((context.args or [None])[0], _reply_to(message)))
+
+
+async def deliver(app: Application, where: ReplyTo, outcome: RetrainOutcome) -> None:
+    """Send a fine-tune's outcome that finished while no bot was following it (e.g. across a restart)."""
+    reply_to = int(where.message) if where.message else None
+    for part in split_message(outcome.text, MESSAGE_LIMIT):
+        await app.bot.send_message(int(where.chat), part, reply_to_message_id=reply_to, allow_sending_without_reply=True)
+    if outcome.image is not None:
+        await app.bot.send_photo(int(where.chat), outcome.image, caption="Loss and accuracy during training")
+
+
+async def start_delivery(app: Application) -> None:
+    """Deliver finished fine-tunes nobody reported (once), now and every few seconds."""
+    core: BotCore = app.bot_data["core"]
+    app.bot_data["delivery"] = asyncio.create_task(core.keep_delivering(PLATFORM, functools.partial(deliver, app)))
+
+
+async def stop_delivery(app: Application) -> None:
+    task = app.bot_data.pop("delivery", None)
+    if task is not None:
+        task.cancel()
 
 
 async def on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -187,6 +234,8 @@ def build_application(settings: Settings, core: BotCore | None = None) -> Applic
         .base_url(f"{api}/bot")
         .base_file_url(f"{api}/file/bot")
         .concurrent_updates(True)
+        .post_init(start_delivery)
+        .post_stop(stop_delivery)
         .build()
     )
     app.bot_data["core"] = core or BotCore(settings)

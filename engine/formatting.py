@@ -7,20 +7,12 @@ from typing import Any
 
 import torch
 
+from engine.textformat import STOP_TEXT, format_answer, format_prompt
 from qabot.dataset import QAPair
 
+__all__ = ["IGNORE_INDEX", "STOP_TEXT", "PadCollator", "count_tokens", "format_answer", "format_prompt", "tokenize_pair"]
+
 IGNORE_INDEX = -100
-STOP_TEXT = "\nQuestion:"
-
-
-def format_prompt(question: str) -> str:
-    """The text the model sees before it answers."""
-    return f"Question: {question.strip()}\nAnswer:"
-
-
-def format_answer(answer: str) -> str:
-    """The text the model learns to produce after the prompt (EOS is added as a token)."""
-    return f" {answer.strip()}"
 
 
 def tokenize_pair(pair: QAPair, tokenizer: Any, max_length: int) -> dict[str, list[int]]:

@@ -12,6 +12,7 @@ from transformers import StoppingCriteriaList, StopStringCriteria, TopPLogitsWar
 
 from engine.decoding import decode, supports_pruned_decoding
 from engine.formatting import STOP_TEXT, format_prompt
+from engine.models import context_length
 from qabot.errors import QuestionError
 from qabot.questions import check_question
 
@@ -61,6 +62,25 @@ class Answerer:
         self.prune = prune and supports_pruned_decoding(model)
         self.generate_calls = 0
         self._stopping: StoppingCriteriaList | None = None
+        self.context = context_length(model.config)
+        # The answer keeps its budget; a question may use the rest of the context (at least half of it).
+        self.question_tokens = self.context - min(max_new_tokens, self.context // 2)
+
+    def _encode(self, texts: list[str]) -> Any:
+        """Prompts as token ids; special-token strings in a question are plain text, never control tokens."""
+        self.tokenizer.padding_side = "left"
+        return self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=True, split_special_tokens=True)
+
+    def prepare(self, question: str) -> str:
+        """The question as the model will see it, or QuestionError (empty, too long in characters or in tokens)."""
+        text = check_question(question, self.max_question_chars)
+        length = len(self.tokenizer(format_prompt(text), add_special_tokens=True, split_special_tokens=True)["input_ids"])
+        if length > self.question_tokens:
+            raise QuestionError(
+                f"Your question is too long for this model ({length} tokens, the limit is {self.question_tokens}); "
+                "please shorten it."
+            )
+        return text
 
     def _stop_criteria(self) -> StoppingCriteriaList:
         """Stop at a new `Question:` line; built once, as building it scans the whole vocabulary."""
@@ -79,27 +99,25 @@ class Answerer:
         cleaned = []
         for index, question in enumerate(questions):
             try:
-                cleaned.append(check_question(question, self.max_question_chars))
+                cleaned.append(self.prepare(question))
             except QuestionError as exc:
-                raise QuestionError(f"question {index}: {exc}" if len(questions) > 1 else str(exc)) from exc
+                raise QuestionError(f"question {index + 1}: {exc}" if len(questions) > 1 else str(exc)) from exc
         sampling = sampling or Sampling()
-        self.tokenizer.padding_side = "left"
-        batch = self.tokenizer(
-            [format_prompt(q) for q in cleaned], return_tensors="pt", padding=True, add_special_tokens=True
-        ).to(self.device)
+        batch = self._encode([format_prompt(q) for q in cleaned]).to(self.device)
+        budget = max(1, min(self.max_new_tokens, self.context - batch["input_ids"].shape[1]))
         with torch.inference_mode():
             if self.prune:
                 new_tokens = decode(
                     self.model,
                     batch["input_ids"],
                     batch["attention_mask"],
-                    max_new_tokens=self.max_new_tokens,
+                    max_new_tokens=budget,
                     eos_token_id=self.tokenizer.eos_token_id,
                     should_stop=self._ends_with_stop_text,
                     pick=self._picker(sampling),
                 )
             else:
-                new_tokens = self._hf_generate(batch, sampling)
+                new_tokens = self._hf_generate(batch, sampling, budget)
         self.generate_calls += 1
         return [self._finish(q, ids) for q, ids in zip(cleaned, new_tokens, strict=True)]
 
@@ -123,7 +141,7 @@ class Answerer:
 
         return pick
 
-    def _hf_generate(self, batch: Any, sampling: Sampling) -> list[list[int]]:
+    def _hf_generate(self, batch: Any, sampling: Sampling, budget: int) -> list[list[int]]:
         """`model.generate`, for models the pruned loop does not support."""
         options: dict[str, Any] = {"do_sample": sampling.do_sample}
         if sampling.do_sample:
@@ -134,7 +152,7 @@ class Answerer:
             options.update(temperature=None, top_p=None, top_k=None)
         output = self.model.generate(
             **batch,
-            max_new_tokens=self.max_new_tokens,
+            max_new_tokens=budget,
             eos_token_id=self.tokenizer.eos_token_id,
             pad_token_id=self.tokenizer.pad_token_id,
             stopping_criteria=self._stop_criteria(),

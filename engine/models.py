@@ -132,6 +132,20 @@ def load_model(source: str, *, device: str = "auto", dtype: str = "auto") -> Loa
     return LoadedModel(model=model, tokenizer=tokenizer, device=target, source=source)
 
 
+def special_tokens(tokenizer: Any) -> list[str]:
+    """The special-token strings of a tokenizer (EOS, BOS, chat markers, ...)."""
+    return [str(t) for t in getattr(tokenizer, "all_special_tokens", []) if str(t)]
+
+
+def free_memory() -> None:
+    """Give freed tensors back (between a fine-tune and scoring, or after a model swap)."""
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def context_length(config: Any) -> int:
     """The longest sequence a model with this config takes."""
     for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):

@@ -9,43 +9,82 @@ import shutil
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from transformers import AutoConfig
 
 from engine.formatting import count_tokens
 from engine.generate import Answerer
-from engine.models import LoadedModel, context_length, load_model, load_tokenizer, resolve_source
+from engine.models import LoadedModel, context_length, free_memory, load_model, load_tokenizer, resolve_source, special_tokens
 from engine.plots import plot_training
 from engine.training import Progress, ProgressFn, TrainConfig, TrainResult, fine_tune
 from engine.versions import ModelStore, VersionInfo
-from qabot.dataset import QAPair, read_dataset, read_heldout
-from qabot.errors import ModelError, TrainingError
+from qabot.dataset import QAPair, parse_text, read_dataset, read_heldout, validate_items
+from qabot.errors import DatasetError, ModelError, TrainingError
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class TrainRequest:
-    """What to fine-tune: data, optional held-out paraphrases, base model and hyper-parameters."""
+    """How to fine-tune: base model, hyper-parameters, optional held-out paraphrases."""
 
-    data: Path
     base_model: str
     config: TrainConfig
     eval_data: Path | None = None
-    promote: bool = True
     resume: bool = False
+    source: str = ""  # where the pairs came from (a file name), for the plot and the metadata
+
+
+@dataclass(frozen=True)
+class Base:
+    """A base model's tokenizer and the longest formatted example it takes, loaded once per release."""
+
+    name: str
+    source: str
+    tokenizer: Any
+    limit: int
 
 
 @dataclass(frozen=True)
 class TrainOutcome:
     version: VersionInfo
-    promoted: bool
     result: TrainResult
 
 
-def validate_dataset(data: Path, tokenizer, max_tokens: int) -> list[QAPair]:
-    """Read and check a dataset against the model's tokenizer; raises DatasetError."""
-    return read_dataset(data, count_tokens=count_tokens(tokenizer), max_tokens=max_tokens)
+def load_base(name: str, cache_dir: Path, max_length: int) -> Base:
+    """Resolve a base-model setting and load its tokenizer; the token limit is its context or `max_length`."""
+    source = resolve_source(name, cache_dir)
+    tokenizer = load_tokenizer(source)
+    try:
+        limit = min(max_length, context_length(AutoConfig.from_pretrained(source)))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot read the configuration of '{source}': {exc}") from exc
+    return Base(name, source, tokenizer, limit)
+
+
+def _rules(base: Base) -> dict[str, Any]:
+    return {
+        "count_tokens": count_tokens(base.tokenizer),
+        "max_tokens": base.limit,
+        "special_tokens": special_tokens(base.tokenizer),
+    }
+
+
+def validate_file(data: Path, base: Base) -> list[QAPair]:
+    """Read and check a dataset file against the base model's tokenizer; raises DatasetError."""
+    return read_dataset(data, **_rules(base))
+
+
+def validate_upload(data: bytes, filename: str, base: Base, max_bytes: int) -> list[QAPair]:
+    """Check uploaded bytes by the same rules as a file; raises DatasetError."""
+    if len(data) > max_bytes:
+        raise DatasetError(filename, [f"the file is {len(data)} bytes; the limit is {max_bytes}"])
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DatasetError(filename, [f"not UTF-8 text (byte {exc.start})"]) from exc
+    return validate_items(parse_text(text, filename), filename, **_rules(base))
 
 
 def _run_name(digest: str, request: TrainRequest) -> str:
@@ -54,59 +93,63 @@ def _run_name(digest: str, request: TrainRequest) -> str:
 
 
 def train_version(
-    store: ModelStore, request: TrainRequest, *, cache_dir: Path, device: str = "auto", progress: ProgressFn | None = None
+    store: ModelStore,
+    pairs: list[QAPair],
+    base: Base,
+    request: TrainRequest,
+    *,
+    device: str = "auto",
+    progress: ProgressFn | None = None,
 ) -> TrainOutcome:
-    """Validate, fine-tune, save a new version and promote it; bad data changes nothing."""
+    """Fine-tune on validated pairs and save a new version (not live: `engine.release` decides that)."""
     report = progress or (lambda p: None)
-    report(Progress("loading base model"))
-    source = resolve_source(request.base_model, cache_dir)
-    tokenizer = load_tokenizer(source)
-    try:
-        limit = min(request.config.max_length, context_length(AutoConfig.from_pretrained(source)))
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot read the configuration of '{source}': {exc}") from exc
-    report(Progress("validating data"))
-    pairs = validate_dataset(request.data, tokenizer, limit)
     heldout = read_heldout(request.eval_data) if request.eval_data else None
     digest, stored = store.store_dataset(pairs)
     run_dir = store.runs_dir / _run_name(digest, request)
-    loaded = load_model(source, device=device, dtype="float32")
-    model, result = fine_tune(
-        loaded.model,
-        tokenizer,
-        pairs,
-        config=request.config,
-        run_dir=run_dir,
-        heldout=heldout,
-        resume=request.resume,
-        progress=report,
-    )
-    report(Progress("saving", metrics=result.metrics))
-    staging = store.staging_dir()
+    report(Progress("loading base model"))
+    loaded = load_model(base.source, device=device, dtype="float32")
     try:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        plot_training(result.log_history, staging / "loss.png", title=f"{Path(request.data).name}: {len(pairs)} pairs")
-        (staging / "log_history.json").write_text(json.dumps(result.log_history, indent=1), encoding="utf-8")
-        meta = {
-            "base_model": request.base_model,
-            "dataset": {"hash": digest, "pairs": len(pairs), "path": str(stored), "source": str(request.data)},
-            "eval_data": str(request.eval_data) if request.eval_data else None,
-            "hyperparameters": asdict(request.config),
-            "metrics": result.metrics,
-            "train_seconds": round(result.seconds, 1),
-            "epochs_run": result.epochs_run,
-            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        }
-        info = store.commit(staging, meta)
-    except Exception:
-        store.discard(staging)
+        model, result = fine_tune(
+            loaded.model,
+            base.tokenizer,
+            pairs,
+            config=request.config,
+            run_dir=run_dir,
+            heldout=heldout,
+            resume=request.resume,
+            progress=report,
+        )
+        report(Progress("saving", metrics=result.metrics))
+        staging = store.staging_dir()
+        try:
+            model.save_pretrained(staging)
+            base.tokenizer.save_pretrained(staging)
+            title = f"{request.source or 'dataset ' + digest}: {len(pairs)} pairs"
+            plot_training(result.log_history, staging / "loss.png", title=title)
+            (staging / "log_history.json").write_text(json.dumps(result.log_history, indent=1), encoding="utf-8")
+            meta = {
+                "base_model": request.base_model,
+                "dataset": {"hash": digest, "pairs": len(pairs), "path": str(stored), "source": request.source},
+                "eval_data": str(request.eval_data) if request.eval_data else None,
+                "hyperparameters": asdict(request.config),
+                "metrics": result.metrics,
+                "train_seconds": round(result.seconds, 1),
+                "epochs_run": result.epochs_run,
+                "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            }
+            info = store.commit(staging, meta)
+        except BaseException:
+            store.discard(staging)
+            raise
+    except BaseException:
+        if not request.config.checkpoints:  # epoch checkpoints stay only for `qabot train --resume`
+            shutil.rmtree(run_dir, ignore_errors=True)
         raise
     shutil.rmtree(run_dir, ignore_errors=True)
-    if request.promote:
-        store.promote(info.name)
-    report(Progress("done", metrics=result.metrics))
-    return TrainOutcome(info, request.promote, result)
+    del loaded, model
+    free_memory()
+    report(Progress("saved", metrics=result.metrics))
+    return TrainOutcome(info, result)
 
 
 def load_version(

@@ -1,22 +1,37 @@
-"""Model versions on disk: one folder per fine-tune, a `current` pointer switched atomically."""
+"""Model versions on disk: one folder per fine-tune, a `current` pointer switched atomically.
+
+Only workers (and the CLI on the GPU host) write here. Every read-modify-write of the pointers, the
+history and the dataset versions holds the store's file lock, so concurrent changes are never lost.
+No torch in this module: the admin worker uses it.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
+import socket
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from qabot.dataset import QAPair, dataset_hash, pairs_to_json
+from filelock import FileLock, Timeout
+
+from qabot.dataset import QAPair, dataset_hash, pairs_to_json, read_dataset
 from qabot.errors import VersionError
+
+logger = logging.getLogger(__name__)
 
 METADATA_FILE = "qabot.json"
 VERSION_RE = re.compile(r"^v(\d{4,})$")
+STAGING_PREFIX = ".staging-"
+LOCK_TIMEOUT_S = 120
 
 
 @dataclass(frozen=True)
@@ -51,6 +66,17 @@ class ModelStore:
         self.runs_dir = root / "runs"
         self.pointer = root / "current"
         self.history_file = root / "history.json"
+        self._lock = FileLock(str(root / ".lock"), timeout=LOCK_TIMEOUT_S)
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the store's lock (re-entrant in one process) for a read-modify-write."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            with self._lock:
+                yield
+        except Timeout as exc:
+            raise VersionError(f"the model store is busy (lock held for over {LOCK_TIMEOUT_S} s); try again") from exc
 
     # -- reading ----------------------------------------------------------------------------
     def list(self) -> list[VersionInfo]:
@@ -95,13 +121,38 @@ class ModelStore:
 
     # -- writing ----------------------------------------------------------------------------
     def staging_dir(self) -> Path:
-        """A fresh folder to save a model into before `commit` makes it a version."""
+        """A fresh folder to save a model into before `commit` makes it a version; its name says who made it."""
         self.versions_dir.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=".staging-", dir=self.versions_dir))
+        owner = f"{STAGING_PREFIX}{socket.gethostname()}-{os.getpid()}-"
+        return Path(tempfile.mkdtemp(prefix=owner, dir=self.versions_dir))
+
+    def clean_staging(self) -> list[str]:
+        """Remove staging folders and run folders (epoch checkpoints) left by runs that died on this host."""
+        removed = []
+        host = socket.gethostname()
+        if self.versions_dir.is_dir():
+            for path in self.versions_dir.glob(f"{STAGING_PREFIX}*"):
+                owner = path.name.removeprefix(STAGING_PREFIX).rsplit("-", 1)[0]
+                name, _, pid = owner.rpartition("-")
+                if name == host and pid.isdigit() and _alive(int(pid)):
+                    continue
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path.name)
+        if self.runs_dir.is_dir():
+            for path in self.runs_dir.iterdir():
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(f"runs/{path.name}")
+        if removed:
+            logger.info("removed what dead runs left: %s", ", ".join(removed))
+        return removed
 
     def commit(self, staging: Path, meta: dict[str, Any]) -> VersionInfo:
         """Give a staged model the next version number and write its metadata last."""
         created = meta.get("created_at") or datetime.now(UTC).isoformat(timespec="seconds")
+        with self.lock():
+            return self._commit(staging, meta, created)
+
+    def _commit(self, staging: Path, meta: dict[str, Any], created: str) -> VersionInfo:
         taken = [int(m.group(1)) for p in self.versions_dir.iterdir() if (m := VERSION_RE.match(p.name))]
         number = max(taken, default=0) + 1
         while True:  # two fine-tunes finishing at once must not take the same number
@@ -123,41 +174,75 @@ class ModelStore:
 
     def promote(self, name: str) -> VersionInfo:
         """Make `name` the live version."""
-        info = self.get(name)
-        self._set_current(info.name)
-        history = [n for n in self.history() if n != info.name] + [info.name]
-        _write_atomic(self.history_file, json.dumps(history))
-        return info
+        with self.lock():
+            info = self.get(name)
+            self._set_current(info.name)
+            history = [n for n in self.history() if n != info.name] + [info.name]
+            _write_atomic(self.history_file, json.dumps(history))
+            return info
 
     def rollback(self, name: str | None = None) -> VersionInfo:
         """Go back to `name`, or to the version that was live before the current one."""
         if name is not None:
             return self.promote(name)
-        history = [n for n in self.history() if (self.versions_dir / n / METADATA_FILE).is_file()]
-        current = self.current_name()
-        if current in history:
-            history.remove(current)
-        if not history:
-            raise VersionError("nothing to roll back to: no version was live before the current one")
-        previous = history[-1]
-        self._set_current(previous)
-        _write_atomic(self.history_file, json.dumps(history))
-        return self.get(previous)
+        with self.lock():
+            history = [n for n in self.history() if (self.versions_dir / n / METADATA_FILE).is_file()]
+            current = self.current_name()
+            if current in history:
+                history.remove(current)
+            if not history:
+                raise VersionError("nothing to roll back to: no version was live before the current one")
+            previous = history[-1]
+            self._set_current(previous)
+            _write_atomic(self.history_file, json.dumps(history))
+            return self.get(previous)
+
+    def prune(self, keep_previous: int) -> list[str]:
+        """Keep the live version, the `keep_previous` last live before it, and the newest newer candidate; delete
+        the rest, then the dataset versions no kept model names (the current dataset always stays)."""
+        with self.lock():
+            live = self.current_name()
+            versions = self.list()
+            earlier = [n for n in reversed(self.history()) if n != live][:keep_previous]
+            keep = {live, *earlier}
+            live_number = int(live[1:]) if live else 0
+            candidates = [v.name for v in versions if int(v.name[1:]) > live_number and v.name not in keep]
+            if candidates:
+                keep.add(candidates[-1])
+            removed = []
+            for info in versions:
+                if info.name not in keep:
+                    shutil.rmtree(info.path, ignore_errors=True)
+                    removed.append(info.name)
+            if removed:
+                _write_atomic(self.history_file, json.dumps([n for n in self.history() if n not in removed]))
+            named = {str(v.meta.get("dataset", {}).get("hash")) for v in self.list()}
+            current = self._current_digest()
+            if self.datasets_dir.is_dir():
+                for path in self.datasets_dir.glob("*.json"):
+                    if path.stem not in named and path.stem != current:
+                        path.unlink(missing_ok=True)
+                        removed.append(f"datasets/{path.name}")
+        if removed:
+            logger.info("retention removed %s", ", ".join(removed))
+        return removed
 
     def _set_current(self, name: str) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         _write_atomic(self.pointer, name + "\n")
 
     # -- datasets ---------------------------------------------------------------------------
+    def _current_digest(self) -> str | None:
+        try:
+            return (self.datasets_dir / "current").read_text(encoding="utf-8").strip() or None
+        except FileNotFoundError:
+            return None
+
     def current_dataset(self) -> Path | None:
         """The newest dataset version (set by uploads and additions), else the live model's data."""
-        try:
-            digest = (self.datasets_dir / "current").read_text(encoding="utf-8").strip()
-            path = self.datasets_dir / f"{digest}.json"
-            if path.is_file():
-                return path
-        except FileNotFoundError:
-            pass
+        digest = self._current_digest()
+        if digest and (self.datasets_dir / f"{digest}.json").is_file():
+            return self.datasets_dir / f"{digest}.json"
         live = self.current()
         if live is not None and Path(live.meta.get("dataset", {}).get("path", "")).is_file():
             return Path(live.meta["dataset"]["path"])
@@ -168,10 +253,16 @@ class ModelStore:
         stored = self.datasets_dir / f"{reference}.json"
         return stored if stored.is_file() else Path(reference)
 
+    def current_pairs(self) -> list[QAPair]:
+        """The pairs of the current dataset (empty when there is none yet)."""
+        path = self.current_dataset()
+        return read_dataset(path) if path is not None else []
+
     def set_current_dataset(self, digest: str) -> None:
-        if not (self.datasets_dir / f"{digest}.json").is_file():
-            raise VersionError(f"no stored dataset {digest}")
-        _write_atomic(self.datasets_dir / "current", digest + "\n")
+        with self.lock():
+            if not (self.datasets_dir / f"{digest}.json").is_file():
+                raise VersionError(f"no stored dataset {digest}")
+            _write_atomic(self.datasets_dir / "current", digest + "\n")
 
     def store_dataset(self, pairs: list[QAPair]) -> tuple[str, Path]:
         """Keep a copy of a dataset named by its hash; never overwritten."""
@@ -181,3 +272,13 @@ class ModelStore:
             self.datasets_dir.mkdir(parents=True, exist_ok=True)
             _write_atomic(path, pairs_to_json(pairs))
         return digest, path
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -13,9 +14,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsed
 from rich.progress import Progress as Bar
 from rich.table import Table
 
-from qabot.ops import bot_app, dev, status, worker_app
+from qabot.ops import bot_app, dev, health, status, worker_app
 from qabot.settings import Settings
-from qabot.setup import State, console, err
+from qabot.setup import State, console, err, scrub
 from qabot.setup import settings as _settings
 
 logger = logging.getLogger(__name__)
@@ -40,9 +41,10 @@ def _store(settings: Settings):
     return ModelStore(settings.models_dir)
 
 
-def _train_with_bar(settings: Settings, request) -> object:
-    """Run a fine-tune with a progress bar; returns the TrainOutcome."""
-    from engine.pipeline import train_version
+def _train_with_bar(settings: Settings, data: Path, request, *, promote: bool = True, force: bool = False) -> object:
+    """Validate once, fine-tune and release (the same path as the train job) with a progress bar; returns the Release."""
+    from engine.pipeline import load_base, validate_file
+    from engine.release import Policy, release
 
     columns = (
         TextColumn("{task.description}"),
@@ -62,7 +64,13 @@ def _train_with_bar(settings: Settings, request) -> object:
             else:
                 bar.update(task, description=p.stage)
 
-        outcome = train_version(_store(settings), request, cache_dir=settings.cache_dir, device=settings.device, progress=show)
+        base = load_base(request.base_model, settings.cache_dir, request.config.max_length)
+        bar.update(task, description="validating data")
+        pairs = validate_file(data, base)
+        policy = Policy(
+            promote=promote, force=force, keep_versions=settings.keep_versions, device=settings.device, dtype=settings.dtype
+        )
+        outcome = release(_store(settings), pairs, base, request, policy, progress=show)
     return outcome
 
 
@@ -73,6 +81,7 @@ def _print_outcome(outcome) -> None:
     console.print(
         f"[bold green]{info.name}[/] {state}: {info.meta['dataset']['pairs']} pairs, {info.meta['train_seconds']} s. {metrics}"
     )
+    console.print(f"{'promoted' if outcome.promoted else 'not promoted'}: {outcome.reason}", highlight=False, soft_wrap=True)
     console.print(f"loss curve: {info.path / 'loss.png'}")
 
 
@@ -88,9 +97,12 @@ def train(
     lora: Annotated[bool, typer.Option(help="Train LoRA adapters instead of all weights.")] = False,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
     resume: Annotated[bool, typer.Option(help="Resume an interrupted run of the same data and settings.")] = False,
-    promote: Annotated[bool, typer.Option(help="Make the new version live when done.")] = True,
+    promote: Annotated[
+        bool, typer.Option(help="Make the new version live if it scores at least as well as the live one.")
+    ] = True,
+    force: Annotated[bool, typer.Option(help="Make the new version live even if it scores lower than the live one.")] = False,
 ) -> None:
-    """Fine-tune the base model on a dataset and save (and by default promote) a new version."""
+    """Fine-tune the base model on a dataset, score it against the live version and promote it if not worse."""
     from engine.pipeline import TrainRequest
     from engine.training import TrainConfig
 
@@ -101,9 +113,9 @@ def train(
     if eval_data is None and data is None:
         eval_data = settings.eval_data
     request = TrainRequest(
-        data=data_path, base_model=base or settings.base_model, config=config, eval_data=eval_data, promote=promote, resume=resume
+        base_model=base or settings.base_model, config=config, eval_data=eval_data, resume=resume, source=data_path.name
     )
-    _print_outcome(_train_with_bar(settings, request))
+    _print_outcome(_train_with_bar(settings, data_path, request, promote=promote, force=force))
 
 
 def _load_answerer(settings: Settings, version: str | None = None):
@@ -127,8 +139,8 @@ def chat(version: Annotated[str | None, typer.Option(help="Model version (defaul
         # No epoch checkpoints here: they write ~1.6 GB per epoch for the bundled model, and a first
         # run that is interrupted simply starts again (`qabot train --resume` is the resumable path).
         config = TrainConfig(checkpoints=False)
-        request = TrainRequest(data=settings.dataset, base_model=settings.base_model, config=config, eval_data=settings.eval_data)
-        _print_outcome(_train_with_bar(settings, request))
+        request = TrainRequest(settings.base_model, config, settings.eval_data, source=settings.dataset.name)
+        _print_outcome(_train_with_bar(settings, settings.dataset, request))
     answerer, info = _load_answerer(settings, version)
     console.print(f"qabot {info.name} is ready. Ask a question, or type 'exit' to leave.")
     while True:
@@ -248,47 +260,51 @@ def models_rollback(
 
 app.command()(status)
 app.command()(dev)
+app.command()(health)
 
 
 def main() -> None:
-    """Entry point: errors become one line and a non-zero exit unless --debug."""
+    """Entry point: errors become one line (secrets masked) and a non-zero exit; --debug shows the traceback."""
+    try:
+        app()
+    except Exception as exc:  # noqa: BLE001 - the edge: one line for the user
+        if State.debug:
+            err.print(scrub(traceback.format_exc()), highlight=False, markup=False)
+            sys.exit(1)
+        sys.exit(_report(exc))
+
+
+def _report(exc: Exception) -> int:
+    """Print one line for the user, every secret masked; return the exit code."""
     from pydantic import ValidationError
 
     from qabot.errors import QabotError
 
-    try:
-        app()
-    except QabotError as exc:
-        if State.debug:
-            raise
-        err.print(f"[red]error:[/] {exc}", highlight=False)
-        sys.exit(1)
-    except ValidationError as exc:  # bad settings
-        if State.debug:
-            raise
+    if isinstance(exc, QabotError):
+        err.print(f"[red]error:[/] {scrub(str(exc))}", highlight=False)
+        return 1
+    if isinstance(exc, ValidationError):  # bad settings
         for problem in exc.errors():
             name = "QABOT_" + "_".join(str(part) for part in problem["loc"]).upper()
             err.print(f"[red]error:[/] invalid setting {name}={problem.get('input')!r}: {problem['msg']}", highlight=False)
-        sys.exit(2)
-    except ValueError as exc:  # bad hyper-parameters
-        if State.debug:
-            raise
-        err.print(f"[red]error:[/] {exc}", highlight=False)
-        sys.exit(2)
-    except Exception as exc:  # the edge: log it, show one line
-        if State.debug:
-            raise
-        logger.debug("unexpected failure", exc_info=True)
-        err.print(f"[red]error:[/] unexpected {type(exc).__name__}: {exc}{_save_traceback()}", highlight=False)
-        sys.exit(1)
+        return 2
+    if isinstance(exc, ValueError):  # bad hyper-parameters, missing tokens
+        err.print(f"[red]error:[/] {scrub(str(exc))}", highlight=False)
+        return 2
+    logger.debug("unexpected failure", exc_info=True)  # the edge: log it, show one line
+    err.print(f"[red]error:[/] unexpected {type(exc).__name__}: {scrub(str(exc))}{_save_traceback()}", highlight=False)
+    return 1
 
 
 def _save_traceback() -> str:
-    """Keep the traceback in a file for a bug report; the user sees one line."""
+    """Keep the traceback, secrets masked, in a file only its owner reads; the user sees one line."""
     try:
         path = Settings().home / "last-error.txt"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(traceback.format_exc(), encoding="utf-8")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # an older file may have been created readable by all
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(scrub(traceback.format_exc()))
         return f" (details in {path}; --debug shows them)"
     except Exception:  # noqa: BLE001 - never fail while reporting a failure
         return " (run with --debug for details)"

@@ -1,19 +1,21 @@
-"""Question/answer datasets: load JSON or JSON Lines, validate every item, hash the content."""
+"""Question/answer datasets: load JSON or JSON Lines, validate every pair, hash the content."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from qabot.errors import DatasetError
+from qabot.questions import DEFAULT_SPECIAL_TOKENS, MARKER_LINE
 
 MAX_FILE_BYTES = 50 * 1024 * 1024
 MAX_FIELD_CHARS = 4000
+QUOTE_CHARS = 60  # a question quoted in a problem is shortened to this many characters
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,35 @@ def parse_text(text: str, source: str) -> list[Any]:
     raise DatasetError(source, [f"expected a JSON array of {{prompt, response}} objects, got {kind}"])
 
 
+def quote(text: str, limit: int = QUOTE_CHARS) -> str:
+    """A question as admins see it in a problem: on one line, in quotes, shortened with an ellipsis."""
+    line = re.sub(r"\s+", " ", text).strip()
+    if len(line) > limit:
+        cut = line[: limit - 1]
+        if " " in cut[limit // 2 :]:  # end on a whole word when one ends late enough
+            cut = cut.rsplit(" ", 1)[0]
+        line = cut.rstrip() + "…"
+    return f"'{line}'"
+
+
+def _field_problem(key: str, value: Any, max_field_chars: int, special_tokens: tuple[str, ...]) -> str | None:
+    """What is wrong with one field of a pair, or None."""
+    if not isinstance(value, str):
+        return f"'{key}' must be a string, got {type(value).__name__}"
+    if not value.strip():
+        return f"'{key}' is empty"
+    if len(value) > max_field_chars:
+        return f"'{key}' is {len(value)} characters, the limit is {max_field_chars}"
+    marker = MARKER_LINE.search(value)
+    if marker:
+        return f"'{key}' has a line starting with '{marker.group(1)}:', the bot's own prompt format; reword that line"
+    found = [token for token in special_tokens if token in value]
+    if found:
+        first = min(found, key=value.index)
+        return f"'{key}' contains '{first}', a special token of the model; remove it"
+    return None
+
+
 def validate_items(
     items: list[Any],
     source: str = "dataset",
@@ -67,52 +98,53 @@ def validate_items(
     count_tokens: Callable[[str, str], int] | None = None,
     max_tokens: int | None = None,
     max_field_chars: int = MAX_FIELD_CHARS,
+    special_tokens: Iterable[str] | None = None,
 ) -> list[QAPair]:
     """Check every item and return the pairs, or raise DatasetError listing every problem found.
 
-    `count_tokens(prompt, response)` gives the length of a formatted example in tokens; with
-    `max_tokens` it rejects items that will not fit the model's context.
+    Problems name the pair counted from 1 and quote its question when it has one:
+    "pair 162, 'Who guards the Luminary Stone?': the same question as pair 3 with a different answer;
+    keep one". `count_tokens(prompt, response)` gives the length of a formatted example in tokens;
+    with `max_tokens` it rejects items that will not fit the model's context. No prompt or response
+    may contain a line starting with `Question:`/`Answer:` or any of `special_tokens` (the model's
+    tokenizer's special tokens when the caller has it, else DEFAULT_SPECIAL_TOKENS).
     """
     if not isinstance(items, list):
         raise DatasetError(source, [f"expected a JSON array of {{prompt, response}} objects, got {type(items).__name__}"])
     if not items:
         raise DatasetError(source, ["the dataset has no pairs: add at least one {prompt, response} object"])
+    tokens = tuple(t for t in (DEFAULT_SPECIAL_TOKENS if special_tokens is None else special_tokens) if t)
     problems: list[str] = []
     pairs: list[QAPair] = []
     seen_exact: dict[tuple[str, str], int] = {}
     seen_question: dict[str, tuple[int, str]] = {}
-    for index, item in enumerate(items):
-        where = f"item {index}"
+    for number, item in enumerate(items, start=1):
         if not isinstance(item, dict):
-            problems.append(f"{where}: expected an object with 'prompt' and 'response', got {type(item).__name__}")
+            problems.append(f"pair {number}: expected an object with 'prompt' and 'response', got {type(item).__name__}")
             continue
+        prompt = item.get("prompt")
+        where = f"pair {number}, {quote(prompt)}" if isinstance(prompt, str) and prompt.strip() else f"pair {number}"
         fields: dict[str, str] = {}
         for key in ("prompt", "response"):
-            value = item.get(key)
-            if key not in item:
-                problems.append(f"{where}: missing '{key}'")
-            elif not isinstance(value, str):
-                problems.append(f"{where}: '{key}' must be a string, got {type(value).__name__}")
-            elif not value.strip():
-                problems.append(f"{where}: '{key}' is empty")
-            elif len(value) > max_field_chars:
-                problems.append(f"{where}: '{key}' is {len(value)} characters, the limit is {max_field_chars}")
+            problem = f"missing '{key}'" if key not in item else _field_problem(key, item[key], max_field_chars, tokens)
+            if problem:
+                problems.append(f"{where}: {problem}")
             else:
-                fields[key] = value.strip()
+                fields[key] = item[key].strip()
         if len(fields) != 2:
             continue
         pair = QAPair(fields["prompt"], fields["response"])
         exact = (pair.prompt, pair.response)
         question = normalize_question(pair.prompt)
         if exact in seen_exact:
-            problems.append(f"{where}: exact duplicate of item {seen_exact[exact]}")
+            problems.append(f"{where}: exact duplicate of pair {seen_exact[exact]}")
             continue
-        seen_exact[exact] = index
+        seen_exact[exact] = number
         if question in seen_question and seen_question[question][1] != pair.response:
             first = seen_question[question][0]
-            problems.append(f"{where}: the same question as item {first} with a different answer; keep one")
+            problems.append(f"{where}: the same question as pair {first} with a different answer; keep one")
             continue
-        seen_question.setdefault(question, (index, pair.response))
+        seen_question.setdefault(question, (number, pair.response))
         if count_tokens is not None and max_tokens is not None:
             length = count_tokens(pair.prompt, pair.response)
             if length > max_tokens:
@@ -130,6 +162,7 @@ def read_dataset(
     count_tokens: Callable[[str, str], int] | None = None,
     max_tokens: int | None = None,
     max_file_bytes: int = MAX_FILE_BYTES,
+    special_tokens: Iterable[str] | None = None,
 ) -> list[QAPair]:
     """Read and validate a dataset file; raise DatasetError (and change nothing) if anything is wrong."""
     source = str(path)
@@ -142,7 +175,9 @@ def read_dataset(
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise DatasetError(source, [f"not UTF-8 text (byte {exc.start})"]) from exc
-    return validate_items(parse_text(text, source), source, count_tokens=count_tokens, max_tokens=max_tokens)
+    return validate_items(
+        parse_text(text, source), source, count_tokens=count_tokens, max_tokens=max_tokens, special_tokens=special_tokens
+    )
 
 
 def dataset_hash(pairs: list[QAPair]) -> str:
@@ -176,9 +211,9 @@ def read_heldout(path: Path) -> list[HeldoutItem]:
         question = item.get("question") if isinstance(item, dict) else None
         facts = item.get("facts") if isinstance(item, dict) else None
         if not isinstance(question, str) or not question.strip():
-            problems.append(f"item {index}: 'question' must be a non-empty string")
+            problems.append(f"item {index + 1}: 'question' must be a non-empty string")
         elif not isinstance(facts, list) or not facts or not all(isinstance(f, str) and f.strip() for f in facts):
-            problems.append(f"item {index}: 'facts' must be a non-empty list of strings")
+            problems.append(f"item {index + 1}: 'facts' must be a non-empty list of strings")
         else:
             answer = item.get("answer")
             items.append(

@@ -43,7 +43,11 @@ class AnswerTimeout(QabotError):
 
 
 class JobFailed(QabotError):
-    """A queued job ended in failure; the message says why."""
+    """A queued job ended in failure; the message says why, `kind` names the exception it raised."""
+
+    def __init__(self, message: str, kind: str | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 class TrainingBusy(QabotError):

@@ -16,8 +16,9 @@ bot_app = typer.Typer(help="Run a chat bot (no torch needed).", no_args_is_help=
 def status(
     quiet: Annotated[bool, typer.Option(help="Print nothing; exit 0 when Redis answers (a health check).")] = False,
 ) -> None:
-    """Show the live model, queue lengths, workers and any training run."""
+    """Show the live model and datasets, queue lengths, workers and any training run (JSON)."""
     import json
+    from dataclasses import asdict
 
     from redis.exceptions import RedisError
 
@@ -27,11 +28,39 @@ def status(
 
     settings = _settings(engine=False)
     try:
-        report = collect(settings, QueueClient(settings))
+        from engine.versions import ModelStore  # torch-free; absent from the bots' image, which has no store
+
+        store = ModelStore(settings.models_dir)
+    except ImportError:
+        store = None
+    try:
+        report = collect(settings, QueueClient(settings), store)
     except RedisError as exc:
         raise ServiceUnavailable(f"Redis at {redacted(settings.redis_url)} is unreachable ({exc})") from exc
     if not quiet:
-        console.print_json(json.dumps(report, default=str))
+        console.print_json(json.dumps(asdict(report), default=str))
+
+
+def health(kind: Annotated[str, typer.Argument(help="Which worker: answer.")] = "answer") -> None:
+    """Health check: exit 0 only when an answer worker on this host is registered and has a model loaded."""
+    import socket
+
+    from rq import Worker
+
+    from qabot.errors import ServiceUnavailable
+    from worker.answer_worker import MODEL_FIELD
+    from worker.client import WORKER_SOCKET_TIMEOUT, connect
+    from worker.jobs import ANSWER_QUEUE
+
+    if kind != "answer":
+        raise typer.BadParameter("only `answer` has a health check of its own; use `qabot status --quiet` for the others")
+    settings = _settings(engine=False)
+    connection = connect(settings.redis_url, WORKER_SOCKET_TIMEOUT)
+    host = socket.gethostname()
+    for worker in Worker.all(connection=connection):
+        if ANSWER_QUEUE in worker.queue_names() and worker.hostname == host and connection.hget(worker.key, MODEL_FIELD):
+            return
+    raise ServiceUnavailable(f"no answer worker on {host} has a model loaded")
 
 
 def dev(
@@ -60,16 +89,32 @@ def worker_answer(burst: Annotated[bool, typer.Option(help="Stop when the queue 
     AnswerWorker([ANSWER_QUEUE], connection=connection, settings=settings).work(burst=burst)
 
 
+@worker_app.command("admin")
+def worker_admin(burst: Annotated[bool, typer.Option(help="Stop when the queue is empty.")] = False) -> None:
+    """Serve admin jobs (/addqa, /models, /rollback, /status): quick, no torch; the store's writer besides training."""
+    from rq import SimpleWorker
+
+    from worker.client import WORKER_SOCKET_TIMEOUT, connect
+    from worker.jobs import ADMIN_QUEUE
+
+    settings = _settings(engine=False)
+    SimpleWorker([ADMIN_QUEUE], connection=connect(settings.redis_url, WORKER_SOCKET_TIMEOUT)).work(burst=burst)
+
+
 @worker_app.command("train")
 def worker_train(burst: Annotated[bool, typer.Option(help="Stop when the queue is empty.")] = False) -> None:
     """Run fine-tunes from the `train` queue, each in a fresh child process that frees the GPU when it ends."""
     from rq import Worker
 
+    from engine.versions import ModelStore
     from worker.client import WORKER_SOCKET_TIMEOUT, connect
-    from worker.jobs import TRAIN_QUEUE
+    from worker.jobs import TRAIN_LOCK, TRAIN_QUEUE
 
     settings = _settings(engine=False)
-    Worker([TRAIN_QUEUE], connection=connect(settings.redis_url, WORKER_SOCKET_TIMEOUT)).work(burst=burst)
+    connection = connect(settings.redis_url, WORKER_SOCKET_TIMEOUT)
+    if not connection.exists(TRAIN_LOCK):  # no fine-tune can be running: what staging folders hold is a dead run's
+        ModelStore(settings.models_dir).clean_staging()
+    Worker([TRAIN_QUEUE], connection=connection).work(burst=burst)
 
 
 @bot_app.command("telegram")

@@ -1,8 +1,9 @@
-"""What every `qabot` command shares: the --debug state, the consoles, settings and logging set-up."""
+"""What every `qabot` command shares: the --debug state, the consoles, settings, logging that never shows a secret."""
 
 from __future__ import annotations
 
 import logging
+from urllib.parse import urlsplit
 
 from rich.console import Console
 
@@ -10,17 +11,50 @@ from qabot.settings import Settings
 
 console = Console()
 err = Console(stderr=True, soft_wrap=True)
+MASK = "***"
 
 
 class State:
     debug = False
+    secrets: tuple[str, ...] = ()
+
+
+def secret_values(settings: Settings) -> tuple[str, ...]:
+    """Every secret the settings hold (tokens, webhook secret, Redis password), plus the parts of a token."""
+    found = []
+    for value in (settings.telegram_token, settings.discord_token, settings.telegram_webhook_secret):
+        if value is not None and value.get_secret_value():
+            secret = value.get_secret_value()
+            found.append(secret)
+            found.extend(part for part in secret.split(":") if len(part) >= 8)  # Telegram's "<id>:<secret>"
+    password = urlsplit(settings.redis_url).password
+    if password:
+        found.append(password)
+    return tuple(sorted(set(found), key=len, reverse=True))
+
+
+def scrub(text: str, secrets: tuple[str, ...] | None = None) -> str:
+    """`text` with every known secret replaced by ***."""
+    for secret in State.secrets if secrets is None else secrets:
+        text = text.replace(secret, MASK)
+    return text
+
+
+class ScrubbingFormatter(logging.Formatter):
+    """Formats as usual (tracebacks included), then masks every secret."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return scrub(super().format(record))
 
 
 def settings(engine: bool = True) -> Settings:
     """Build the settings and logging; `engine=False` keeps torch out of this process (the train worker's parent)."""
     settings = Settings()
+    State.secrets = secret_values(settings)
     level = logging.DEBUG if State.debug else getattr(logging, settings.log_level)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(ScrubbingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
     if engine and not State.debug:
         import transformers
 

@@ -75,7 +75,7 @@ def test_a_bad_question_fails_alone(home, redis_url):
     assert client.wait_answer(other).answer == TINY_PAIRS[1].response
     with pytest.raises(JobFailed, match="the question is empty"):
         client.wait_answer(empty)
-    with pytest.raises(JobFailed, match="the limit is 100"):
+    with pytest.raises(JobFailed, match="please keep it under 100"):
         client.wait_answer(long)
     assert set(FailedJobRegistry(ANSWER_QUEUE, connection=client.connection).get_job_ids()) == {empty.id, long.id}
 
@@ -85,6 +85,7 @@ def test_an_answer_past_its_timeout_fails_with_a_message(tiny_llama, tmp_path, r
     store = ModelStore(home / "models")
     staging = store.staging_dir()
     loaded = load_model(str(tiny_llama), device="cpu")
+    loaded.model.config.max_position_embeddings = 8192  # room for 2048 new tokens (answers stop at the context)
     loaded.model.save_pretrained(staging)
     loaded.tokenizer.save_pretrained(staging)
     store.promote(store.commit(staging, {"note": "untrained, never says EOS"}).name)
@@ -164,7 +165,8 @@ def test_cli_ask_remote_and_status(home, redis_url):
 
     status = subprocess.run([sys.executable, "-m", "qabot", "status"], env=env, capture_output=True, text=True, timeout=60)
     report = json.loads(status.stdout)
-    assert report["live_version"] == "v0001" and report["dataset_pairs"] == len(TINY_PAIRS)
+    assert report["live_version"] == "v0001" and report["live_pairs"] == len(TINY_PAIRS)
+    assert report["current_dataset"] == report["live_dataset"]  # nothing waiting to be trained
     assert report["queues"]["answer"] == {"waiting": 0, "running": 0, "failed": 0} and report["training"] is None
 
     down = env | {"QABOT_REDIS_URL": "redis://:s3cret@127.0.0.1:1/0"}

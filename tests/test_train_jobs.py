@@ -9,6 +9,7 @@ import pytest
 
 from engine.versions import ModelStore
 from qabot.errors import TrainingBusy
+from qabot.shapes import ReplyTo
 from tests.conftest import TINY_CONFIG, TINY_PAIRS, write_pairs
 from tests.test_queue import QUESTIONS, make_settings, make_worker, worker_process
 from worker.client import QueueClient
@@ -42,7 +43,7 @@ def test_train_job_reports_progress_promotes_and_the_answer_worker_switches(home
     data = write_pairs(
         tmp_path / "more.json", [*TINY_PAIRS, TINY_PAIRS[0].__class__("Who forged the Stone?", "Veyra forged it.")]
     )
-    job = client.start_training(request_for(data, tiny_gpt2), requested_by="admin")
+    job = client.start_training(request_for(data, tiny_gpt2), ReplyTo("cli", "admin", "console"))
     with pytest.raises(TrainingBusy, match="already in progress"):
         client.start_training(request_for(data, tiny_gpt2))
     seen = run_train_worker(client, settings, job.id)
@@ -83,7 +84,64 @@ def test_bad_data_fails_the_job_with_its_problems_and_changes_nothing(home, redi
     job = client.start_training(request_for(bad, tiny_gpt2))
     final = run_train_worker(client, settings, job.id)[-1]
     assert final.state == "failed"
-    assert "item 1: the same question as item 0 with a different answer" in final.error
+    assert "pair 2, 'Who?': the same question as pair 1 with a different answer" in final.error
+    assert final.meta["problems"] == [
+        "pair 2, 'Who?': the same question as pair 1 with a different answer; keep one"
+    ]
     store = ModelStore(settings.models_dir)
     assert store.current_name() == "v0001" and [v.name for v in store.list()] == ["v0001"]
     assert client.running_training() is None
+
+
+def upload_request(base, **extra) -> dict:
+    return {"base_model": str(base), "hyperparameters": TINY_CONFIG, **extra}
+
+
+def test_a_small_upload_is_added_and_never_wipes_what_the_bot_knows(home, redis_url, tiny_gpt2):
+    """The reported failure: a 6-pair file while a bigger model was live. Now the file's pairs join the dataset."""
+    settings = make_settings(home, redis_url)
+    client = QueueClient(settings)
+    store = ModelStore(settings.models_dir)
+    upload = [
+        {"prompt": "Who forged the Luminary Stone?", "response": "Veyra forged the Stone."},
+        {"prompt": TINY_PAIRS[1].prompt, "response": TINY_PAIRS[1].response},
+    ]
+    who = ReplyTo("telegram", "42", "42", "7")
+    job = client.start_training(upload_request(tiny_gpt2), who, upload=(json.dumps(upload).encode(), "small.json"))
+    final = run_train_worker(client, settings, job.id)[-1]
+    assert final.state == "finished", final.error
+    changed = final.result["upload"]
+    assert (changed["mode"], changed["file_pairs"], changed["added"], changed["pairs"]) == ("add", 2, 1, len(TINY_PAIRS) + 1)
+    assert changed["not_in_file"] == len(TINY_PAIRS) - 1 and changed["dropped"] == 0
+    assert final.result["dataset"]["pairs"] == len(TINY_PAIRS) + 1
+    assert "kept" in final.result["reason"] and final.reply_to == who
+    assert final.result["loss_png"][:8] == b"\x89PNG\r\n\x1a\n"  # travels in the result: bots have no volume
+    assert store.current_dataset().stem == changed["dataset"]
+    if final.result["promoted"]:
+        answer_worker = make_worker(settings)
+        asked = [client.enqueue_answer(TINY_PAIRS[0].prompt), client.enqueue_answer("Who forged the Luminary Stone?")]
+        answer_worker.work(burst=True)
+        from engine.evaluate import matches_reference
+
+        answers = [client.wait_answer(j).answer for j in asked]
+        assert matches_reference(answers[0], TINY_PAIRS[0].response), answers  # the old fact is still known
+        assert matches_reference(answers[1], "Veyra forged the Stone."), answers
+    assert client.connection.keys("qabot:upload:*") == []  # the upload's bytes are gone once used
+
+
+def test_replace_trains_on_the_file_alone_and_a_bad_upload_changes_nothing(home, redis_url, tiny_gpt2):
+    settings = make_settings(home, redis_url)
+    client = QueueClient(settings)
+    store = ModelStore(settings.models_dir)
+    before = store.current_dataset()
+    bad = json.dumps([{"prompt": "Question: who?", "response": "Me."}]).encode()
+    job = client.start_training(upload_request(tiny_gpt2), upload=(bad, "bad.json"))
+    final = run_train_worker(client, settings, job.id)[-1]
+    assert final.state == "failed" and "starting with 'Question:'" in final.meta["problems"][0]
+    assert store.current_dataset() == before and [v.name for v in store.list()] == ["v0001"]
+    pairs = [{"prompt": p.prompt, "response": p.response} for p in TINY_PAIRS[:3]]
+    job = client.start_training(upload_request(tiny_gpt2, mode="replace"), upload=(json.dumps(pairs).encode(), "three.json"))
+    final = run_train_worker(client, settings, job.id)[-1]
+    assert final.state == "finished", final.error
+    assert final.result["upload"]["mode"] == "replace" and final.result["upload"]["dropped"] == len(TINY_PAIRS) - 3
+    assert [p.prompt for p in store.current_pairs()] == [p.prompt for p in TINY_PAIRS[:3]]

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from engine.pipeline import TrainRequest, load_version, train_version
+from engine.pipeline import TrainRequest, load_base, load_version, train_version, validate_file
 from engine.training import TrainConfig
 from engine.versions import ModelStore
 from qabot.errors import DatasetError
@@ -15,15 +15,17 @@ from tests.conftest import TINY_CONFIG, TINY_PAIRS, write_pairs
 
 def test_finetune_loss_falls_and_answers_are_learnt(trained_tiny):
     store, outcome = trained_tiny
-    losses = [e["loss"] for e in outcome.result.log_history if "loss" in e]
+    result = outcome.trained.result
+    losses = [e["loss"] for e in result.log_history if "loss" in e]
     assert losses[-1] < losses[0] / 5
-    assert outcome.result.metrics["recall_accuracy"] >= 0.85
+    assert result.metrics["recall_accuracy"] >= 0.85
     info = store.current()
-    assert info.name == "v0001" and outcome.promoted
+    assert info.name == "v0001" and outcome.promoted and outcome.reason.startswith("first model")
+    assert outcome.metrics["new_accuracy"] >= 0.85  # the release gate asked it every question
     meta = info.meta
     assert meta["dataset"]["pairs"] == len(TINY_PAIRS) and len(meta["dataset"]["hash"]) == 16
     assert meta["hyperparameters"]["learning_rate"] == TINY_CONFIG["learning_rate"]
-    assert meta["metrics"]["recall_accuracy"] == outcome.result.metrics["recall_accuracy"]
+    assert meta["metrics"]["recall_accuracy"] == result.metrics["recall_accuracy"]
     assert (info.path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     stored = json.loads(open(meta["dataset"]["path"]).read())
     assert stored[0] == {"prompt": TINY_PAIRS[0].prompt, "response": TINY_PAIRS[0].response}
@@ -36,10 +38,11 @@ def test_llama_family_finetunes_with_lora_and_heldout(arch, tiny_llama, tmp_path
     config = TrainConfig(
         epochs=6, learning_rate=5e-3, batch_size=4, lora=True, lora_r=8, checkpoints=False, early_stopping_patience=0
     )
-    request = TrainRequest(data=tiny_data, base_model=str(tiny_llama), config=config, eval_data=tiny_heldout)
-    outcome = train_version(store, request, cache_dir=tmp_path / "cache", device="cpu", progress=seen.append)
+    base = load_base(str(tiny_llama), tmp_path / "cache", config.max_length)
+    request = TrainRequest(str(tiny_llama), config, tiny_heldout)
+    outcome = train_version(store, validate_file(tiny_data, base), base, request, device="cpu", progress=seen.append)
     stages = [p.stage for p in seen]
-    assert stages[0] == "loading base model" and stages[-1] == "done"
+    assert stages[0] == "loading base model" and stages[-1] == "saved"
     assert "evaluating" in stages and "training" in stages
     steps = [p for p in seen if p.stage == "training"]
     assert steps[-1].step == steps[-1].total_steps == 12 and steps[-1].eta_s == pytest.approx(0, abs=1e-6)
@@ -49,8 +52,8 @@ def test_llama_family_finetunes_with_lora_and_heldout(arch, tiny_llama, tmp_path
     losses = [e["loss"] for e in outcome.result.log_history if "loss" in e]
     assert losses[-1] < losses[0]
     # LoRA adapters are merged: the saved version is a plain model folder.
-    loaded, info = load_version(store, device="cpu")
-    assert info.name == "v0001" and not (info.path / "adapter_config.json").exists()
+    loaded, info = load_version(store, outcome.version.name, device="cpu")
+    assert info.name == "v0001" and store.current_name() is None and not (info.path / "adapter_config.json").exists()
     assert loaded.model.config.model_type == "llama"
 
 
@@ -59,19 +62,17 @@ def test_bad_dataset_starts_no_training_and_keeps_the_live_model(trained_tiny, t
     before = (store.current_name(), [v.name for v in store.list()])
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([{"prompt": "ok?", "response": "fine"}, {"prompt": "", "response": "x"}]))
-    seen = []
-    request = TrainRequest(data=bad, base_model=str(store.current().path), config=TrainConfig(epochs=1))
-    with pytest.raises(DatasetError, match="item 1: 'prompt' is empty"):
-        train_version(store, request, cache_dir=tmp_path, device="cpu", progress=seen.append)
-    assert "training" not in {p.stage for p in seen}
+    base = load_base(str(store.current().path), tmp_path, 256)
+    with pytest.raises(DatasetError, match="pair 2: 'prompt' is empty"):
+        validate_file(bad, base)
     assert (store.current_name(), [v.name for v in store.list()]) == before
 
 
 def test_items_longer_than_max_length_are_rejected_by_token_count(tiny_gpt2, tmp_path):
     data = write_pairs(tmp_path / "d.json", [*TINY_PAIRS[:2], TINY_PAIRS[2].__class__("Long one?", "word " * 300)])
-    request = TrainRequest(data=data, base_model=str(tiny_gpt2), config=TrainConfig(max_length=64))
-    with pytest.raises(DatasetError, match=r"item 2: \d+ tokens once formatted, the model's limit is 64"):
-        train_version(ModelStore(tmp_path / "m"), request, cache_dir=tmp_path, device="cpu")
+    base = load_base(str(tiny_gpt2), tmp_path, 64)
+    with pytest.raises(DatasetError, match=r"pair 3, 'Long one\?': \d+ tokens once formatted, the model's limit is 64"):
+        validate_file(data, base)
 
 
 def test_resume_continues_from_the_last_checkpoint(tiny_gpt2, tmp_path, tiny_data):
@@ -85,15 +86,17 @@ def test_resume_continues_from_the_last_checkpoint(tiny_gpt2, tmp_path, tiny_dat
             raise Interrupt
 
     config = TrainConfig(epochs=4, learning_rate=3e-3, batch_size=4, early_stopping_patience=0)
-    request = TrainRequest(data=tiny_data, base_model=str(tiny_gpt2), config=config)
+    base = load_base(str(tiny_gpt2), tmp_path, config.max_length)
+    pairs = validate_file(tiny_data, base)
+    request = TrainRequest(str(tiny_gpt2), config)
     with pytest.raises(Interrupt):
-        train_version(store, request, cache_dir=tmp_path, device="cpu", progress=stop_in_epoch_3)
+        train_version(store, pairs, base, request, device="cpu", progress=stop_in_epoch_3)
     assert store.list() == [] and store.current_name() is None
     (run,) = store.runs_dir.iterdir()
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["checkpoint-4"]
     seen = []
-    resumed = TrainRequest(data=tiny_data, base_model=str(tiny_gpt2), config=config, resume=True)
-    outcome = train_version(store, resumed, cache_dir=tmp_path, device="cpu", progress=seen.append)
+    resumed = TrainRequest(str(tiny_gpt2), config, resume=True)
+    outcome = train_version(store, pairs, base, resumed, device="cpu", progress=seen.append)
     first_step = min(p.step for p in seen if p.stage == "training")
     assert first_step == 5
     assert outcome.version.name == "v0001" and not run.exists()

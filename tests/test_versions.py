@@ -49,7 +49,7 @@ def test_pointer_switch_leaves_no_temporary_files(tmp_path):
     store = ModelStore(tmp_path)
     for note in "ab":
         store.promote(make_version(store, note))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["current", "history.json", "versions"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", "current", "history.json", "versions"]
 
 
 def test_a_number_taken_meanwhile_is_skipped(tmp_path):
@@ -62,3 +62,68 @@ def test_a_number_taken_meanwhile_is_skipped(tmp_path):
     assert store.commit(second, {"note": "b"}).name == "v0002"
     (first / "w").write_text("c")
     assert store.commit(first, {"note": "c"}).name == "v0003"
+
+
+def version_with_dataset(store: ModelStore, note: str) -> str:
+    from qabot.dataset import QAPair
+
+    digest, path = store.store_dataset([QAPair(f"Question {note}?", f"Answer {note}.")])
+    staging = store.staging_dir()
+    return store.commit(staging, {"note": note, "dataset": {"hash": digest, "path": str(path), "pairs": 1}}).name
+
+
+def test_retention_keeps_the_live_the_previous_n_and_the_newest_candidate(tmp_path):
+    store = ModelStore(tmp_path)
+    for note in "abcde":
+        store.promote(version_with_dataset(store, note))  # v0001..v0005, each live in turn
+    candidate = version_with_dataset(store, "f")  # trained, not promoted
+    old_candidate_data = store.get("v0001").meta["dataset"]["path"]
+    removed = store.prune(keep_previous=2)
+    assert [v.name for v in store.list()] == ["v0003", "v0004", "v0005", candidate]
+    assert {"v0001", "v0002"} <= set(removed) and store.current_name() == "v0005"
+    assert store.history() == ["v0003", "v0004", "v0005"]
+    kept_data = {v.meta["dataset"]["path"] for v in store.list()}
+    assert all(__import__("pathlib").Path(p).is_file() for p in kept_data)
+    assert not __import__("pathlib").Path(old_candidate_data).exists()  # no kept model names it
+    assert store.rollback().name == "v0004"
+
+
+def test_staging_of_a_dead_run_is_cleaned_and_a_live_one_kept(tmp_path):
+    import subprocess
+
+    store = ModelStore(tmp_path)
+    mine = store.staging_dir()  # this process is alive
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    orphan = store.versions_dir / mine.name.replace(f"-{__import__('os').getpid()}-", f"-{dead.pid}-")
+    orphan.mkdir()
+    (store.runs_dir / "abc-123" / "checkpoints").mkdir(parents=True)
+    removed = store.clean_staging()
+    assert orphan.name in removed and not orphan.exists() and mine.exists()
+    assert not any(store.runs_dir.iterdir())
+
+
+def test_concurrent_changes_of_the_dataset_are_never_lost(tmp_path):
+    """Eight processes each add a pair under the store's lock: all eight pairs are kept."""
+    import multiprocessing
+
+    store = ModelStore(tmp_path)
+    with multiprocessing.get_context("spawn").Pool(8) as pool:
+        pool.map(_add_one, [(str(tmp_path), i) for i in range(8)])
+    questions = {p.prompt for p in store.current_pairs()}
+    assert questions == {f"Question {i}?" for i in range(8)}
+
+
+def _add_one(args: tuple[str, int]) -> None:
+    import time
+    from pathlib import Path
+
+    from qabot.dataset import QAPair
+
+    root, i = args
+    store = ModelStore(Path(root))
+    with store.lock():
+        pairs = store.current_pairs()
+        time.sleep(0.05)  # widen the read-modify-write window
+        digest, _ = store.store_dataset([*pairs, QAPair(f"Question {i}?", f"Answer {i}.")])
+        store.set_current_dataset(digest)

@@ -15,10 +15,12 @@ from rq.worker import WorkerStatus
 
 from qabot.settings import Settings
 from worker import jobs
+from worker.jobs import BatchedJob
 
 logger = logging.getLogger(__name__)
 
 RELOAD_RETRY_SECONDS = 60
+MODEL_FIELD = "qabot_model"  # in the worker's own rq hash: the version it answers with (the health check reads it)
 
 
 class AnswerWorker(SimpleWorker):
@@ -30,6 +32,7 @@ class AnswerWorker(SimpleWorker):
 
     def __init__(self, *args: Any, settings: Settings | None = None, **kwargs: Any) -> None:
         kwargs.setdefault("log_job_description", False)  # questions are people's words: keep them out of logs
+        kwargs.setdefault("job_class", BatchedJob)  # each job carries its share of the batch's answers
         super().__init__(*args, **kwargs)
         from engine.versions import ModelStore
 
@@ -60,7 +63,17 @@ class AnswerWorker(SimpleWorker):
         del old
         gc.collect()
         _empty_device_cache()
+        self._publish_model()
         self.log.info("Worker %s: model %s loaded in %.1f s", self.name, info.name, time.monotonic() - started)
+
+    def _publish_model(self) -> None:
+        """Say in this worker's rq record which version it answers with (it expires with the worker)."""
+        if self.version is not None and self.connection.exists(self.key):
+            self.connection.hset(self.key, MODEL_FIELD, self.version)
+
+    def register_birth(self, *args: Any, **kwargs: Any) -> None:
+        super().register_birth(*args, **kwargs)
+        self._publish_model()
 
     # -- batching ---------------------------------------------------------------------------
     def _take_waiting(self, queue: Queue, most: int, into: list[tuple[Job, Queue]]) -> None:
@@ -73,10 +86,9 @@ class AnswerWorker(SimpleWorker):
                 return
             into.append(found)
 
-    def answer_batch(self, batch: list[Job]) -> None:
-        """Compute every job's answer (or its error) with one batched pass of the model."""
+    def answer_batch(self, batch: list[BatchedJob]) -> None:
+        """Compute every job's answer (or its error) with one batched pass of the model; each job carries its own."""
         from qabot.errors import QabotError, QuestionError
-        from qabot.questions import check_question
 
         try:
             self.refresh_model()
@@ -90,20 +102,20 @@ class AnswerWorker(SimpleWorker):
             if self.answerer is None:
                 error = exc if isinstance(exc, QabotError) else RuntimeError(f"the model could not be loaded: {exc}")
                 for job in batch:
-                    jobs.batch_results[job.id] = error
+                    job.outcome = error
                 return
         if self.answerer is None:
             error = RuntimeError("no model has been trained yet: an admin must train one first")
             for job in batch:
-                jobs.batch_results[job.id] = error
+                job.outcome = error
             return
-        valid: list[tuple[Job, str]] = []
+        valid: list[tuple[BatchedJob, str]] = []
         for job in batch:
             question = job.kwargs.get("question", job.args[0] if job.args else "")
             try:
-                valid.append((job, check_question(question, self.answerer.max_question_chars)))
+                valid.append((job, self.answerer.prepare(question)))
             except QuestionError as exc:
-                jobs.batch_results[job.id] = exc
+                job.outcome = exc
         if not valid:
             return
         timeout = min(job.timeout or self.queue_class.DEFAULT_TIMEOUT for job, _ in valid)
@@ -114,7 +126,7 @@ class AnswerWorker(SimpleWorker):
         except JobTimeoutException:
             error = JobTimeoutException(f"the answer took longer than {timeout} s and was stopped")
             for job, _ in valid:
-                jobs.batch_results[job.id] = error
+                job.outcome = error
             return
         except Exception:
             self.log.exception("Worker %s: a batch of %d failed; answering one at a time", self.name, len(valid))
@@ -129,9 +141,9 @@ class AnswerWorker(SimpleWorker):
                     with self.death_penalty_class(job.timeout or timeout, JobTimeoutException, job_id=job.id):
                         result = self.answerer.answer([question])[0]
             except Exception as exc:  # noqa: BLE001 - this question fails alone, the others go on
-                jobs.batch_results[job.id] = exc
+                job.outcome = exc
                 continue
-            jobs.batch_results[job.id] = {
+            job.outcome = {
                 "answer": result.text,
                 "stop": result.stop.value,
                 "version": self.version,
@@ -154,12 +166,11 @@ class AnswerWorker(SimpleWorker):
                 except Exception as exc:  # every job still ends, failed, with the reason
                     self.log.exception("Worker %s: a batch failed", self.name)
                     for each, _ in batch:
-                        jobs.batch_results.setdefault(each.id, exc)
+                        if getattr(each, "outcome", None) is None:
+                            each.outcome = exc
             for each, each_queue in batch:
                 self.perform_job(each, each_queue, self.prepare_execution(each))
         finally:
-            for each, _ in batch:
-                jobs.batch_results.pop(each.id, None)
             self.set_state(WorkerStatus.IDLE)
 
     def work(self, *args: Any, **kwargs: Any) -> bool:

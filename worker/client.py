@@ -8,9 +8,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -19,14 +20,29 @@ from redis.exceptions import RedisError
 from rq import Queue
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
+from rq.registry import FailedJobRegistry, FinishedJobRegistry
 from rq.results import Result
 
 from qabot.errors import AnswerTimeout, JobFailed, ServiceUnavailable, TrainingBusy
 from qabot.settings import Settings
-from worker.jobs import ANSWER_JOB, ANSWER_QUEUE, TRAIN_JOB, TRAIN_LOCK, TRAIN_QUEUE, release_training_lock
+from qabot.shapes import ReplyTo
+from worker.jobs import (
+    ADMIN_QUEUE,
+    ANSWER_JOB,
+    ANSWER_QUEUE,
+    TRAIN_JOB,
+    TRAIN_LOCK,
+    TRAIN_QUEUE,
+    UPLOAD_KEY,
+    release_training_lock,
+)
 
 LOCK_MARGIN_S = 300
 LOCK_GRACE_S = 30
+UPLOAD_TTL_S = 3600  # an uploaded dataset waits this long for its train job to start
+DELIVERED_KEY = "qabot:delivered:{}"
+DELIVERED_TTL_S = 8 * 24 * 3600  # longer than train results live (7 days)
+RESULT_KEEP_S = 7 * 24 * 3600
 WAITERS = 256  # questions one client may be waiting on at once, each in its own thread
 FINAL_STATES = {JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED}
 
@@ -56,6 +72,19 @@ class TrainStatus:
     @property
     def done(self) -> bool:
         return self.state in FINAL_STATES
+
+    @property
+    def reply_to(self) -> ReplyTo | None:
+        where = self.meta.get("reply_to")
+        return ReplyTo(**where) if isinstance(where, dict) else None
+
+
+def _failure_kind(result: Result | None) -> str | None:
+    """The exception's class name, from the traceback's last line."""
+    text = (result.exc_string if result is not None else None) or ""
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    head = lines[-1].split(":", 1)[0] if lines else ""
+    return head.rsplit(".", 1)[-1] if head.replace(".", "").replace("_", "").isalnum() else None
 
 
 def _failure_text(result: Result | None, job: Job) -> str:
@@ -96,6 +125,7 @@ class QueueClient:
         self.answers = Queue(ANSWER_QUEUE, connection=self.connection)
         self._waiters = ThreadPoolExecutor(max_workers=WAITERS, thread_name_prefix="qabot-wait")
         self.training = Queue(TRAIN_QUEUE, connection=self.connection)
+        self.admin_jobs = Queue(ADMIN_QUEUE, connection=self.connection)
 
     # -- answers ----------------------------------------------------------------------------
     def enqueue_answer(self, question: str, asker: str | None = None, channel: str | None = None) -> Job:
@@ -127,7 +157,7 @@ class QueueClient:
             raise AnswerTimeout(f"no answer within {wait:.0f} s; are the answer workers running?")
         if result.type != Result.Type.SUCCESSFUL:
             job.refresh()
-            raise JobFailed(_failure_text(result, job))
+            raise JobFailed(_failure_text(result, job), kind=_failure_kind(result))
         value = result.return_value or {}
         seconds = time.monotonic() - started
         return AnswerResult(job.kwargs["question"], value.get("answer", ""), value.get("version"), seconds, job.id, value)
@@ -163,26 +193,86 @@ class QueueClient:
             return None
         return job_id
 
-    def start_training(self, request: dict[str, Any], requested_by: str | None = None) -> Job:
-        """Queue a fine-tune; raise TrainingBusy if one is already queued or running."""
+    def start_training(
+        self, request: dict[str, Any], reply_to: ReplyTo | None = None, upload: tuple[bytes, str] | None = None
+    ) -> Job:
+        """Queue a fine-tune (an upload's bytes wait in a short-lived key); raise TrainingBusy if one is queued or running."""
         try:
-            busy = self.running_training()
-            if busy:
-                raise TrainingBusy(f"a training run is already in progress (job {busy}); wait for it to finish")
+            if self.running_training():
+                raise TrainingBusy("A training run is already in progress; wait for it to finish, then try again")
             job_id = Job.create(TRAIN_JOB, connection=self.connection).id  # reserve an id for the lock
             if not self.connection.set(TRAIN_LOCK, job_id, nx=True, ex=self.settings.train_timeout + LOCK_MARGIN_S):
-                raise TrainingBusy("a training run was just started by someone else; wait for it to finish")
+                raise TrainingBusy("A training run was just started by someone else; wait for it to finish, then try again")
+            if upload is not None:
+                data, filename = upload
+                upload_id = uuid.uuid4().hex
+                self.connection.set(UPLOAD_KEY.format(upload_id), data, ex=UPLOAD_TTL_S)
+                request = request | {"upload": {"id": upload_id, "filename": filename, "mode": request.get("mode")}}
+            who = asdict(reply_to) if reply_to is not None else None
             return self.training.enqueue(
                 TRAIN_JOB,
                 args=(request,),
                 job_id=job_id,
                 job_timeout=self.settings.train_timeout,
-                result_ttl=7 * 24 * 3600,
-                failure_ttl=7 * 24 * 3600,
-                meta={"stage": "queued", "requested_by": requested_by},
+                result_ttl=RESULT_KEEP_S,
+                failure_ttl=RESULT_KEEP_S,
+                meta={"stage": "queued", "requested_by": reply_to.user if reply_to else None, "reply_to": who},
             )
         except RedisError as exc:
             raise ServiceUnavailable(f"the training queue is unreachable ({exc})") from exc
+
+    # -- admin jobs -------------------------------------------------------------------------
+    def admin_call(self, function: str, *args: Any, reply_to: ReplyTo | None = None) -> Any:
+        """Run an admin job (`worker.admin.<function>`) and return its result; ServiceUnavailable if none answers."""
+        wait = self.settings.admin_wait
+        try:
+            job = self.admin_jobs.enqueue(
+                f"worker.admin.{function}",
+                args=args,
+                job_timeout=wait,
+                ttl=wait,
+                result_ttl=self.settings.result_ttl,
+                failure_ttl=self.settings.result_ttl,
+                meta={"reply_to": asdict(reply_to) if reply_to else None},
+            )
+            result = job.latest_result(timeout=wait)
+        except RedisError as exc:
+            raise ServiceUnavailable(f"the admin queue is unreachable ({exc})") from exc
+        if result is None:
+            with contextlib.suppress(NoSuchJobError, InvalidJobOperation, RedisError):
+                if job.get_status(refresh=True) == JobStatus.QUEUED:
+                    job.cancel()
+            raise ServiceUnavailable(f"no admin worker answered within {wait} s; is `qabot worker admin` running?")
+        if result.type != Result.Type.SUCCESSFUL:
+            job.refresh()
+            raise JobFailed(_failure_text(result, job), kind=_failure_kind(result))
+        return result.return_value
+
+    async def ask_admin(self, function: str, *args: Any, reply_to: ReplyTo | None = None) -> Any:
+        """`admin_call` without blocking the event loop."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._waiters, lambda: self.admin_call(function, *args, reply_to=reply_to))
+
+    # -- delivery: every finished fine-tune reaches its admin once, whichever bot runs -------
+    def claim_delivery(self, job_id: str) -> bool:
+        """True for the first caller only: that one delivers the outcome."""
+        return bool(self.connection.set(DELIVERED_KEY.format(job_id), 1, nx=True, ex=DELIVERED_TTL_S))
+
+    def undelivered_training(self, platform: str) -> list[TrainStatus]:
+        """Ended fine-tunes asked for on `platform` whose outcome no bot has delivered yet."""
+        ids = [
+            *FinishedJobRegistry(TRAIN_QUEUE, connection=self.connection).get_job_ids(),
+            *FailedJobRegistry(TRAIN_QUEUE, connection=self.connection).get_job_ids(),
+        ]
+        found = []
+        for job_id in ids:
+            if self.connection.exists(DELIVERED_KEY.format(job_id)):
+                continue
+            with contextlib.suppress(NoSuchJobError):
+                status = self.training_status(job_id)
+                if status.done and status.reply_to is not None and status.reply_to.platform == platform:
+                    found.append(status)
+        return found
 
     def training_status(self, job_id: str) -> TrainStatus:
         job = Job.fetch(job_id, connection=self.connection)

@@ -1,65 +1,43 @@
-"""RQ job functions and their plain-value payloads. Imported by workers; clients enqueue them by name."""
+"""Queue names, job names, and the answer job. Imported by workers and clients alike (no torch)."""
 
 from __future__ import annotations
 
-import logging
-import time
 from typing import Any
 
-from rq import get_current_job
-
-logger = logging.getLogger(__name__)
+from rq.job import Job
 
 ANSWER_QUEUE = "answer"
 TRAIN_QUEUE = "train"
+ADMIN_QUEUE = "admin"
 ANSWER_JOB = "worker.jobs.answer"
 TRAIN_JOB = "worker.jobs.train"
 TRAIN_LOCK = "qabot:train:lock"
-META_EVERY_SECONDS = 1.0
-
-# Answers computed by the answer worker for the batch it is finishing, keyed by job id.
-batch_results: dict[str, dict[str, Any] | BaseException] = {}
+UPLOAD_KEY = "qabot:upload:{}"  # an uploaded dataset's bytes, kept until its train job reads them
 
 
 def answer(question: str, asker: str | None = None, channel: str | None = None) -> dict[str, Any]:
-    """Answer job. The answer worker answers a whole batch in one pass; this hands back this job's share."""
-    job = get_current_job()
-    outcome = batch_results.pop(job.id, None) if job else None
-    if outcome is None:
-        raise RuntimeError("answer jobs run on `qabot worker answer`, which batches them; no answer was computed")
-    if isinstance(outcome, BaseException):
-        raise outcome
-    return outcome
+    """Answer job. Only `qabot worker answer` runs these: it answers a batch in one pass and hands each job its share."""
+    raise RuntimeError("answer jobs run on `qabot worker answer`, which batches them; no answer was computed")
 
 
 def train(request: dict[str, Any]) -> dict[str, Any]:
-    """Train job: validate, fine-tune, evaluate against the live model, promote if not worse."""
-    from qabot.settings import Settings
-    from worker.training import run_training
+    """Train job (runs in the train worker's forked child): see worker.training.train_job."""
+    from worker.training import train_job
 
-    job = get_current_job()
-    last_save = 0.0
+    return train_job(request)
 
-    def report(**meta: Any) -> None:
-        nonlocal last_save
-        if job is None:
-            return
-        stage_changed = meta.get("stage") != job.meta.get("stage")
-        job.meta.update(meta)
-        if stage_changed or time.monotonic() - last_save >= META_EVERY_SECONDS:
-            job.save_meta()
-            last_save = time.monotonic()
 
-    try:
-        return run_training(Settings(), request, report)
-    except Exception as exc:
-        if job is not None:
-            job.meta.update(stage="failed", error=str(exc))
-            job.save_meta()
-        raise
-    finally:
-        if job is not None:
-            release_training_lock(job.connection, job.id)
+class BatchedJob(Job):
+    """A job whose outcome was computed before rq performs it (the answer worker's batch): rq records it as usual."""
+
+    outcome: dict[str, Any] | BaseException | None = None
+
+    def _execute(self) -> Any:
+        if self.outcome is None:
+            return super()._execute()
+        if isinstance(self.outcome, BaseException):
+            raise self.outcome
+        return self.outcome
 
 
 _RELEASE_IF_HOLDER = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"

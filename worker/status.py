@@ -1,23 +1,19 @@
-"""What is going on: the live model, queue lengths, workers, a running fine-tune. No torch."""
+"""What is going on: the live model and datasets, queue lengths, workers, a running fine-tune. No torch."""
 
 from __future__ import annotations
-
-from typing import Any
 
 from rq import Worker
 from rq.registry import FailedJobRegistry, StartedJobRegistry
 
-from engine.versions import ModelStore
 from qabot.settings import Settings
+from qabot.shapes import StatusReport
 from worker.client import QueueClient
 
 
-def collect(settings: Settings, client: QueueClient) -> dict[str, Any]:
-    """A plain dict for the CLI, health checks and the bots' /status."""
-    store = ModelStore(settings.models_dir)
-    live = store.current()
+def collect(settings: Settings, client: QueueClient, store=None) -> StatusReport:
+    """A report for `qabot status`, health checks and the bots' /status; the store part needs the models volume."""
     queues = {}
-    for queue in (client.answers, client.training):
+    for queue in (client.answers, client.training, client.admin_jobs):
         queues[queue.name] = {
             "waiting": queue.count,
             "running": len(StartedJobRegistry(queue.name, connection=client.connection)),
@@ -35,11 +31,18 @@ def collect(settings: Settings, client: QueueClient) -> dict[str, Any]:
             "state": str(status.state),
             **{k: status.meta.get(k) for k in ("stage", "epoch", "loss", "eta_s", "step", "total_steps")},
         }
-    return {
-        "live_version": live.name if live else None,
-        "trained_at": live.created_at if live else None,
-        "dataset_pairs": live.meta.get("dataset", {}).get("pairs") if live else None,
-        "queues": queues,
-        "workers": workers,
-        "training": training,
-    }
+    live = store.current() if store is not None else None
+    live_data = live.meta.get("dataset", {}) if live else {}
+    current = store.current_dataset() if store is not None else None
+    current_pairs = len(store.current_pairs()) if current is not None else None
+    return StatusReport(
+        live_version=live.name if live else None,
+        trained_at=live.created_at if live else None,
+        live_dataset=live_data.get("hash"),
+        live_pairs=live_data.get("pairs"),
+        current_dataset=current.stem if current is not None else None,
+        current_pairs=current_pairs,
+        queues=queues,
+        workers=workers,
+        training=training,
+    )

@@ -1,16 +1,21 @@
-"""The train job's work: fine-tune a new version, compare it with the live one, promote if not worse."""
+"""The train job: an uploaded or stored dataset, validated once, through the one release path (engine.release)."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import time
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from rq import get_current_job
+
 from qabot.settings import Settings
+from worker.jobs import UPLOAD_KEY, release_training_lock
 
 logger = logging.getLogger(__name__)
+
+META_EVERY_SECONDS = 1.0
 
 
 def _config(overrides: dict[str, Any] | None):
@@ -23,28 +28,49 @@ def _config(overrides: dict[str, Any] | None):
     return TrainConfig(**(overrides or {}))
 
 
-def _evaluate_live(settings: Settings, store, pairs, heldout, config) -> tuple[str, dict[str, float]] | None:
-    """Ask the live model the same questions the new one was scored on."""
-    from engine.evaluate import evaluate_sets
-    from engine.pipeline import load_version, make_answerer
-    from engine.training import recall_sample
+def _pairs(settings: Settings, store, request: dict[str, Any], base, connection, report) -> tuple[list, dict[str, Any], str]:
+    """The pairs to train on (validated once, with the base model's tokenizer), what an upload changed, their source."""
+    from engine.pipeline import validate_file, validate_upload
+    from qabot.errors import DatasetError
+    from qabot.merge import UploadMode, merge_pairs, would_drop
 
-    current = store.current()
-    if current is None:
-        return None
-    loaded, info = load_version(store, current.name, device=settings.device, dtype=settings.dtype)
-    answerer = make_answerer(loaded, max_new_tokens=96, max_question_chars=settings.max_question_chars)
-    metrics = evaluate_sets(answerer, recall_sample(pairs, config), heldout or [])
-    del loaded, answerer
-    return info.name, metrics
+    upload = request.get("upload")
+    if upload is None:
+        reference = request.get("dataset")
+        path = store.dataset_file(reference) if reference else (store.current_dataset() or settings.dataset)
+        return validate_file(Path(path), base), {}, Path(path).name
+    data = connection.get(UPLOAD_KEY.format(upload["id"]))
+    if data is None:
+        raise DatasetError(upload["filename"], ["the upload expired before training started; send the file again"])
+    incoming = validate_upload(data, upload["filename"], base, settings.upload_max_bytes)
+    mode = UploadMode(upload.get("mode") or UploadMode.ADD)
+    with store.lock():  # read the current dataset and point at the merged one in one step
+        current = store.current_pairs()
+        merge = merge_pairs(current, incoming, mode)
+        digest, _ = store.store_dataset(merge.pairs)
+        store.set_current_dataset(digest)
+    connection.delete(UPLOAD_KEY.format(upload["id"]))
+    changed = {
+        "filename": upload["filename"],
+        "mode": str(mode),
+        "file_pairs": len(incoming),
+        "added": merge.added,
+        "updated": merge.updated,
+        "kept": merge.kept,
+        "dropped": merge.dropped,
+        "not_in_file": would_drop(current, incoming),
+        "pairs": len(merge.pairs),
+        "dataset": digest,
+    }
+    report(stage="validated", upload=changed)
+    return merge.pairs, changed, upload["filename"]
 
 
-def run_training(settings: Settings, request: dict[str, Any], report: Callable[..., None]) -> dict[str, Any]:
-    """Fine-tune from a request {dataset, eval_data?, base_model?, hyperparameters?, force?} and decide promotion."""
-    from engine.evaluate import accuracy_score
-    from engine.pipeline import TrainRequest, train_version
+def run_training(settings: Settings, request: dict[str, Any], report, connection=None) -> dict[str, Any]:
+    """Fine-tune from a request {dataset | upload, eval_data?, base_model?, hyperparameters?, force?} and decide promotion."""
+    from engine.pipeline import TrainRequest, load_base
+    from engine.release import Policy, release
     from engine.versions import ModelStore
-    from qabot.dataset import read_dataset, read_heldout
 
     store = ModelStore(settings.models_dir)
     defaults = {
@@ -53,10 +79,9 @@ def run_training(settings: Settings, request: dict[str, Any], report: Callable[.
         "batch_size": settings.train_batch_size,
     }
     config = _config({k: v for k, v in defaults.items() if v is not None} | (request.get("hyperparameters") or {}))
-    data = store.dataset_file(request.get("dataset") or str(settings.dataset))
-    eval_data = request.get("eval_data")
-    eval_path = Path(eval_data) if eval_data else None
-    base = request.get("base_model") or settings.base_model
+    report(stage="validating data")
+    base = load_base(request.get("base_model") or settings.base_model, settings.cache_dir, config.max_length)
+    pairs, upload, source = _pairs(settings, store, request, base, connection, report)
 
     def progress(p) -> None:
         report(
@@ -69,37 +94,47 @@ def run_training(settings: Settings, request: dict[str, Any], report: Callable[.
             metrics=p.metrics,
         )
 
-    train_request = TrainRequest(data=data, base_model=base, config=config, eval_data=eval_path, promote=False)
-    outcome = train_version(store, train_request, cache_dir=settings.cache_dir, device=settings.device, progress=progress)
-    new = outcome.version
-    report(stage="comparing")
-    pairs = read_dataset(Path(new.meta["dataset"]["path"]))
-    heldout = read_heldout(eval_path) if eval_path else None
-    live = _evaluate_live(settings, store, pairs, heldout, config)
-    new_score = accuracy_score(new.meta["metrics"])
-    if live is None:
-        promote, reason, previous = True, "first model: nothing live to compare with", None
-    else:
-        name, live_metrics = live
-        live_score = accuracy_score(live_metrics)
-        previous = {"version": name, "metrics": live_metrics, "score": round(live_score, 4)}
-        if request.get("force"):
-            promote, reason = True, f"forced (score {new_score:.2f} against {name}'s {live_score:.2f})"
-        elif new_score >= live_score:
-            promote, reason = True, f"not worse than {name}: score {new_score:.2f} against {live_score:.2f}"
-        else:
-            promote, reason = False, f"worse than {name}: score {new_score:.2f} against {live_score:.2f}; kept as a candidate"
-    if promote:
-        store.promote(new.name)
-    report(stage="done")
-    return {
-        "version": new.name,
-        "promoted": promote,
-        "reason": reason,
-        "metrics": new.meta["metrics"],
-        "score": round(new_score, 4),
-        "previous": previous,
-        "dataset": new.meta["dataset"],
-        "loss_curve": str(new.path / "loss.png"),
-        "train_seconds": new.meta["train_seconds"],
+    eval_data = request.get("eval_data")
+    train_request = TrainRequest(base.name, config, Path(eval_data) if eval_data else None, source=source)
+    policy = Policy(
+        force=bool(request.get("force")), keep_versions=settings.keep_versions, device=settings.device, dtype=settings.dtype
+    )
+    outcome = release(store, pairs, base, train_request, policy, progress=progress)
+    loss_png = outcome.version.path / "loss.png"
+    return outcome.to_dict() | {
+        "upload": upload,
+        "loss_png": loss_png.read_bytes() if loss_png.is_file() else None,
     }
+
+
+def train_job(request: dict[str, Any]) -> dict[str, Any]:
+    """The rq job: progress in job.meta (saved at most once a second), the training lock released at the end."""
+    job = get_current_job()
+    last_save = 0.0
+
+    def report(**meta: Any) -> None:
+        nonlocal last_save
+        if job is None:
+            return
+        stage_changed = meta.get("stage") != job.meta.get("stage")
+        job.meta.update(meta)
+        if stage_changed or time.monotonic() - last_save >= META_EVERY_SECONDS:
+            job.save_meta()
+            last_save = time.monotonic()
+
+    settings = Settings()
+    try:
+        from engine.versions import ModelStore
+
+        ModelStore(settings.models_dir).clean_staging()  # this job holds the lock: anything staged is a dead run's
+        return run_training(settings, request, report, job.connection if job else None)
+    except Exception as exc:
+        from qabot.errors import DatasetError
+
+        if job is not None:
+            job.meta.update(stage="failed", error=str(exc), problems=exc.problems if isinstance(exc, DatasetError) else None)
+            job.save_meta()
+        raise
+    finally:
+        if job is not None:
+            release_training_lock(job.connection, job.id)
