@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import psutil
 from redis import Redis
@@ -24,41 +23,21 @@ from rq import Queue
 
 from bench.common import machine, quiet
 from qabot.dataset import read_dataset, read_heldout
+from qabot.errors import ServiceUnavailable
 from qabot.settings import Settings
 from worker.answer_worker import AnswerWorker
 from worker.client import QueueClient
 from worker.jobs import ANSWER_QUEUE
+from worker.localredis import free_port, start_redis_server, stop_redis_server
 
 
 def start_redis() -> tuple[subprocess.Popen, str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    folder = tempfile.mkdtemp(prefix="qabot-bench-redis-")
-    proc = subprocess.Popen(
-        [
-            shutil.which("redis-server"),
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            folder,
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    for _ in range(100):
-        try:
-            Redis.from_url(url).ping()
-            return proc, url
-        except Exception:  # noqa: BLE001 - starting
-            time.sleep(0.05)
-    raise SystemExit("redis-server did not start")
+    port = free_port()
+    try:
+        proc = start_redis_server(port, Path(tempfile.mkdtemp(prefix="qabot-bench-redis-")), appendonly=False)
+    except ServiceUnavailable as exc:
+        raise SystemExit(str(exc)) from exc
+    return proc, f"redis://127.0.0.1:{port}/0"
 
 
 def make_worker(settings: Settings) -> AnswerWorker:
@@ -157,7 +136,7 @@ def main() -> None:
             f"{'PASS' if abs(growth) <= 0.05 else 'FAIL'}"
         )
     finally:
-        redis_proc.terminate()
+        stop_redis_server(redis_proc)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-# Answer and train workers for a GPU host. The CUDA build of torch comes with the base image.
+# The answer, train and admin workers of a GPU host (the admin worker uses no GPU and no torch, but the same
+# image). The CUDA build of torch comes with the base image.
 FROM pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
 
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1

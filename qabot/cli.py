@@ -14,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsed
 from rich.progress import Progress as Bar
 from rich.table import Table
 
-from qabot.ops import bot_app, dev, health, status, worker_app
+from qabot.ops import bot_app, dev, health_app, status, worker_app
 from qabot.settings import Settings
 from qabot.setup import State, console, err, scrub
 from qabot.setup import settings as _settings
@@ -25,6 +25,7 @@ models_app = typer.Typer(help="List, promote and roll back model versions.", no_
 app.add_typer(models_app, name="models")
 app.add_typer(worker_app, name="worker")
 app.add_typer(bot_app, name="bot")
+app.add_typer(health_app, name="health")
 
 EXIT_WORDS = {"exit", "quit", ":q"}
 
@@ -260,7 +261,6 @@ def models_rollback(
 
 app.command()(status)
 app.command()(dev)
-app.command()(health)
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ from qabot.setup import settings as _settings
 
 worker_app = typer.Typer(help="Run the RQ workers of a GPU host.", no_args_is_help=True)
 bot_app = typer.Typer(help="Run a chat bot (no torch needed).", no_args_is_help=True)
+health_app = typer.Typer(help="Health checks that mean more than `qabot status --quiet` (Redis answers).", no_args_is_help=True)
 
 
 def status(
@@ -41,8 +42,9 @@ def status(
         console.print_json(json.dumps(asdict(report), default=str))
 
 
-def health(kind: Annotated[str, typer.Argument(help="Which worker: answer.")] = "answer") -> None:
-    """Health check: exit 0 only when an answer worker on this host is registered and has a model loaded."""
+@health_app.command("answer")
+def health_answer() -> None:
+    """Exit 0 only when an answer worker on this host is registered and has a model loaded (compose's health check)."""
     import socket
 
     from rq import Worker
@@ -52,8 +54,6 @@ def health(kind: Annotated[str, typer.Argument(help="Which worker: answer.")] = 
     from worker.client import WORKER_SOCKET_TIMEOUT, connect
     from worker.jobs import ANSWER_QUEUE
 
-    if kind != "answer":
-        raise typer.BadParameter("only `answer` has a health check of its own; use `qabot status --quiet` for the others")
     settings = _settings(engine=False)
     connection = connect(settings.redis_url, WORKER_SOCKET_TIMEOUT)
     host = socket.gethostname()

@@ -128,17 +128,26 @@ TINY_CONFIG = {"epochs": 40, "learning_rate": 3e-3, "batch_size": 4, "checkpoint
 
 @pytest.fixture(scope="session")
 def trained_tiny(tiny_gpt2, tmp_path_factory):
-    """The tiny GPT-2 fine-tuned on TINY_PAIRS and saved as version v0001 of a store."""
-    from engine.pipeline import TrainRequest, train_version
-    from engine.training import TrainConfig
+    """The tiny GPT-2 fine-tuned on TINY_PAIRS and released as version v0001 (live) of a store."""
     from engine.versions import ModelStore
 
     root = tmp_path_factory.mktemp("store")
     data = write_pairs(root / "tiny.json", TINY_PAIRS)
     store = ModelStore(root / "models")
-    request = TrainRequest(data=data, base_model=str(tiny_gpt2), config=TrainConfig(**TINY_CONFIG))
-    outcome = train_version(store, request, cache_dir=root / "cache", device="cpu")
+    outcome = release_tiny(store, data, tiny_gpt2, root / "cache")
     return store, outcome
+
+
+def release_tiny(store, data: Path, base_model: Path, cache: Path, *, eval_data: Path | None = None, **config):
+    """Validate `data` and release a fine-tune of `base_model` on it through the one release path (CPU)."""
+    from engine.pipeline import TrainRequest, load_base, validate_file
+    from engine.release import Policy, release
+    from engine.training import TrainConfig
+
+    train = TrainConfig(**(TINY_CONFIG | config))
+    base = load_base(str(base_model), cache, train.max_length)
+    request = TrainRequest(str(base_model), train, eval_data, source=data.name)
+    return release(store, validate_file(data, base), base, request, Policy(device="cpu"))
 
 
 def _free_port() -> int:
@@ -151,34 +160,21 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory):
-    """A real redis-server on a free loopback port for the whole session."""
+    """A real redis-server on a free loopback port for the whole session (no persistence)."""
     import shutil
-    import subprocess
-    import time
 
-    from redis import Redis
+    from qabot.errors import ServiceUnavailable
+    from worker.localredis import start_redis_server, stop_redis_server
 
-    exe = shutil.which("redis-server")
-    if exe is None:
+    if shutil.which("redis-server") is None:
         pytest.fail("redis-server is not installed: `apt-get install redis-server` (.ci/run does it)")
     port = _free_port()
-    folder = tmp_path_factory.mktemp("redis")
-    args = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(folder)]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}/0"
-    client = Redis.from_url(url)
-    for _ in range(100):
-        try:
-            client.ping()
-            break
-        except Exception:  # noqa: BLE001 - still starting
-            time.sleep(0.05)
-    else:
-        proc.kill()
-        pytest.fail("redis-server did not start")
-    yield url
-    proc.terminate()
-    proc.wait(timeout=10)
+    try:
+        proc = start_redis_server(port, tmp_path_factory.mktemp("redis"), appendonly=False)
+    except ServiceUnavailable as exc:
+        pytest.fail(str(exc))
+    yield f"redis://127.0.0.1:{port}/0"
+    stop_redis_server(proc)
 
 
 @pytest.fixture

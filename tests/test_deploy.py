@@ -1,13 +1,15 @@
-"""Deployment: the compose file agrees with the CLI and the settings; `qabot dev` runs the stack locally."""
+"""Deployment: the compose file agrees with the CLI, the settings and the design; `qabot dev` runs the stack locally."""
 
 from __future__ import annotations
 
+import os
+import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+import pytest
 import typer
 import yaml
 from redis import Redis
@@ -20,7 +22,11 @@ from worker.client import QueueClient
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+SERVICES = COMPOSE["services"]
 SETTING_VARS = {f"QABOT_{name.upper()}" for name in Settings.model_fields}
+WORKERS = ("answer-worker", "train-worker", "admin-worker")
+BOTS = ("telegram-bot", "discord-bot")
+PASSWORD_URL = re.compile(r"redis://:\$\{REDIS_PASSWORD(:\?[^}]*)?\}@redis:6379/\d+")
 
 
 def cli_has(argv: list[str]) -> bool:
@@ -41,78 +47,196 @@ def as_list(command) -> list[str]:
     return command.split() if isinstance(command, str) else list(command)
 
 
+def environment(svc: dict) -> dict[str, str]:
+    env = svc.get("environment", {})
+    return dict(env) if isinstance(env, dict) else dict(e.split("=", 1) for e in env)
+
+
+def env_files(svc: dict) -> list[tuple[str, bool]]:
+    """(path, required) of each env_file entry, short or long form."""
+    value = svc.get("env_file", [])
+    items = [value] if isinstance(value, str | dict) else value
+    return [(i, True) if isinstance(i, str) else (i["path"], i.get("required", True)) for i in items]
+
+
+def qabot_services() -> dict[str, dict]:
+    return {name: svc for name, svc in SERVICES.items() if as_list(svc.get("command", ["-"]))[0] == "qabot"}
+
+
 def test_every_qabot_service_runs_an_existing_cli_command():
-    commands = {name: as_list(svc["command"]) for name, svc in COMPOSE["services"].items() if "command" in svc}
-    qabot = {name: argv for name, argv in commands.items() if argv[0] == "qabot"}
-    assert {"answer-worker", "train-worker"} <= set(qabot)
+    qabot = {name: as_list(svc["command"]) for name, svc in qabot_services().items()}
+    assert set(WORKERS) | set(BOTS) <= set(qabot)
     for name, argv in qabot.items():
         assert cli_has(argv[1:]), f"{name}: `{' '.join(argv)}` is not a qabot command"
-    for name, svc in COMPOSE["services"].items():
+    for name, svc in SERVICES.items():
         check = svc.get("healthcheck", {}).get("test")
         if check and as_list(check)[1:2] == ["qabot"]:
             assert cli_has(as_list(check)[2:]), f"{name}: health check `{check}` is not a qabot command"
 
 
 def test_every_variable_set_is_a_known_setting():
-    for name, svc in COMPOSE["services"].items():
-        env = svc.get("environment", {})
-        keys = env.keys() if isinstance(env, dict) else [e.split("=", 1)[0] for e in env]
-        for key in keys:
+    for name, svc in SERVICES.items():
+        for key in environment(svc):
             if key.startswith("QABOT_"):
                 assert key in SETTING_VARS, f"{name}: {key} is not a setting (known: {sorted(SETTING_VARS)})"
 
 
-def test_workers_share_the_models_volume_at_qabot_home_and_redis_persists():
+def test_every_qabot_service_reads_the_env_file_and_the_dashboard_does_not():
+    for name in qabot_services():
+        assert (".env", False) in env_files(SERVICES[name]), f"{name}: needs env_file [{{path: .env, required: false}}]"
+    # rq-dashboard is a third-party image: it gets its Redis URL, not the bot tokens.
+    assert not env_files(SERVICES["rq-dashboard"])
+
+
+def test_env_example_names_every_setting_and_nothing_else():
+    text = (ROOT / ".env.example").read_text()
+    names = re.findall(r"^#?\s*(QABOT_[A-Z0-9_]+)=", text, flags=re.MULTILINE)
+    assert len(names) == len(set(names)), "a setting is listed twice"
+    assert set(names) == SETTING_VARS, (
+        f"undocumented: {sorted(SETTING_VARS - set(names))}; not settings: {sorted(set(names) - SETTING_VARS)}"
+    )
+    assert re.search(r"^REDIS_PASSWORD=$", text, flags=re.MULTILINE), "compose needs REDIS_PASSWORD"
+
+
+def test_redis_needs_a_password_never_evicts_and_persists():
+    redis = SERVICES["redis"]
+    argv = as_list(redis["command"])
+    option = {argv[i]: argv[i + 1] for i in range(1, len(argv) - 1) if argv[i].startswith("--")}
+    assert re.fullmatch(r"\$\{REDIS_PASSWORD:\?[^}]+\}", option["--requirepass"]), "the password must be required"
+    assert option["--maxmemory-policy"] == "noeviction" and option["--appendonly"] == "yes"
+    assert "redis-data:/data" in redis["volumes"]
+    assert "REDISCLI_AUTH" in environment(redis), "the health check must authenticate"
+    urls = {name: environment(svc)["QABOT_REDIS_URL"] for name, svc in SERVICES.items() if "QABOT_REDIS_URL" in environment(svc)}
+    assert set(qabot_services()) <= set(urls)
+    urls["rq-dashboard"] = environment(SERVICES["rq-dashboard"])["RQ_DASHBOARD_REDIS_URL"]
+    for name, url in urls.items():
+        assert PASSWORD_URL.fullmatch(url), f"{name}: {url} does not carry the password"
+    assert SERVICES["rq-dashboard"]["profiles"] == ["dashboard"]
+
+
+def test_workers_share_the_models_volume_at_qabot_home():
     declared = set(COMPOSE.get("volumes", {}))
-    mounts = {}
-    for name, svc in COMPOSE["services"].items():
+    stores = {}
+    for name in WORKERS:
+        svc = SERVICES[name]
+        mounts = {}
         for volume in svc.get("volumes", []):
             source, target = volume.split(":")[:2]
-            if not source.startswith((".", "/")):
-                assert source in declared, f"{name}: volume {source} is not declared"
-            mounts.setdefault(name, {})[target] = source
-    homes = {}
-    for name in ("answer-worker", "train-worker"):
-        env = COMPOSE["services"][name]["environment"]
-        home = env["QABOT_HOME"]
-        assert home in mounts[name], f"{name}: QABOT_HOME {home} is not on a volume"
-        homes[name] = mounts[name][home]
-        assert env["QABOT_REDIS_URL"].startswith("redis://redis:")
-        assert COMPOSE["services"][name]["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
-    assert homes["answer-worker"] == homes["train-worker"]
-    redis = COMPOSE["services"]["redis"]
-    assert "--appendonly" in as_list(redis["command"]) and "/data" in mounts["redis"]
-    assert "rq-dashboard" in COMPOSE["services"] and COMPOSE["services"]["rq-dashboard"]["profiles"] == ["dashboard"]
+            assert source in declared, f"{name}: volume {source} is not declared"
+            mounts[target] = source
+        home = environment(svc)["QABOT_HOME"]
+        assert home in mounts, f"{name}: QABOT_HOME {home} is not on a volume"
+        stores[name] = mounts[home]
+        gpu = svc.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])
+        assert [d["capabilities"] for d in gpu] == ([] if name == "admin-worker" else [["gpu"]]), name
+    assert set(stores.values()) == {"models"}
 
 
-def test_qabot_dev_starts_redis_and_workers_and_stops_them(home, tmp_path):
-    port = _free_port()
-    url = f"redis://127.0.0.1:{port}/0"
+def test_answer_worker_is_healthy_only_with_a_model_loaded():
+    check = SERVICES["answer-worker"]["healthcheck"]
+    assert as_list(check["test"]) == ["CMD", "qabot", "health", "answer"]
+    assert cli_has(["health", "answer"]), "`qabot health answer` does not exist yet"
+
+
+def test_admin_worker_runs_without_gpu_from_the_worker_image():
+    admin = SERVICES["admin-worker"]
+    assert as_list(admin["command"]) == ["qabot", "worker", "admin"]
+    assert cli_has(["worker", "admin"]), "`qabot worker admin` does not exist yet"
+    assert admin["image"] == SERVICES["answer-worker"]["image"] and "deploy" not in admin and "healthcheck" in admin
+
+
+def test_bots_need_only_redis():
+    for name in BOTS:
+        svc = SERVICES[name]
+        assert svc["build"]["dockerfile"] == "docker/bots.Dockerfile", name
+        assert not svc.get("volumes"), f"{name}: bots get no volume"
+        assert "QABOT_HOME" not in environment(svc), f"{name}: bots have no store"
+        assert "deploy" not in svc, f"{name}: bots get no GPU"
+    dockerfile = (ROOT / "docker" / "bots.Dockerfile").read_text()
+    copied = [line.split()[1:-1] for line in dockerfile.splitlines() if line.startswith("COPY")]
+    sources = {src.rstrip("/") for line in copied for src in line}
+    assert {"qabot", "worker", "bots"} <= sources and not {"engine", "data", "."} & sources, sources
+    assert '".[bots]"' in dockerfile and "torch" not in dockerfile.split("RUN", 1)[1]
+
+
+def test_bots_health_check_runs_without_the_engine(redis_url, tmp_path):
+    """The bots' image has no engine/ and no torch: its health check must not need them."""
+    argv = [as_list(SERVICES[name]["healthcheck"]["test"])[1:] for name in BOTS]
+    assert all(a[0] == "qabot" for a in argv)
+    for args in {tuple(a) for a in argv}:
+        code = (
+            "import sys; sys.modules.update(engine=None, torch=None, transformers=None); "
+            f"sys.argv = {list(args)!r}; from qabot.cli import main; main()"
+        )
+        env = qabot_env({"QABOT_REDIS_URL": redis_url, "QABOT_HOME": str(tmp_path)})
+        result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, f"`{' '.join(args)}` without engine/: {result.stderr[-2000:]}"
+
+
+def start_dev(home: Path, *, ignore_sigint: bool = False) -> tuple[subprocess.Popen, str, str]:
+    """`qabot dev` on a free port; returns once it says that Ctrl-C stops everything, with what it printed so far."""
+    url = f"redis://127.0.0.1:{_free_port()}/0"
     env = qabot_env({"QABOT_HOME": str(home), "QABOT_REDIS_URL": url, "QABOT_DEVICE": "cpu", "QABOT_MAX_NEW_TOKENS": "24"})
+    env["PYTHONUNBUFFERED"] = "1"
+    # What a shell does to a background job (`make test &`): SIGINT ignored, so Python installs no handler for it.
+    ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignore_sigint else None
     proc = subprocess.Popen(
-        [sys.executable, "-m", "qabot", "dev"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        [sys.executable, "-m", "qabot", "dev"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=ignore,
     )
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:  # ends at EOF if it exits first
+        lines.append(line)
+        if "Ctrl-C stops everything" in line:
+            break
+    return proc, url, "".join(lines)
+
+
+def interrupt(proc: subprocess.Popen) -> str:
+    """Ctrl-C; the rest of the output once it has stopped (a test failure if it does not within a minute)."""
+    proc.send_signal(signal.SIGINT)
     try:
-        connection = Redis.from_url(url)
-        for _ in range(100):
-            try:
-                connection.ping()
-                break
-            except Exception:  # noqa: BLE001 - not up yet
-                time.sleep(0.1)
-        client = QueueClient(make_settings(home, url, answer_wait=60))
-        assert client.ask_sync(QUESTIONS[0]).version == "v0001"
-    finally:
-        proc.send_signal(signal.SIGINT)
-        output, _ = proc.communicate(timeout=60)
+        return proc.communicate(timeout=60)[0]
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        output = proc.communicate(timeout=60)[0]
+        pytest.fail(f"qabot dev did not stop on SIGINT:\n{output[-3000:]}")
+
+
+def assert_all_stopped(proc: subprocess.Popen, output: str, url: str) -> None:
     assert proc.returncode == 0, output
     assert "Redis redis://127.0.0.1" in output and "(started here)" in output and "stopping" in output
+    for pid in map(int, re.findall(r"\(pid (\d+)\)", output)):
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
     try:
         Redis.from_url(url, socket_connect_timeout=1).ping()
         still_up = True
     except Exception:  # noqa: BLE001 - refused: stopped as it should be
         still_up = False
     assert not still_up
+
+
+def test_qabot_dev_starts_redis_and_workers_and_stops_them(home):
+    proc, url, output = start_dev(home)
+    try:
+        client = QueueClient(make_settings(home, url, answer_wait=60))
+        assert client.ask_sync(QUESTIONS[0]).version == "v0001"
+    finally:
+        output += interrupt(proc)
+    assert_all_stopped(proc, output, url)
+    assert "worker admin (pid" in output
+
+
+def test_qabot_dev_stops_on_ctrl_c_when_started_with_sigint_ignored(home):
+    proc, url, output = start_dev(home, ignore_sigint=True)
+    output += interrupt(proc)
+    assert_all_stopped(proc, output, url)
 
 
 def test_bot_side_imports_no_torch():
@@ -122,17 +246,6 @@ def test_bot_side_imports_no_torch():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-
-
-def test_bots_run_from_their_own_image_with_the_shared_models_volume():
-    bots = {name: svc for name, svc in COMPOSE["services"].items() if as_list(svc.get("command", ["x"]))[:2] == ["qabot", "bot"]}
-    assert {"telegram-bot", "discord-bot"} <= set(bots)
-    for name, svc in bots.items():
-        assert svc["build"]["dockerfile"] == "docker/bots.Dockerfile", name
-        assert "models:/var/lib/qabot" in svc["volumes"] and svc["environment"]["QABOT_HOME"] == "/var/lib/qabot"
-        assert "deploy" not in svc  # no GPU for bots
-    dockerfile = (ROOT / "docker" / "bots.Dockerfile").read_text()
-    assert '".[bots]"' in dockerfile and "torch" not in dockerfile.split("RUN", 1)[1]
 
 
 def test_rate_limiter_counts_per_person_and_forgets_quiet_people():

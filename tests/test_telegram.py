@@ -45,13 +45,16 @@ def stack(trained_tiny, redis_server, tmp_path_factory, tiny_gpt2):
             "QABOT_TRAIN_BATCH_SIZE": "4",
         }
     )
-    workers = [
+    workers = [  # two admin workers: concurrent admin changes must not be lost between them
         subprocess.Popen(
             [sys.executable, "-m", "qabot", "worker", kind], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        for kind in ("answer", "train")
+        for kind in ("answer", "train", "admin", "admin")
     ]
-    yield Settings(home=home, redis_url=url, telegram_token=TOKEN, telegram_admins=[ADMIN], answer_wait=60, rate_limit=5)
+    # The bots' settings name no QABOT_HOME: they never see the store.
+    yield Settings(
+        home=home / "bot-has-no-store", redis_url=url, telegram_token=TOKEN, telegram_admins=[ADMIN], answer_wait=60, rate_limit=5
+    )
     for proc in workers:
         proc.terminate()
         proc.wait(timeout=30)
@@ -60,8 +63,10 @@ def stack(trained_tiny, redis_server, tmp_path_factory, tiny_gpt2):
 async def run_bot(settings: Settings, fake: FakeTelegram):
     core = BotCore(settings)
     core.edit_delay = 0.2
+    core.delivery_poll = 0.5
     app = build_application(settings.model_copy(update={"telegram_api_url": fake.url}), core)
     await app.initialize()
+    await app.post_init(app)  # as run_polling does
     await app.start()
     await app.updater.start_polling(poll_interval=0.0, timeout=1)
     return app
@@ -70,7 +75,13 @@ async def run_bot(settings: Settings, fake: FakeTelegram):
 async def stop_bot(app) -> None:
     await app.updater.stop()
     await app.stop()
+    await app.post_stop(app)
     await app.shutdown()
+
+
+def store_of(settings: Settings) -> ModelStore:
+    """The workers' store (the test looks at it; the bot cannot)."""
+    return ModelStore(settings.home.parent / "models")
 
 
 @pytest.fixture
@@ -84,7 +95,7 @@ async def telegram(stack):
 
 
 def texts(fake: FakeTelegram, message_id: int) -> list[str]:
-    return [m["text"] for m in fake.replies_to(message_id)]
+    return [m["text"] for m in fake.replies_to(message_id) if "text" in m]
 
 
 async def test_private_question_gets_the_answer_as_a_reply_with_typing(telegram):
@@ -147,7 +158,7 @@ def long_answer_version(store: ModelStore, tiny_llama) -> str:
 
 
 async def test_a_long_answer_arrives_split(telegram, stack, tiny_llama):
-    store = ModelStore(stack.models_dir)
+    store = store_of(stack)
     live = store.current_name()
     store.promote(long_answer_version(store, tiny_llama))
     try:
@@ -163,44 +174,45 @@ async def test_a_long_answer_arrives_split(telegram, stack, tiny_llama):
 
 
 async def test_non_admin_cannot_retrain_or_administer(telegram, stack):
-    before = [v.name for v in ModelStore(stack.models_dir).list()]
+    before = [v.name for v in store_of(stack).list()]
     for command in ("/retrain", "/addqa Who? | Me.", "/status", "/models", "/rollback"):
         sent = telegram.send_text(109, 109, command)
         assert await telegram.wait_for(lambda sent=sent: texts(telegram, sent)) == [REFUSAL]
     doc = telegram.send_document(109, 109, "data.json", json.dumps([{"prompt": "a?", "response": "b"}]).encode())
     assert await telegram.wait_for(lambda: texts(telegram, doc)) == [REFUSAL]
-    assert [v.name for v in ModelStore(stack.models_dir).list()] == before
+    assert [v.name for v in store_of(stack).list()] == before
     assert Redis.from_url(stack.redis_url).llen("rq:queue:train") == 0
 
 
 async def test_a_bad_dataset_gets_its_problems_and_changes_nothing(telegram, stack):
-    store = ModelStore(stack.models_dir)
+    store = store_of(stack)
     before = (store.current_name(), [v.name for v in store.list()], store.current_dataset())
     bad = json.dumps(
         [{"prompt": "Who guards it?", "response": "Elara."}, {"prompt": "who guards it", "response": "Malvek."}, {"prompt": ""}]
     )
     doc = telegram.send_document(ADMIN, ADMIN, "bad.json", bad.encode())
-    (reply,) = await telegram.wait_for(lambda: texts(telegram, doc))
+    (reply,) = await telegram.wait_for(lambda: [t for t in texts(telegram, doc) if "problem" in t], timeout=60)
     assert reply.startswith("That dataset has 3 problem(s); nothing was changed:")
-    assert "item 1: the same question as item 0 with a different answer" in reply and "item 2: missing 'response'" in reply
+    assert "pair 2, 'who guards it': the same question as pair 1 with a different answer" in reply
+    assert "pair 3: missing 'response'" in reply
     assert (store.current_name(), [v.name for v in store.list()], store.current_dataset()) == before
 
 
 async def test_admin_retrains_with_an_attached_dataset_and_the_live_model_switches(telegram, stack):
-    store = ModelStore(stack.models_dir)
+    store = store_of(stack)
     live_before = store.current_name()
     pairs = [{"prompt": p.prompt, "response": p.response} for p in TINY_PAIRS]
     pairs.append({"prompt": "Who forged the Luminary Stone?", "response": "Veyra forged the Stone."})
     doc = telegram.send_document(ADMIN, ADMIN, "eldoria.json", json.dumps(pairs).encode())
     result = await telegram.wait_for(
-        lambda: [t for t in texts(telegram, doc) if t.startswith(("Training done", "Training failed"))], timeout=240
+        lambda: [t for t in texts(telegram, doc) if "Training done" in t or "Training failed" in t], timeout=240
     )
     replies = telegram.replies_to(doc)
-    assert replies[0]["text"].startswith("eldoria.json: 9 pairs, valid, stored as dataset")
-    progress = replies[1]
+    progress = replies[0]
     assert progress["edits"][-1] == "Training finished." and any(e.startswith("Training: epoch") for e in progress["edits"])
     assert len(progress["edits"]) >= 3 and any(e.startswith("Training: epoch") and " left" in e for e in progress["edits"])
-    assert result[0].startswith("Training done: v0") and "is now live" in result[0]
+    assert result[0].startswith("eldoria.json: 9 pairs; 1 added to the 8 of the dataset (9 pairs).")
+    assert "Training done: v0" in result[0] and "is now live" in result[0]
     new_version = store.current_name()
     assert new_version != live_before
     photos = await telegram.wait_for(lambda: [m for m in telegram.replies_to(doc) if "photo" in m])
@@ -212,24 +224,45 @@ async def test_admin_retrains_with_an_attached_dataset_and_the_live_model_switch
     assert f"{new_version} (live)" in (await telegram.wait_for(lambda: texts(telegram, listing)))[0]
     status = telegram.send_text(ADMIN, ADMIN, "/status")
     report = (await telegram.wait_for(lambda: texts(telegram, status)))[0]
-    assert f"Live model: {new_version}" in report and "Dataset: 9 pairs" in report and "Training: none running" in report
+    assert f"Live model: {new_version}" in report and "(9 pairs)" in report and "Training: none running" in report
+    assert "No newer dataset is waiting to be trained." in report
     back = telegram.send_text(ADMIN, ADMIN, "/rollback")
     assert (await telegram.wait_for(lambda: texts(telegram, back)))[0].startswith(f"Rolled back: {live_before} is live again")
     assert store.current_name() == live_before
 
 
 async def test_addqa_stores_a_new_dataset_version(telegram, stack):
-    store = ModelStore(stack.models_dir)
+    store = store_of(stack)
     added = telegram.send_text(ADMIN, ADMIN, "/addqa What do dragons eat? | Dragons eat moonstones.")
     reply = (await telegram.wait_for(lambda: texts(telegram, added)))[0]
-    assert reply.startswith("Added. The dataset now has")
+    assert reply.startswith("Added 'What do dragons eat?'. The dataset now has")
     assert {"prompt": "What do dragons eat?", "response": "Dragons eat moonstones."} in json.loads(
         store.current_dataset().read_text()
     )
     again = telegram.send_text(ADMIN, ADMIN, "/addqa What do dragons eat? | Gold.")
-    assert "with a different answer" in (await telegram.wait_for(lambda: texts(telegram, again)))[0]
+    assert (await telegram.wait_for(lambda: texts(telegram, again)))[0].startswith("Updated the answer to 'What do dragons eat?'")
+    status = telegram.send_text(ADMIN, ADMIN, "/status")
+    assert "Waiting to be trained: dataset" in (await telegram.wait_for(lambda: texts(telegram, status)))[0]
     usage = telegram.send_text(ADMIN, ADMIN, "/addqa no separator")
     assert (await telegram.wait_for(lambda: texts(telegram, usage)))[0] == "Usage: /addqa question | answer"
+    marker = telegram.send_text(ADMIN, ADMIN, "/addqa Who rules? | Answer: the queen")
+    reply = (await telegram.wait_for(lambda: texts(telegram, marker)))[0]
+    assert reply.startswith("That pair has 1 problem(s); nothing was changed") and "starting with 'Answer:'" in reply
+
+
+async def test_eight_admins_adding_at_once_keep_all_eight_pairs(telegram, stack):
+    import asyncio
+
+    store = store_of(stack)
+    before = len(store.current_pairs())
+    sent = [
+        telegram.send_text(ADMIN, ADMIN, f"/addqa Which gate is number {i}? | Gate {i} is the gate of {i}.") for i in range(8)
+    ]
+    replies = await telegram.wait_for(lambda: all(texts(telegram, m) for m in sent) and [texts(telegram, m)[0] for m in sent])
+    assert all(r.startswith("Added") for r in replies), replies
+    await asyncio.sleep(0.2)
+    questions = {p.prompt for p in store.current_pairs()}
+    assert {f"Which gate is number {i}?" for i in range(8)} <= questions and len(questions) == before + 8
 
 
 async def test_workers_down_gives_an_apology_and_the_bot_keeps_running(stack, caplog):

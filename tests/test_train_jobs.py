@@ -85,9 +85,7 @@ def test_bad_data_fails_the_job_with_its_problems_and_changes_nothing(home, redi
     final = run_train_worker(client, settings, job.id)[-1]
     assert final.state == "failed"
     assert "pair 2, 'Who?': the same question as pair 1 with a different answer" in final.error
-    assert final.meta["problems"] == [
-        "pair 2, 'Who?': the same question as pair 1 with a different answer; keep one"
-    ]
+    assert final.meta["problems"] == ["pair 2, 'Who?': the same question as pair 1 with a different answer; keep one"]
     store = ModelStore(settings.models_dir)
     assert store.current_name() == "v0001" and [v.name for v in store.list()] == ["v0001"]
     assert client.running_training() is None

@@ -40,7 +40,7 @@ class AnswerWorker(SimpleWorker):
         self.batch_size = self.settings.answer_batch_size
         self.store = ModelStore(self.settings.models_dir)
         self.answerer = None
-        self.version: str | None = None
+        self.model_version: str | None = None
         self.batches: deque[int] = deque(maxlen=1000)
         self._failed: tuple[str, int] | None = None
 
@@ -50,7 +50,7 @@ class AnswerWorker(SimpleWorker):
         from engine.pipeline import load_version, make_answerer
 
         live = self.store.current_name()
-        if live is None or live == self.version:
+        if live is None or live == self.model_version:
             return
         if self._failed == (live, int(time.monotonic() // RELOAD_RETRY_SECONDS)):
             return  # it failed moments ago: keep serving the loaded model, retry a little later
@@ -59,7 +59,7 @@ class AnswerWorker(SimpleWorker):
         answerer = make_answerer(
             loaded, max_new_tokens=self.settings.max_new_tokens, max_question_chars=self.settings.max_question_chars
         )
-        old, self.answerer, self.version = self.answerer, answerer, info.name
+        old, self.answerer, self.model_version = self.answerer, answerer, info.name
         del old
         gc.collect()
         _empty_device_cache()
@@ -68,8 +68,8 @@ class AnswerWorker(SimpleWorker):
 
     def _publish_model(self) -> None:
         """Say in this worker's rq record which version it answers with (it expires with the worker)."""
-        if self.version is not None and self.connection.exists(self.key):
-            self.connection.hset(self.key, MODEL_FIELD, self.version)
+        if self.model_version is not None and self.connection.exists(self.key):
+            self.connection.hset(self.key, MODEL_FIELD, self.model_version)
 
     def register_birth(self, *args: Any, **kwargs: Any) -> None:
         super().register_birth(*args, **kwargs)
@@ -97,7 +97,7 @@ class AnswerWorker(SimpleWorker):
             self.log.exception(
                 "Worker %s: could not load the live model; %s",
                 self.name,
-                f"still serving {self.version}" if self.answerer else "no model loaded",
+                f"still serving {self.model_version}" if self.answerer else "no model loaded",
             )
             if self.answerer is None:
                 error = exc if isinstance(exc, QabotError) else RuntimeError(f"the model could not be loaded: {exc}")
@@ -146,7 +146,7 @@ class AnswerWorker(SimpleWorker):
             job.outcome = {
                 "answer": result.text,
                 "stop": result.stop.value,
-                "version": self.version,
+                "version": self.model_version,
                 "batch_size": len(valid),
                 "generate_s": round(elapsed, 4),
                 "queued_s": round(max(0.0, time.time() - job.enqueued_at.timestamp()), 4) if job.enqueued_at else None,

@@ -1,14 +1,13 @@
-"""`qabot dev`: Redis (started if needed), both workers and chosen bots as local processes, for hosts without Docker."""
+"""`qabot dev`: Redis (started if needed), the three workers and chosen bots as local processes, for hosts without Docker."""
 
 from __future__ import annotations
 
 import logging
-import shutil
 import signal
 import subprocess
 import sys
 import time
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 from redis import Redis
 from redis.exceptions import RedisError
@@ -16,11 +15,15 @@ from redis.exceptions import RedisError
 from qabot.errors import ServiceUnavailable
 from qabot.settings import Settings
 from worker.client import redacted
+from worker.localredis import start_redis_server, stop_redis_server
 
 logger = logging.getLogger(__name__)
 
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 STOP_GRACE_SECONDS = 20
+COLD_STOP_SECONDS = 5
+WORKERS = (["worker", "answer"], ["worker", "train"], ["worker", "admin"])
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def _reachable(url: str) -> bool:
@@ -31,55 +34,49 @@ def _reachable(url: str) -> bool:
 
 
 def ensure_redis(settings: Settings) -> subprocess.Popen | None:
-    """Return None if Redis answers; else start a local redis-server for the URL and return its process."""
+    """Return None if Redis answers; else start a local redis-server for the URL (its port and password) and return it."""
     if _reachable(settings.redis_url):
         return None
     parsed = urlparse(settings.redis_url)
-    exe = shutil.which("redis-server")
-    if parsed.hostname not in LOCAL_HOSTS or exe is None:
+    if parsed.hostname not in LOCAL_HOSTS:
         raise ServiceUnavailable(
-            f"Redis at {redacted(settings.redis_url)} is unreachable and cannot be started here: "
-            "install redis-server (apt-get install redis-server) or set QABOT_REDIS_URL"
+            f"Redis at {redacted(settings.redis_url)} is unreachable and is not local, so it cannot be started here: "
+            "start it or set QABOT_REDIS_URL"
         )
-    folder = settings.home / "redis"
-    folder.mkdir(parents=True, exist_ok=True)
-    args = [
-        exe,
-        "--port",
-        str(parsed.port or 6379),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "yes",
-        "--dir",
-        str(folder),
-    ]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    for _ in range(100):
-        if _reachable(settings.redis_url):
-            return proc
-        time.sleep(0.1)
-    proc.kill()
-    raise ServiceUnavailable(f"redis-server did not start on port {parsed.port or 6379}")
+    # Its own process group: a terminal's Ctrl-C reaches only `qabot dev`, which stops Redis after the workers.
+    password = unquote(parsed.password) if parsed.password else None  # as redis-py reads the URL
+    return start_redis_server(
+        parsed.port or 6379, settings.home / "redis", appendonly=True, password=password, own_process_group=True
+    )
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def run(settings: Settings, bots: list[str], echo=print) -> int:
-    """Start everything, wait until one process ends or Ctrl-C, then stop them all; returns an exit code."""
-    redis = ensure_redis(settings)
-    commands = [["worker", "answer"], ["worker", "train"], *[["bot", name] for name in bots]]
-    children = [(" ".join(c), subprocess.Popen([sys.executable, "-m", "qabot", *c])) for c in commands]
-    where = "started here" if redis else "already running"
-    echo(f"qabot dev: Redis {redacted(settings.redis_url)} ({where}); " + ", ".join(f"{n} (pid {p.pid})" for n, p in children))
-    echo("Ctrl-C stops everything.")
-
-    def stop_on_term(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, stop_on_term)
+    """Start everything, wait until one process ends or Ctrl-C (or SIGTERM, SIGHUP), then stop them all; returns an exit code."""
+    # Installed explicitly: a shell that runs us in the background sets SIGINT to SIG_IGN, and Python then installs
+    # no KeyboardInterrupt handler of its own. Children started after this get the default disposition back.
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGHUP, _interrupt)
+    redis: subprocess.Popen | None = None
+    children: list[tuple[str, subprocess.Popen]] = []
     code = 0
     try:
+        redis = ensure_redis(settings)
+        for command in [*WORKERS, *(["bot", name] for name in bots)]:
+            # Each child in its own process group: Ctrl-C in a terminal reaches only us, and each child then
+            # gets exactly one SIGTERM (an rq worker takes a second signal as "kill the job in hand").
+            proc = subprocess.Popen([sys.executable, "-m", "qabot", *command], process_group=0)
+            children.append((" ".join(command), proc))
+        where = "started here" if redis else "already running"
+        echo(
+            f"qabot dev: Redis {redacted(settings.redis_url)} ({where}); " + ", ".join(f"{n} (pid {p.pid})" for n, p in children)
+        )
+        echo("Ctrl-C stops everything.")
         while True:
             ended = [(n, p) for n, p in children if p.poll() is not None]
             if ended:
@@ -91,19 +88,32 @@ def run(settings: Settings, bots: list[str], echo=print) -> int:
     except KeyboardInterrupt:
         echo("qabot dev: stopping")
     finally:
-        signal.signal(signal.SIGTERM, previous)
-        _stop([p for _, p in children] + ([redis] if redis else []))
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)  # a second Ctrl-C must not leave children running
+        try:
+            _stop([p for _, p in children])
+            if redis is not None:
+                stop_redis_server(redis)  # last: the workers finish their jobs against it
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, signal.SIG_DFL if handler is None else handler)
     return code
 
 
 def _stop(processes: list[subprocess.Popen]) -> None:
-    for proc in processes:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)  # rq workers finish the job in hand (warm shut-down)
-    deadline = time.monotonic() + STOP_GRACE_SECONDS
-    for proc in processes:
-        try:
-            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    """SIGTERM (an rq worker finishes the job in hand); after the grace a second one (rq kills its work horse); then SIGKILL."""
+    steps = ((signal.SIGTERM, STOP_GRACE_SECONDS), (signal.SIGTERM, COLD_STOP_SECONDS), (signal.SIGKILL, None))
+    for step, (sig, grace) in enumerate(steps):
+        running = [p for p in processes if p.poll() is None]
+        if not running:
+            return
+        if step:
+            logger.warning("pids %s still running; sending %s", [p.pid for p in running], sig.name)
+        for proc in running:
+            proc.send_signal(sig)
+        deadline = None if grace is None else time.monotonic() + grace
+        for proc in running:
+            try:
+                proc.wait(timeout=None if deadline is None else max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
