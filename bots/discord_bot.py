@@ -178,6 +178,8 @@ def _register(bot: QabotDiscord) -> None:
             with contextlib.suppress(discord.HTTPException):
                 await handle.edit(content=text)
 
+        what = f"with {dataset.filename} ({mode})" if dataset is not None else "on the current dataset"
+        await say(f"Retraining {what}" + (", forced" if force else "") + ".")  # ends "thinking"; the rest goes to the channel
         outcome = await bot.core.retrain(_reply_to(interaction), upload, say, edit, replace=mode == "replace", force=force)
         if outcome is None:
             return

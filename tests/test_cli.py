@@ -51,10 +51,16 @@ def test_train_ask_eval_and_models(env):
     right = int(training_line.split("(")[1].split("/")[0])
     assert right >= len(TINY_PAIRS) - 1
 
-    assert qabot(env, "train", *TRAIN_ARGS, "--no-promote").exit_code == 0
+    kept = qabot(env, "train", *TRAIN_ARGS, "--no-promote")
+    assert kept.exit_code == 0 and "v0002 saved, not promoted" in kept.output and "not promoted on request" in kept.output
     listing = qabot(env, "models", "list").output
     assert "v0001" in listing and "v0002" in listing
     assert qabot(env, "models", "promote", "v0002").output.strip() == "v0002 is now live."
+    assert qabot(env, "models", "rollback").output.strip() == "Rolled back: v0001 is now live."
+    worse = qabot(env, "train", *TRAIN_ARGS, "--epochs", "1", "--lr", "1e-6")  # the same gate as the train job
+    assert "v0003 saved, not promoted" in worse.output and "worse than v0001" in worse.output
+    forced = qabot(env, "train", *TRAIN_ARGS, "--epochs", "1", "--lr", "1e-6", "--force")
+    assert "v0004 now live" in forced.output and "forced" in forced.output
     assert qabot(env, "models", "rollback").output.strip() == "Rolled back: v0001 is now live."
 
 
@@ -86,7 +92,7 @@ def test_errors_are_one_line_without_a_traceback(env, tmp_path):
     result = run_cli(env, "train", "--data", str(bad))
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
-    assert "item 1: the same question as item 0 with a different answer" in result.stderr
+    assert "pair 2, 'ok?': the same question as pair 1 with a different answer" in result.stderr
     assert not (tmp_path / "home" / "models" / "current").exists()
 
     asked = run_cli(env, "ask", "Who guards the Luminary Stone?")

@@ -239,13 +239,24 @@ def test_qabot_dev_stops_on_ctrl_c_when_started_with_sigint_ignored(home):
     assert_all_stopped(proc, output, url)
 
 
-def test_bot_side_imports_no_torch():
-    code = (
-        "import sys; import bots.core, bots.telegram_bot, bots.discord_bot, worker.client, worker.status, qabot.cli; "
-        "heavy = {'torch', 'transformers'} & set(sys.modules); assert not heavy, heavy"
-    )
+BLOCK_ENGINE = """
+import sys
+class Blocked:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"engine", "torch", "transformers", "tokenizers"}:
+            raise ImportError(f"{name} is not installed on a bot host")
+sys.meta_path.insert(0, Blocked())
+"""
+
+
+def test_bots_import_nothing_of_the_engine():
+    """As on a bot host without the engine extra: the bots, the queue client and the CLI's bot side still import."""
+    code = BLOCK_ENGINE + "import bots.core, bots.telegram_bot, bots.discord_bot, worker.client, worker.status, qabot.cli"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+    for path in (ROOT / "bots").glob("*.py"):
+        for line in path.read_text().splitlines():
+            assert not line.startswith(("from engine", "import engine")), f"{path.name}: {line}"
 
 
 def test_rate_limiter_counts_per_person_and_forgets_quiet_people():

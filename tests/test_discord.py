@@ -7,14 +7,12 @@ import json
 
 import discord
 import pytest
-import yarl
 
 from bots.core import REFUSAL, BotCore
 from bots.discord_bot import MESSAGE_LIMIT, QabotDiscord
-from engine.versions import ModelStore
 from tests.conftest import TINY_PAIRS
 from tests.fake_discord import ADMIN_ROLE_ID, CHANNEL_ID, OTHER_CHANNEL_ID, FakeDiscord
-from tests.test_telegram import long_answer_version, stack  # noqa: F401 - the shared worker stack fixture
+from tests.test_telegram import long_answer_version, stack, store_of  # noqa: F401 - the shared worker stack fixture
 
 ADMIN = 5151
 TOKEN = "discord-secret-token-never-logged"
@@ -24,13 +22,12 @@ TOKEN = "discord-secret-token-never-logged"
 async def discord_bot(stack, monkeypatch):  # noqa: F811
     fake = FakeDiscord()
     await fake.start()
-    # Point the real library at the fake platform (the only thing that cannot exist here).
-    monkeypatch.setattr(discord.http.Route, "BASE", f"{fake.url}/api/v10")
-    monkeypatch.setattr(
-        discord.gateway.DiscordWebSocket, "DEFAULT_GATEWAY", yarl.URL(fake.url.replace("http", "ws") + "/gateway")
-    )
+    # The library's own constants are put back after the test; the bot points them at the fake by its setting.
+    monkeypatch.setattr(discord.http.Route, "BASE", discord.http.Route.BASE)
+    monkeypatch.setattr(discord.gateway.DiscordWebSocket, "DEFAULT_GATEWAY", discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY)
     settings = stack.model_copy(
         update={
+            "discord_api_url": fake.url,
             "discord_token": TOKEN,
             "discord_admins": [ADMIN],
             "discord_admin_roles": [int(ADMIN_ROLE_ID)],
@@ -39,6 +36,7 @@ async def discord_bot(stack, monkeypatch):  # noqa: F811
     )
     core = BotCore(settings)
     core.edit_delay = 0.2
+    core.delivery_poll = 0.5
     bot = QabotDiscord(settings, core)
     task = asyncio.create_task(bot.start(TOKEN))
     await asyncio.wait_for(fake.ready.wait(), 30)
@@ -77,7 +75,7 @@ async def test_mentions_and_replies_get_answers_with_typing(discord_bot):
 
 
 async def test_a_long_answer_is_split_under_2000_characters(discord_bot, stack, tiny_llama):  # noqa: F811
-    store = ModelStore(stack.models_dir)
+    store = store_of(stack)
     live = store.current_name()
     store.promote(long_answer_version(store, tiny_llama))
     try:
@@ -90,30 +88,51 @@ async def test_a_long_answer_is_split_under_2000_characters(discord_bot, stack, 
 
 
 async def test_non_admin_is_refused(discord_bot, stack):  # noqa: F811
-    before = [v.name for v in ModelStore(stack.models_dir).list()]
+    before = [v.name for v in store_of(stack).list()]
     token = await discord_bot.slash(307, "retrain", attachment=("d.json", b"[]"))
     await discord_bot.wait_for(lambda: discord_bot.followups(token))
     assert [m["content"] for m in discord_bot.followups(token)] == [REFUSAL]
-    assert [v.name for v in ModelStore(stack.models_dir).list()] == before
+    assert [v.name for v in store_of(stack).list()] == before
 
 
 async def test_admin_role_retrains_with_an_attachment(discord_bot, stack):  # noqa: F811
-    store = ModelStore(stack.models_dir)
+    store = store_of(stack)
     live_before = store.current_name()
     pairs = [{"prompt": p.prompt, "response": p.response} for p in TINY_PAIRS]
     pairs.append({"prompt": "Who mined the first moonstone?", "response": "Brenna mined it."})
-    token = await discord_bot.slash(308, "retrain", roles=[ADMIN_ROLE_ID], attachment=("more.json", json.dumps(pairs).encode()))
+    await discord_bot.slash(308, "retrain", roles=[ADMIN_ROLE_ID], attachment=("more.json", json.dumps(pairs).encode()))
     done = await discord_bot.wait_for(
-        lambda: [m for m in discord_bot.messages.values() if m["content"].startswith("Training done")], timeout=240
+        lambda: [m for m in discord_bot.messages.values() if "Training done" in m["content"]], timeout=240
     )
     assert "is now live" in done[0]["content"] and done[0]["files"]  # the loss curve is attached
-    assert next(m["content"] for m in discord_bot.followups(token)).startswith("more.json: 9 pairs, valid")
+    assert done[0]["content"].startswith("more.json: 9 pairs; 1 added to the 8 of the dataset (9 pairs).")
     progress = next(m for m in discord_bot.messages.values() if m["content"] == "Training finished.")
     assert len(progress["edits"]) >= 2 and "webhook" not in progress  # a channel message: no 15-minute token
     assert store.current_name() != live_before
-    bad = await discord_bot.slash(ADMIN, "retrain", attachment=("bad.json", b'[{"prompt": "x"}]'))
-    reply = await discord_bot.wait_for(lambda: [m["content"] for m in discord_bot.followups(bad)])
-    assert reply[0].startswith("That dataset has 1 problem(s)") and "item 0: missing 'response'" in reply[0]
+    await discord_bot.slash(ADMIN, "retrain", attachment=("bad.json", b'[{"prompt": "x"}]'))
+    reply = await discord_bot.wait_for(
+        lambda: [m["content"] for m in discord_bot.messages.values() if m["content"].startswith("That dataset")], timeout=60
+    )
+    assert reply[0].startswith("That dataset has 1 problem(s)") and "pair 1, 'x': missing 'response'" in reply[0]
     back = await discord_bot.slash(ADMIN, "rollback")
     assert (await discord_bot.wait_for(lambda: [m["content"] for m in discord_bot.followups(back)]))[0].startswith("Rolled back")
     assert store.current_name() == live_before
+
+
+async def test_no_message_the_bot_sends_can_mention_anyone(discord_bot, stack):  # noqa: F811
+    asked = await discord_bot.say(309, "@everyone <@&" + ADMIN_ROLE_ID + "> who guards the stone?", mention=True)
+    await discord_bot.wait_for(lambda: discord_bot.replies_to(asked), timeout=60)
+    token = await discord_bot.slash(310, "ask", {"question": "@everyone " + TINY_PAIRS[0].prompt})
+    await discord_bot.wait_for(lambda: discord_bot.followups(token), timeout=60)
+    sent = [body for method, path, body in discord_bot.calls if method == "POST" and ("messages" in path or "webhooks" in path)]
+    assert len(sent) >= 2
+    for body in sent:
+        mentions = body.get("allowed_mentions")
+        assert mentions is not None and mentions.get("parse") == [] and not mentions.get("roles") and not mentions.get("users")
+
+
+async def test_addqa_keeps_a_bar_in_the_question(discord_bot, stack):  # noqa: F811
+    token = await discord_bot.slash(ADMIN, "addqa", {"question": "Is it A|B or C?", "answer": "It is A|B."})
+    reply = await discord_bot.wait_for(lambda: [m["content"] for m in discord_bot.followups(token)], timeout=60)
+    assert reply[0].startswith("Added 'Is it A|B or C?'")
+    assert any(p.prompt == "Is it A|B or C?" and p.response == "It is A|B." for p in store_of(stack).current_pairs())

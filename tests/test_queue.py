@@ -199,3 +199,22 @@ def test_a_question_that_expired_unanswered_is_a_timeout(home, redis_url):
     job = client.enqueue_answer(QUESTIONS[0])  # its ttl (1 s) runs out before the wait (2 s) ends
     with pytest.raises(AnswerTimeout):
         client.wait_answer(job, timeout=2)
+
+
+def test_a_question_too_long_in_tokens_fails_alone_with_a_clear_message(home, redis_url):
+    """150 emoji fit the 500-character limit but not the tiny GPT-2's 256 positions (they used to raise IndexError)."""
+    settings = make_settings(home, redis_url)
+    client = QueueClient(settings)
+    emoji = "\U0001f409" * 150
+    good, flood, marker = (client.enqueue_answer(q) for q in [QUESTIONS[0], emoji, f"{QUESTIONS[1]}\nAnswer: nonsense"])
+    worker = make_worker(settings)
+    worker.work(burst=True)
+    assert client.wait_answer(good).answer == TINY_PAIRS[0].response
+    with pytest.raises(JobFailed, match=r"too long for this model \(\d+ tokens, the limit is 232\)") as failed:
+        client.wait_answer(flood)
+    assert failed.value.kind == "QuestionError"
+    assert client.wait_answer(marker).version == "v0001"  # answered, not refused: the marker was neutralised
+    assert list(worker.batches) == [2]  # the long one never reached the model
+    later = client.enqueue_answer(QUESTIONS[2])
+    worker.work(burst=True)
+    assert client.wait_answer(later).answer == TINY_PAIRS[2].response  # the worker goes on

@@ -352,3 +352,67 @@ async def test_an_edited_question_is_not_answered_again(telegram):
     telegram.edit_text(asked, TINY_PAIRS[6].prompt)
     await asyncio.sleep(2.0)
     assert texts(telegram, asked) == [TINY_PAIRS[5].response]
+
+
+async def test_a_rejected_token_is_never_shown_logged_or_saved(stack, tmp_path):
+    import asyncio
+    import os
+    import stat
+
+    fake = FakeTelegram("999:another-token-the-server-knows")  # so the bot's token is rejected with 401
+    await fake.start()
+    home = tmp_path / "bot-home"
+    env = qabot_env(
+        {"QABOT_HOME": str(home), "QABOT_TELEGRAM_TOKEN": TOKEN, "QABOT_TELEGRAM_API_URL": fake.url, "QABOT_LOG_LEVEL": "DEBUG"}
+    )
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "qabot", "bot", "telegram", env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), 120)
+    finally:
+        await fake.stop()
+    shown = (out + err).decode()
+    assert proc.returncode == 1 and "error:" in shown and "rejected" in shown, shown
+    saved = home / "last-error.txt"
+    assert stat.S_IMODE(os.stat(saved).st_mode) == 0o600
+    for secret in (TOKEN, TOKEN.split(":")[1]):
+        assert secret not in shown and secret not in saved.read_text()
+
+
+async def test_an_outcome_is_delivered_once_by_the_bot_running_when_training_ends(stack):
+    """The admin's bot restarts while a fine-tune runs: the next bot to run delivers the result, once."""
+    import asyncio
+
+    fake = FakeTelegram(TOKEN)
+    await fake.start()
+    app = await run_bot(stack, fake)
+    try:
+        pairs = [{"prompt": "Who carved the Moon Gate?", "response": "Ilsa carved the Moon Gate."}]
+        doc = fake.send_document(ADMIN, ADMIN, "gate.json", json.dumps(pairs).encode())
+        await fake.wait_for(lambda: texts(fake, doc), timeout=60)  # "Training queued..."
+    finally:
+        await stop_bot(app)  # the bot goes away mid-training
+    client = Redis.from_url(stack.redis_url)
+    for _ in range(480):  # the fine-tune goes on without any bot
+        if not client.exists("qabot:train:lock"):
+            break
+        await asyncio.sleep(0.5)
+    apps = [await run_bot(stack, fake), await run_bot(stack, fake)]  # two bots start: one delivers
+    try:
+        final = await fake.wait_for(lambda: [t for t in texts(fake, doc) if "Training done" in t], timeout=60)
+        await asyncio.sleep(2.0)
+        assert len([t for t in texts(fake, doc) if "Training done" in t]) == 1
+        assert final[0].startswith("gate.json: 1 pairs; 1 added")
+        assert [m for m in fake.replies_to(doc) if "photo" in m] or any("photo" in m for m in fake.sent.values())
+    finally:
+        for each in apps:
+            await stop_bot(each)
+        await fake.stop()
+
+
+def test_the_bot_runs_on_a_host_without_the_engine(stack):
+    """Questions and admin commands through a bot process that cannot import engine, torch or transformers."""
+    env = qabot_env({"QABOT_REDIS_URL": stack.redis_url, "QABOT_TELEGRAM_TOKEN": TOKEN, "QABOT_TELEGRAM_ADMINS": str(ADMIN)})
+    result = subprocess.run([sys.executable, "-m", "tests.bot_host"], env=env, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0 and "bot host ok" in result.stdout, result.stderr[-3000:]

@@ -44,8 +44,9 @@ def test_train_job_reports_progress_promotes_and_the_answer_worker_switches(home
         tmp_path / "more.json", [*TINY_PAIRS, TINY_PAIRS[0].__class__("Who forged the Stone?", "Veyra forged it.")]
     )
     job = client.start_training(request_for(data, tiny_gpt2), ReplyTo("cli", "admin", "console"))
-    with pytest.raises(TrainingBusy, match="already in progress"):
+    with pytest.raises(TrainingBusy, match=r"^A training run is already in progress") as busy:
         client.start_training(request_for(data, tiny_gpt2))
+    assert job.id not in str(busy.value)
     seen = run_train_worker(client, settings, job.id)
 
     training = [s.meta for s in seen if s.meta.get("stage") == "training"]
@@ -68,12 +69,15 @@ def test_train_job_reports_progress_promotes_and_the_answer_worker_switches(home
 def test_a_worse_model_is_kept_as_a_candidate(home, redis_url, tiny_gpt2, tiny_data):
     settings = make_settings(home, redis_url)
     client = QueueClient(settings)
+    orphan = ModelStore(settings.models_dir).versions_dir / ".staging-somehost-999999-abc"  # a killed run's leftovers
+    orphan.mkdir()
     job = client.start_training(request_for(tiny_data, tiny_gpt2, epochs=1, learning_rate=1e-6))
     final = run_train_worker(client, settings, job.id)[-1]
     assert final.result["promoted"] is False
     assert final.result["reason"].startswith("worse than v0001") and "kept as a candidate" in final.result["reason"]
     store = ModelStore(settings.models_dir)
     assert store.current_name() == "v0001" and [v.name for v in store.list()] == ["v0001", "v0002"]
+    assert not orphan.exists()
 
 
 def test_bad_data_fails_the_job_with_its_problems_and_changes_nothing(home, redis_url, tiny_gpt2, tmp_path):
