@@ -33,7 +33,10 @@ ADMIN_HELP = (
     "even if it scores lower], /addqa question | answer, /status, /models, /rollback [version]."
 )
 APOLOGY = "Sorry, I can't answer right now: the answering service is down or busy. Please try again in a minute."
-ADMIN_APOLOGY = "Sorry, the admin service is not answering right now (is `qabot worker admin` running?). Nothing was changed."
+ADMIN_APOLOGY = (
+    "Sorry, the admin service did not answer in time (is `qabot worker admin` running?). "
+    "If you asked for a change, check /status before trying again."
+)
 REFUSAL = "Sorry, only this bot's admins can do that."
 
 
@@ -148,7 +151,8 @@ def render_status(report: StatusReport) -> str:
     lines.append(f"Workers: {len(report.workers)}")
     training = report.training
     if training:
-        lines.append(f"Training: {training['stage']}, epoch {training.get('epoch') or 0}, loss {training.get('loss')}")
+        loss = f", loss {training['loss']:.3f}" if training.get("loss") is not None else ""
+        lines.append(f"Training: {training['stage']}, epoch {training.get('epoch') or 0}{loss}")
     else:
         lines.append("Training: none running")
     return "\n".join(lines)
@@ -286,6 +290,9 @@ class BotCore:
         self.following.add(job.id)
         try:
             return await self._follow(job.id, start, edit)
+        except Exception:  # Redis away, job gone: the delivery loop reports the outcome once it can
+            logger.warning("lost track of a fine-tune; its outcome will be delivered when it ends", exc_info=True)
+            return None
         finally:
             self.following.discard(job.id)
 
@@ -317,6 +324,7 @@ class BotCore:
                 await deliver(status.reply_to, outcome_of(status))
                 delivered += 1
             except Exception:
+                await asyncio.to_thread(self.client.release_delivery, status.job_id)  # try again on the next round
                 logger.exception("could not deliver the outcome of a fine-tune")
         return delivered
 

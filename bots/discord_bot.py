@@ -67,7 +67,8 @@ class QabotDiscord(discord.Client):
         parts = split_message(f"<@{where.user}> {outcome.text}", MESSAGE_LIMIT)
         for index, part in enumerate(parts):
             last = index == len(parts) - 1
-            await channel.send(part, allowed_mentions=NO_MENTIONS, **(_file(outcome) if last else {}))
+            only_them = discord.AllowedMentions(everyone=False, roles=False, users=[discord.Object(int(where.user))])
+            await channel.send(part, allowed_mentions=only_them, **(_file(outcome) if last else {}))
 
     # -- who may do what --------------------------------------------------------------------
     def allowed_here(self, guild_id: int | None, channel_id: int | None) -> bool:

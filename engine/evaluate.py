@@ -11,8 +11,9 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from engine.formatting import PadCollator, tokenize_pair
-from engine.generate import Answerer, StopReason
+from engine.generate import Answer, Answerer, StopReason
 from qabot.dataset import HeldoutItem, QAPair
+from qabot.errors import QuestionError
 
 MATCH_F1 = 0.6
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -85,11 +86,25 @@ def _batched(seq: Sequence, size: int):
         yield seq[start : start + size]
 
 
+def answer_each(answerer: Answerer, questions: Sequence[str]) -> list[Answer]:
+    """Answers in one batched pass; a question the model cannot take (too long for its context) gets an empty answer."""
+    usable = []
+    for question in questions:
+        try:
+            answerer.prepare(question)
+            usable.append(question)
+        except QuestionError:
+            pass
+    answers = iter(answerer.answer(usable))
+    refused = Answer(question="", text="", new_tokens=0, stop=StopReason.LENGTH)
+    return [next(answers) if q in usable else refused for q in questions]
+
+
 def evaluate_pairs(answerer: Answerer, pairs: Sequence[QAPair], *, batch_size: int = 32, name: str = "recall") -> EvalReport:
     """Ask the training questions and compare with the reference answers."""
     report = EvalReport(name)
     for chunk in _batched(pairs, batch_size):
-        for pair, answer in zip(chunk, answerer.answer([p.prompt for p in chunk]), strict=True):
+        for pair, answer in zip(chunk, answer_each(answerer, [p.prompt for p in chunk]), strict=True):
             ok = matches_reference(answer.text, pair.response)
             report.items.append(EvalItem(pair.prompt, pair.response, answer.text, ok, answer.stop.value))
     return report
@@ -101,7 +116,7 @@ def evaluate_heldout(
     """Ask paraphrased questions and check that the answers carry the key facts."""
     report = EvalReport(name)
     for chunk in _batched(items, batch_size):
-        for item, answer in zip(chunk, answerer.answer([i.question for i in chunk]), strict=True):
+        for item, answer in zip(chunk, answer_each(answerer, [i.question for i in chunk]), strict=True):
             ok = contains_facts(answer.text, item.facts)
             report.items.append(EvalItem(item.question, " | ".join(item.facts), answer.text, ok, answer.stop.value))
     return report

@@ -105,7 +105,7 @@ def train_version(
     report = progress or (lambda p: None)
     heldout = read_heldout(request.eval_data) if request.eval_data else None
     digest, stored = store.store_dataset(pairs)
-    run_dir = store.runs_dir / _run_name(digest, request)
+    run_dir = store.claim_run(_run_name(digest, request))
     report(Progress("loading base model"))
     loaded = load_model(base.source, device=device, dtype="float32")
     try:

@@ -1,9 +1,9 @@
 """One release path for `qabot train` and the train job: fine-tune, score new and live alike, promote by one rule.
 
 The gate scores both models, loaded from disk the same way, with the same generation settings, on the
-same union of questions: the held-out paraphrases whose answers the new dataset still holds, the live
-dataset's questions that the new dataset keeps, and the new questions. Each question counts once, so a
-small upload cannot outvote the knowledge it would drop.
+same union of questions: the whole held-out set, the live dataset's questions that the new dataset
+keeps, and the new questions. Each question counts once, so a few new questions cannot outvote the
+held-out paraphrases and the kept knowledge.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from engine.generate import Answerer
 from engine.models import free_memory, load_model
 from engine.pipeline import Base, TrainOutcome, TrainRequest, train_version
 from engine.training import Progress, ProgressFn
-from engine.versions import ModelStore, VersionInfo
-from qabot.dataset import HeldoutItem, QAPair, normalize_question, read_dataset, read_heldout
+from engine.versions import ModelStore, VersionInfo, read_stored
+from qabot.dataset import MAX_FIELD_CHARS, HeldoutItem, QAPair, normalize_question, read_heldout
 
 logger = logging.getLogger(__name__)
 
@@ -85,20 +85,18 @@ class Release:
 
 
 def gate_questions(live_pairs: list[QAPair], new_pairs: list[QAPair], heldout: list[HeldoutItem], seed: int) -> GateQuestions:
-    """The union both models are asked: kept and new questions (sampled), held-out items still answered by the data."""
+    """The union both models are asked: kept and new questions (sampled) and the whole held-out set."""
     live_questions = {normalize_question(p.prompt) for p in live_pairs}
     kept = [p for p in new_pairs if normalize_question(p.prompt) in live_questions]
     new = [p for p in new_pairs if normalize_question(p.prompt) not in live_questions]
     rng = random.Random(seed)
-    responses = {p.response for p in new_pairs}
-    still_held = [h for h in heldout if h.answer is None or h.answer in responses]
-    return GateQuestions(rng.sample(kept, min(GATE_SAMPLE, len(kept))), rng.sample(new, min(GATE_SAMPLE, len(new))), still_held)
+    return GateQuestions(rng.sample(kept, min(GATE_SAMPLE, len(kept))), rng.sample(new, min(GATE_SAMPLE, len(new))), heldout)
 
 
 def score(store: ModelStore, name: str, questions: GateQuestions, policy: Policy) -> tuple[float, dict[str, float]]:
     """Load a version as the answer workers do and ask it the gate's questions; (share right, per-set accuracy)."""
     loaded = load_model(str(store.get(name).path), device=policy.device, dtype=policy.dtype)
-    answerer = Answerer(loaded.model, loaded.tokenizer, max_new_tokens=GATE_MAX_NEW_TOKENS)
+    answerer = Answerer(loaded.model, loaded.tokenizer, max_new_tokens=GATE_MAX_NEW_TOKENS, max_question_chars=MAX_FIELD_CHARS)
     reports = [evaluate_pairs(answerer, questions.kept, name="kept"), evaluate_pairs(answerer, questions.new, name="new")]
     reports.append(evaluate_heldout(answerer, questions.heldout, name="heldout"))
     del loaded, answerer
@@ -134,7 +132,7 @@ def release(
     trained = train_version(store, pairs, base, request, device=policy.device, progress=report)
     new = trained.version
     report(Progress("comparing"))
-    live_pairs = read_dataset(Path(live.meta["dataset"]["path"])) if live and _has_dataset(live) else []
+    live_pairs = read_stored(Path(live.meta["dataset"]["path"])) if live and _has_dataset(live) else []
     questions = gate_questions(live_pairs, pairs, read_heldout(eval_data) if eval_data else [], request.config.seed)
     new_score, new_metrics = score(store, new.name, questions, policy)
     live_score, live_metrics = score(store, live.name, questions, policy) if live else (None, {})

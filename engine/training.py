@@ -17,7 +17,7 @@ from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArgu
 from engine.evaluate import accuracy_score, answer_loss, evaluate_sets
 from engine.formatting import PadCollator, tokenize_pair
 from engine.generate import Answerer
-from qabot.dataset import HeldoutItem, QAPair
+from qabot.dataset import MAX_FIELD_CHARS, HeldoutItem, QAPair
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ class _AccuracyCallback(TrainerCallback):
     def evaluate(self, model: Any) -> dict[str, float]:
         was_training = model.training
         model.eval()
-        answerer = Answerer(model, self.tokenizer, max_new_tokens=96)
+        answerer = Answerer(model, self.tokenizer, max_new_tokens=96, max_question_chars=MAX_FIELD_CHARS)
         try:
             metrics = evaluate_sets(answerer, self.recall, self.heldout)
             if self.heldout:

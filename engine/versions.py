@@ -23,7 +23,7 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from qabot.dataset import QAPair, dataset_hash, pairs_to_json, read_dataset
+from qabot.dataset import QAPair, dataset_hash, pairs_to_json
 from qabot.errors import VersionError
 
 logger = logging.getLogger(__name__)
@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 METADATA_FILE = "qabot.json"
 VERSION_RE = re.compile(r"^v(\d{4,})$")
 STAGING_PREFIX = ".staging-"
+OWNER_FILE = ".owner"
 LOCK_TIMEOUT_S = 120
 
 
@@ -59,14 +60,15 @@ def _write_atomic(path: Path, text: str) -> None:
 class ModelStore:
     """Versions live in `root/versions/vNNNN`; `root/current` names the live one."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, lock_timeout: float = LOCK_TIMEOUT_S) -> None:
         self.root = root
         self.versions_dir = root / "versions"
         self.datasets_dir = root / "datasets"
         self.runs_dir = root / "runs"
         self.pointer = root / "current"
         self.history_file = root / "history.json"
-        self._lock = FileLock(str(root / ".lock"), timeout=LOCK_TIMEOUT_S)
+        self._lock = FileLock(str(root / ".lock"), timeout=lock_timeout)
+        self.lock_timeout = lock_timeout
 
     @contextmanager
     def lock(self) -> Iterator[None]:
@@ -76,7 +78,7 @@ class ModelStore:
             with self._lock:
                 yield
         except Timeout as exc:
-            raise VersionError(f"the model store is busy (lock held for over {LOCK_TIMEOUT_S} s); try again") from exc
+            raise VersionError(f"the model store is busy (locked for over {self.lock_timeout:.0f} s); try again") from exc
 
     # -- reading ----------------------------------------------------------------------------
     def list(self) -> list[VersionInfo]:
@@ -127,24 +129,29 @@ class ModelStore:
         return Path(tempfile.mkdtemp(prefix=owner, dir=self.versions_dir))
 
     def clean_staging(self) -> list[str]:
-        """Remove staging folders and run folders (epoch checkpoints) left by runs that died on this host."""
+        """Remove staging folders and run folders (epoch checkpoints) of runs that died on this host."""
         removed = []
-        host = socket.gethostname()
-        if self.versions_dir.is_dir():
-            for path in self.versions_dir.glob(f"{STAGING_PREFIX}*"):
-                owner = path.name.removeprefix(STAGING_PREFIX).rsplit("-", 1)[0]
-                name, _, pid = owner.rpartition("-")
-                if name == host and pid.isdigit() and _alive(int(pid)):
-                    continue
+        staged = self.versions_dir.glob(f"{STAGING_PREFIX}*") if self.versions_dir.is_dir() else []
+        for path in staged:
+            if _dead_here(path.name.removeprefix(STAGING_PREFIX).rsplit("-", 1)[0]):
                 shutil.rmtree(path, ignore_errors=True)
                 removed.append(path.name)
-        if self.runs_dir.is_dir():
-            for path in self.runs_dir.iterdir():
+        runs = self.runs_dir.iterdir() if self.runs_dir.is_dir() else []
+        for path in runs:
+            owner = path / OWNER_FILE
+            if not owner.is_file() or _dead_here(owner.read_text(encoding="utf-8").strip()):
                 shutil.rmtree(path, ignore_errors=True)
                 removed.append(f"runs/{path.name}")
         if removed:
             logger.info("removed what dead runs left: %s", ", ".join(removed))
         return removed
+
+    def claim_run(self, name: str) -> Path:
+        """A run folder (epoch checkpoints) marked as this process's, so that only dead runs' are cleaned."""
+        path = self.runs_dir / name
+        path.mkdir(parents=True, exist_ok=True)
+        (path / OWNER_FILE).write_text(f"{socket.gethostname()}-{os.getpid()}", encoding="utf-8")
+        return path
 
     def commit(self, staging: Path, meta: dict[str, Any]) -> VersionInfo:
         """Give a staged model the next version number and write its metadata last."""
@@ -256,7 +263,7 @@ class ModelStore:
     def current_pairs(self) -> list[QAPair]:
         """The pairs of the current dataset (empty when there is none yet)."""
         path = self.current_dataset()
-        return read_dataset(path) if path is not None else []
+        return read_stored(path) if path is not None else []
 
     def set_current_dataset(self, digest: str) -> None:
         with self.lock():
@@ -272,6 +279,21 @@ class ModelStore:
             self.datasets_dir.mkdir(parents=True, exist_ok=True)
             _write_atomic(path, pairs_to_json(pairs))
         return digest, path
+
+
+def read_stored(path: Path) -> list[QAPair]:
+    """A dataset version this store wrote (validated when it was stored): read as it is, not checked again.
+
+    Rules grow stricter over releases; data accepted by an earlier one must stay usable.
+    """
+    items = json.loads(path.read_text(encoding="utf-8"))
+    return [QAPair(str(item["prompt"]), str(item["response"])) for item in items]
+
+
+def _dead_here(owner: str) -> bool:
+    """True when `owner` ("<host>-<pid>") names a process of this host that has ended."""
+    host, _, pid = owner.rpartition("-")
+    return host == socket.gethostname() and pid.isdigit() and not _alive(int(pid))
 
 
 def _alive(pid: int) -> bool:

@@ -404,7 +404,8 @@ async def test_an_outcome_is_delivered_once_by_the_bot_running_when_training_end
         await asyncio.sleep(2.0)
         assert len([t for t in texts(fake, doc) if "Training done" in t]) == 1
         assert final[0].startswith("gate.json: 1 pairs; 1 added")
-        assert [m for m in fake.replies_to(doc) if "photo" in m] or any("photo" in m for m in fake.sent.values())
+        photos = [m for m in fake.sent.values() if "photo" in m and m["chat"]["id"] == ADMIN]
+        assert len(photos) == 1 and photos[0]["photo_bytes"][:4] == b"\x89PNG"
     finally:
         for each in apps:
             await stop_bot(each)

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from engine.evaluate import matches_reference
 from engine.versions import ModelStore
 from qabot.errors import TrainingBusy
 from qabot.shapes import ReplyTo
@@ -116,18 +117,17 @@ def test_a_small_upload_is_added_and_never_wipes_what_the_bot_knows(home, redis_
     assert (changed["mode"], changed["file_pairs"], changed["added"], changed["pairs"]) == ("add", 2, 1, len(TINY_PAIRS) + 1)
     assert changed["not_in_file"] == len(TINY_PAIRS) - 1 and changed["dropped"] == 0
     assert final.result["dataset"]["pairs"] == len(TINY_PAIRS) + 1
-    assert "kept" in final.result["reason"] and final.reply_to == who
+    assert final.result["promoted"], final.result["reason"]
+    assert f"{len(TINY_PAIRS) + 1} questions ({len(TINY_PAIRS)} kept, 1 new" in final.result["reason"]
+    assert final.reply_to == who
     assert final.result["loss_png"][:8] == b"\x89PNG\r\n\x1a\n"  # travels in the result: bots have no volume
     assert store.current_dataset().stem == changed["dataset"]
-    if final.result["promoted"]:
-        answer_worker = make_worker(settings)
-        asked = [client.enqueue_answer(TINY_PAIRS[0].prompt), client.enqueue_answer("Who forged the Luminary Stone?")]
-        answer_worker.work(burst=True)
-        from engine.evaluate import matches_reference
-
-        answers = [client.wait_answer(j).answer for j in asked]
-        assert matches_reference(answers[0], TINY_PAIRS[0].response), answers  # the old fact is still known
-        assert matches_reference(answers[1], "Veyra forged the Stone."), answers
+    answer_worker = make_worker(settings)
+    asked = [client.enqueue_answer(TINY_PAIRS[0].prompt), client.enqueue_answer("Who forged the Luminary Stone?")]
+    answer_worker.work(burst=True)
+    answers = [client.wait_answer(j).answer for j in asked]
+    assert matches_reference(answers[0], TINY_PAIRS[0].response), answers  # the old fact is still known
+    assert matches_reference(answers[1], "Veyra forged the Stone."), answers
     assert client.connection.keys("qabot:upload:*") == []  # the upload's bytes are gone once used
 
 

@@ -20,7 +20,9 @@ MODELS_SHOWN = 10
 
 
 def _store(settings: Settings | None = None) -> ModelStore:
-    return ModelStore((settings or Settings()).models_dir)
+    """The store, with a lock wait well inside the admin job's time limit (a bot waits `admin_wait` for the result)."""
+    settings = settings or Settings()
+    return ModelStore(settings.models_dir, lock_timeout=max(1.0, settings.admin_wait / 2))
 
 
 def _rules(store: ModelStore) -> dict:

@@ -258,6 +258,10 @@ class QueueClient:
         """True for the first caller only: that one delivers the outcome."""
         return bool(self.connection.set(DELIVERED_KEY.format(job_id), 1, nx=True, ex=DELIVERED_TTL_S))
 
+    def release_delivery(self, job_id: str) -> None:
+        """Give a claim back (the delivery failed): the next round tries again."""
+        self.connection.delete(DELIVERED_KEY.format(job_id))
+
     def undelivered_training(self, platform: str) -> list[TrainStatus]:
         """Ended fine-tunes asked for on `platform` whose outcome no bot has delivered yet."""
         ids = [
