@@ -98,7 +98,9 @@ def worker_admin(burst: Annotated[bool, typer.Option(help="Stop when the queue i
     from worker.jobs import ADMIN_QUEUE
 
     settings = _settings(engine=False)
-    SimpleWorker([ADMIN_QUEUE], connection=connect(settings.redis_url, WORKER_SOCKET_TIMEOUT)).work(burst=burst)
+    connection = connect(settings.redis_url, WORKER_SOCKET_TIMEOUT)
+    # /addqa carries people's words: keep job arguments out of the logs, as the answer worker does.
+    SimpleWorker([ADMIN_QUEUE], connection=connection, log_job_description=False).work(burst=burst)
 
 
 @worker_app.command("train")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
 import time
 
 import pytest
@@ -70,15 +72,19 @@ def test_train_job_reports_progress_promotes_and_the_answer_worker_switches(home
 def test_a_worse_model_is_kept_as_a_candidate(home, redis_url, tiny_gpt2, tiny_data):
     settings = make_settings(home, redis_url)
     client = QueueClient(settings)
-    orphan = ModelStore(settings.models_dir).versions_dir / ".staging-somehost-999999-abc"  # a killed run's leftovers
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    orphan = ModelStore(settings.models_dir).versions_dir / f".staging-{socket.gethostname()}-{dead.pid}-abc"  # a killed run's
     orphan.mkdir()
+    elsewhere = orphan.with_name(".staging-another-host-1-abc")  # maybe a live run in another container: left alone
+    elsewhere.mkdir()
     job = client.start_training(request_for(tiny_data, tiny_gpt2, epochs=1, learning_rate=1e-6))
     final = run_train_worker(client, settings, job.id)[-1]
     assert final.result["promoted"] is False
     assert final.result["reason"].startswith("worse than v0001") and "kept as a candidate" in final.result["reason"]
     store = ModelStore(settings.models_dir)
     assert store.current_name() == "v0001" and [v.name for v in store.list()] == ["v0001", "v0002"]
-    assert not orphan.exists()
+    assert not orphan.exists() and elsewhere.exists()
 
 
 def test_bad_data_fails_the_job_with_its_problems_and_changes_nothing(home, redis_url, tiny_gpt2, tmp_path):
