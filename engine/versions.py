@@ -229,6 +229,7 @@ class ModelStore:
                 for path in self.datasets_dir.glob("*.json"):
                     if path.stem not in named and path.stem != current:
                         path.unlink(missing_ok=True)
+                        self.index_path(path.stem).unlink(missing_ok=True)
                         removed.append(f"datasets/{path.name}")
         if removed:
             logger.info("retention removed %s", ", ".join(removed))
@@ -259,6 +260,10 @@ class ModelStore:
         """A dataset reference is the hash of a stored dataset version, or a file path."""
         stored = self.datasets_dir / f"{reference}.json"
         return stored if stored.is_file() else Path(reference)
+
+    def index_path(self, digest: str) -> Path:
+        """Where the retrieval index of a stored dataset version lives (beside it)."""
+        return self.datasets_dir / f"{digest}.index.safetensors"
 
     def current_pairs(self) -> list[QAPair]:
         """The pairs of the current dataset (empty when there is none yet)."""

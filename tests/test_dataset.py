@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from qabot.dataset import dataset_hash, read_dataset, read_heldout, validate_items
+from qabot.dataset import dataset_hash, normalize_question, read_dataset, read_heldout, validate_items
 from qabot.errors import DatasetError
 from tests.conftest import DATA_DIR
 
@@ -175,3 +175,11 @@ def test_hash_names_content_not_file(tmp_path):
     same = validate_items([{"prompt": " a? ", "response": "b\n", "extra": 1}])
     other = validate_items([{"prompt": "a?", "response": "c"}])
     assert dataset_hash(pairs) == dataset_hash(same) != dataset_hash(other)
+
+
+def test_the_unanswerable_set_covers_three_kinds_and_its_absent_entities_are_absent():
+    items = json.loads((DATA_DIR / "unanswerable.json").read_text(encoding="utf-8"))
+    kinds = {kind: [i["question"] for i in items if i["kind"] == kind] for kind in ("absent_entity", "unknown_fact", "off_topic")}
+    assert len(items) >= 40 and all(len(questions) >= 10 for questions in kinds.values())
+    asked = {normalize_question(p.prompt) for p in read_dataset(DATA_DIR / "sample.json")}
+    assert not any(normalize_question(i["question"]) in asked for i in items)

