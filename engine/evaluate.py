@@ -52,6 +52,7 @@ class EvalItem:
     answer: str
     correct: bool
     stop: str
+    declined: bool = False
 
 
 @dataclass
@@ -70,12 +71,20 @@ class EvalReport:
         """Answers that ran to the token limit instead of ending."""
         return sum(i.stop == StopReason.LENGTH for i in self.items)
 
+    @property
+    def declined(self) -> float:
+        """Share of questions the model declined."""
+        return sum(i.declined for i in self.items) / len(self.items) if self.items else 0.0
+
     def summary(self) -> dict[str, float | int]:
-        return {
+        figures = {
             f"{self.name}_accuracy": round(self.accuracy, 4),
             f"{self.name}_n": len(self.items),
             f"{self.name}_runaway": self.runaway,
         }
+        if any(i.declined for i in self.items):
+            figures[f"{self.name}_declined"] = round(self.declined, 4)
+        return figures
 
     def to_dict(self) -> dict:
         return {"name": self.name, "accuracy": self.accuracy, "items": [asdict(i) for i in self.items]}
@@ -106,7 +115,7 @@ def evaluate_pairs(answerer: Answerer, pairs: Sequence[QAPair], *, batch_size: i
     for chunk in _batched(pairs, batch_size):
         for pair, answer in zip(chunk, answer_each(answerer, [p.prompt for p in chunk]), strict=True):
             ok = matches_reference(answer.text, pair.response)
-            report.items.append(EvalItem(pair.prompt, pair.response, answer.text, ok, answer.stop.value))
+            report.items.append(EvalItem(pair.prompt, pair.response, answer.text, ok, answer.stop.value, answer.declined))
     return report
 
 
@@ -118,7 +127,20 @@ def evaluate_heldout(
     for chunk in _batched(items, batch_size):
         for item, answer in zip(chunk, answer_each(answerer, [i.question for i in chunk]), strict=True):
             ok = contains_facts(answer.text, item.facts)
-            report.items.append(EvalItem(item.question, " | ".join(item.facts), answer.text, ok, answer.stop.value))
+            report.items.append(
+                EvalItem(item.question, " | ".join(item.facts), answer.text, ok, answer.stop.value, answer.declined)
+            )
+    return report
+
+
+def evaluate_unanswerable(
+    answerer: Answerer, questions: Sequence[str], *, batch_size: int = 32, name: str = "unanswerable"
+) -> EvalReport:
+    """Ask questions the data cannot answer: right means declined (only a grounded model can)."""
+    report = EvalReport(name)
+    for chunk in _batched(questions, batch_size):
+        for question, answer in zip(chunk, answer_each(answerer, list(chunk)), strict=True):
+            report.items.append(EvalItem(question, "(decline)", answer.text, answer.declined, answer.stop.value, answer.declined))
     return report
 
 

@@ -16,13 +16,18 @@ IGNORE_INDEX = -100
 
 
 def tokenize_pair(pair: QAPair, tokenizer: Any, max_length: int) -> dict[str, list[int]]:
-    """Token ids of prompt + answer + EOS, with the prompt's labels masked to IGNORE_INDEX.
+    """Token ids of prompt + answer + EOS, with the prompt's labels masked to IGNORE_INDEX."""
+    return tokenize_example(format_prompt(pair.prompt), pair.response, tokenizer, max_length)
+
+
+def tokenize_example(prompt: str, answer: str, tokenizer: Any, max_length: int) -> dict[str, list[int]]:
+    """A formatted prompt (plain or with notes) and its answer: ids, labels on the answer and EOS only.
 
     Prompt and answer are tokenized separately, so the prompt ids are exactly those the model
     gets at generation time.
     """
-    prompt_ids = tokenizer(format_prompt(pair.prompt), add_special_tokens=True)["input_ids"]
-    answer_ids = tokenizer(format_answer(pair.response), add_special_tokens=False)["input_ids"]
+    prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+    answer_ids = tokenizer(format_answer(answer), add_special_tokens=False)["input_ids"]
     answer_ids = [*answer_ids, tokenizer.eos_token_id]
     input_ids = (prompt_ids + answer_ids)[:max_length]
     labels = ([IGNORE_INDEX] * len(prompt_ids) + answer_ids)[:max_length]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
@@ -37,6 +37,9 @@ class Answer:
     text: str
     new_tokens: int
     stop: StopReason
+    declined: bool = False  # a grounded model said its notes do not answer the question
+    sources: tuple[str, ...] = ()  # the questions of the pairs it was given as notes, nearest first
+    score: float | None = None  # cosine similarity of the nearest pair
 
 
 @dataclass(frozen=True)
@@ -53,9 +56,17 @@ class Answerer:
     """Generates answers with a loaded model; one `generate` call per batch of questions."""
 
     def __init__(
-        self, model: Any, tokenizer: Any, *, max_new_tokens: int = 64, max_question_chars: int = 500, prune: bool = True
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        max_new_tokens: int = 64,
+        max_question_chars: int = 500,
+        prune: bool = True,
+        grounding: Any = None,
     ) -> None:
         self.model = model
+        self.grounding = grounding  # engine.grounding.Grounding: answer from retrieved notes
         self.tokenizer = tokenizer
         self.max_new_tokens = max_new_tokens
         self.max_question_chars = max_question_chars
@@ -107,7 +118,12 @@ class Answerer:
             except QuestionError as exc:
                 raise QuestionError(f"question {index + 1}: {exc}" if len(questions) > 1 else str(exc)) from exc
         sampling = sampling or Sampling()
-        batch = self._encode([format_prompt(q) for q in cleaned]).to(self.device)
+        hits: list = [[] for _ in cleaned]
+        if self.grounding is not None:
+            prompts, hits = self.grounding.prompts(cleaned)
+        else:
+            prompts = [format_prompt(q) for q in cleaned]
+        batch = self._encode(prompts).to(self.device)
         budget = max(1, min(self.max_new_tokens, self.context - batch["input_ids"].shape[1]))
         with torch.inference_mode():
             if self.prune:
@@ -123,7 +139,19 @@ class Answerer:
             else:
                 new_tokens = self._hf_generate(batch, sampling, budget)
         self.generate_calls += 1
-        return [self._finish(q, ids) for q, ids in zip(cleaned, new_tokens, strict=True)]
+        answers = [self._finish(q, ids) for q, ids in zip(cleaned, new_tokens, strict=True)]
+        if self.grounding is None:
+            return answers
+        decline = " ".join(self.grounding.decline.split()).casefold()
+        return [
+            replace(
+                a,
+                declined=" ".join(a.text.split()).casefold() == decline,
+                sources=tuple(h.pair.prompt for h in found),
+                score=round(found[0].score, 4) if found else None,
+            )
+            for a, found in zip(answers, hits, strict=True)
+        ]
 
     def _ends_with_stop_text(self, ids: list[int]) -> bool:
         return STOP_TEXT in self.tokenizer.decode(ids[-STOP_TAIL_TOKENS:], skip_special_tokens=True)

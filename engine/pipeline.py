@@ -15,8 +15,10 @@ from transformers import AutoConfig
 
 from engine.formatting import count_tokens
 from engine.generate import Answerer
+from engine.grounding import DECLINE, Grounding, build_examples
 from engine.models import LoadedModel, context_length, free_memory, load_model, load_tokenizer, resolve_source, special_tokens
 from engine.plots import plot_training
+from engine.retrieval import Embedder, ensure_index
 from engine.training import Progress, ProgressFn, TrainConfig, TrainResult, fine_tune
 from engine.versions import ModelStore, VersionInfo
 from qabot.dataset import QAPair, parse_text, read_dataset, read_heldout, validate_items
@@ -106,6 +108,18 @@ def train_version(
     heldout = read_heldout(request.eval_data) if request.eval_data else None
     digest, stored = store.store_dataset(pairs)
     run_dir = store.claim_run(_run_name(digest, request))
+    examples, grounding = None, None
+    if request.config.grounded:
+        report(Progress("indexing the dataset"))
+        grounding = dataset_grounding(store, digest, request.config.notes)
+        examples = build_examples(
+            pairs,
+            grounding.index,
+            grounding.embedder,
+            notes=request.config.notes,
+            negative_share=request.config.negative_share,
+            seed=request.config.seed,
+        )
     report(Progress("loading base model"))
     loaded = load_model(base.source, device=device, dtype="float32")
     try:
@@ -118,6 +132,8 @@ def train_version(
             heldout=heldout,
             resume=request.resume,
             progress=report,
+            examples=examples,
+            grounding=grounding,
         )
         report(Progress("saving", metrics=result.metrics))
         staging = store.staging_dir()
@@ -136,6 +152,7 @@ def train_version(
                 "train_seconds": round(result.seconds, 1),
                 "epochs_run": result.epochs_run,
                 "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "grounding": {"notes": request.config.notes, "decline": DECLINE} if grounding else None,
             }
             info = store.commit(staging, meta)
         except BaseException:
@@ -162,5 +179,30 @@ def load_version(
     return load_model(str(info.path), device=device, dtype=dtype), info
 
 
-def make_answerer(loaded: LoadedModel, *, max_new_tokens: int, max_question_chars: int) -> Answerer:
-    return Answerer(loaded.model, loaded.tokenizer, max_new_tokens=max_new_tokens, max_question_chars=max_question_chars)
+def dataset_grounding(store: ModelStore, digest: str, notes: int, previous: Grounding | None = None) -> Grounding:
+    """Notes from stored dataset `digest` (its index loaded, or built and saved beside it)."""
+    embedder = previous.embedder if previous is not None else Embedder()
+    index = ensure_index(store, digest, embedder, previous.index if previous is not None else None)
+    return Grounding(index, embedder, notes=notes)
+
+
+def version_grounding(store: ModelStore, info: VersionInfo, digest: str | None = None) -> Grounding | None:
+    """For a grounded version: notes from `digest` (default: the dataset it learnt); None for a plain version."""
+    meta = info.meta.get("grounding")
+    if not meta:
+        return None
+    grounding = dataset_grounding(store, digest or info.meta["dataset"]["hash"], int(meta["notes"]))
+    grounding.decline = str(meta["decline"])
+    return grounding
+
+
+def make_answerer(
+    loaded: LoadedModel, *, max_new_tokens: int, max_question_chars: int, grounding: Grounding | None = None
+) -> Answerer:
+    return Answerer(
+        loaded.model,
+        loaded.tokenizer,
+        max_new_tokens=max_new_tokens,
+        max_question_chars=max_question_chars,
+        grounding=grounding,
+    )

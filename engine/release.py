@@ -17,7 +17,7 @@ from typing import Any
 from engine.evaluate import evaluate_heldout, evaluate_pairs
 from engine.generate import Answerer
 from engine.models import free_memory, load_model
-from engine.pipeline import Base, TrainOutcome, TrainRequest, train_version
+from engine.pipeline import Base, TrainOutcome, TrainRequest, train_version, version_grounding
 from engine.training import Progress, ProgressFn
 from engine.versions import ModelStore, VersionInfo, read_stored
 from qabot.dataset import MAX_FIELD_CHARS, HeldoutItem, QAPair, normalize_question, read_heldout
@@ -95,8 +95,15 @@ def gate_questions(live_pairs: list[QAPair], new_pairs: list[QAPair], heldout: l
 
 def score(store: ModelStore, name: str, questions: GateQuestions, policy: Policy) -> tuple[float, dict[str, float]]:
     """Load a version as the answer workers do and ask it the gate's questions; (share right, per-set accuracy)."""
-    loaded = load_model(str(store.get(name).path), device=policy.device, dtype=policy.dtype)
-    answerer = Answerer(loaded.model, loaded.tokenizer, max_new_tokens=GATE_MAX_NEW_TOKENS, max_question_chars=MAX_FIELD_CHARS)
+    info = store.get(name)
+    loaded = load_model(str(info.path), device=policy.device, dtype=policy.dtype)
+    answerer = Answerer(
+        loaded.model,
+        loaded.tokenizer,
+        max_new_tokens=GATE_MAX_NEW_TOKENS,
+        max_question_chars=MAX_FIELD_CHARS,
+        grounding=version_grounding(store, info),
+    )
     reports = [evaluate_pairs(answerer, questions.kept, name="kept"), evaluate_pairs(answerer, questions.new, name="new")]
     reports.append(evaluate_heldout(answerer, questions.heldout, name="heldout"))
     del loaded, answerer

@@ -15,7 +15,7 @@ import torch
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from engine.evaluate import accuracy_score, answer_loss, evaluate_sets
-from engine.formatting import PadCollator, tokenize_pair
+from engine.formatting import PadCollator, tokenize_example, tokenize_pair
 from engine.generate import Answerer
 from qabot.dataset import MAX_FIELD_CHARS, HeldoutItem, QAPair
 
@@ -46,6 +46,13 @@ class TrainConfig:
     lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling."})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
     checkpoints: bool = field(default=True, metadata={"help": "Save a checkpoint each epoch so that a run can resume."})
+    grounded: bool = field(
+        default=False, metadata={"help": "Answer from retrieved notes and learn to decline (RAFT); False: the plain format."}
+    )
+    notes: int = field(default=3, metadata={"help": "Notes (retrieved answers) before each grounded question."})
+    negative_share: float = field(
+        default=0.25, metadata={"help": "Share of pairs that also get notes without their answer, to learn declining."}
+    )
 
     def __post_init__(self) -> None:
         if self.epochs <= 0:
@@ -114,9 +121,15 @@ class _AccuracyCallback(TrainerCallback):
     """Asks questions after each epoch, logs accuracy, stops when it no longer improves, keeps the best."""
 
     def __init__(
-        self, tokenizer: Any, recall: list[QAPair], heldout: list[HeldoutItem], config: TrainConfig, report: ProgressFn
+        self,
+        tokenizer: Any,
+        recall: list[QAPair],
+        heldout: list[HeldoutItem],
+        config: TrainConfig,
+        report: ProgressFn,
+        grounding: Any = None,
     ) -> None:
-        self.tokenizer, self.recall, self.heldout = tokenizer, recall, heldout
+        self.tokenizer, self.recall, self.heldout, self.grounding = tokenizer, recall, heldout, grounding
         self.config, self.report = config, report
         self.first_epoch = config.eval_from_epoch or max(1, math.ceil(config.epochs / 2))
         self.best_score = -1.0
@@ -150,7 +163,9 @@ class _AccuracyCallback(TrainerCallback):
     def evaluate(self, model: Any) -> dict[str, float]:
         was_training = model.training
         model.eval()
-        answerer = Answerer(model, self.tokenizer, max_new_tokens=96, max_question_chars=MAX_FIELD_CHARS)
+        answerer = Answerer(
+            model, self.tokenizer, max_new_tokens=96, max_question_chars=MAX_FIELD_CHARS, grounding=self.grounding
+        )
         try:
             metrics = evaluate_sets(answerer, self.recall, self.heldout)
             if self.heldout:
@@ -210,14 +225,19 @@ def fine_tune(
     heldout: list[HeldoutItem] | None = None,
     resume: bool = False,
     progress: ProgressFn | None = None,
+    examples: list[tuple[str, str]] | None = None,
+    grounding: Any = None,
 ) -> tuple[Any, TrainResult]:
-    """Fine-tune `model` in place on `pairs` and return the model to save with the result."""
+    """Fine-tune `model` in place on `pairs` (or on formatted `examples`, grounded) and return the model to save."""
     report = progress or (lambda p: None)
     set_seed(config.seed)
     started = time.monotonic()
     device = next(model.parameters()).device
     report(Progress("preparing"))
-    features = [tokenize_pair(p, tokenizer, config.max_length) for p in pairs]
+    if examples is not None:
+        features = [tokenize_example(prompt, answer, tokenizer, config.max_length) for prompt, answer in examples]
+    else:
+        features = [tokenize_pair(p, tokenizer, config.max_length) for p in pairs]
     if config.lora:
         from peft import LoraConfig, get_peft_model
 
@@ -230,7 +250,7 @@ def fine_tune(
         )
         model = get_peft_model(model, lora)
     model.train()
-    accuracy = _AccuracyCallback(tokenizer, recall_sample(pairs, config), heldout or [], config, report)
+    accuracy = _AccuracyCallback(tokenizer, recall_sample(pairs, config), heldout or [], config, report, grounding)
     steps = math.ceil(len(features) / (config.batch_size * config.gradient_accumulation)) * math.ceil(config.epochs)
     trainer = Trainer(
         model=model,

@@ -96,6 +96,7 @@ def train(
     batch_size: Annotated[int | None, typer.Option(help="Examples per step.")] = None,
     max_length: Annotated[int | None, typer.Option(help="Longest example in tokens.")] = None,
     lora: Annotated[bool, typer.Option(help="Train LoRA adapters instead of all weights.")] = False,
+    grounded: Annotated[bool, typer.Option(help="Answer from retrieved notes and learn to decline (RAFT).")] = False,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
     resume: Annotated[bool, typer.Option(help="Resume an interrupted run of the same data and settings.")] = False,
     promote: Annotated[
@@ -109,7 +110,7 @@ def train(
 
     settings = _settings()
     overrides = {"epochs": epochs, "learning_rate": lr, "batch_size": batch_size, "max_length": max_length, "seed": seed}
-    config = TrainConfig(lora=lora, **{k: v for k, v in overrides.items() if v is not None})
+    config = TrainConfig(lora=lora, grounded=grounded, **{k: v for k, v in overrides.items() if v is not None})
     data_path = data or settings.dataset
     if eval_data is None and data is None:
         eval_data = settings.eval_data
@@ -120,10 +121,19 @@ def train(
 
 
 def _load_answerer(settings: Settings, version: str | None = None):
-    from engine.pipeline import load_version, make_answerer
+    from engine.pipeline import load_version, make_answerer, version_grounding
 
-    loaded, info = load_version(_store(settings), version, device=settings.device, dtype=settings.dtype)
-    return make_answerer(loaded, max_new_tokens=settings.max_new_tokens, max_question_chars=settings.max_question_chars), info
+    store = _store(settings)
+    loaded, info = load_version(store, version, device=settings.device, dtype=settings.dtype)
+    current = store.current_dataset()
+    digest = current.stem if current is not None and current.parent == store.datasets_dir else None
+    answerer = make_answerer(
+        loaded,
+        max_new_tokens=settings.max_new_tokens,
+        max_question_chars=settings.max_question_chars,
+        grounding=version_grounding(store, info, digest),
+    )
+    return answerer, info
 
 
 @app.command()
@@ -155,7 +165,8 @@ def chat(version: Annotated[str | None, typer.Option(help="Model version (defaul
         if not question.strip():
             continue
         try:
-            console.print(f"[bold green]bot>[/] {answerer.answer([question])[0].text or '(no answer)'}")
+            answer = answerer.answer([question])[0]
+            console.print(f"[bold green]bot>[/] {settings.decline_text if answer.declined else answer.text or '(no answer)'}")
         except QuestionError as exc:
             console.print(f"[yellow]{exc}[/]")
     console.print("Thanks for chatting. Goodbye!")
@@ -183,7 +194,8 @@ def ask(
     from engine.generate import Sampling
 
     answerer, _ = _load_answerer(settings, version)
-    print(answerer.answer([question], Sampling(do_sample=sample, temperature=temperature, seed=seed))[0].text)
+    answer = answerer.answer([question], Sampling(do_sample=sample, temperature=temperature, seed=seed))[0]
+    print(settings.decline_text if answer.declined else answer.text)
 
 
 @app.command("eval")
@@ -191,10 +203,13 @@ def evaluate(
     data: Annotated[Path | None, typer.Option(help="Held-out paraphrases {question, facts} (default: the sample's).")] = None,
     train_data: Annotated[Path | None, typer.Option(help="Training pairs to ask back (default: the version's own data).")] = None,
     version: Annotated[str | None, typer.Option(help="Model version (default: the live one).")] = None,
+    unanswerable: Annotated[Path | None, typer.Option(help="Questions the data cannot answer (default: the sample's).")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show every question and answer.")] = False,
 ) -> None:
-    """Measure answer accuracy on the training questions and on held-out paraphrases."""
-    from engine.evaluate import evaluate_heldout, evaluate_pairs
+    """Accuracy on the training questions and held-out paraphrases; declines on unanswerable and answerable ones."""
+    import json
+
+    from engine.evaluate import evaluate_heldout, evaluate_pairs, evaluate_unanswerable
     from qabot.dataset import read_dataset, read_heldout
 
     settings = _settings()
@@ -204,6 +219,11 @@ def evaluate(
     reports = [evaluate_pairs(answerer, pairs, name="training")]
     if heldout_path is not None:
         reports.append(evaluate_heldout(answerer, read_heldout(heldout_path), name="heldout"))
+    answerable = [item for report in reports for item in report.items]
+    unanswerable_path = unanswerable or settings.unanswerable_data
+    if unanswerable_path is not None and unanswerable_path.is_file():
+        questions = [item["question"] for item in json.loads(unanswerable_path.read_text(encoding="utf-8"))]
+        reports.append(evaluate_unanswerable(answerer, questions))
     for report in reports:
         if verbose:
             console.rule(f"{report.name} questions")
@@ -215,11 +235,15 @@ def evaluate(
                     soft_wrap=True,
                 )
         right = sum(i.correct for i in report.items)
+        what = "declined" if report.name == "unanswerable" else "right"
         console.print(
-            f"{info.name} {report.name}: {report.accuracy:.1%} right ({right}/{len(report.items)}), "
+            f"{info.name} {report.name}: {report.accuracy:.1%} {what} ({right}/{len(report.items)}), "
             f"{report.runaway} ran to the token limit",
             soft_wrap=True,
         )
+    wrongly = sum(i.declined for i in answerable)
+    share = wrongly / len(answerable) if answerable else 0.0
+    console.print(f"{info.name} answerable wrongly declined: {share:.1%} ({wrongly}/{len(answerable)})", soft_wrap=True)
 
 
 @models_app.command("list")

@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 SAMPLE_DATA = PROJECT_DIR / "data" / "sample.json"
 SAMPLE_HELDOUT = PROJECT_DIR / "data" / "heldout.json"
+SAMPLE_UNANSWERABLE = PROJECT_DIR / "data" / "unanswerable.json"
 BUNDLED_MODEL = "bundled"
 IdList = Annotated[list[int], NoDecode]
 
@@ -34,12 +35,21 @@ class Settings(BaseSettings):
         default=SAMPLE_HELDOUT,
         description="Held-out paraphrases with key facts, used to evaluate the default dataset.",
     )
+    unanswerable_data: Path | None = Field(
+        default=SAMPLE_UNANSWERABLE,
+        description="Questions the default dataset cannot answer ({question, kind}), for `qabot eval`'s decline figures.",
+    )
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         default="auto", description="'auto' is bf16 on a GPU that supports it, float32 otherwise."
     )
     max_new_tokens: int = Field(default=64, ge=1, le=2048, description="Longest answer in tokens.")
     max_question_chars: int = Field(default=500, ge=1, description="Longest question accepted.")
+    decline_text: str = Field(
+        default="I don't know that yet: it isn't in what I've been taught.",
+        min_length=1,
+        description="What people are told when a grounded model finds no answer in its notes.",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
 
     redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="Redis that carries the job queues.")
@@ -99,7 +109,7 @@ class Settings(BaseSettings):
         """An empty variable (as docker compose passes `${X:-}`) means not set."""
         return None if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("home", "dataset", "eval_data", mode="after")
+    @field_validator("home", "dataset", "eval_data", "unanswerable_data", mode="after")
     @classmethod
     def _expand_user(cls, value: Path | None) -> Path | None:
         return value.expanduser() if value is not None else None

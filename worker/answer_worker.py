@@ -42,12 +42,13 @@ class AnswerWorker(SimpleWorker):
         self.answerer = None
         self.model_version: str | None = None
         self.batches: deque[int] = deque(maxlen=1000)
+        self.notes_digest: str | None = None
         self._failed: tuple[str, int] | None = None
 
     # -- model ------------------------------------------------------------------------------
     def refresh_model(self) -> None:
         """Load the live version if it is not the one loaded (between batches only)."""
-        from engine.pipeline import load_version, make_answerer
+        from engine.pipeline import load_version, make_answerer, version_grounding
 
         live = self.store.current_name()
         if live is None or live == self.model_version:
@@ -56,15 +57,37 @@ class AnswerWorker(SimpleWorker):
             return  # it failed moments ago: keep serving the loaded model, retry a little later
         started = time.monotonic()
         loaded, info = load_version(self.store, live, device=self.settings.device, dtype=self.settings.dtype)
+        digest = self._current_digest()
         answerer = make_answerer(
-            loaded, max_new_tokens=self.settings.max_new_tokens, max_question_chars=self.settings.max_question_chars
+            loaded,
+            max_new_tokens=self.settings.max_new_tokens,
+            max_question_chars=self.settings.max_question_chars,
+            grounding=version_grounding(self.store, info, digest),
         )
+        self.notes_digest = digest
         old, self.answerer, self.model_version = self.answerer, answerer, info.name
         del old
         gc.collect()
         _empty_device_cache()
         self._publish_model()
         self.log.info("Worker %s: model %s loaded in %.1f s", self.name, info.name, time.monotonic() - started)
+
+    def _current_digest(self) -> str | None:
+        current = self.store.current_dataset()
+        return current.stem if current is not None and current.parent == self.store.datasets_dir else None
+
+    def refresh_notes(self) -> None:
+        """A grounded model answers from the current dataset: a pair added a moment ago is in its notes."""
+        from engine.pipeline import dataset_grounding
+
+        grounding = self.answerer.grounding if self.answerer is not None else None
+        digest = self._current_digest()
+        if grounding is None or digest is None or digest == self.notes_digest:
+            return
+        fresh = dataset_grounding(self.store, digest, grounding.notes, previous=grounding)
+        fresh.decline = grounding.decline
+        self.answerer.grounding, self.notes_digest = fresh, digest
+        self.log.info("Worker %s: notes from dataset %s (%d pairs)", self.name, digest, len(fresh.index.pairs))
 
     def _publish_model(self) -> None:
         """Say in this worker's rq record which version it answers with (it expires with the worker)."""
@@ -104,6 +127,10 @@ class AnswerWorker(SimpleWorker):
                 for job in batch:
                     job.outcome = error
                 return
+        try:
+            self.refresh_notes()
+        except Exception:
+            self.log.exception("Worker %s: could not refresh the notes", self.name)
         if self.answerer is None:
             error = RuntimeError("no model has been trained yet: an admin must train one first")
             for job in batch:
@@ -145,6 +172,9 @@ class AnswerWorker(SimpleWorker):
                 continue
             job.outcome = {
                 "answer": result.text,
+                "declined": result.declined,
+                "sources": list(result.sources),
+                "score": result.score,
                 "stop": result.stop.value,
                 "version": self.model_version,
                 "batch_size": len(valid),

@@ -1,0 +1,82 @@
+"""Grounded answering: the example builder, a grounded model's answers with sources, and notes that follow the data."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.grounding import DECLINE, NOTE_PREFIX, build_examples, format_grounded
+from engine.retrieval import Embedder, PairIndex
+from qabot.dataset import QAPair, read_dataset
+from tests.conftest import DATA_DIR, TINY_PAIRS, write_pairs
+
+
+@pytest.fixture(scope="module")
+def embedder() -> Embedder:
+    return Embedder()
+
+
+def notes_of(prompt: str) -> list[str]:
+    return [line.removeprefix(NOTE_PREFIX) for line in prompt.splitlines() if line.startswith(NOTE_PREFIX)]
+
+
+def test_examples_hold_the_answer_at_varying_places_and_negatives_teach_the_decline(embedder):
+    pairs = read_dataset(DATA_DIR / "sample.json")
+    examples = build_examples(pairs, PairIndex.build(pairs, embedder), embedder, notes=3, negative_share=0.25, seed=1)
+    by_answer = {p.response: p for p in pairs}
+    positives = [(prompt, answer) for prompt, answer in examples if answer != DECLINE]
+    negatives = [(prompt, answer) for prompt, answer in examples if answer == DECLINE]
+    assert len(positives) == len(pairs) and 0.15 * len(pairs) <= len(negatives) <= 0.35 * len(pairs)
+    places = {notes_of(prompt).index(answer) for prompt, answer in positives}
+    assert places == {0, 1, 2}  # the gold note is not always in the same place
+    assert all(len(notes_of(prompt)) == 3 for prompt, _ in examples)
+    for prompt, _ in negatives:
+        question = prompt.rsplit("Question: ", 1)[1].removesuffix("\nAnswer:")
+        gold = next(p for p in pairs if p.prompt == question)
+        assert gold.response not in notes_of(prompt)  # no answer among the notes: the target is the decline
+    for prompt, answer in examples:
+        assert by_answer.get(answer) is None or by_answer[answer].prompt not in "".join(
+            notes_of(prompt)
+        )  # notes hold answers only
+    hard = sum(
+        any(word in " ".join(notes_of(prompt)) for word in ("Luminary", "Elara", "Aurelhaven", "Malvek"))
+        for prompt, _ in negatives
+    )
+    assert hard >= 1
+
+
+def test_format_keeps_a_note_on_one_line():
+    assert format_grounded("Who?", ["Line one\nline two"]) == f"{NOTE_PREFIX}Line one line two\nQuestion: Who?\nAnswer:"
+
+
+def test_a_grounded_model_answers_with_sources_and_declines_and_its_notes_follow_the_data(tiny_gpt2, tmp_path, redis_url):
+    from engine.versions import ModelStore
+    from tests.conftest import release_tiny
+    from tests.test_queue import make_settings, make_worker
+    from worker.client import QueueClient
+
+    store = ModelStore(tmp_path / "home" / "models")
+    release_tiny(store, write_pairs(tmp_path / "tiny.json", TINY_PAIRS), tiny_gpt2, tmp_path / "cache", grounded=True, epochs=60)
+    assert store.current().meta["grounding"] == {"notes": 3, "decline": DECLINE}
+    settings = make_settings(tmp_path / "home", redis_url, max_new_tokens=24)
+    client, worker = QueueClient(settings), make_worker(settings)
+    known, absent = client.enqueue_answer(TINY_PAIRS[0].prompt), client.enqueue_answer("Who rules the kingdom of Zarnak?")
+    worker.work(burst=True)
+    answer = client.wait_answer(known)
+    assert answer.answer == TINY_PAIRS[0].response and not answer.details["declined"]
+    assert answer.details["sources"][0] == TINY_PAIRS[0].prompt and answer.details["score"] > 0.9
+    assert client.wait_answer(absent).details["declined"]
+    # A pair added to the dataset (as /addqa does) is among the notes of the next batch, before any retraining.
+    new = QAPair("Who carved the Moon Gate?", "Ilsa carved the Moon Gate.")
+    digest, _ = store.store_dataset([*TINY_PAIRS, new])
+    store.set_current_dataset(digest)
+    asked = client.enqueue_answer("Who made the Moon Gate?")
+    worker.work(burst=True)
+    assert client.wait_answer(asked).details["sources"][0] == new.prompt
+    assert store.index_path(digest).is_file()
+
+
+def test_plain_versions_stay_plain(trained_tiny):
+    store, _ = trained_tiny
+    from engine.pipeline import version_grounding
+
+    assert version_grounding(store, store.current()) is None
