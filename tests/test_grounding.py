@@ -80,3 +80,21 @@ def test_plain_versions_stay_plain(trained_tiny):
     from engine.pipeline import version_grounding
 
     assert version_grounding(store, store.current()) is None
+
+
+def test_grounded_prompts_run_on_both_tiny_architectures_and_fit_a_1024_token_context(tiny_model, embedder):
+    from engine.formatting import tokenize_example
+    from engine.generate import Answerer
+    from engine.grounding import Grounding
+    from engine.models import load_model
+
+    loaded = load_model(str(tiny_model), device="cpu")
+    grounding = Grounding(PairIndex.build(TINY_PAIRS, embedder), embedder)
+    answers = Answerer(loaded.model, loaded.tokenizer, max_new_tokens=8, grounding=grounding).answer(
+        [TINY_PAIRS[3].prompt, "Who rules Zarnak?"]
+    )
+    assert [len(a.sources) for a in answers] == [3, 3] and answers[0].sources[0] == TINY_PAIRS[3].prompt
+    pairs = read_dataset(DATA_DIR / "sample.json")
+    examples = build_examples(pairs, PairIndex.build(pairs, embedder), embedder)
+    longest = max(len(tokenize_example(p, a, loaded.tokenizer, 10**6)["input_ids"]) for p, a in examples)
+    assert longest <= 1024 - 96, longest  # gpt2-medium's context, less the gate's answer budget
