@@ -123,9 +123,9 @@ class BotCore:
         except Exception:  # the edge: never crash the bot over one question
             logger.exception("unexpected failure while answering")
             return APOLOGY
-        if result.details.get("declined") or not result.answer:
+        if result.details.get("declined"):
             return self.settings.decline_text
-        return result.answer
+        return result.answer or "I don't know that one yet."
 
     # -- admins: each action is a job; this only renders ------------------------------------
     async def _admin(self, function: str, *args: Any, reply_to: ReplyTo | None = None) -> Any:

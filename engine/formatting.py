@@ -28,6 +28,9 @@ def tokenize_example(prompt: str, answer: str, tokenizer: Any, max_length: int) 
     """
     prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
     answer_ids = tokenizer(format_answer(answer), add_special_tokens=False)["input_ids"]
+    room = max_length - len(answer_ids) - 1
+    if len(prompt_ids) > room > 0:  # a grounded prompt too long: its first (farthest) notes go, never the answer
+        prompt_ids = prompt_ids[-room:]
     answer_ids = [*answer_ids, tokenizer.eos_token_id]
     input_ids = (prompt_ids + answer_ids)[:max_length]
     labels = ([IGNORE_INDEX] * len(prompt_ids) + answer_ids)[:max_length]

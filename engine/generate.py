@@ -86,6 +86,12 @@ class Answerer:
         self.tokenizer.padding_side = "left"
         return self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=True, split_special_tokens=True)
 
+    def _fits(self, prompt: str) -> bool:
+        """A prompt leaves the answer its budget in the model's context."""
+        return (
+            len(self.tokenizer(prompt, add_special_tokens=True, split_special_tokens=True)["input_ids"]) <= self.question_tokens
+        )
+
     def prepare(self, question: str) -> str:
         """The question as the model will see it, or QuestionError (empty, too long in characters or in tokens)."""
         text = check_question(question, self.max_question_chars)
@@ -120,7 +126,7 @@ class Answerer:
         sampling = sampling or Sampling()
         hits: list = [[] for _ in cleaned]
         if self.grounding is not None:
-            prompts, hits = self.grounding.prompts(cleaned)
+            prompts, hits = self.grounding.prompts(cleaned, fits=self._fits)
         else:
             prompts = [format_prompt(q) for q in cleaned]
         batch = self._encode(prompts).to(self.device)

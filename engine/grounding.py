@@ -36,11 +36,16 @@ class Grounding:
     decline: str = DECLINE
     last_hits: list[list[Hit]] = field(default_factory=list)
 
-    def prompts(self, questions: list[str]) -> tuple[list[str], list[list[Hit]]]:
-        """Grounded prompts for the questions, and the retrieved pairs each was given."""
+    def prompts(self, questions: list[str], fits=lambda prompt: True) -> tuple[list[str], list[list[Hit]]]:
+        """Grounded prompts (the farthest notes dropped until `fits`), and the retrieved pairs each was given."""
         hits = self.index.search(self.embedder, questions, k=self.notes)
-        ordered = [list(reversed(found)) for found in hits]  # the nearest note sits next to the question
-        return [format_grounded(q, [h.pair.response for h in found]) for q, found in zip(questions, ordered, strict=True)], hits
+        prompts = []
+        for question, found in zip(questions, hits, strict=True):
+            notes = [h.pair.response for h in reversed(found)]  # the nearest note sits next to the question
+            while notes and not fits(format_grounded(question, notes)):
+                notes.pop(0)
+            prompts.append(format_grounded(question, notes))
+        return prompts, hits
 
 
 def build_examples(

@@ -90,7 +90,11 @@ def validate_upload(data: bytes, filename: str, base: Base, max_bytes: int) -> l
 
 
 def _run_name(digest: str, request: TrainRequest) -> str:
-    key = json.dumps([request.base_model, asdict(request.config)], sort_keys=True)
+    config = asdict(request.config)
+    if not request.config.grounded:  # plain runs keep the names they had before grounding existed (--resume)
+        for name in ("grounded", "notes", "negative_share"):
+            config.pop(name)
+    key = json.dumps([request.base_model, config], sort_keys=True)
     return f"{digest}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
 
 
@@ -191,7 +195,10 @@ def version_grounding(store: ModelStore, info: VersionInfo, digest: str | None =
     meta = info.meta.get("grounding")
     if not meta:
         return None
-    grounding = dataset_grounding(store, digest or info.meta["dataset"]["hash"], int(meta["notes"]))
+    digest = digest or info.meta["dataset"]["hash"]
+    if not (store.datasets_dir / f"{digest}.json").is_file():
+        raise ModelError(f"{info.name} answers from notes, but dataset {digest} is not in the store; /retrain or roll back")
+    grounding = dataset_grounding(store, digest, int(meta["notes"]))
     grounding.decline = str(meta["decline"])
     return grounding
 

@@ -93,7 +93,9 @@ def gate_questions(live_pairs: list[QAPair], new_pairs: list[QAPair], heldout: l
     return GateQuestions(rng.sample(kept, min(GATE_SAMPLE, len(kept))), rng.sample(new, min(GATE_SAMPLE, len(new))), heldout)
 
 
-def score(store: ModelStore, name: str, questions: GateQuestions, policy: Policy) -> tuple[float, dict[str, float]]:
+def score(
+    store: ModelStore, name: str, questions: GateQuestions, policy: Policy, digest: str | None = None
+) -> tuple[float, dict[str, float]]:
     """Load a version as the answer workers do and ask it the gate's questions; (share right, per-set accuracy)."""
     info = store.get(name)
     loaded = load_model(str(info.path), device=policy.device, dtype=policy.dtype)
@@ -102,7 +104,7 @@ def score(store: ModelStore, name: str, questions: GateQuestions, policy: Policy
         loaded.tokenizer,
         max_new_tokens=GATE_MAX_NEW_TOKENS,
         max_question_chars=MAX_FIELD_CHARS,
-        grounding=version_grounding(store, info),
+        grounding=version_grounding(store, info, digest),  # grounded models read the same notes
     )
     reports = [evaluate_pairs(answerer, questions.kept, name="kept"), evaluate_pairs(answerer, questions.new, name="new")]
     reports.append(evaluate_heldout(answerer, questions.heldout, name="heldout"))
@@ -141,8 +143,9 @@ def release(
     report(Progress("comparing"))
     live_pairs = read_stored(Path(live.meta["dataset"]["path"])) if live and _has_dataset(live) else []
     questions = gate_questions(live_pairs, pairs, read_heldout(eval_data) if eval_data else [], request.config.seed)
-    new_score, new_metrics = score(store, new.name, questions, policy)
-    live_score, live_metrics = score(store, live.name, questions, policy) if live else (None, {})
+    digest = new.meta["dataset"]["hash"]
+    new_score, new_metrics = score(store, new.name, questions, policy, digest)
+    live_score, live_metrics = score(store, live.name, questions, policy, digest) if live else (None, {})
     on = questions.describe()
     if not policy.promote:
         promoted, reason = False, f"not promoted on request (score {new_score:.2f} on {on})"

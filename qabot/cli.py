@@ -221,7 +221,7 @@ def evaluate(
         reports.append(evaluate_heldout(answerer, read_heldout(heldout_path), name="heldout"))
     answerable = [item for report in reports for item in report.items]
     unanswerable_path = unanswerable or settings.unanswerable_data
-    if unanswerable_path is not None and unanswerable_path.is_file():
+    if answerer.grounding is not None and unanswerable_path is not None and unanswerable_path.is_file():
         questions = [item["question"] for item in json.loads(unanswerable_path.read_text(encoding="utf-8"))]
         reports.append(evaluate_unanswerable(answerer, questions))
     for report in reports:
@@ -241,9 +241,10 @@ def evaluate(
             f"{report.runaway} ran to the token limit",
             soft_wrap=True,
         )
-    wrongly = sum(i.declined for i in answerable)
-    share = wrongly / len(answerable) if answerable else 0.0
-    console.print(f"{info.name} answerable wrongly declined: {share:.1%} ({wrongly}/{len(answerable)})", soft_wrap=True)
+    if answerer.grounding is not None:
+        wrongly = sum(i.declined for i in answerable)
+        share = wrongly / len(answerable) if answerable else 0.0
+        console.print(f"{info.name} answerable wrongly declined: {share:.1%} ({wrongly}/{len(answerable)})", soft_wrap=True)
 
 
 @models_app.command("list")

@@ -30,10 +30,10 @@ def test_prompt_tokens_are_masked_and_eos_ends_the_answer():
     assert features["attention_mask"] == [1] * 12
 
 
-def test_truncation_keeps_ids_and_labels_aligned():
+def test_truncation_cuts_the_prompt_start_and_keeps_the_whole_answer_aligned():
     features = tokenize_pair(QAPair("Who guards it?", "Elara does."), word_tokenizer(), max_length=10)
-    assert features["input_ids"] == [2, 3, 5, 6, 7, 8, 4, 3, 9, 11]
-    assert features["labels"] == [-100] * 8 + [9, 11]
+    assert features["input_ids"] == [5, 6, 7, 8, 4, 3, 9, 11, 10, 1]
+    assert features["labels"] == [-100] * 6 + [9, 11, 10, 1]
 
 
 def test_collator_pads_to_the_longest_in_the_batch_only():

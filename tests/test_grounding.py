@@ -98,3 +98,23 @@ def test_grounded_prompts_run_on_both_tiny_architectures_and_fit_a_1024_token_co
     examples = build_examples(pairs, PairIndex.build(pairs, embedder), embedder)
     longest = max(len(tokenize_example(p, a, loaded.tokenizer, 10**6)["input_ids"]) for p, a in examples)
     assert longest <= 1024 - 96, longest  # gpt2-medium's context, less the gate's answer budget
+
+
+def test_a_long_grounded_example_keeps_its_answer_and_long_notes_never_overflow_the_context(tiny_gpt2, embedder):
+    from engine.formatting import IGNORE_INDEX, tokenize_example
+    from engine.generate import Answerer
+    from engine.grounding import Grounding
+    from engine.models import load_model
+
+    loaded = load_model(str(tiny_gpt2), device="cpu")
+    long_notes = [f"The {n} tower of Eldoria is {' very' * 60} tall." for n in ("north", "south", "east")]
+    features = tokenize_example(format_grounded("How tall is the north tower?", long_notes), "Very tall.", loaded.tokenizer, 64)
+    answer_ids = loaded.tokenizer(" Very tall.", add_special_tokens=False)["input_ids"]
+    assert len(features["input_ids"]) <= 64
+    assert [t for t in features["labels"] if t != IGNORE_INDEX] == [*answer_ids, loaded.tokenizer.eos_token_id]
+    pairs = [QAPair(f"How tall is the {n} tower?", note) for n, note in zip(("north", "south", "east"), long_notes, strict=True)]
+    answerer = Answerer(
+        loaded.model, loaded.tokenizer, max_new_tokens=128, grounding=Grounding(PairIndex.build(pairs, embedder), embedder)
+    )
+    (answer,) = answerer.answer(["How tall is the north tower?"])  # 3 notes would pass 256 positions: the farthest go
+    assert answer.sources[0] == pairs[0].prompt and answer.new_tokens <= 128

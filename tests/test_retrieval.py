@@ -62,3 +62,14 @@ def test_a_stored_dataset_gets_its_index_beside_it_built_once(embedder, sample_i
     grown_digest, _ = store.store_dataset([*sample_index.pairs, new])
     grown = ensure_index(store, grown_digest, embedder, previous=first)
     assert grown.search(embedder, ["Who made the Moon Gate?"], k=1)[0][0].pair == new
+
+
+def test_a_damaged_index_file_is_rebuilt(embedder, sample_index, tmp_path):
+    from engine.retrieval import ensure_index
+    from engine.versions import ModelStore
+
+    store = ModelStore(tmp_path / "models")
+    digest, _ = store.store_dataset(sample_index.pairs[:20])
+    store.datasets_dir.joinpath(f"{digest}.index.safetensors").write_bytes(b"\x00 half a file")
+    index = ensure_index(store, digest, embedder)
+    assert index.vectors.shape == (20, 384) and PairIndex.load(store.index_path(digest), index.pairs) is not None

@@ -129,7 +129,8 @@ class AnswerWorker(SimpleWorker):
                 return
         try:
             self.refresh_notes()
-        except Exception:
+        except Exception:  # keep the notes in hand; try again when the dataset changes
+            self.notes_digest = self._current_digest()
             self.log.exception("Worker %s: could not refresh the notes", self.name)
         if self.answerer is None:
             error = RuntimeError("no model has been trained yet: an admin must train one first")
