@@ -101,47 +101,48 @@ def answer_each(answerer: Answerer, questions: Sequence[str]) -> list[Answer]:
     for question in questions:
         try:
             answerer.prepare(question)
-            usable.append(question)
+            usable.append(True)
         except QuestionError:
-            pass
-    answers = iter(answerer.answer(usable))
+            usable.append(False)
+    answers = iter(answerer.answer([q for q, ok in zip(questions, usable, strict=True) if ok]))
     refused = Answer(question="", text="", new_tokens=0, stop=StopReason.LENGTH)
-    return [next(answers) if q in usable else refused for q in questions]
+    return [next(answers) if ok else refused for ok in usable]
+
+
+def _evaluate(
+    answerer: Answerer, name: str, questions: Sequence[str], expected: Sequence[str], judge, batch_size: int
+) -> EvalReport:
+    """Ask the questions in batches; `judge(index, answer)` says whether the answer to question `index` is right."""
+    report = EvalReport(name)
+    for start in range(0, len(questions), batch_size):
+        for index, answer in enumerate(answer_each(answerer, questions[start : start + batch_size]), start):
+            ok = judge(index, answer)
+            report.items.append(EvalItem(questions[index], expected[index], answer.text, ok, answer.stop.value, answer.declined))
+    return report
 
 
 def evaluate_pairs(answerer: Answerer, pairs: Sequence[QAPair], *, batch_size: int = 32, name: str = "recall") -> EvalReport:
     """Ask the training questions and compare with the reference answers."""
-    report = EvalReport(name)
-    for chunk in _batched(pairs, batch_size):
-        for pair, answer in zip(chunk, answer_each(answerer, [p.prompt for p in chunk]), strict=True):
-            ok = matches_reference(answer.text, pair.response)
-            report.items.append(EvalItem(pair.prompt, pair.response, answer.text, ok, answer.stop.value, answer.declined))
-    return report
+    references = [p.response for p in pairs]
+    return _evaluate(
+        answerer, name, [p.prompt for p in pairs], references, lambda i, a: matches_reference(a.text, references[i]), batch_size
+    )
 
 
 def evaluate_heldout(
     answerer: Answerer, items: Sequence[HeldoutItem], *, batch_size: int = 32, name: str = "heldout"
 ) -> EvalReport:
     """Ask paraphrased questions and check that the answers carry the key facts."""
-    report = EvalReport(name)
-    for chunk in _batched(items, batch_size):
-        for item, answer in zip(chunk, answer_each(answerer, [i.question for i in chunk]), strict=True):
-            ok = contains_facts(answer.text, item.facts)
-            report.items.append(
-                EvalItem(item.question, " | ".join(item.facts), answer.text, ok, answer.stop.value, answer.declined)
-            )
-    return report
+    expected = [" | ".join(i.facts) for i in items]
+    judge = lambda i, a: contains_facts(a.text, items[i].facts)  # noqa: E731
+    return _evaluate(answerer, name, [i.question for i in items], expected, judge, batch_size)
 
 
 def evaluate_unanswerable(
     answerer: Answerer, questions: Sequence[str], *, batch_size: int = 32, name: str = "unanswerable"
 ) -> EvalReport:
     """Ask questions the data cannot answer: right means declined (only a grounded model can)."""
-    report = EvalReport(name)
-    for chunk in _batched(questions, batch_size):
-        for question, answer in zip(chunk, answer_each(answerer, list(chunk)), strict=True):
-            report.items.append(EvalItem(question, "(decline)", answer.text, answer.declined, answer.stop.value, answer.declined))
-    return report
+    return _evaluate(answerer, name, list(questions), ["(decline)"] * len(questions), lambda i, a: a.declined, batch_size)
 
 
 def answer_loss(model, tokenizer, pairs: Sequence[QAPair], *, batch_size: int = 16, max_length: int = 256) -> float:
