@@ -11,7 +11,7 @@ issue measured).
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from engine.retrieval import Embedder, Hit, PairIndex
 from qabot.dataset import QAPair
@@ -34,7 +34,6 @@ class Grounding:
     embedder: Embedder
     notes: int = 3
     decline: str = DECLINE
-    last_hits: list[list[Hit]] = field(default_factory=list)
 
     def prompts(self, questions: list[str], fits=lambda prompt: True) -> tuple[list[str], list[list[Hit]]]:
         """Grounded prompts (the farthest notes dropped until `fits`), and the retrieved pairs each was given."""

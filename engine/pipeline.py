@@ -183,11 +183,13 @@ def load_version(
     return load_model(str(info.path), device=device, dtype=dtype), info
 
 
-def dataset_grounding(store: ModelStore, digest: str, notes: int, previous: Grounding | None = None) -> Grounding:
-    """Notes from stored dataset `digest` (its index loaded, or built and saved beside it)."""
+def dataset_grounding(
+    store: ModelStore, digest: str, notes: int, decline: str = DECLINE, previous: Grounding | None = None
+) -> Grounding:
+    """Notes from stored dataset `digest` (its index loaded, or built and saved beside it, reusing `previous`)."""
     embedder = previous.embedder if previous is not None else Embedder()
     index = ensure_index(store, digest, embedder, previous.index if previous is not None else None)
-    return Grounding(index, embedder, notes=notes)
+    return Grounding(index, embedder, notes=notes, decline=decline)
 
 
 def version_grounding(store: ModelStore, info: VersionInfo, digest: str | None = None) -> Grounding | None:
@@ -198,9 +200,7 @@ def version_grounding(store: ModelStore, info: VersionInfo, digest: str | None =
     digest = digest or info.meta["dataset"]["hash"]
     if not (store.datasets_dir / f"{digest}.json").is_file():
         raise ModelError(f"{info.name} answers from notes, but dataset {digest} is not in the store; /retrain or roll back")
-    grounding = dataset_grounding(store, digest, int(meta["notes"]))
-    grounding.decline = str(meta["decline"])
-    return grounding
+    return dataset_grounding(store, digest, int(meta["notes"]), str(meta["decline"]))
 
 
 def make_answerer(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -137,7 +137,7 @@ def release(
     report = progress or (lambda p: None)
     live = store.current()
     eval_data = eval_data_for(request, live)
-    request = TrainRequest(request.base_model, request.config, eval_data, request.resume, request.source)
+    request = replace(request, eval_data=eval_data)
     trained = train_version(store, pairs, base, request, device=policy.device, progress=report)
     new = trained.version
     report(Progress("comparing"))

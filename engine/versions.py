@@ -157,24 +157,20 @@ class ModelStore:
         """Give a staged model the next version number and write its metadata last."""
         created = meta.get("created_at") or datetime.now(UTC).isoformat(timespec="seconds")
         with self.lock():
-            return self._commit(staging, meta, created)
-
-    def _commit(self, staging: Path, meta: dict[str, Any], created: str) -> VersionInfo:
-        taken = [int(m.group(1)) for p in self.versions_dir.iterdir() if (m := VERSION_RE.match(p.name))]
-        number = max(taken, default=0) + 1
-        while True:  # two fine-tunes finishing at once must not take the same number
-            name = f"v{number:04d}"
-            _write_atomic(
-                staging / METADATA_FILE, json.dumps({**meta, "version": name, "created_at": created}, indent=2, default=str)
-            )
-            target = self.versions_dir / name
-            try:
-                os.rename(staging, target)  # fails if `target` exists and is not empty
-                return self._info(target)
-            except OSError:
-                if not target.exists():
-                    raise
-                number += 1
+            taken = [int(m.group(1)) for p in self.versions_dir.iterdir() if (m := VERSION_RE.match(p.name))]
+            number = max(taken, default=0) + 1
+            while True:  # a store shared by hosts whose locks do not meet must still not reuse a number
+                name = f"v{number:04d}"
+                version_meta = {**meta, "version": name, "created_at": created}
+                _write_atomic(staging / METADATA_FILE, json.dumps(version_meta, indent=2, default=str))
+                target = self.versions_dir / name
+                try:
+                    os.rename(staging, target)  # fails if `target` exists and is not empty
+                    return self._info(target)
+                except OSError:
+                    if not target.exists():
+                        raise
+                    number += 1
 
     def discard(self, staging: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
@@ -255,6 +251,11 @@ class ModelStore:
         if live is not None and Path(live.meta.get("dataset", {}).get("path", "")).is_file():
             return Path(live.meta["dataset"]["path"])
         return None
+
+    def current_digest(self) -> str | None:
+        """The hash of the current dataset when it is a stored version (not a file outside the store)."""
+        path = self.current_dataset()
+        return path.stem if path is not None and path.parent == self.datasets_dir else None
 
     def dataset_file(self, reference: str) -> Path:
         """A dataset reference is the hash of a stored dataset version, or a file path."""

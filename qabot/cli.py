@@ -125,13 +125,11 @@ def _load_answerer(settings: Settings, version: str | None = None):
 
     store = _store(settings)
     loaded, info = load_version(store, version, device=settings.device, dtype=settings.dtype)
-    current = store.current_dataset()
-    digest = current.stem if current is not None and current.parent == store.datasets_dir else None
     answerer = make_answerer(
         loaded,
         max_new_tokens=settings.max_new_tokens,
         max_question_chars=settings.max_question_chars,
-        grounding=version_grounding(store, info, digest),
+        grounding=version_grounding(store, info, store.current_digest()),
     )
     return answerer, info
 

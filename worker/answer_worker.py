@@ -57,7 +57,7 @@ class AnswerWorker(SimpleWorker):
             return  # it failed moments ago: keep serving the loaded model, retry a little later
         started = time.monotonic()
         loaded, info = load_version(self.store, live, device=self.settings.device, dtype=self.settings.dtype)
-        digest = self._current_digest()
+        digest = self.store.current_digest()
         answerer = make_answerer(
             loaded,
             max_new_tokens=self.settings.max_new_tokens,
@@ -72,20 +72,15 @@ class AnswerWorker(SimpleWorker):
         self._publish_model()
         self.log.info("Worker %s: model %s loaded in %.1f s", self.name, info.name, time.monotonic() - started)
 
-    def _current_digest(self) -> str | None:
-        current = self.store.current_dataset()
-        return current.stem if current is not None and current.parent == self.store.datasets_dir else None
-
     def refresh_notes(self) -> None:
         """A grounded model answers from the current dataset: a pair added a moment ago is in its notes."""
         from engine.pipeline import dataset_grounding
 
         grounding = self.answerer.grounding if self.answerer is not None else None
-        digest = self._current_digest()
+        digest = self.store.current_digest()
         if grounding is None or digest is None or digest == self.notes_digest:
             return
-        fresh = dataset_grounding(self.store, digest, grounding.notes, previous=grounding)
-        fresh.decline = grounding.decline
+        fresh = dataset_grounding(self.store, digest, grounding.notes, grounding.decline, previous=grounding)
         self.answerer.grounding, self.notes_digest = fresh, digest
         self.log.info("Worker %s: notes from dataset %s (%d pairs)", self.name, digest, len(fresh.index.pairs))
 
@@ -130,7 +125,7 @@ class AnswerWorker(SimpleWorker):
         try:
             self.refresh_notes()
         except Exception:  # keep the notes in hand; try again when the dataset changes
-            self.notes_digest = self._current_digest()
+            self.notes_digest = self.store.current_digest()
             self.log.exception("Worker %s: could not refresh the notes", self.name)
         if self.answerer is None:
             error = RuntimeError("no model has been trained yet: an admin must train one first")
