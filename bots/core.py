@@ -128,20 +128,17 @@ class BotCore:
         return result.answer or "I don't know that one yet."
 
     # -- admins: each action is a job; this only renders ------------------------------------
-    async def _admin(self, function: str, *args: Any, reply_to: ReplyTo | None = None) -> Any:
-        return await self.client.ask_admin(function, *args, reply_to=reply_to)
-
     async def add_pair(self, question: str, answer: str, reply_to: ReplyTo | None = None) -> str:
         """/addqa: one more pair in the dataset (no training)."""
         if not question.strip() or not answer.strip():
             return "Usage: /addqa question | answer"
-        return await self._guarded(lambda: self._admin("add_pair", question, answer, reply_to=reply_to), render_added)
+        return await self._admin(render_added, "add_pair", question, answer, reply_to=reply_to)
 
     async def status(self) -> str:
-        return await self._guarded(lambda: self._admin("status"), render_status)
+        return await self._admin(render_status, "status")
 
     async def models(self) -> str:
-        return await self._guarded(lambda: self._admin("list_models"), render_models)
+        return await self._admin(render_models, "list_models")
 
     async def rollback(self, version: str | None, reply_to: ReplyTo | None = None) -> str:
         def render(result: RollbackResult) -> str:
@@ -149,12 +146,12 @@ class BotCore:
                 return f"Can't roll back: {result.message}."
             return f"Rolled back: {result.version} is live again; the answer workers switch to it before their next batch."
 
-        return await self._guarded(lambda: self._admin("rollback", version, reply_to=reply_to), render)
+        return await self._admin(render, "rollback", version, reply_to=reply_to)
 
-    @staticmethod
-    async def _guarded(call: Callable[[], Awaitable[Any]], render: Callable[[Any], str]) -> str:
+    async def _admin(self, render: Callable[[Any], str], function: str, *args: Any, reply_to: ReplyTo | None = None) -> str:
+        """Run admin job `function` and render its result; the admin gets a short message if it fails."""
         try:
-            return render(await call())
+            return render(await self.client.ask_admin(function, *args, reply_to=reply_to))
         except (ServiceUnavailable, AnswerTimeout) as exc:
             logger.warning("admin job not answered: %s", exc)
             return ADMIN_APOLOGY

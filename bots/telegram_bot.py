@@ -153,14 +153,7 @@ async def retrain(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 
     outcome = await core.retrain(_reply_to(message), upload, send, edit, replace="replace" in words, force="force" in words)
     if outcome is not None:
-        await send_outcome(message, outcome)
-
-
-async def send_outcome(message: Message, outcome: RetrainOutcome) -> None:
-    """The final word on a fine-tune, with the loss curve."""
-    await reply(message, outcome.text)
-    if outcome.image is not None:
-        await message.reply_photo(outcome.image, caption="Loss and accuracy during training", do_quote=True)
+        await deliver(context.application, _reply_to(message), outcome)
 
 
 @admins_only
@@ -195,12 +188,12 @@ async def rollback(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 
 
 async def deliver(app: Application, where: ReplyTo, outcome: RetrainOutcome) -> None:
-    """Send a fine-tune's outcome that finished while no bot was following it (e.g. across a restart)."""
-    reply_to = int(where.message) if where.message else None
+    """A fine-tune's outcome, with the loss curve, as replies to the request (also after a bot restart)."""
+    options = {"reply_to_message_id": int(where.message) if where.message else None, "allow_sending_without_reply": True}
     for part in split_message(outcome.text, MESSAGE_LIMIT):
-        await app.bot.send_message(int(where.chat), part, reply_to_message_id=reply_to, allow_sending_without_reply=True)
+        await app.bot.send_message(int(where.chat), part, **options)
     if outcome.image is not None:
-        await app.bot.send_photo(int(where.chat), outcome.image, caption="Loss and accuracy during training")
+        await app.bot.send_photo(int(where.chat), outcome.image, caption="Loss and accuracy during training", **options)
 
 
 async def start_delivery(app: Application) -> None:

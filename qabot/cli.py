@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-import os
 import sys
 import traceback
 from pathlib import Path
@@ -16,10 +14,9 @@ from rich.table import Table
 
 from qabot.ops import bot_app, dev, health_app, status, worker_app
 from qabot.settings import Settings
-from qabot.setup import State, console, err, scrub
+from qabot.setup import State, console, err, report_error, scrub
 from qabot.setup import settings as _settings
 
-logger = logging.getLogger(__name__)
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 models_app = typer.Typer(help="List, promote and roll back model versions.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
@@ -294,43 +291,7 @@ def main() -> None:
         if State.debug:
             err.print(scrub(traceback.format_exc()), highlight=False, markup=False)
             sys.exit(1)
-        sys.exit(_report(exc))
-
-
-def _report(exc: Exception) -> int:
-    """Print one line for the user, every secret masked; return the exit code."""
-    from pydantic import ValidationError
-
-    from qabot.errors import QabotError
-
-    if isinstance(exc, QabotError):
-        err.print(f"[red]error:[/] {scrub(str(exc))}", highlight=False)
-        return 1
-    if isinstance(exc, ValidationError):  # bad settings
-        for problem in exc.errors():
-            name = "QABOT_" + "_".join(str(part) for part in problem["loc"]).upper()
-            err.print(f"[red]error:[/] invalid setting {name}={problem.get('input')!r}: {problem['msg']}", highlight=False)
-        return 2
-    if isinstance(exc, ValueError):  # bad hyper-parameters, missing tokens
-        err.print(f"[red]error:[/] {scrub(str(exc))}", highlight=False)
-        return 2
-    logger.debug("unexpected failure", exc_info=True)  # the edge: log it, show one line
-    err.print(f"[red]error:[/] unexpected {type(exc).__name__}: {scrub(str(exc))}{_save_traceback()}", highlight=False)
-    return 1
-
-
-def _save_traceback() -> str:
-    """Keep the traceback, secrets masked, in a file only its owner reads; the user sees one line."""
-    try:
-        path = Settings().home / "last-error.txt"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.fchmod(fd, 0o600)  # an older file may have been created readable by all
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(scrub(traceback.format_exc()))
-        return f" (details in {path}; --debug shows them)"
-    except Exception:  # noqa: BLE001 - never fail while reporting a failure
-        return " (run with --debug for details)"
+        sys.exit(report_error(exc))
 
 
 if __name__ == "__main__":

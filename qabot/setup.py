@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+import os
+import traceback
 from urllib.parse import urlsplit
 
 from rich.console import Console
 
 from qabot.settings import Settings
 
+logger = logging.getLogger(__name__)
 console = Console()
 err = Console(stderr=True, soft_wrap=True)
 MASK = "***"
@@ -61,3 +64,39 @@ def settings(engine: bool = True) -> Settings:
         transformers.logging.set_verbosity_error()
         transformers.logging.disable_progress_bar()
     return settings
+
+
+def report_error(exc: Exception) -> int:
+    """Print one line for the user, every secret masked; return the exit code."""
+    from pydantic import ValidationError
+
+    from qabot.errors import QabotError
+
+    if isinstance(exc, QabotError):
+        err.print(f"[red]error:[/] {scrub(str(exc))}", highlight=False)
+        return 1
+    if isinstance(exc, ValidationError):  # bad settings
+        for problem in exc.errors():
+            name = "QABOT_" + "_".join(str(part) for part in problem["loc"]).upper()
+            err.print(f"[red]error:[/] invalid setting {name}={problem.get('input')!r}: {problem['msg']}", highlight=False)
+        return 2
+    if isinstance(exc, ValueError):  # bad hyper-parameters, missing tokens
+        err.print(f"[red]error:[/] {scrub(str(exc))}", highlight=False)
+        return 2
+    logger.debug("unexpected failure", exc_info=True)  # the edge: log it, show one line
+    err.print(f"[red]error:[/] unexpected {type(exc).__name__}: {scrub(str(exc))}{save_traceback()}", highlight=False)
+    return 1
+
+
+def save_traceback() -> str:
+    """Keep the traceback, secrets masked, in a file only its owner reads; the user sees one line."""
+    try:
+        path = Settings().home / "last-error.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # an older file may have been created readable by all
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(scrub(traceback.format_exc()))
+        return f" (details in {path}; --debug shows them)"
+    except Exception:  # noqa: BLE001 - never fail while reporting a failure
+        return " (run with --debug for details)"

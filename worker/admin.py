@@ -9,8 +9,9 @@ import logging
 
 from engine.textformat import version_counter
 from engine.versions import ModelStore
-from qabot.dataset import QAPair, normalize_question, validate_items
+from qabot.dataset import QAPair, validate_items
 from qabot.errors import DatasetError, QabotError
+from qabot.merge import merge_pairs
 from qabot.settings import Settings
 from qabot.shapes import AddPairResult, ModelRow, ModelsResult, RollbackResult, StatusReport
 
@@ -45,13 +46,11 @@ def add_pair(question: str, answer: str) -> AddPairResult:
             (pair,) = validate_items([{"prompt": question, "response": answer}], "the new pair", **_rules(store))
         except DatasetError as exc:
             return AddPairResult(question, False, len(current), problems=tuple(exc.problems))
-        key = normalize_question(pair.prompt)
-        replaced = any(normalize_question(p.prompt) == key for p in current)
-        pairs = [p for p in current if normalize_question(p.prompt) != key] + [pair]
-        digest, _ = store.store_dataset(pairs)
+        merge = merge_pairs(current, [pair])  # a question already there takes the new answer
+        digest, _ = store.store_dataset(merge.pairs)
         store.set_current_dataset(digest)
-    logger.info("pair added: dataset %s, %d pairs", digest, len(pairs))
-    return AddPairResult(pair.prompt, True, len(pairs), digest, replaced)
+    logger.info("pair added: dataset %s, %d pairs", digest, len(merge.pairs))
+    return AddPairResult(pair.prompt, True, len(merge.pairs), digest, replaced=merge.added == 0)
 
 
 def _default_pairs(settings: Settings) -> list[QAPair]:

@@ -79,11 +79,16 @@ class TrainStatus:
         return ReplyTo(**where) if isinstance(where, dict) else None
 
 
-def _failure_kind(result: Result | None) -> str | None:
-    """The exception's class name, from the traceback's last line."""
+def _last_line(result: Result | None) -> str:
+    """The last line of a failed job's traceback ("module.Error: message"), or ""."""
     text = (result.exc_string if result is not None else None) or ""
     lines = [line for line in text.strip().splitlines() if line.strip()]
-    head = lines[-1].split(":", 1)[0] if lines else ""
+    return lines[-1] if lines else ""
+
+
+def _failure_kind(result: Result | None) -> str | None:
+    """The exception's class name, from the traceback's last line."""
+    head = _last_line(result).split(":", 1)[0]
     return head.rsplit(".", 1)[-1] if head.replace(".", "").replace("_", "").isalnum() else None
 
 
@@ -91,12 +96,23 @@ def _failure_text(result: Result | None, job: Job) -> str:
     """The last line of the job's exception, or rq's reason."""
     if job.meta.get("error"):
         return str(job.meta["error"])
-    text = (result.exc_string if result is not None else None) or ""
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    if not lines:
+    last = _last_line(result)
+    if not last:
         return f"the job ended as {job.get_status()}"
-    last = lines[-1]
     return last.split(": ", 1)[1] if ": " in last and last.split(": ", 1)[0].replace(".", "").isidentifier() else last
+
+
+def _return_value(job: Job, result: Result | None, unanswered: Exception) -> Any:
+    """A finished job's return value; `unanswered` if no result came (a job still queued is withdrawn); JobFailed."""
+    if result is None:
+        with contextlib.suppress(NoSuchJobError, InvalidJobOperation, RedisError):  # it may have expired already
+            if job.get_status(refresh=True) == JobStatus.QUEUED:
+                job.cancel()  # nobody is waiting for it any more
+        raise unanswered
+    if result.type != Result.Type.SUCCESSFUL:
+        job.refresh()
+        raise JobFailed(_failure_text(result, job), kind=_failure_kind(result))
+    return result.return_value
 
 
 WORKER_SOCKET_TIMEOUT = 600  # above rq's longest blocking dequeue (worker_ttl - 15 = 405 s)
@@ -150,15 +166,8 @@ class QueueClient:
             result = job.latest_result(timeout=max(1, int(wait)))
         except RedisError as exc:
             raise ServiceUnavailable(f"the question queue is unreachable ({exc})") from exc
-        if result is None:
-            with contextlib.suppress(NoSuchJobError, InvalidJobOperation, RedisError):  # it may have expired already
-                if job.get_status(refresh=True) == JobStatus.QUEUED:
-                    job.cancel()  # nobody is waiting for it any more
-            raise AnswerTimeout(f"no answer within {wait:.0f} s; are the answer workers running?")
-        if result.type != Result.Type.SUCCESSFUL:
-            job.refresh()
-            raise JobFailed(_failure_text(result, job), kind=_failure_kind(result))
-        value = result.return_value or {}
+        unanswered = AnswerTimeout(f"no answer within {wait:.0f} s; are the answer workers running?")
+        value = _return_value(job, result, unanswered) or {}
         seconds = time.monotonic() - started
         return AnswerResult(job.kwargs["question"], value.get("answer", ""), value.get("version"), seconds, job.id, value)
 
@@ -238,15 +247,8 @@ class QueueClient:
             result = job.latest_result(timeout=wait)
         except RedisError as exc:
             raise ServiceUnavailable(f"the admin queue is unreachable ({exc})") from exc
-        if result is None:
-            with contextlib.suppress(NoSuchJobError, InvalidJobOperation, RedisError):
-                if job.get_status(refresh=True) == JobStatus.QUEUED:
-                    job.cancel()
-            raise ServiceUnavailable(f"no admin worker answered within {wait} s; is `qabot worker admin` running?")
-        if result.type != Result.Type.SUCCESSFUL:
-            job.refresh()
-            raise JobFailed(_failure_text(result, job), kind=_failure_kind(result))
-        return result.return_value
+        unanswered = ServiceUnavailable(f"no admin worker answered within {wait} s; is `qabot worker admin` running?")
+        return _return_value(job, result, unanswered)
 
     async def ask_admin(self, function: str, *args: Any, reply_to: ReplyTo | None = None) -> Any:
         """`admin_call` without blocking the event loop."""
