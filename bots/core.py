@@ -23,6 +23,7 @@ from worker.client import QueueClient, TrainStatus
 logger = logging.getLogger(__name__)
 
 EDIT_DELAY_SECONDS = 5.0  # progress edits stay well inside the platforms' flood limits
+FOLLOW_POLL_SECONDS = 0.5  # how often a bot reads a running fine-tune's progress
 DELIVERY_POLL_SECONDS = 15.0  # how often a bot looks for finished fine-tunes nobody has reported yet
 HELP_TEXT = (
     "I answer questions about our community's world, trained on its own questions and answers.\n"
@@ -95,6 +96,7 @@ class BotCore:
         self.client = client or QueueClient(settings)
         self.limiter = RateLimiter(settings.rate_limit, settings.rate_window)
         self.edit_delay = EDIT_DELAY_SECONDS
+        self.follow_poll = FOLLOW_POLL_SECONDS
         self.delivery_poll = DELIVERY_POLL_SECONDS
         self.following: set[str] = set()  # fine-tunes this bot reports itself, live
 
@@ -198,7 +200,7 @@ class BotCore:
         handle = await start("Training queued...")
         last_text, last_edit = "Training queued...", time.monotonic()
         final: TrainStatus | None = None
-        async for status in self.client.follow_training(job_id, poll_s=0.5):
+        async for status in self.client.follow_training(job_id, poll_s=self.follow_poll):
             if status.done:
                 final = status
                 break

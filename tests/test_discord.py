@@ -36,6 +36,7 @@ async def discord_bot(stack, monkeypatch):  # noqa: F811
     )
     core = BotCore(settings)
     core.edit_delay = 0.2
+    core.follow_poll = 0.05
     core.delivery_poll = 0.5
     bot = QabotDiscord(settings, core)
     task = asyncio.create_task(bot.start(TOKEN))

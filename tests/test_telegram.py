@@ -63,6 +63,7 @@ def stack(trained_tiny, redis_server, tmp_path_factory, tiny_gpt2):
 async def run_bot(settings: Settings, fake: FakeTelegram):
     core = BotCore(settings)
     core.edit_delay = 0.2
+    core.follow_poll = 0.05  # tiny fine-tunes pass through their stages in moments
     core.delivery_poll = 0.5
     app = build_application(settings.model_copy(update={"telegram_api_url": fake.url}), core)
     await app.initialize()
