@@ -2,14 +2,20 @@
 
 Four figures for each: training recall (all pairs), held-out paraphrase accuracy, share of
 unanswerable questions declined (data/unanswerable.json), share of answerable questions wrongly
-declined; plus train seconds and answers per second at batch 1 and 16. Issue 8's targets: recall
->= 98%, held-out >= 90%, declined >= 80%, wrongly declined <= 5%, grounded batch-16 speed >= half of plain's.
+declined; plus train seconds and answers per second at batch 1 and 16. Then live knowledge, end to end: a real
+redis-server, `qabot worker admin` and `qabot worker answer` on the grounded version; a new fact goes in with the
+/addqa job and a paraphrase of it is asked at once: seconds until the right answer. Issue 8's targets: recall
+>= 98%, held-out >= 90%, declined >= 80%, wrongly declined <= 5%, grounded batch-16 speed >= half of plain's, the
+new fact answered right within 10 s.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from tempfile import TemporaryDirectory
@@ -21,6 +27,11 @@ from engine.pipeline import TrainRequest, load_base, make_answerer, train_versio
 from engine.training import TrainConfig
 from engine.versions import ModelStore
 from qabot.dataset import read_heldout
+from qabot.settings import Settings
+
+NEW_FACT = ("Who forged the Starlight Anvil?", "The Starlight Anvil was forged by Bram Ironvale in the Ashen Deep.")
+NEW_FACT_ASKED = "Which smith made the Starlight Anvil?"
+NEW_FACT_KEY = "Bram Ironvale"
 
 UNANSWERABLE = Path(__file__).resolve().parent.parent / "data" / "unanswerable.json"
 
@@ -33,7 +44,7 @@ def speed(answerer, questions: list[str], batch: int) -> float:
 
 
 def run(mode: str, grounded: bool, args, s, folder: Path) -> dict:
-    store = ModelStore(folder / mode)
+    store = ModelStore(folder / mode / "models")
     config = TrainConfig(epochs=args.epochs, checkpoints=False, grounded=grounded, seed=args.seed)
     base = load_base(s.base_model, s.cache_dir, config.max_length)
     pairs = validate_file(s.dataset, base)
@@ -58,8 +69,39 @@ def run(mode: str, grounded: bool, args, s, folder: Path) -> dict:
         "answers/s b1": speed(answerer, questions[:8], 1),
         "answers/s b16": speed(answerer, questions, 16),
         "epochs run": info.meta["epochs_run"],
+        "home": folder / mode,
+        "version": info.name,
         "examples": [(i.question, i.answer) for i in unanswerable.items[:: max(1, len(unanswerable.items) // 6)]],
     }
+
+
+def live_knowledge(home: Path, version: str) -> tuple[float, str]:
+    """Seconds from sending /addqa's job to a right answer to a paraphrase of the new fact, and that answer."""
+    from bench.queue import start_redis
+    from worker.client import QueueClient
+    from worker.localredis import stop_redis_server
+
+    ModelStore(home / "models").promote(version)
+    redis, url = start_redis()
+    env = os.environ | {"QABOT_HOME": str(home), "QABOT_REDIS_URL": url}
+    workers = [
+        subprocess.Popen([sys.executable, "-m", "qabot", "worker", kind], env=env, stderr=subprocess.DEVNULL)
+        for kind in ("admin", "answer")
+    ]
+    try:
+        client = QueueClient(Settings(home=home, redis_url=url))
+        client.wait_answer(client.enqueue_answer(NEW_FACT_ASKED), timeout=300)  # the answer worker has its model
+        started = time.monotonic()
+        client.admin_call("add_pair", *NEW_FACT)
+        answer = ""
+        while time.monotonic() - started < 60 and NEW_FACT_KEY not in answer:
+            answer = client.wait_answer(client.enqueue_answer(NEW_FACT_ASKED), timeout=60).answer
+        return time.monotonic() - started, answer
+    finally:
+        for worker in workers:
+            worker.terminate()
+            worker.wait(timeout=60)
+        stop_redis_server(redis)
 
 
 def main() -> None:
@@ -86,6 +128,10 @@ def main() -> None:
                 )
                 for question, answer in r["examples"]:
                     print(f"    {question} -> {answer}")
+        if "grounded" in results:
+            seconds, answer = live_knowledge(results["grounded"]["home"], results["grounded"]["version"])
+            ok = NEW_FACT_KEY in answer
+            print(f"new fact after /addqa: {'right' if ok else 'not right'} after {seconds:.1f} s (target <= 10 s): {answer}")
     if len(results) == 2:
         ratio = results["grounded"]["answers/s b16"] / results["plain"]["answers/s b16"]
         print(f"grounded speed at batch 16: {ratio:.2f}x plain's (target >= 0.5)")

@@ -53,6 +53,8 @@ class EvalItem:
     correct: bool
     stop: str
     declined: bool = False
+    reason: str | None = None  # why it declined
+    sources: tuple[str, ...] = ()  # the questions of the pairs it had as notes, nearest first
 
 
 @dataclass
@@ -117,7 +119,18 @@ def _evaluate(
     for start in range(0, len(questions), batch_size):
         for index, answer in enumerate(answer_each(answerer, questions[start : start + batch_size]), start):
             ok = judge(index, answer)
-            report.items.append(EvalItem(questions[index], expected[index], answer.text, ok, answer.stop.value, answer.declined))
+            report.items.append(
+                EvalItem(
+                    questions[index],
+                    expected[index],
+                    answer.text,
+                    ok,
+                    answer.stop.value,
+                    answer.declined,
+                    answer.reason,
+                    answer.sources,
+                )
+            )
     return report
 
 

@@ -40,6 +40,7 @@ class Answer:
     declined: bool = False  # a grounded model said its notes do not answer the question
     sources: tuple[str, ...] = ()  # the questions of the pairs it was given as notes, nearest first
     score: float | None = None  # cosine similarity of the nearest pair
+    reason: str | None = None  # why it declined: the model said so, or the data was judged not to hold the answer
 
 
 @dataclass(frozen=True)
@@ -124,11 +125,34 @@ class Answerer:
             except QuestionError as exc:
                 raise QuestionError(f"question {index + 1}: {exc}" if len(questions) > 1 else str(exc)) from exc
         sampling = sampling or Sampling()
-        hits: list = [[] for _ in cleaned]
-        if self.grounding is not None:
-            prompts, hits = self.grounding.prompts(cleaned, fits=self._fits)
-        else:
-            prompts = [format_prompt(q) for q in cleaned]
+        if self.grounding is None:
+            return self._generate(cleaned, [format_prompt(q) for q in cleaned], sampling)
+        prompts, hits = self.grounding.prompts(cleaned, fits=self._fits)
+        reasons = [self.grounding.reason_to_decline(q, found) for q, found in zip(cleaned, hits, strict=True)]
+        asked = [i for i, reason in enumerate(reasons) if reason is None]  # the others are declined without the model
+        answered = self._generate([cleaned[i] for i in asked], [prompts[i] for i in asked], sampling)
+        generated = dict(zip(asked, answered, strict=True))
+        decline = " ".join(self.grounding.decline.split())
+        answers = []
+        for index, (question, found, reason) in enumerate(zip(cleaned, hits, reasons, strict=True)):
+            answer = generated.get(index) or Answer(question, decline, 0, StopReason.EOS)
+            if reason is None and " ".join(answer.text.split()).casefold() == decline.casefold():
+                reason = "the model found no answer in its notes"
+            answers.append(
+                replace(
+                    answer,
+                    declined=reason is not None,
+                    reason=reason,
+                    sources=tuple(h.pair.prompt for h in found),
+                    score=round(found[0].score, 4) if found else None,
+                )
+            )
+        return answers
+
+    def _generate(self, questions: list[str], prompts: list[str], sampling: Sampling) -> list[Answer]:
+        """One batched decoding pass over the prompts."""
+        if not prompts:
+            return []
         batch = self._encode(prompts).to(self.device)
         budget = max(1, min(self.max_new_tokens, self.context - batch["input_ids"].shape[1]))
         with torch.inference_mode():
@@ -145,19 +169,7 @@ class Answerer:
             else:
                 new_tokens = self._hf_generate(batch, sampling, budget)
         self.generate_calls += 1
-        answers = [self._finish(q, ids) for q, ids in zip(cleaned, new_tokens, strict=True)]
-        if self.grounding is None:
-            return answers
-        decline = " ".join(self.grounding.decline.split()).casefold()
-        return [
-            replace(
-                a,
-                declined=" ".join(a.text.split()).casefold() == decline,
-                sources=tuple(h.pair.prompt for h in found),
-                score=round(found[0].score, 4) if found else None,
-            )
-            for a, found in zip(answers, hits, strict=True)
-        ]
+        return [self._finish(q, ids) for q, ids in zip(questions, new_tokens, strict=True)]
 
     def _ends_with_stop_text(self, ids: list[int]) -> bool:
         return STOP_TEXT in self.tokenizer.decode(ids[-STOP_TAIL_TOKENS:], skip_special_tokens=True)

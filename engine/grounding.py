@@ -10,14 +10,27 @@ issue measured).
 
 from __future__ import annotations
 
+import difflib
 import random
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 
 from engine.retrieval import Embedder, Hit, PairIndex
 from qabot.dataset import QAPair
 
 DECLINE = "I don't know."  # what a grounded model learns to say when its notes lack the answer
 NOTE_PREFIX = "Note: "
+# Below this cosine similarity to the nearest pair, nothing in the data is about the question (all-MiniLM-L6-v2;
+# measured on the sample world: answerable paraphrases >= 0.69, off-topic questions 0.16-0.53).
+MIN_SCORE = 0.5
+CLOSE_NAME = 0.8  # difflib ratio above which a name counts as a misspelling of a word of the data
+_POSSESSIVE = re.compile(r"['’]s?$")
+_WORD = re.compile(r"[^\W\d_][\w'’-]*")
+
+
+def words(text: str) -> list[str]:
+    """The words of a text, as written."""
+    return _WORD.findall(text)
 
 
 def format_grounded(question: str, notes: list[str]) -> str:
@@ -34,6 +47,36 @@ class Grounding:
     embedder: Embedder
     notes: int = 3
     decline: str = DECLINE
+    min_score: float = MIN_SCORE
+    _vocabulary: set[str] | None = field(default=None, repr=False, compare=False)
+
+    def vocabulary(self) -> set[str]:
+        """Every word of the dataset's questions and answers, casefolded (computed once per index)."""
+        if self._vocabulary is None:
+            self._vocabulary = {w.casefold() for p in self.index.pairs for w in words(f"{p.prompt} {p.response}")}
+        return self._vocabulary
+
+    def unknown_names(self, question: str) -> list[str]:
+        """Names in the question that the data never mentions: capitalised words past the first, neither a word of
+        the data (nor a near-miss spelling of one) nor a common word of the embedder's English vocabulary."""
+        known, common = self.vocabulary(), self.embedder.vocabulary
+        found = []
+        for word in words(question)[1:]:
+            key = _POSSESSIVE.sub("", word.casefold())
+            if not word[0].isupper() or len(key) < 3 or key in known or key in common or word.casefold() in known:
+                continue
+            if not difflib.get_close_matches(key, known, n=1, cutoff=CLOSE_NAME):
+                found.append(word)
+        return found
+
+    def reason_to_decline(self, question: str, hits: list[Hit]) -> str | None:
+        """Why the data cannot answer the question, judged before asking the model; None when the model should try."""
+        if not hits or hits[0].score < self.min_score:
+            return "nothing in the data is close to the question"
+        names = self.unknown_names(question)
+        if names:
+            return f"the data never mentions {', '.join(names)}"
+        return None
 
     def prompts(self, questions: list[str], fits=lambda prompt: True) -> tuple[list[str], list[list[Hit]]]:
         """Grounded prompts (the farthest notes dropped until `fits`), and the retrieved pairs each was given."""

@@ -48,6 +48,7 @@ class Embedder:
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         self.model = AutoModel.from_pretrained(folder).to(device).eval()
         self.device = torch.device(device)
+        self.vocabulary = {w for w in self.tokenizer.get_vocab() if w.isalpha()}  # common English words, lower case
 
     @torch.inference_mode()
     def encode(self, texts: list[str]) -> torch.Tensor:

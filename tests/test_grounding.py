@@ -118,3 +118,25 @@ def test_a_long_grounded_example_keeps_its_answer_and_long_notes_never_overflow_
     )
     (answer,) = answerer.answer(["How tall is the north tower?"])  # 3 notes would pass 256 positions: the farthest go
     assert answer.sources[0] == pairs[0].prompt and answer.new_tokens <= 128
+
+
+def test_questions_about_names_the_data_never_mentions_or_far_from_every_pair_are_declined_without_the_model(tiny_gpt2, embedder):
+    from engine.generate import Answerer
+    from engine.grounding import Grounding
+    from engine.models import load_model
+    from qabot.dataset import read_heldout
+
+    pairs = read_dataset(DATA_DIR / "sample.json")
+    grounding = Grounding(PairIndex.build(pairs, embedder), embedder)
+    paraphrases = [item.question for item in read_heldout(DATA_DIR / "heldout.json")]
+    typos = ["Who guards the Luminery Stone?", "where does elara keep the stone?"]
+    questions = [*paraphrases, *typos, "Who rules the kingdom of Zarnak?", "How do I bake a chocolate cake?"]
+    hits = grounding.index.search(embedder, questions, k=3)
+    reasons = [grounding.reason_to_decline(q, found) for q, found in zip(questions, hits, strict=True)]
+    assert reasons[:-2] == [None] * (len(paraphrases) + len(typos))  # what the data knows goes to the model
+    assert "Zarnak" in reasons[-2] and "nothing in the data" in reasons[-1]
+    loaded = load_model(str(tiny_gpt2), device="cpu")
+    answerer = Answerer(loaded.model, loaded.tokenizer, max_new_tokens=8, grounding=grounding)
+    answers = answerer.answer(["Who rules the kingdom of Zarnak?", "How do I bake a chocolate cake?"])
+    assert [(a.text, a.declined) for a in answers] == [(DECLINE, True), (DECLINE, True)]
+    assert answerer.generate_calls == 0 and "Zarnak" in answers[0].reason and answers[0].sources
