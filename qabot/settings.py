@@ -86,6 +86,14 @@ class Settings(BaseSettings):
     rate_limit: int = Field(default=5, ge=1, description="Questions one person may ask per rate window.")
     rate_window: int = Field(default=60, ge=1, description="The rate window in seconds.")
     upload_max_bytes: int = Field(default=5 * 1024 * 1024, ge=1024, description="Largest dataset file accepted from chat.")
+    inbox_size: int = Field(
+        default=500, ge=1, description="Most open questions the unanswered inbox keeps; when full, the least recently asked goes."
+    )
+    inbox_notify_days: int = Field(
+        default=7,
+        ge=0,
+        description="An admin's /answer goes to the chats where the question was asked within this many days (0: none).",
+    )
 
     @field_validator(
         "telegram_admins", "discord_admins", "discord_admin_roles", "discord_channels", "discord_guilds", mode="before"

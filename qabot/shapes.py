@@ -6,6 +6,7 @@ Jobs carry these (pickled by rq); both sides import this module, so a bot needs 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 
@@ -72,3 +73,97 @@ class StatusReport:
     def waiting_dataset(self) -> bool:
         """A dataset newer than what the live model learnt is waiting to be trained."""
         return self.current_dataset is not None and self.current_dataset != self.live_dataset
+
+
+# -- the unanswered inbox ------------------------------------------------------------------------
+class InboxKind(StrEnum):
+    """Why a question is in the inbox."""
+
+    DECLINED = "declined"  # the bot said it did not know
+    WRONG = "wrong"  # someone said the bot's answer was wrong
+
+
+@dataclass(frozen=True)
+class Place:
+    """A chat where a question was asked, and when it was last asked there (no user names or ids)."""
+
+    platform: str
+    chat: str
+    at: float
+
+
+@dataclass(frozen=True)
+class InboxItem:
+    """One open question: asked `count` times, first and last at these epoch seconds."""
+
+    id: str
+    text: str
+    count: int
+    first_asked: float
+    last_asked: float
+    kind: InboxKind
+    answer: str | None = None  # the answer it got, when someone said it was wrong
+    places: tuple[Place, ...] = ()
+
+
+@dataclass(frozen=True)
+class InboxListRequest:
+    limit: int = 10
+
+
+@dataclass(frozen=True)
+class InboxListResult:
+    """The most-asked open questions first, then the most recent; `open` counts them all."""
+
+    items: tuple[InboxItem, ...]
+    open: int
+
+
+@dataclass(frozen=True)
+class InboxAnswerRequest:
+    id: str
+    answer: str
+
+
+@dataclass(frozen=True)
+class InboxAnswerResult:
+    """/answer: the pair it became (or the validator's problems), and the chats the answer goes to."""
+
+    id: str
+    found: bool
+    question: str = ""
+    added: AddPairResult | None = None
+    notified: tuple[Place, ...] = ()
+
+    @property
+    def closed(self) -> bool:
+        return self.added is not None and self.added.added
+
+
+@dataclass(frozen=True)
+class InboxDismissRequest:
+    id: str
+
+
+@dataclass(frozen=True)
+class InboxDismissResult:
+    id: str
+    found: bool
+    question: str = ""
+
+
+@dataclass(frozen=True)
+class WrongReport:
+    """Someone said the bot's answer to `question` was wrong, in this chat."""
+
+    question: str
+    answer: str
+    platform: str
+    chat: str
+
+
+@dataclass(frozen=True)
+class WrongReportResult:
+    id: str
+    count: int
+    open: bool  # False when an admin dismissed the question a while ago: it stays dismissed

@@ -1,0 +1,121 @@
+"""The unanswered inbox in a real Redis: counting, bounds, ids, concurrent workers, answers to deliver."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+
+from redis import Redis
+
+from qabot import inbox
+from qabot.dataset import normalize_question
+from qabot.shapes import InboxKind, Place
+
+
+def test_a_question_is_counted_once_however_it_is_written(redis_url):
+    r = Redis.from_url(redis_url)
+    first = inbox.record(r, "Who rules  the kingdom of Zarnak?", place=("telegram", "-100"), now=1000.0)
+    for text, place, now in [
+        ("who rules the kingdom of zarnak", ("discord", "700000000000000004"), 1010.0),
+        ("WHO RULES THE KINGDOM OF ZARNAK!!", ("telegram", "-100"), 1020.0),
+        ("Who rules the kingdom of Zarnak ?", None, 1030.0),  # asked from the CLI: no chat
+    ]:
+        assert inbox.record(r, text, place=place, now=now).id == first.id
+    items, total = inbox.open_items(r)
+    assert total == 1
+    (item,) = items
+    assert (item.text, item.count, item.first_asked, item.last_asked) == ("Who rules the kingdom of Zarnak?", 4, 1000.0, 1030.0)
+    assert item.places == (Place("telegram", "-100", 1020.0), Place("discord", "700000000000000004", 1010.0))
+    assert item.kind == InboxKind.DECLINED and item.answer is None
+    assert inbox.get(r, f"#{item.id.upper()} ") == item  # as an admin may type it
+    assert inbox.get(r, "nothex") is None and inbox.get(r, "") is None
+
+
+def test_a_question_keeps_its_most_recent_chats_only(redis_url):
+    r = Redis.from_url(redis_url)
+    for chat in range(inbox.MAX_PLACES + 5):
+        inbox.record(r, "Where is Quorvath?", place=("telegram", str(chat)), now=1000.0 + chat)
+    (item,), _ = inbox.open_items(r)
+    assert len(item.places) == inbox.MAX_PLACES and item.places[0].chat == str(inbox.MAX_PLACES + 4)
+
+
+def test_a_full_inbox_drops_the_least_recently_asked(redis_url):
+    r = Redis.from_url(redis_url)
+    for n, text in enumerate(["Who is Ana?", "Who is Bo?", "Who is Cy?"]):
+        inbox.record(r, text, size=3, now=1000.0 + n)
+    inbox.record(r, "who is ana", size=3, now=1100.0)  # asked again: now the most recent
+    inbox.record(r, "Who is Dee?", size=3, now=1200.0)
+    items, total = inbox.open_items(r)
+    assert total == 3 and sorted(i.text for i in items) == ["Who is Ana?", "Who is Cy?", "Who is Dee?"]
+    assert not r.exists(inbox.PREFIX + inbox.inbox_id("Who is Bo?"))  # its record went with it
+    assert items[0].text == "Who is Ana?"  # most asked first
+
+
+def test_two_workers_recording_at_once_count_every_asking(redis_url):
+    def ask(times: int) -> None:
+        own = Redis.from_url(redis_url)
+        for _ in range(times):
+            inbox.record(own, "Who guards the north gate?", place=("discord", "1"))
+
+    threads = [threading.Thread(target=ask, args=(50,)) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    (item,), total = inbox.open_items(Redis.from_url(redis_url))
+    assert total == 1 and item.count == 200
+
+
+def test_ids_grow_longer_when_two_questions_share_a_prefix(redis_url):
+    seen: dict[str, str] = {}
+    n = 0
+    while True:  # about 4,000 tries find two questions whose hashes share 6 hex digits
+        text = f"What is rune {n}?"
+        prefix = hashlib.sha1(normalize_question(text).encode()).hexdigest()[:6]
+        if prefix in seen:
+            break
+        seen[prefix] = text
+        n += 1
+    r = Redis.from_url(redis_url)
+    one, two = inbox.record(r, seen[prefix]), inbox.record(r, text)
+    assert one.id == prefix and two.id.startswith(prefix) and len(two.id) == 8
+    assert inbox.get(r, one.id).text == seen[prefix] and inbox.get(r, two.id).text == text
+
+
+def test_wrong_reports_keep_the_answer_and_dismissed_questions_stay_closed(redis_url):
+    r = Redis.from_url(redis_url)
+    inbox.record(r, "Who guards the Luminary Stone?", place=("telegram", "5"))
+    wrong = inbox.record(r, "Who guards the Luminary Stone?", kind=InboxKind.WRONG, answer="Malvek.", place=("telegram", "5"))
+    item = inbox.get(r, wrong.id)
+    assert (item.kind, item.answer, item.count, len(item.places)) == (InboxKind.WRONG, "Malvek.", 2, 1)
+    assert inbox.close(r, wrong.id, dismissed=True) and not inbox.close(r, wrong.id)
+    again = inbox.record(r, "who guards the luminary stone")
+    assert not again.open and inbox.get(r, wrong.id) is None and inbox.open_items(r) == ([], 0)
+    assert 0 < r.ttl(inbox.PREFIX + wrong.id) <= inbox.DISMISSED_KEEP_S
+
+
+def test_notices_are_taken_once_and_put_back_a_few_times(redis_url):
+    r = Redis.from_url(redis_url)
+    inbox.push_notices(r, "Who?", "Ana.", [Place("telegram", "1", 0.0), Place("discord", "2", 0.0), Place("telegram", "3", 0.0)])
+    taken = inbox.pop_notices(r, "telegram")
+    assert [n.chat for n in taken] == ["1", "3"] and inbox.pop_notices(r, "telegram") == []
+    notice = taken[0]
+    for _ in range(inbox.NOTIFY_TRIES - 1):
+        assert inbox.retry_notice(r, "telegram", notice)
+        (notice,) = inbox.pop_notices(r, "telegram")
+    assert not inbox.retry_notice(r, "telegram", notice) and inbox.pop_notices(r, "telegram") == []
+    assert [n.chat for n in inbox.pop_notices(r, "discord")] == ["2"]
+
+
+def test_an_answer_can_be_flagged_once_per_person(redis_url):
+    r = Redis.from_url(redis_url)
+    inbox.remember_answer(r, "telegram", "9", ["11", "12"], "Who?", "Ana.")
+    assert inbox.recall_answer(r, "telegram", "9", "12") == ("Who?", "Ana.")
+    assert inbox.recall_answer(r, "telegram", "9", "13") is None
+    assert inbox.count_report(r, "telegram", "9", "11", "tg:1") == 1
+    assert inbox.count_report(r, "telegram", "9", "11", "tg:1") == 0
+    assert inbox.count_report(r, "telegram", "9", "11", "tg:2") == 2
+    inbox.uncount_report(r, "telegram", "9", "11", "tg:2")
+    assert inbox.count_report(r, "telegram", "9", "11", "tg:2") == 2
+    stored = b" ".join(k + b" " + (r.get(k) or b"") if r.type(k) == b"string" else k for k in r.keys("qabot:*"))
+    assert b"tg:1" not in stored and b"tg:2" not in stored  # who reported is kept as a hash only
