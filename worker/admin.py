@@ -6,14 +6,31 @@ Each job takes and returns the plain shapes of `qabot.shapes`; bots only render 
 from __future__ import annotations
 
 import logging
+import time
 
 from engine.textformat import version_counter
 from engine.versions import ModelStore
+from qabot import inbox
 from qabot.dataset import QAPair, validate_items
 from qabot.errors import DatasetError, QabotError
 from qabot.merge import merge_pairs
 from qabot.settings import Settings
-from qabot.shapes import AddPairResult, ModelRow, ModelsResult, RollbackResult, StatusReport
+from qabot.shapes import (
+    AddPairResult,
+    InboxAnswerRequest,
+    InboxAnswerResult,
+    InboxDismissRequest,
+    InboxDismissResult,
+    InboxKind,
+    InboxListRequest,
+    InboxListResult,
+    ModelRow,
+    ModelsResult,
+    RollbackResult,
+    StatusReport,
+    WrongReport,
+    WrongReportResult,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +55,11 @@ def _rules(store: ModelStore) -> dict:
 
 def add_pair(question: str, answer: str) -> AddPairResult:
     """Add one pair to the current dataset (a question already there gets the new answer); no training."""
-    settings = Settings()
+    return _add_pair(Settings(), question, answer)
+
+
+def _add_pair(settings: Settings, question: str, answer: str) -> AddPairResult:
+    """/addqa and /answer: validate the pair with the live model's rules, merge it, store a new dataset version."""
     store = _store(settings)
     with store.lock():
         current = store.current_pairs() if store.current_dataset() else _default_pairs(settings)
@@ -90,3 +111,68 @@ def status() -> StatusReport:
     settings = Settings()
     job = get_current_job()
     return collect(settings, QueueClient(settings, job.connection if job else None), _store(settings))
+
+
+# -- the unanswered inbox ------------------------------------------------------------------------
+PLATFORMS_NOTIFIED = ("telegram", "discord")
+INBOX_LIST_MAX = 50
+
+
+def _redis(settings: Settings):
+    """The admin worker's own Redis connection inside a job; a new one when called directly."""
+    from rq import get_current_job
+
+    from worker.client import connect
+
+    job = get_current_job()
+    return job.connection if job is not None else connect(settings.redis_url, socket_timeout=30)
+
+
+def inbox_list(request: InboxListRequest) -> InboxListResult:
+    """/unanswered: the most-asked open questions first, then the most recent."""
+    items, total = inbox.open_items(_redis(Settings()), max(1, min(request.limit, INBOX_LIST_MAX)))
+    return InboxListResult(tuple(items), total)
+
+
+def inbox_answer(request: InboxAnswerRequest) -> InboxAnswerResult:
+    """/answer: the question and the answer become a pair (validated and stored like /addqa), the question is closed,
+    and the answer goes to the chats where it was asked within `inbox_notify_days`."""
+    settings = Settings()
+    connection = _redis(settings)
+    item = inbox.get(connection, request.id)
+    if item is None:
+        return InboxAnswerResult(request.id, False)
+    added = _add_pair(settings, item.text, request.answer.strip())
+    if not added.added:
+        return InboxAnswerResult(item.id, True, item.text, added)
+    if not inbox.close(connection, item.id):  # another admin closed it meanwhile: they notified the askers
+        return InboxAnswerResult(item.id, True, item.text, added)
+    days = settings.inbox_notify_days
+    since = time.time() - days * 24 * 3600
+    places = [p for p in item.places if p.platform in PLATFORMS_NOTIFIED and p.at >= since] if days else []
+    inbox.push_notices(connection, added.question, request.answer.strip(), places)
+    logger.info("inbox question %s answered; %d chats to tell", item.id, len(places))
+    return InboxAnswerResult(item.id, True, added.question, added, tuple(places))
+
+
+def inbox_dismiss(request: InboxDismissRequest) -> InboxDismissResult:
+    """/dismiss: close the question without an answer (it does not come back for a while)."""
+    connection = _redis(Settings())
+    item = inbox.get(connection, request.id)
+    if item is None or not inbox.close(connection, item.id, dismissed=True):
+        return InboxDismissResult(request.id, False)
+    return InboxDismissResult(item.id, True, item.text)
+
+
+def inbox_report(report: WrongReport) -> WrongReportResult:
+    """Someone said an answer was wrong: the question goes to the inbox with the answer it got."""
+    settings = Settings()
+    recorded = inbox.record(
+        _redis(settings),
+        report.question,
+        kind=InboxKind.WRONG,
+        answer=report.answer,
+        place=(report.platform, report.chat),
+        size=settings.inbox_size,
+    )
+    return WrongReportResult(recorded.id, recorded.count, recorded.open)

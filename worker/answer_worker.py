@@ -169,6 +169,7 @@ class AnswerWorker(SimpleWorker):
             job.outcome = {
                 "answer": result.text,
                 "declined": result.declined,
+                "reason": result.reason,
                 "sources": list(result.sources),
                 "score": result.score,
                 "stop": result.stop.value,
@@ -177,6 +178,23 @@ class AnswerWorker(SimpleWorker):
                 "generate_s": round(elapsed, 4),
                 "queued_s": round(max(0.0, time.time() - job.enqueued_at.timestamp()), 4) if job.enqueued_at else None,
             }
+        self.record_declined(valid)
+
+    def record_declined(self, answered: list[tuple[BatchedJob, str]]) -> None:
+        """Each declined question goes to the unanswered inbox, with the chat it came from; a failure here never fails
+        the answer (the asker is then simply not told that the question was passed on)."""
+        from qabot import inbox
+
+        for job, question in answered:
+            outcome = job.outcome
+            if not isinstance(outcome, dict) or not outcome.get("declined"):
+                continue
+            try:
+                place = inbox.place_of(job.kwargs.get("channel"))
+                recorded = inbox.record(self.connection, question, place=place, size=self.settings.inbox_size)
+                outcome["inboxed"] = recorded.open
+            except Exception:  # the answer matters more than the record
+                self.log.warning("Worker %s: could not record a declined question in the inbox", self.name, exc_info=True)
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         """Take the waiting questions too, answer all at once, then let rq finish each job."""

@@ -23,6 +23,7 @@ from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry, FinishedJobRegistry
 from rq.results import Result
 
+from qabot import inbox
 from qabot.errors import AnswerTimeout, JobFailed, ServiceUnavailable, TrainingBusy
 from qabot.settings import Settings
 from qabot.shapes import ReplyTo
@@ -254,6 +255,25 @@ class QueueClient:
         """`admin_call` without blocking the event loop."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._waiters, lambda: self.admin_call(function, *args, reply_to=reply_to))
+
+    # -- the unanswered inbox: answers people may flag, admins' answers to deliver ----------
+    def remember_answer(self, platform: str, chat: str, messages: list[str], question: str, answer: str) -> None:
+        inbox.remember_answer(self.connection, platform, chat, messages, question, answer)
+
+    def recall_answer(self, platform: str, chat: str, message: str) -> tuple[str, str] | None:
+        return inbox.recall_answer(self.connection, platform, chat, message)
+
+    def count_report(self, platform: str, chat: str, message: str, reporter: str) -> int:
+        return inbox.count_report(self.connection, platform, chat, message, reporter)
+
+    def uncount_report(self, platform: str, chat: str, message: str, reporter: str) -> None:
+        inbox.uncount_report(self.connection, platform, chat, message, reporter)
+
+    def pop_notices(self, platform: str) -> list[inbox.Notice]:
+        return inbox.pop_notices(self.connection, platform)
+
+    def retry_notice(self, platform: str, notice: inbox.Notice) -> bool:
+        return inbox.retry_notice(self.connection, platform, notice)
 
     # -- delivery: every finished fine-tune reaches its admin once, whichever bot runs -------
     def claim_delivery(self, job_id: str) -> bool:
