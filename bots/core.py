@@ -13,11 +13,28 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from bots.render import render_added, render_models, render_progress, render_result, render_status
+from bots.feedback import Notify, Reply, deliver_notices
+from bots.render import (
+    render_added,
+    render_declined,
+    render_inbox,
+    render_inbox_answer,
+    render_inbox_dismiss,
+    render_models,
+    render_progress,
+    render_result,
+    render_status,
+)
 from qabot.errors import AnswerTimeout, JobFailed, QuestionError, ServiceUnavailable, TrainingBusy
 from qabot.questions import check_question
 from qabot.settings import Settings
-from qabot.shapes import ReplyTo, RollbackResult
+from qabot.shapes import (
+    InboxAnswerRequest,
+    InboxDismissRequest,
+    InboxListRequest,
+    ReplyTo,
+    RollbackResult,
+)
 from worker.client import QueueClient, TrainStatus
 
 logger = logging.getLogger(__name__)
@@ -31,7 +48,8 @@ HELP_TEXT = (
 )
 ADMIN_HELP = (
     "Admins: /retrain [attach a JSON dataset; add 'replace' to train on the file alone, 'force' to make it live "
-    "even if it scores lower], /addqa question | answer, /status, /models, /rollback [version]."
+    "even if it scores lower], /addqa question | answer, /status, /models, /rollback [version], "
+    "/unanswered, /answer <id> <answer>, /dismiss <id>."
 )
 APOLOGY = "Sorry, I can't answer right now: the answering service is down or busy. Please try again in a minute."
 ADMIN_APOLOGY = (
@@ -39,6 +57,8 @@ ADMIN_APOLOGY = (
     "If you asked for a change, check /status before trying again."
 )
 REFUSAL = "Sorry, only this bot's admins can do that."
+NO_ANSWER = "I don't know that one yet."
+INBOX_SHOWN = 10  # questions /unanswered lists
 
 
 class RateLimiter:
@@ -101,33 +121,35 @@ class BotCore:
         self.following: set[str] = set()  # fine-tunes this bot reports itself, live
 
     # -- everyone ---------------------------------------------------------------------------
-    async def ask(self, user: str, question: str, channel: str) -> str:
-        """The reply to a question: an answer, the help text, a limit message, or an apology."""
+    async def ask(self, user: str, question: str, channel: str) -> Reply:
+        """The reply to a question: an answer, the decline, the help text, a limit message, or an apology."""
         if not question.strip():
-            return HELP_TEXT
+            return Reply(HELP_TEXT)
         try:
             text = check_question(question, self.settings.max_question_chars)
         except QuestionError as exc:
-            return str(exc)
+            return Reply(str(exc))
         wait = self.limiter.wait_for(user)
         if wait:
-            return f"You're asking quickly: please try again in {max(1, round(wait))} s."
+            return Reply(f"You're asking quickly: please try again in {max(1, round(wait))} s.")
         try:
             result = await self.client.ask(text, asker=user, channel=channel)
         except (ServiceUnavailable, AnswerTimeout) as exc:
             logger.warning("no answer for a question: %s", exc)
-            return APOLOGY
+            return Reply(APOLOGY)
         except JobFailed as exc:
             if exc.kind == "QuestionError":
-                return str(exc)
+                return Reply(str(exc))
             logger.warning("an answer job failed: %s", exc)
-            return "Sorry, something went wrong while answering that. Please try again."
+            return Reply("Sorry, something went wrong while answering that. Please try again.")
         except Exception:  # the edge: never crash the bot over one question
             logger.exception("unexpected failure while answering")
-            return APOLOGY
+            return Reply(APOLOGY)
         if result.details.get("declined"):
-            return self.settings.decline_text
-        return result.answer or "I don't know that one yet."
+            return Reply(render_declined(self.settings.decline_text, bool(result.details.get("inboxed"))))
+        if not result.answer:
+            return Reply(NO_ANSWER)
+        return Reply(result.answer, text, result.answer)
 
     # -- admins: each action is a job; this only renders ------------------------------------
     async def add_pair(self, question: str, answer: str, reply_to: ReplyTo | None = None) -> str:
@@ -149,6 +171,23 @@ class BotCore:
             return f"Rolled back: {result.version} is live again; the answer workers switch to it before their next batch."
 
         return await self._admin(render, "rollback", version, reply_to=reply_to)
+
+    async def inbox(self, limit: int = INBOX_SHOWN) -> str:
+        """/unanswered: the most-asked open questions with their ids."""
+        return await self._admin(render_inbox, "inbox_list", InboxListRequest(limit))
+
+    async def inbox_answer(self, item_id: str, answer: str, reply_to: ReplyTo | None = None) -> str:
+        """/answer <id> <answer>: the question becomes a pair; the people who asked it get the answer."""
+        if not item_id.strip() or not answer.strip():
+            return "Usage: /answer <id> <answer> (/unanswered lists the ids)"
+        request = InboxAnswerRequest(item_id.strip(), answer.strip())
+        return await self._admin(render_inbox_answer, "inbox_answer", request, reply_to=reply_to)
+
+    async def inbox_dismiss(self, item_id: str, reply_to: ReplyTo | None = None) -> str:
+        """/dismiss <id>: close a question without answering it."""
+        if not item_id.strip():
+            return "Usage: /dismiss <id> (/unanswered lists the ids)"
+        return await self._admin(render_inbox_dismiss, "inbox_dismiss", InboxDismissRequest(item_id.strip()), reply_to=reply_to)
 
     async def _admin(self, render: Callable[[Any], str], function: str, *args: Any, reply_to: ReplyTo | None = None) -> str:
         """Run admin job `function` and render its result; the admin gets a short message if it fails."""
@@ -228,13 +267,20 @@ class BotCore:
                 logger.exception("could not deliver the outcome of a fine-tune")
         return delivered
 
-    async def keep_delivering(self, platform: str, deliver: Callable[[ReplyTo, RetrainOutcome], Awaitable[None]]) -> None:
-        """Run `deliver_pending` now and then every `delivery_poll` seconds, until cancelled."""
+    async def keep_delivering(
+        self, platform: str, deliver: Callable[[ReplyTo, RetrainOutcome], Awaitable[None]], notify: Notify | None = None
+    ) -> None:
+        """Deliver ended fine-tunes and admins' answers now and then every `delivery_poll` seconds, until cancelled."""
         while True:
             try:
                 await self.deliver_pending(platform, deliver)
             except Exception:
                 logger.warning("could not look for undelivered results", exc_info=True)
+            if notify is not None:
+                try:
+                    await deliver_notices(self.client, platform, notify)
+                except Exception:
+                    logger.warning("could not look for admins' answers to deliver", exc_info=True)
             await asyncio.sleep(self.delivery_poll)
 
 

@@ -13,6 +13,7 @@ import yarl
 from discord import app_commands
 
 from bots.core import ADMIN_HELP, HELP_TEXT, REFUSAL, BotCore, RetrainOutcome, split_message
+from bots.feedback import REPORT_APOLOGY, Reply, remember, report_wrong
 from qabot.settings import Settings
 from qabot.shapes import ReplyTo
 
@@ -21,6 +22,7 @@ logger = logging.getLogger(__name__)
 MESSAGE_LIMIT = 2000
 PLATFORM = "discord"
 NO_MENTIONS = discord.AllowedMentions.none()  # a question can never make the bot ping @everyone, a role or a person
+WRONG_EMOJI = "\N{THUMBS DOWN SIGN}"  # a 👎 (any skin tone) on one of the bot's answers flags it as wrong
 
 
 def use_api(url: str | None) -> None:
@@ -54,7 +56,7 @@ class QabotDiscord(discord.Client):
     async def setup_hook(self) -> None:
         """Sync slash commands when the bot starts; deliver fine-tunes that ended while no bot followed them."""
         await self.tree.sync()
-        self.delivery = asyncio.create_task(self.core.keep_delivering(PLATFORM, self.deliver))
+        self.delivery = asyncio.create_task(self.core.keep_delivering(PLATFORM, self.deliver, self.notify))
 
     async def close(self) -> None:
         if self.delivery is not None:
@@ -69,6 +71,12 @@ class QabotDiscord(discord.Client):
             last = index == len(parts) - 1
             only_them = discord.AllowedMentions(everyone=False, roles=False, users=[discord.Object(int(where.user))])
             await channel.send(part, allowed_mentions=only_them, **(_file(outcome) if last else {}))
+
+    async def notify(self, chat: str, text: str) -> None:
+        """Post an admin's answer in a channel where the question was asked."""
+        channel = self.get_channel(int(chat)) or await self.fetch_channel(int(chat))
+        for part in split_message(text, MESSAGE_LIMIT):
+            await channel.send(part, allowed_mentions=NO_MENTIONS)
 
     # -- who may do what --------------------------------------------------------------------
     def allowed_here(self, guild_id: int | None, channel_id: int | None) -> bool:
@@ -97,14 +105,35 @@ class QabotDiscord(discord.Client):
             return
         question = message.content.replace(f"<@{self.user.id}>", "").replace(f"<@!{self.user.id}>", "").strip()
         async with message.channel.typing():
-            text = await self.core.ask(f"dc:{message.author.id}", question, f"dc:{message.channel.id}")
-        for part in split_message(text, MESSAGE_LIMIT):
+            answer: Reply = await self.core.ask(f"dc:{message.author.id}", question, f"dc:{message.channel.id}")
+        sent = [
             await message.reply(part, mention_author=False, allowed_mentions=NO_MENTIONS)
+            for part in split_message(answer.text, MESSAGE_LIMIT)
+        ]
+        await remember(self.core.client, PLATFORM, str(message.channel.id), [str(m.id) for m in sent], answer)
+
+    async def on_raw_reaction_add(self, payload: discord.RawReactionActionEvent) -> None:
+        """A 👎 on one of the bot's answers: the question goes to the admins' inbox; the first one is acknowledged."""
+        if self.user is None or payload.user_id == self.user.id or not (payload.emoji.name or "").startswith(WRONG_EMOJI):
+            return
+        if payload.message_author_id not in (None, self.user.id) or not self.allowed_here(payload.guild_id, payload.channel_id):
+            return
+        chat, message = str(payload.channel_id), str(payload.message_id)
+        feedback = await report_wrong(self.core.client, PLATFORM, chat, message, f"dc:{payload.user_id}")
+        if feedback is None or not (feedback.first or feedback.text == REPORT_APOLOGY):
+            return  # not an answer the bot remembers, or already acknowledged under that answer
+        channel = self.get_channel(payload.channel_id) or await self.fetch_channel(payload.channel_id)
+        reference = discord.MessageReference(
+            message_id=payload.message_id, channel_id=payload.channel_id, fail_if_not_exists=False
+        )
+        await channel.send(feedback.text, reference=reference, mention_author=False, allowed_mentions=NO_MENTIONS)
 
 
-async def _send(interaction: discord.Interaction, text: str) -> None:
-    for part in split_message(text, MESSAGE_LIMIT):
-        await interaction.followup.send(part, allowed_mentions=NO_MENTIONS)
+async def _send(interaction: discord.Interaction, text: str) -> list[discord.WebhookMessage]:
+    return [
+        await interaction.followup.send(part, wait=True, allowed_mentions=NO_MENTIONS)
+        for part in split_message(text, MESSAGE_LIMIT)
+    ]
 
 
 def _reply_to(interaction: discord.Interaction) -> ReplyTo:
@@ -130,7 +159,9 @@ def _register(bot: QabotDiscord) -> None:
             )
             return
         await interaction.response.defer(thinking=True)
-        await _send(interaction, await bot.core.ask(f"dc:{interaction.user.id}", question, f"dc:{interaction.channel_id}"))
+        answer = await bot.core.ask(f"dc:{interaction.user.id}", question, f"dc:{interaction.channel_id}")
+        sent = await _send(interaction, answer.text)
+        await remember(bot.core.client, PLATFORM, str(interaction.channel_id), [str(m.id) for m in sent], answer)
 
     @tree.command(name="help", description="What this bot does.")
     async def help_(interaction: discord.Interaction) -> None:
@@ -219,6 +250,32 @@ def _register(bot: QabotDiscord) -> None:
             return
         await interaction.response.defer(thinking=True)
         await _send(interaction, await bot.core.rollback(version, _reply_to(interaction)))
+
+    @tree.command(name="unanswered", description="Questions the bot could not answer, most asked first (admins).")
+    async def unanswered(interaction: discord.Interaction) -> None:
+        """The open questions of the inbox, with their ids."""
+        if await refuse_unless_admin(interaction):
+            return
+        await interaction.response.defer(thinking=True)
+        await _send(interaction, await bot.core.inbox())
+
+    @tree.command(name="answer", description="Answer an unanswered question; it joins the dataset (admins).")
+    @app_commands.describe(id="The question's id from /unanswered", answer="The answer")
+    async def answer(interaction: discord.Interaction, id: str, answer: str) -> None:
+        """A new pair; the people who asked get the answer."""
+        if await refuse_unless_admin(interaction):
+            return
+        await interaction.response.defer(thinking=True)
+        await _send(interaction, await bot.core.inbox_answer(id, answer, _reply_to(interaction)))
+
+    @tree.command(name="dismiss", description="Drop an unanswered question without answering it (admins).")
+    @app_commands.describe(id="The question's id from /unanswered")
+    async def dismiss(interaction: discord.Interaction, id: str) -> None:
+        """Close the question."""
+        if await refuse_unless_admin(interaction):
+            return
+        await interaction.response.defer(thinking=True)
+        await _send(interaction, await bot.core.inbox_dismiss(id, _reply_to(interaction)))
 
 
 def main(settings: Settings) -> None:

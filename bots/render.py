@@ -1,13 +1,28 @@
-"""How admin results read in a chat: progress, training outcomes, status, models, added pairs. Plain text."""
+"""How results read in a chat: progress, training outcomes, status, models, added pairs, the inbox. Plain text."""
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
 from typing import Any
 
-from qabot.shapes import AddPairResult, ModelsResult, StatusReport
+from qabot.inbox import DISMISSED_KEEP_S
+from qabot.shapes import (
+    AddPairResult,
+    InboxAnswerResult,
+    InboxDismissResult,
+    InboxItem,
+    InboxKind,
+    InboxListResult,
+    ModelsResult,
+    StatusReport,
+)
 from worker.client import TrainStatus
 
 MAX_PROBLEMS_SHOWN = 15
+QUOTE_CHARS = 200  # a question or an answer quoted in the inbox list is cut to this many characters
+PASSED_ON = "I've passed your question on to the admins."
+REPORTED = "Thanks: I've passed the question and my answer on to the admins."
 
 
 def problems_text(problems: list[str] | tuple[str, ...], what: str = "That dataset") -> str:
@@ -109,3 +124,82 @@ def render_added(result: AddPairResult) -> str:
         f"{did} '{result.question}'. The dataset now has {result.pairs} pairs (dataset {result.dataset}); "
         "/retrain to teach it to the bot."
     )
+
+
+# -- the unanswered inbox ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class InboxHints:
+    """How admins act on the inbox where they read it: chat commands, or the CLI."""
+
+    answer: str = "/answer <id> <answer>"
+    dismiss: str = "/dismiss <id>"
+    listing: str = "/unanswered"
+
+
+CHAT_HINTS = InboxHints()
+CLI_HINTS = InboxHints("qabot inbox answer ID 'ANSWER'", "qabot inbox dismiss ID", "qabot inbox list")
+
+
+def render_declined(decline_text: str, passed_on: bool) -> str:
+    """The decline, and whether the question went to the admins' inbox."""
+    return f"{decline_text} {PASSED_ON}" if passed_on else decline_text
+
+
+def render_notice(question: str, answer: str) -> str:
+    """An admin's answer, posted where the question was asked."""
+    return f'An admin answered a question asked here: "{question}" — {answer}'
+
+
+def _quote(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= QUOTE_CHARS else text[: QUOTE_CHARS - 1] + "…"
+
+
+def ago(epoch_s: float, now: float | None = None) -> str:
+    """'5 min ago', '3 h ago', '2 days ago'."""
+    seconds = max(0.0, (now or time.time()) - epoch_s)
+    if seconds < 60:
+        return "just now"
+    if seconds < 3600:
+        return f"{int(seconds // 60)} min ago"
+    if seconds < 48 * 3600:
+        return f"{int(seconds // 3600)} h ago"
+    return f"{int(seconds // 86400)} days ago"
+
+
+def _inbox_line(item: InboxItem) -> str:
+    times = "once" if item.count == 1 else f"{item.count} times"
+    line = f'{item.id}: "{_quote(item.text)}", asked {times}, last {ago(item.last_asked)}'
+    if item.kind == InboxKind.WRONG:
+        line += f'; flagged wrong, the answer was "{_quote(item.answer or "")}"'
+    return line
+
+
+def render_inbox(result: InboxListResult, hints: InboxHints = CHAT_HINTS) -> str:
+    if not result.items:
+        return "No unanswered questions: the inbox is empty."
+    shown = f"the {len(result.items)} most asked" if len(result.items) < result.open else "most asked first"
+    lines = [f"Unanswered questions: {result.open} open ({shown}):", *(_inbox_line(i) for i in result.items)]
+    lines.append(f"Answer one with {hints.answer}, or drop it with {hints.dismiss}.")
+    return "\n".join(lines)
+
+
+def _no_such(item_id: str, hints: InboxHints) -> str:
+    return f"No open question has the id '{item_id}'; {hints.listing} lists them."
+
+
+def render_inbox_answer(result: InboxAnswerResult, hints: InboxHints = CHAT_HINTS) -> str:
+    if not result.found:
+        return _no_such(result.id, hints)
+    if result.added is None or not result.added.added:
+        problems = result.added.problems if result.added is not None else ()
+        return problems_text(problems, "That answer") + f'\nThe question "{result.question}" stays open.'
+    told = len(result.notified)
+    where = f" The answer goes to the {told} chat(s) where it was asked lately." if told else ""
+    return f"{render_added(result.added)} The question is closed.{where}"
+
+
+def render_inbox_dismiss(result: InboxDismissResult, hints: InboxHints = CHAT_HINTS) -> str:
+    if not result.found:
+        return _no_such(result.id, hints)
+    return f'Dismissed "{result.question}"; it won\'t come back to the inbox for {DISMISSED_KEEP_S // 86400} days.'

@@ -15,6 +15,7 @@ from telegram.constants import ChatAction, ChatType, MessageEntityType
 from telegram.ext import Application, ApplicationBuilder, CommandHandler, ContextTypes, MessageHandler, filters
 
 from bots.core import ADMIN_HELP, HELP_TEXT, REFUSAL, BotCore, RetrainOutcome, split_message
+from bots.feedback import Reply, remember, report_wrong
 from qabot.settings import Settings
 from qabot.shapes import ReplyTo
 
@@ -23,6 +24,8 @@ logger = logging.getLogger(__name__)
 MESSAGE_LIMIT = 4096
 TYPING_EVERY_SECONDS = 4.0  # Telegram shows "typing" for 5 s per chat action
 RETRAIN_CAPTION = re.compile(r"^/retrain(@\w+)?(\s|$)")
+WRONG = re.compile(r"wrong\s*[.!]*", re.IGNORECASE)  # a reply "wrong" to one of the bot's answers flags it
+NOT_AN_ANSWER = 'I can only pass on a "wrong" about one of my answers from the last few days.'
 PLATFORM = "telegram"
 
 
@@ -68,18 +71,27 @@ async def typing(message: Message) -> AsyncIterator[None]:
         task.cancel()
 
 
-async def reply(message: Message, text: str) -> None:
-    """Reply to a message, split at Telegram's length limit."""
-    for part in split_message(text, MESSAGE_LIMIT):
-        await message.reply_text(part, do_quote=True)
+async def reply(message: Message, text: str) -> list[Message]:
+    """Reply to a message, split at Telegram's length limit; the messages sent."""
+    return [await message.reply_text(part, do_quote=True) for part in split_message(text, MESSAGE_LIMIT)]
 
 
 async def answer_question(message: Message, context: ContextTypes.DEFAULT_TYPE, question: str) -> None:
     """Answer `question` as a reply to `message`, showing typing meanwhile."""
     user = message.from_user.id if message.from_user else message.chat_id
+    core = _core(context)
     async with typing(message):
-        text = await _core(context).ask(f"tg:{user}", question, f"tg:{message.chat_id}")
-    await reply(message, text)
+        answer: Reply = await core.ask(f"tg:{user}", question, f"tg:{message.chat_id}")
+    sent = await reply(message, answer.text)
+    await remember(core.client, PLATFORM, str(message.chat_id), [str(m.message_id) for m in sent], answer)
+
+
+async def flag_wrong(message: Message, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """A reply "wrong" to one of the bot's answers: the question goes to the admins' inbox with that answer."""
+    user = message.from_user.id if message.from_user else message.chat_id
+    answer = message.reply_to_message
+    feedback = await report_wrong(_core(context).client, PLATFORM, str(message.chat_id), str(answer.message_id), f"tg:{user}")
+    await reply(message, feedback.text if feedback is not None else NOT_AN_ANSWER)
 
 
 async def start(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -97,22 +109,25 @@ async def on_text(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     message = update.effective_message
     if message is None or not message.text:
         return
-    if message.chat.type == ChatType.PRIVATE:
-        await answer_question(message, context, message.text)
-        return
     me = context.bot.username
-    mentioned = any(
-        e.type == MessageEntityType.MENTION and message.parse_entity(e).lstrip("@").lower() == (me or "").lower()
-        for e in message.entities
-    )
+    text = re.sub(rf"@{re.escape(me or '')}\b", "", message.text, flags=re.IGNORECASE).strip() if me else message.text
     replied = (
         message.reply_to_message is not None
         and message.reply_to_message.from_user is not None
         and (message.reply_to_message.from_user.id == context.bot.id)
     )
+    if replied and WRONG.fullmatch(text):
+        await flag_wrong(message, context)
+        return
+    if message.chat.type == ChatType.PRIVATE:
+        await answer_question(message, context, message.text)
+        return
+    mentioned = any(
+        e.type == MessageEntityType.MENTION and message.parse_entity(e).lstrip("@").lower() == (me or "").lower()
+        for e in message.entities
+    )
     if mentioned or replied:
-        question = re.sub(rf"@{re.escape(me or '')}\b", "", message.text, flags=re.IGNORECASE).strip()
-        await answer_question(message, context, question)
+        await answer_question(message, context, text)
 
 
 def _reply_to(message: Message) -> ReplyTo:
@@ -187,6 +202,28 @@ async def rollback(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     await reply(message, await _core(context).rollback((context.args or [None])[0], _reply_to(message)))
 
 
+@admins_only
+async def unanswered(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """/unanswered: the most-asked questions the bot could not answer, with their ids (admins only)."""
+    await reply(update.effective_message, await _core(context).inbox())
+
+
+@admins_only
+async def answer(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """/answer <id> <answer>: the question becomes a pair and its askers get the answer (admins only)."""
+    message = update.effective_message
+    words = (message.text or "").split(maxsplit=2)
+    item_id, text = (words[1] if len(words) > 1 else ""), (words[2] if len(words) > 2 else "")
+    await reply(message, await _core(context).inbox_answer(item_id, text, _reply_to(message)))
+
+
+@admins_only
+async def dismiss(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """/dismiss <id>: close a question without an answer (admins only)."""
+    message = update.effective_message
+    await reply(message, await _core(context).inbox_dismiss((context.args or [""])[0], _reply_to(message)))
+
+
 async def deliver(app: Application, where: ReplyTo, outcome: RetrainOutcome) -> None:
     """A fine-tune's outcome, with the loss curve, as replies to the request (also after a bot restart)."""
     options = {"reply_to_message_id": int(where.message) if where.message else None, "allow_sending_without_reply": True}
@@ -196,10 +233,17 @@ async def deliver(app: Application, where: ReplyTo, outcome: RetrainOutcome) -> 
         await app.bot.send_photo(int(where.chat), outcome.image, caption="Loss and accuracy during training", **options)
 
 
+async def notify(app: Application, chat: str, text: str) -> None:
+    """Post an admin's answer in a chat where the question was asked."""
+    for part in split_message(text, MESSAGE_LIMIT):
+        await app.bot.send_message(int(chat), part)
+
+
 async def start_delivery(app: Application) -> None:
-    """Deliver finished fine-tunes nobody reported (once), now and every few seconds."""
+    """Deliver finished fine-tunes nobody reported and admins' answers (each once), now and every few seconds."""
     core: BotCore = app.bot_data["core"]
-    app.bot_data["delivery"] = asyncio.create_task(core.keep_delivering(PLATFORM, functools.partial(deliver, app)))
+    task = core.keep_delivering(PLATFORM, functools.partial(deliver, app), functools.partial(notify, app))
+    app.bot_data["delivery"] = asyncio.create_task(task)
 
 
 async def stop_delivery(app: Application) -> None:
@@ -241,6 +285,9 @@ def build_application(settings: Settings, core: BotCore | None = None) -> Applic
     app.add_handler(CommandHandler("status", status, filters=new))
     app.add_handler(CommandHandler("models", models, filters=new))
     app.add_handler(CommandHandler("rollback", rollback, filters=new))
+    app.add_handler(CommandHandler("unanswered", unanswered, filters=new))
+    app.add_handler(CommandHandler("answer", answer, filters=new))
+    app.add_handler(CommandHandler("dismiss", dismiss, filters=new))
     app.add_handler(MessageHandler(new & filters.TEXT & ~filters.COMMAND, on_text))
     app.add_error_handler(on_error)
     return app

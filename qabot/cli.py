@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsed
 from rich.progress import Progress as Bar
 from rich.table import Table
 
-from qabot.ops import bot_app, dev, health_app, status, worker_app
+from qabot.ops import bot_app, dev, health_app, inbox_app, status, worker_app
 from qabot.settings import Settings
 from qabot.setup import State, console, err, report_error, scrub
 from qabot.setup import settings as _settings
@@ -23,6 +23,7 @@ app.add_typer(models_app, name="models")
 app.add_typer(worker_app, name="worker")
 app.add_typer(bot_app, name="bot")
 app.add_typer(health_app, name="health")
+app.add_typer(inbox_app, name="inbox")
 
 EXIT_WORDS = {"exit", "quit", ":q"}
 

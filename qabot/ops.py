@@ -1,4 +1,4 @@
-"""`qabot` commands for running the service: workers, bots, `dev` and `status`. No torch in these processes."""
+"""`qabot` commands for running the service: workers, bots, `dev`, `status` and the inbox. No torch in these processes."""
 
 from __future__ import annotations
 
@@ -11,6 +11,10 @@ from qabot.setup import settings as _settings
 
 worker_app = typer.Typer(help="Run the RQ workers of a GPU host.", no_args_is_help=True)
 bot_app = typer.Typer(help="Run a chat bot (no torch needed).", no_args_is_help=True)
+inbox_app = typer.Typer(
+    help="Questions the bot declined or answered wrongly: list, answer (a new pair), dismiss. Needs `qabot worker admin`.",
+    no_args_is_help=True,
+)
 health_app = typer.Typer(help="Health checks that mean more than `qabot status --quiet` (Redis answers).", no_args_is_help=True)
 
 
@@ -91,7 +95,7 @@ def worker_answer(burst: Annotated[bool, typer.Option(help="Stop when the queue 
 
 @worker_app.command("admin")
 def worker_admin(burst: Annotated[bool, typer.Option(help="Stop when the queue is empty.")] = False) -> None:
-    """Serve admin jobs (/addqa, /models, /rollback, /status): quick, no torch; the store's writer besides training."""
+    """Serve admin jobs (/addqa, /answer, /models, /rollback, /status, ...): quick, no torch; the store's writer."""
     from rq import SimpleWorker
 
     from worker.client import WORKER_SOCKET_TIMEOUT, connect
@@ -133,3 +137,52 @@ def bot_discord() -> None:
     from bots.discord_bot import main as run_discord
 
     run_discord(_settings(engine=False))
+
+
+def _inbox_job(function: str, request: object) -> object:
+    """Run an inbox job on the admin worker, as the bots do."""
+    from worker.client import QueueClient
+
+    return QueueClient(_settings(engine=False)).admin_call(function, request)
+
+
+def _show(text: str) -> None:
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+@inbox_app.command("list")
+def inbox_list(limit: Annotated[int, typer.Option(help="Most questions shown.")] = 20) -> None:
+    """The most-asked open questions first, then the most recent, with their ids."""
+    from bots.render import CLI_HINTS, render_inbox
+    from qabot.shapes import InboxListRequest
+
+    _show(render_inbox(_inbox_job("inbox_list", InboxListRequest(limit)), CLI_HINTS))
+
+
+@inbox_app.command("answer")
+def inbox_answer(
+    item_id: Annotated[str, typer.Argument(metavar="ID", help="The question's id from `qabot inbox list`.")],
+    answer: Annotated[list[str], typer.Argument(metavar="TEXT...", help="The answer (quoted, or as several words).")],
+) -> None:
+    """Answer a question: it becomes a pair of the dataset, and the chats where it was asked get the answer."""
+    from bots.render import CLI_HINTS, render_inbox_answer
+    from qabot.shapes import InboxAnswerRequest
+
+    result = _inbox_job("inbox_answer", InboxAnswerRequest(item_id, " ".join(answer)))
+    _show(render_inbox_answer(result, CLI_HINTS))
+    if not result.closed:
+        raise typer.Exit(1)
+
+
+@inbox_app.command("dismiss")
+def inbox_dismiss(
+    item_id: Annotated[str, typer.Argument(metavar="ID", help="The question's id from `qabot inbox list`.")],
+) -> None:
+    """Close a question without answering it."""
+    from bots.render import CLI_HINTS, render_inbox_dismiss
+    from qabot.shapes import InboxDismissRequest
+
+    result = _inbox_job("inbox_dismiss", InboxDismissRequest(item_id))
+    _show(render_inbox_dismiss(result, CLI_HINTS))
+    if not result.found:
+        raise typer.Exit(1)

@@ -307,6 +307,26 @@ class FakeDiscord(Watched):
         await self.dispatch("MESSAGE_CREATE", data)
         return message_id
 
+    async def react(self, user_id: int, message_id: str, emoji: str = "\N{THUMBS DOWN SIGN}") -> None:
+        """A person adds a reaction to a message (MESSAGE_REACTION_ADD)."""
+        message = self.messages.get(message_id, {})
+        channel_id = message.get("channel_id", CHANNEL_ID)
+        await self.dispatch(
+            "MESSAGE_REACTION_ADD",
+            {
+                "user_id": str(user_id),
+                "channel_id": channel_id,
+                "message_id": message_id,
+                "guild_id": GUILD_ID,
+                "member": {k: v for k, v in self._member(user_id, []).items()},
+                "emoji": {"id": None, "name": emoji},
+                "message_author_id": message.get("author", {}).get("id"),
+                "burst": False,
+                "burst_colors": [],
+                "type": 0,
+            },
+        )
+
     async def slash(
         self,
         user_id: int,

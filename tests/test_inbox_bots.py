@@ -1,0 +1,305 @@
+"""The unanswered inbox end to end: real answer and admin workers, the real Telegram and Discord libraries against
+the fake servers, the CLI. A grounded tiny model declines questions about names its data never mentions."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import discord
+import pytest
+from redis import Redis
+
+from bots.core import REFUSAL, BotCore
+from bots.discord_bot import QabotDiscord
+from bots.feedback import ALREADY_REPORTED
+from bots.render import PASSED_ON, REPORTED, render_notice
+from bots.telegram_bot import NOT_AN_ANSWER
+from engine.versions import ModelStore
+from qabot import inbox
+from qabot.settings import Settings
+from qabot.shapes import InboxKind
+from tests.conftest import TINY_PAIRS, qabot_env, release_tiny, write_pairs
+from tests.fake_discord import ADMIN_ROLE_ID, CHANNEL_ID, FakeDiscord
+from tests.fake_telegram import FakeTelegram
+from tests.test_telegram import run_bot, stop_bot, texts
+
+TOKEN = "123456:TEST-secret-token-never-logged"
+DISCORD_TOKEN = "discord-secret-token-never-logged"
+ADMIN = 4242
+DISCORD_ADMIN = 5151
+
+
+@dataclass
+class Stack:
+    settings: Settings  # the bots' (no store)
+    store: ModelStore  # the workers' (the tests look at it)
+    env: dict[str, str]  # for `qabot` commands
+    plain: str  # a plain version that answers the tiny world's questions
+    grounded: str  # a grounded version: it declines names its data never mentions
+
+
+@pytest.fixture(scope="module")
+def stack(trained_tiny, tiny_gpt2, redis_server, tmp_path_factory):
+    """A store with the plain tiny model and a grounded one (live), an answer worker and an admin worker."""
+    store, _ = trained_tiny
+    home = tmp_path_factory.mktemp("inbox-home")
+    shutil.copytree(store.root, home / "models")
+    models = ModelStore(home / "models")
+    plain = models.current_name()
+    data = write_pairs(home / "tiny.json", TINY_PAIRS)
+    grounded = release_tiny(models, data, tiny_gpt2, home / "cache", grounded=True, epochs=1).version.name
+    models.promote(grounded)
+    url = redis_server.replace("/0", "/4")
+    Redis.from_url(url).flushdb()
+    env = qabot_env({"QABOT_HOME": str(home), "QABOT_REDIS_URL": url, "QABOT_DEVICE": "cpu", "QABOT_MAX_NEW_TOKENS": "24"})
+    workers = [
+        subprocess.Popen([sys.executable, "-m", "qabot", "worker", kind], env=env, stderr=subprocess.DEVNULL)
+        for kind in ("answer", "admin")
+    ]
+    settings = Settings(
+        home=home / "bot-has-no-store",
+        redis_url=url,
+        telegram_token=TOKEN,
+        telegram_admins=[ADMIN],
+        discord_token=DISCORD_TOKEN,
+        discord_admins=[DISCORD_ADMIN],
+        discord_admin_roles=[int(ADMIN_ROLE_ID)],
+        answer_wait=60,
+        admin_wait=30,
+    )
+    yield Stack(settings, models, env, plain, grounded)
+    for proc in workers:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.fixture
+def redis(stack) -> Redis:
+    """The stack's Redis with an empty inbox (the workers' own keys stay)."""
+    connection = Redis.from_url(stack.settings.redis_url)
+    for pattern in ("qabot:inbox:*", "qabot:notify:*", "qabot:sent:*", "qabot:reported:*"):
+        for key in connection.scan_iter(pattern):
+            connection.delete(key)
+    return connection
+
+
+@pytest.fixture
+async def telegram(stack):
+    fake = FakeTelegram(TOKEN)
+    await fake.start()
+    app = await run_bot(stack.settings, fake)
+    yield fake
+    await stop_bot(app)
+    await fake.stop()
+
+
+@pytest.fixture
+async def discord_fake(stack, monkeypatch):
+    fake = FakeDiscord()
+    await fake.start()
+    monkeypatch.setattr(discord.http.Route, "BASE", discord.http.Route.BASE)
+    monkeypatch.setattr(discord.gateway.DiscordWebSocket, "DEFAULT_GATEWAY", discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY)
+    settings = stack.settings.model_copy(update={"discord_api_url": fake.url})
+    core = BotCore(settings)
+    core.delivery_poll = 0.5
+    bot = QabotDiscord(settings, core)
+    task = asyncio.create_task(bot.start(DISCORD_TOKEN))
+    await asyncio.wait_for(fake.ready.wait(), 30)
+    await fake.wait_for(lambda: fake.commands)
+    yield fake
+    await bot.close()
+    task.cancel()
+    await fake.stop()
+
+
+@contextlib.contextmanager
+def live(stack: Stack, version: str):
+    """Make `version` live for a while (the answer worker switches before its next batch)."""
+    before = stack.store.current_name()
+    stack.store.promote(version)
+    try:
+        yield
+    finally:
+        stack.store.promote(before)
+
+
+async def say(fake: FakeTelegram, chat: int, user: int, text: str, **options) -> str:
+    """A Telegram message and the bot's (first) reply to it."""
+    sent = fake.send_text(chat, user, text, **options)
+    return (await fake.wait_for(lambda: texts(fake, sent), timeout=60))[0]
+
+
+async def slash(fake: FakeDiscord, user: int, name: str, options: dict | None = None, **extra) -> str:
+    """A Discord slash command and the bot's (first) answer to it."""
+    token = await fake.slash(user, name, options, **extra)
+    return (await fake.wait_for(lambda: [m["content"] for m in fake.followups(token)], timeout=60))[0]
+
+
+def notices(fake: FakeTelegram, chat: int) -> list[str]:
+    return [m["text"] for m in fake.sent.values() if m["chat"]["id"] == chat and m.get("text", "").startswith("An admin")]
+
+
+def open_items(redis: Redis):
+    return inbox.open_items(redis)[0]
+
+
+async def test_declined_questions_reach_the_inbox_once_and_an_admin_answers_them_on_telegram(stack, redis, telegram):
+    declined = f"{stack.settings.decline_text} {PASSED_ON}"
+    question = "Who rules the kingdom of Zarnak?"
+    assert await say(telegram, 201, 201, question) == declined
+    assert await say(telegram, -700, 202, "/ask Who  rules the kingdom of Zarnak", chat_type="group") == declined
+    assert await say(telegram, 201, 201, "WHO RULES the kingdom of Zarnak!") == declined
+    (item,) = open_items(redis)
+    assert (item.text, item.count, item.kind) == (question, 3, InboxKind.DECLINED)
+    assert {(p.platform, p.chat) for p in item.places} == {("telegram", "201"), ("telegram", "-700")}
+    stored = b"".join(v for v in redis.hgetall(inbox.PREFIX + item.id).values())
+    assert b"202" not in stored  # who asked in the group is not kept
+
+    for command in ("/unanswered", f"/answer {item.id} Queen Mira rules it.", f"/dismiss {item.id}"):
+        assert await say(telegram, 203, 203, command) == REFUSAL
+    assert open_items(redis) == [item]
+
+    listing = await say(telegram, ADMIN, ADMIN, "/unanswered")
+    assert listing.startswith("Unanswered questions: 1 open") and f'{item.id}: "{question}", asked 3 times' in listing
+    pairs_before = len(stack.store.current_pairs())
+    bad = await say(telegram, ADMIN, ADMIN, f"/answer {item.id} Queen Mira.\nQuestion: and who else?")
+    assert bad.startswith("That answer has 1 problem(s); nothing was changed") and "stays open" in bad
+    assert open_items(redis)[0].count == 3 and len(stack.store.current_pairs()) == pairs_before
+    unknown = await say(telegram, ADMIN, ADMIN, "/answer ffffff Someone.")
+    assert unknown == "No open question has the id 'ffffff'; /unanswered lists them."
+
+    done = await say(telegram, ADMIN, ADMIN, f"/answer {item.id.upper()} Queen Mira rules Zarnak.")
+    assert done.startswith(f"Added '{question}'") and "The question is closed" in done and "2 chat(s)" in done
+    expected = render_notice(question, "Queen Mira rules Zarnak.")
+    for chat in (201, -700):
+        assert await telegram.wait_for(lambda chat=chat: notices(telegram, chat)) == [expected]
+    assert open_items(redis) == [] and (await say(telegram, ADMIN, ADMIN, "/unanswered")).endswith("the inbox is empty.")
+    assert any(p.prompt == question and p.response == "Queen Mira rules Zarnak." for p in stack.store.current_pairs())
+    # The answer worker takes the new dataset's notes before its next batch: the pair is found at once.
+    from worker.client import QueueClient
+
+    again = await QueueClient(stack.settings).ask("Who rules the kingdom of Zarnak?", timeout=60)
+    assert again.details["sources"][0] == question
+    await asyncio.sleep(1.0)
+    assert notices(telegram, 201) == [expected]  # delivered once
+
+
+async def test_discord_admins_list_refuse_and_dismiss(stack, redis, discord_fake):
+    declined = f"{stack.settings.decline_text} {PASSED_ON}"
+    assert await slash(discord_fake, 401, "ask", {"question": "Where does the Quorvath fleet sail?"}) == declined
+    assert {"unanswered", "answer", "dismiss"} <= {c["name"] for c in discord_fake.commands}
+    (item,) = open_items(redis)
+    for name, options in (("unanswered", {}), ("answer", {"id": item.id, "answer": "North."}), ("dismiss", {"id": item.id})):
+        assert await slash(discord_fake, 402, name, options) == REFUSAL
+    assert open_items(redis) == [item]
+    listing = await slash(discord_fake, 403, "unanswered", roles=[ADMIN_ROLE_ID])
+    assert f'{item.id}: "Where does the Quorvath fleet sail?", asked once' in listing
+    too_long = await slash(discord_fake, DISCORD_ADMIN, "answer", {"id": item.id, "answer": "It sails north. " * 100})
+    assert too_long.startswith("That answer has 1 problem(s); nothing was changed") and "stays open" in too_long
+    assert "tokens once formatted" in too_long
+    assert open_items(redis) == [item]
+    dismissed = await slash(discord_fake, DISCORD_ADMIN, "dismiss", {"id": item.id})
+    assert dismissed.startswith('Dismissed "Where does the Quorvath fleet sail?"')
+    assert open_items(redis) == []
+    # Asked again soon after: still declined, not passed on again (an admin chose to drop it).
+    again = await slash(discord_fake, 404, "ask", {"question": "Where does the Quorvath fleet sail?"})
+    assert again == stack.settings.decline_text and open_items(redis) == []
+
+
+async def test_an_answer_reaches_the_askers_on_the_other_platform(stack, redis, telegram, discord_fake):
+    declined = f"{stack.settings.decline_text} {PASSED_ON}"
+    question = "Who forged the crown of Belmuth?"
+    assert await say(telegram, 301, 301, question) == declined
+    asked = await discord_fake.say(302, question.removesuffix("?"), mention=True)
+    assert await discord_fake.wait_for(lambda: discord_fake.replies_to(asked), timeout=60) == [declined]
+    other = "Who sings in the halls of Tervane?"
+    assert await say(telegram, 303, 303, other) == declined
+    items = {i.text: i for i in open_items(redis)}
+    assert items[question].count == 2 and set(items) == {question, other}
+
+    # Through the CLI: list, an unknown id, then the answer; both platforms' chats get it.
+    listing = await asyncio.to_thread(run_qabot, stack, "inbox", "list")
+    assert listing.returncode == 0 and f'{items[question].id}: "{question}", asked 2 times' in listing.stdout
+    assert "qabot inbox answer ID" in listing.stdout
+    missing = await asyncio.to_thread(run_qabot, stack, "inbox", "dismiss", "abcdef")
+    assert missing.returncode == 1 and "No open question has the id 'abcdef'; qabot inbox list lists them." in missing.stdout
+    answered = await asyncio.to_thread(run_qabot, stack, "inbox", "answer", items[question].id, "The smith Oda forged it.")
+    assert answered.returncode == 0 and f"Added '{question}'" in answered.stdout, answered.stderr
+    expected = render_notice(question, "The smith Oda forged it.")
+    assert await telegram.wait_for(lambda: notices(telegram, 301)) == [expected]
+    posted = await discord_fake.wait_for(lambda: [m for m in discord_fake.messages.values() if m["content"] == expected])
+    assert posted[0]["channel_id"] == CHANNEL_ID
+    body = next(b for m, p, b in discord_fake.calls if m == "POST" and b and b.get("content") == expected)
+    assert body["allowed_mentions"]["parse"] == []
+
+    # Asked on Telegram, answered on Discord: the Telegram chat gets it.
+    done = await slash(discord_fake, DISCORD_ADMIN, "answer", {"id": items[other].id, "answer": "The choir of Tervane."})
+    assert done.startswith(f"Added '{other}'") and "1 chat(s)" in done
+    assert await telegram.wait_for(lambda: notices(telegram, 303)) == [render_notice(other, "The choir of Tervane.")]
+    assert open_items(redis) == []
+
+
+async def test_two_bots_of_one_platform_post_an_answer_once(stack, redis):
+    fake = FakeTelegram(TOKEN)
+    await fake.start()
+    apps = [await run_bot(stack.settings, fake), await run_bot(stack.settings, fake)]
+    try:
+        recorded = inbox.record(redis, "Who keeps the Ember Vault?", place=("telegram", "901"))
+        inbox.record(redis, "Who keeps the Ember Vault?", place=("telegram", "902"))
+        answered = await asyncio.to_thread(run_qabot, stack, "inbox", "answer", recorded.id, "Warden", "Hale", "keeps", "it.")
+        assert answered.returncode == 0, answered.stdout + answered.stderr
+        for chat in (901, 902):
+            await fake.wait_for(lambda chat=chat: notices(fake, chat))
+        await asyncio.sleep(1.5)  # both bots polled several times meanwhile
+        assert len(notices(fake, 901)) == 1 and len(notices(fake, 902)) == 1
+    finally:
+        for app in apps:
+            await stop_bot(app)
+        await fake.stop()
+
+
+async def test_people_flag_wrong_answers_on_both_platforms(stack, redis, telegram, discord_fake):
+    with live(stack, stack.plain):
+        question, answer = TINY_PAIRS[0].prompt, TINY_PAIRS[0].response
+        asked = telegram.send_text(-800, 501, f"/ask {question}", chat_type="group")
+        assert await telegram.wait_for(lambda: texts(telegram, asked), timeout=60) == [answer]
+        bot_answer = telegram.replies_to(asked)[0]["message_id"]
+        assert await say(telegram, -800, 502, "Wrong!", chat_type="group", reply_to=bot_answer) == REPORTED
+        (item,) = open_items(redis)
+        assert (item.text, item.kind, item.answer, item.count) == (question, InboxKind.WRONG, answer, 1)
+        assert [(p.platform, p.chat) for p in item.places] == [("telegram", "-800")]
+        assert await say(telegram, -800, 502, "wrong", chat_type="group", reply_to=bot_answer) == ALREADY_REPORTED
+        assert await say(telegram, -800, 503, "WRONG.", chat_type="group", reply_to=bot_answer) == REPORTED
+        assert open_items(redis)[0].count == 2
+        flag = telegram.send_text(-800, 503, "wrong", chat_type="group", reply_to=bot_answer)
+        ack = (await telegram.wait_for(lambda: telegram.replies_to(flag)))[0]["message_id"]  # a bot message, no answer
+        assert await say(telegram, -800, 504, "wrong", chat_type="group", reply_to=ack) == NOT_AN_ANSWER
+
+        said = await discord_fake.say(601, TINY_PAIRS[4].prompt, mention=True)
+        assert await discord_fake.wait_for(lambda: discord_fake.replies_to(said), timeout=60) == [TINY_PAIRS[4].response]
+        reply_id = next(
+            m["id"] for m in discord_fake.messages.values() if str((m.get("message_reference") or {}).get("message_id")) == said
+        )
+        await discord_fake.react(602, reply_id, "\N{THUMBS UP SIGN}")  # not a complaint
+        await discord_fake.react(602, reply_id)
+        assert await discord_fake.wait_for(lambda: discord_fake.replies_to(reply_id)) == [REPORTED]
+        await discord_fake.react(603, reply_id, "\N{THUMBS DOWN SIGN}\N{EMOJI MODIFIER FITZPATRICK TYPE-4}")
+        await discord_fake.wait_for(lambda: any(i.count == 2 for i in open_items(redis)) or None)
+        await asyncio.sleep(0.5)
+        assert discord_fake.replies_to(reply_id) == [REPORTED]  # acknowledged once under the answer
+        flagged = next(i for i in open_items(redis) if i.text == TINY_PAIRS[4].prompt)
+        assert (flagged.kind, flagged.answer, flagged.count) == (InboxKind.WRONG, TINY_PAIRS[4].response, 2)
+        listing = await say(telegram, ADMIN, ADMIN, "/unanswered")
+        assert f'flagged wrong, the answer was "{TINY_PAIRS[4].response}"' in listing
+
+
+def run_qabot(stack: Stack, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "qabot", *args], env=stack.env, capture_output=True, text=True, timeout=120, cwd=Path.cwd()
+    )
