@@ -190,6 +190,15 @@ async def test_declined_questions_reach_the_inbox_once_and_an_admin_answers_them
     assert notices(telegram, 201) == [expected]  # delivered once
 
 
+async def test_a_broken_inbox_never_fails_an_answer(stack, redis, telegram):
+    redis.set(inbox.OPEN, "not a sorted set")  # every record now fails (WRONGTYPE)
+    try:
+        assert await say(telegram, 205, 205, "Who rules the kingdom of Vossmark?") == stack.settings.decline_text
+    finally:
+        redis.delete(inbox.OPEN)
+    assert await say(telegram, 205, 205, "Who rules the kingdom of Vossmark?") == f"{stack.settings.decline_text} {PASSED_ON}"
+
+
 async def test_discord_admins_list_refuse_and_dismiss(stack, redis, discord_fake):
     declined = f"{stack.settings.decline_text} {PASSED_ON}"
     assert await slash(discord_fake, 401, "ask", {"question": "Where does the Quorvath fleet sail?"}) == declined
