@@ -49,7 +49,7 @@ def main() -> None:
     s = settings()
     source = str(bundled_folder(s))
     pairs, heldout = read_dataset(s.dataset), read_heldout(s.eval_data)
-    config = TrainConfig(epochs=args.epochs, checkpoints=False, early_stopping_patience=0, eval_questions=0)
+    config = TrainConfig(epochs=args.epochs, checkpoints=False, early_stopping_patience=0, eval_questions=0, grounded=False)
     print(f"machine: {machine()}")
     print(f"data: {len(pairs)} pairs, {args.epochs} epochs, lr {config.learning_rate}, batch {config.batch_size}")
 

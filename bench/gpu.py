@@ -91,7 +91,7 @@ def answering(folder: Path, questions: list[str], new_tokens: int) -> None:
 
 def training(folder: Path, epochs: int) -> None:
     pairs = read_dataset(DATA)
-    config = TrainConfig(epochs=epochs, checkpoints=False, early_stopping_patience=0, eval_questions=0)
+    config = TrainConfig(epochs=epochs, checkpoints=False, early_stopping_patience=0, eval_questions=0, grounded=False)
     with TemporaryDirectory() as tmp:
         loaded = load_model(str(folder), device="auto", dtype="float32")
         loaded.tokenizer.padding_side = "right"

@@ -1,4 +1,4 @@
-"""Plain against grounded answering on the bundled model: same data, epochs and seed, same run.
+"""Plain against grounded answering on the bundled model: same data and seed, each with its default epochs (--epochs: both).
 
 Four figures for each: training recall (all pairs), held-out paraphrase accuracy, share of
 unanswerable questions declined (data/unanswerable.json), share of answerable questions wrongly
@@ -106,7 +106,7 @@ def live_knowledge(home: Path, version: str) -> tuple[float, str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=float, default=8)
+    parser.add_argument("--epochs", type=float, help="Epochs for both (default: each format's default, 8 plain, 4 grounded).")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--only", choices=["plain", "grounded"], help="Run one of the two.")
     args = parser.parse_args()

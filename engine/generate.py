@@ -8,11 +8,12 @@ from enum import StrEnum
 from typing import Any
 
 import torch
-from transformers import StoppingCriteriaList, StopStringCriteria, TopPLogitsWarper
+from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteriaList, StopStringCriteria, TopPLogitsWarper
 
 from engine.decoding import decode, supports_pruned_decoding
 from engine.formatting import STOP_TEXT, format_prompt
 from engine.models import context_length
+from engine.textformat import format_answer
 from qabot.errors import QuestionError
 from qabot.questions import check_question
 
@@ -51,6 +52,25 @@ class Sampling:
     temperature: float = 0.7
     top_p: float = 0.9
     seed: int | None = None
+
+
+class DeclineGate(LogitsProcessor):
+    """At an answer's first token, the decline may start only where the model gives its first token `confidence`.
+
+    A grounded model unsure between its notes and "I don't know" answers from the notes: its declines of paraphrased
+    questions were far less sure than its declines of questions the data cannot answer.
+    """
+
+    def __init__(self, token_id: int, confidence: float, prompt_length: int = 0) -> None:
+        self.token_id, self.confidence, self.prompt_length = token_id, confidence, prompt_length
+
+    def gate(self, logits: torch.Tensor) -> torch.Tensor:
+        unsure = logits.float().softmax(-1)[:, self.token_id] < self.confidence
+        logits[unsure, self.token_id] = float("-inf")
+        return logits
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        return self.gate(scores) if input_ids.shape[1] == self.prompt_length else scores
 
 
 class Answerer:
@@ -130,7 +150,9 @@ class Answerer:
         prompts, hits = self.grounding.prompts(cleaned, fits=self._fits)
         reasons = [self.grounding.reason_to_decline(q, found) for q, found in zip(cleaned, hits, strict=True)]
         asked = [i for i, reason in enumerate(reasons) if reason is None]  # the others are declined without the model
-        answered = self._generate([cleaned[i] for i in asked], [prompts[i] for i in asked], sampling)
+        first = self.tokenizer(format_answer(self.grounding.decline), add_special_tokens=False)["input_ids"][0]
+        gate = DeclineGate(first, self.grounding.decline_confidence)
+        answered = self._generate([cleaned[i] for i in asked], [prompts[i] for i in asked], sampling, gate)
         generated = dict(zip(asked, answered, strict=True))
         decline = " ".join(self.grounding.decline.split())
         answers = []
@@ -138,6 +160,8 @@ class Answerer:
             answer = generated.get(index) or Answer(question, decline, 0, StopReason.EOS)
             if reason is None and " ".join(answer.text.split()).casefold() == decline.casefold():
                 reason = "the model found no answer in its notes"
+            elif reason is None and answer.stop == StopReason.LENGTH:  # kept as a runaway in `stop`, never shown
+                reason, answer = "the answer ran to the token limit", replace(answer, text=decline)
             answers.append(
                 replace(
                     answer,
@@ -149,14 +173,24 @@ class Answerer:
             )
         return answers
 
-    def _generate(self, questions: list[str], prompts: list[str], sampling: Sampling) -> list[Answer]:
+    def _generate(
+        self, questions: list[str], prompts: list[str], sampling: Sampling, gate: DeclineGate | None = None
+    ) -> list[Answer]:
         """One batched decoding pass over the prompts."""
         if not prompts:
             return []
         batch = self._encode(prompts).to(self.device)
         budget = max(1, min(self.max_new_tokens, self.context - batch["input_ids"].shape[1]))
+        if gate is not None:
+            gate.prompt_length = batch["input_ids"].shape[1]
         with torch.inference_mode():
             if self.prune:
+                pick, steps = self._picker(sampling), [0]
+
+                def gated(logits: torch.Tensor) -> torch.Tensor:
+                    steps[0] += 1
+                    return pick(gate.gate(logits) if gate is not None and steps[0] == 1 else logits)
+
                 new_tokens = decode(
                     self.model,
                     batch["input_ids"],
@@ -164,10 +198,10 @@ class Answerer:
                     max_new_tokens=budget,
                     eos_token_id=self.tokenizer.eos_token_id,
                     should_stop=self._ends_with_stop_text,
-                    pick=self._picker(sampling),
+                    pick=gated,
                 )
             else:
-                new_tokens = self._hf_generate(batch, sampling, budget)
+                new_tokens = self._hf_generate(batch, sampling, budget, gate)
         self.generate_calls += 1
         return [self._finish(q, ids) for q, ids in zip(questions, new_tokens, strict=True)]
 
@@ -191,7 +225,7 @@ class Answerer:
 
         return pick
 
-    def _hf_generate(self, batch: Any, sampling: Sampling, budget: int) -> list[list[int]]:
+    def _hf_generate(self, batch: Any, sampling: Sampling, budget: int, gate: DeclineGate | None = None) -> list[list[int]]:
         """`model.generate`, for models the pruned loop does not support."""
         options: dict[str, Any] = {"do_sample": sampling.do_sample}
         if sampling.do_sample:
@@ -206,6 +240,7 @@ class Answerer:
             eos_token_id=self.tokenizer.eos_token_id,
             pad_token_id=self.tokenizer.pad_token_id,
             stopping_criteria=self._stop_criteria(),
+            logits_processor=LogitsProcessorList([gate] if gate is not None else []),
             **options,
         )
         return output[:, batch["input_ids"].shape[1] :].tolist()

@@ -94,7 +94,12 @@ def train(
     batch_size: Annotated[int | None, typer.Option(help="Examples per step.")] = None,
     max_length: Annotated[int | None, typer.Option(help="Longest example in tokens.")] = None,
     lora: Annotated[bool, typer.Option(help="Train LoRA adapters instead of all weights.")] = False,
-    grounded: Annotated[bool, typer.Option(help="Answer from retrieved notes and learn to decline (RAFT).")] = False,
+    grounded: Annotated[
+        bool | None,
+        typer.Option(
+            "--grounded/--plain", help="Answer from retrieved notes and learn to decline (default: QABOT_GROUNDED, on)."
+        ),
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
     resume: Annotated[bool, typer.Option(help="Resume an interrupted run of the same data and settings.")] = False,
     promote: Annotated[
@@ -108,6 +113,7 @@ def train(
 
     settings = _settings()
     overrides = {"epochs": epochs, "learning_rate": lr, "batch_size": batch_size, "max_length": max_length, "seed": seed}
+    grounded = settings.grounded if grounded is None else grounded
     config = TrainConfig(lora=lora, grounded=grounded, **{k: v for k, v in overrides.items() if v is not None})
     data_path = data or settings.dataset
     if eval_data is None and data is None:
@@ -145,7 +151,7 @@ def chat(version: Annotated[str | None, typer.Option(help="Model version (defaul
         console.print(f"No fine-tuned model yet: training one on {settings.dataset.name} first (a few minutes on a CPU).")
         # No epoch checkpoints here: they write ~1.6 GB per epoch for the bundled model, and a first
         # run that is interrupted simply starts again (`qabot train --resume` is the resumable path).
-        config = TrainConfig(checkpoints=False)
+        config = TrainConfig(checkpoints=False, grounded=settings.grounded)
         request = TrainRequest(settings.base_model, config, settings.eval_data, source=settings.dataset.name)
         _print_outcome(_train_with_bar(settings, settings.dataset, request))
     answerer, info = _load_answerer(settings, version)
@@ -225,11 +231,11 @@ def evaluate(
             console.rule(f"{report.name} questions")
             for item in report.items:
                 mark = "[green]right[/]" if item.correct else "[red]wrong[/]"
-                console.print(
-                    f"{mark} {item.question}\n      answer: {item.answer}\n    expected: {item.expected}",
-                    highlight=False,
-                    soft_wrap=True,
-                )
+                lines = [f"{mark} {item.question}", f"      answer: {item.answer}", f"    expected: {item.expected}"]
+                if item.declined:
+                    lines.append(f"    declined: {item.reason}")
+                lines += [f"      source: {source}" for source in item.sources]
+                console.print("\n".join(lines), highlight=False, soft_wrap=True)
         right = sum(i.correct for i in report.items)
         what = "declined" if report.name == "unanswerable" else "right"
         console.print(

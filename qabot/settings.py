@@ -63,6 +63,11 @@ class Settings(BaseSettings):
         default=3, ge=0, description="Model versions kept besides the live one (the last ones live before it, for rollback)."
     )
 
+    grounded: bool = Field(
+        default=True,
+        description="Fine-tune to answer from notes retrieved from the dataset and to decline when they lack the answer; "
+        "false: the plain format (no notes, no declines).",
+    )
     train_epochs: float | None = Field(default=None, gt=0, description="Epochs for queued fine-tunes (default: TrainConfig's).")
     train_learning_rate: float | None = Field(default=None, gt=0, le=1, description="Learning rate for queued fine-tunes.")
     train_batch_size: int | None = Field(default=None, ge=1, description="Batch size for queued fine-tunes.")

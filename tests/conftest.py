@@ -123,7 +123,14 @@ def tiny_heldout(tmp_path) -> Path:
     return path
 
 
-TINY_CONFIG = {"epochs": 40, "learning_rate": 3e-3, "batch_size": 4, "checkpoints": False, "early_stopping_patience": 0}
+TINY_CONFIG = {
+    "grounded": False,
+    "epochs": 40,
+    "learning_rate": 3e-3,
+    "batch_size": 4,
+    "checkpoints": False,
+    "early_stopping_patience": 0,
+}
 
 
 @pytest.fixture(scope="session")

@@ -26,8 +26,9 @@ def test_examples_hold_the_answer_at_varying_places_and_negatives_teach_the_decl
     positives = [(prompt, answer) for prompt, answer in examples if answer != DECLINE]
     negatives = [(prompt, answer) for prompt, answer in examples if answer == DECLINE]
     assert len(positives) == len(pairs) and 0.15 * len(pairs) <= len(negatives) <= 0.35 * len(pairs)
-    places = {notes_of(prompt).index(answer) for prompt, answer in positives}
-    assert places == {0, 1, 2}  # the gold note is not always in the same place
+    places = [notes_of(prompt).index(answer) for prompt, answer in positives]
+    assert set(places) == {0, 1, 2}  # the gold note is not always in the same place...
+    assert places.count(2) >= 0.7 * len(places)  # ...but mostly where answering puts the nearest pair, next to the question
     assert all(len(notes_of(prompt)) == 3 for prompt, _ in examples)
     for prompt, _ in negatives:
         question = prompt.rsplit("Question: ", 1)[1].removesuffix("\nAnswer:")
@@ -140,3 +141,17 @@ def test_questions_about_names_the_data_never_mentions_or_far_from_every_pair_ar
     answers = answerer.answer(["Who rules the kingdom of Zarnak?", "How do I bake a chocolate cake?"])
     assert [(a.text, a.declined) for a in answers] == [(DECLINE, True), (DECLINE, True)]
     assert answerer.generate_calls == 0 and "Zarnak" in answers[0].reason and answers[0].sources
+
+
+def test_the_decline_may_start_only_where_the_model_is_sure_of_it():
+    import torch
+
+    from engine.generate import DeclineGate
+
+    unsure, sure = torch.log(torch.tensor([0.6, 0.3, 0.1])), torch.log(torch.tensor([0.9, 0.05, 0.05]))
+    gated = DeclineGate(token_id=0, confidence=0.7).gate(torch.stack([unsure, sure]))
+    assert gated.argmax(-1).tolist() == [1, 0]  # the unsure row answers from its notes, the sure one declines
+    at_first_step = DeclineGate(0, 0.7, prompt_length=5)
+    assert at_first_step(torch.zeros(1, 5, dtype=torch.long), unsure[None].clone()).argmax(-1).item() == 1
+    later = at_first_step(torch.zeros(1, 6, dtype=torch.long), unsure[None].clone())
+    assert later.argmax(-1).item() == 0  # later steps are untouched

@@ -36,7 +36,14 @@ def test_llama_family_finetunes_with_lora_and_heldout(arch, tiny_llama, tmp_path
     store = ModelStore(tmp_path / "models")
     seen = []
     config = TrainConfig(
-        epochs=6, learning_rate=5e-3, batch_size=4, lora=True, lora_r=8, checkpoints=False, early_stopping_patience=0
+        epochs=6,
+        learning_rate=5e-3,
+        batch_size=4,
+        lora=True,
+        lora_r=8,
+        checkpoints=False,
+        early_stopping_patience=0,
+        grounded=False,
     )
     base = load_base(str(tiny_llama), tmp_path / "cache", config.max_length)
     request = TrainRequest(str(tiny_llama), config, tiny_heldout)
@@ -85,7 +92,7 @@ def test_resume_continues_from_the_last_checkpoint(tiny_gpt2, tmp_path, tiny_dat
         if p.stage == "training" and p.epoch > 2.0:
             raise Interrupt
 
-    config = TrainConfig(epochs=4, learning_rate=3e-3, batch_size=4, early_stopping_patience=0)
+    config = TrainConfig(epochs=4, learning_rate=3e-3, batch_size=4, early_stopping_patience=0, grounded=False)
     base = load_base(str(tiny_gpt2), tmp_path, config.max_length)
     pairs = validate_file(tiny_data, base)
     request = TrainRequest(str(tiny_gpt2), config)

@@ -75,6 +75,7 @@ def run_training(settings: Settings, request: dict[str, Any], report, connection
     store = ModelStore(settings.models_dir)
     defaults = {
         "checkpoints": False,  # queued fine-tunes never resume: no epoch checkpoints to leave behind
+        "grounded": settings.grounded,
         "epochs": settings.train_epochs,
         "learning_rate": settings.train_learning_rate,
         "batch_size": settings.train_batch_size,
