@@ -35,7 +35,8 @@ from qabot.shapes import (
     ReplyTo,
     RollbackResult,
 )
-from worker.client import QueueClient, TrainStatus
+from worker.client import QueueClient
+from worker.results import TrainStatus
 
 logger = logging.getLogger(__name__)
 

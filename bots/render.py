@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from qabot.dataset import STOPPED
 from qabot.inbox import DISMISSED_KEEP_S
 from qabot.shapes import (
     AddPairResult,
@@ -17,7 +18,7 @@ from qabot.shapes import (
     ModelsResult,
     StatusReport,
 )
-from worker.client import TrainStatus
+from worker.results import TrainStatus
 
 MAX_PROBLEMS_SHOWN = 15
 QUOTE_CHARS = 200  # a question or an answer quoted in the inbox list is cut to this many characters
@@ -26,9 +27,15 @@ REPORTED = "Thanks: I've passed the question and my answer on to the admins."
 
 
 def problems_text(problems: list[str] | tuple[str, ...], what: str = "That dataset") -> str:
-    shown = "\n".join(f"- {p}" for p in problems[:MAX_PROBLEMS_SHOWN])
-    more = f"\n...and {len(problems) - MAX_PROBLEMS_SHOWN} more" if len(problems) > MAX_PROBLEMS_SHOWN else ""
-    return f"{what} has {len(problems)} problem(s); nothing was changed:\n{shown}{more}"
+    """The first problems found, and how many there are (the validator stops counting at MAX_PROBLEMS)."""
+    problems = list(problems)
+    stopped = bool(problems) and problems[-1] == STOPPED
+    found = problems[:-1] if stopped else problems
+    count = f"more than {len(found)}" if stopped else str(len(found))
+    shown = "\n".join(f"- {p}" for p in found[:MAX_PROBLEMS_SHOWN])
+    left = len(found) - MAX_PROBLEMS_SHOWN
+    more = f"\n...and {'more than ' if stopped else ''}{left} more" if left > 0 else ("\n...and more" if stopped else "")
+    return f"{what} has {count} problem(s); nothing was changed:\n{shown}{more}"
 
 
 def render_progress(status: TrainStatus) -> str:
@@ -97,6 +104,8 @@ def render_status(report: StatusReport) -> str:
         "Queues: " + ", ".join(f"{name} {q['waiting']} waiting, {q['running']} running" for name, q in report.queues.items())
     )
     lines.append(f"Workers: {len(report.workers)}")
+    if report.unanswered:
+        lines.append(f"Unanswered questions: {report.unanswered}; /unanswered lists them.")
     training = report.training
     if training:
         loss = f", loss {training['loss']:.3f}" if training.get("loss") is not None else ""

@@ -14,19 +14,18 @@ from telegram import Message, Update
 from telegram.constants import ChatAction, ChatType, MessageEntityType
 from telegram.ext import Application, ApplicationBuilder, CommandHandler, ContextTypes, MessageHandler, filters
 
-from bots.core import ADMIN_HELP, HELP_TEXT, REFUSAL, BotCore, RetrainOutcome, split_message
+from bots.core import ADMIN_HELP, HELP_TEXT, REFUSAL, BotCore, split_message
 from bots.feedback import Reply, remember, report_wrong
+from bots.telegram_delivery import MESSAGE_LIMIT, PLATFORM, deliver, on_error, start_delivery, stop_delivery
 from qabot.settings import Settings
 from qabot.shapes import ReplyTo
 
 logger = logging.getLogger(__name__)
 
-MESSAGE_LIMIT = 4096
 TYPING_EVERY_SECONDS = 4.0  # Telegram shows "typing" for 5 s per chat action
 RETRAIN_CAPTION = re.compile(r"^/retrain(@\w+)?(\s|$)")
 WRONG = re.compile(r"wrong\s*[.!]*", re.IGNORECASE)  # a reply "wrong" to one of the bot's answers flags it
 NOT_AN_ANSWER = 'I can only pass on a "wrong" about one of my answers from the last few days.'
-PLATFORM = "telegram"
 
 
 def _core(context: ContextTypes.DEFAULT_TYPE) -> BotCore:
@@ -222,39 +221,6 @@ async def dismiss(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """/dismiss <id>: close a question without an answer (admins only)."""
     message = update.effective_message
     await reply(message, await _core(context).inbox_dismiss((context.args or [""])[0], _reply_to(message)))
-
-
-async def deliver(app: Application, where: ReplyTo, outcome: RetrainOutcome) -> None:
-    """A fine-tune's outcome, with the loss curve, as replies to the request (also after a bot restart)."""
-    options = {"reply_to_message_id": int(where.message) if where.message else None, "allow_sending_without_reply": True}
-    for part in split_message(outcome.text, MESSAGE_LIMIT):
-        await app.bot.send_message(int(where.chat), part, **options)
-    if outcome.image is not None:
-        await app.bot.send_photo(int(where.chat), outcome.image, caption="Loss and accuracy during training", **options)
-
-
-async def notify(app: Application, chat: str, text: str) -> None:
-    """Post an admin's answer in a chat where the question was asked."""
-    for part in split_message(text, MESSAGE_LIMIT):
-        await app.bot.send_message(int(chat), part)
-
-
-async def start_delivery(app: Application) -> None:
-    """Deliver finished fine-tunes nobody reported and admins' answers (each once), now and every few seconds."""
-    core: BotCore = app.bot_data["core"]
-    task = core.keep_delivering(PLATFORM, functools.partial(deliver, app), functools.partial(notify, app))
-    app.bot_data["delivery"] = asyncio.create_task(task)
-
-
-async def stop_delivery(app: Application) -> None:
-    task = app.bot_data.pop("delivery", None)
-    if task is not None:
-        task.cancel()
-
-
-async def on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """Log handler errors; the bot keeps running."""
-    logger.error("a handler failed", exc_info=context.error)
 
 
 def build_application(settings: Settings, core: BotCore | None = None) -> Application:

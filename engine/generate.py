@@ -98,6 +98,7 @@ class Answerer:
         self.prune = prune and on_cpu and supports_pruned_decoding(model)
         self.generate_calls = 0
         self._stopping: StoppingCriteriaList | None = None
+        self._decline_token: tuple[str, int] | None = None  # the decline text and its first token, looked up once
         self.context = context_length(model.config)
         # The answer keeps its budget; a question may use the rest of the context (at least half of it).
         self.question_tokens = self.context - min(max_new_tokens, self.context // 2)
@@ -123,6 +124,12 @@ class Answerer:
                 "please shorten it."
             )
         return text
+
+    def _decline_first_token(self) -> int:
+        text = self.grounding.decline
+        if self._decline_token is None or self._decline_token[0] != text:
+            self._decline_token = (text, self.tokenizer(format_answer(text), add_special_tokens=False)["input_ids"][0])
+        return self._decline_token[1]
 
     def _stop_criteria(self) -> StoppingCriteriaList:
         """Stop at a new `Question:` line; built once, as building it scans the whole vocabulary."""
@@ -150,8 +157,7 @@ class Answerer:
         prompts, hits = self.grounding.prompts(cleaned, fits=self._fits)
         reasons = [self.grounding.reason_to_decline(q, found) for q, found in zip(cleaned, hits, strict=True)]
         asked = [i for i, reason in enumerate(reasons) if reason is None]  # the others are declined without the model
-        first = self.tokenizer(format_answer(self.grounding.decline), add_special_tokens=False)["input_ids"][0]
-        gate = DeclineGate(first, self.grounding.decline_confidence)
+        gate = DeclineGate(self._decline_first_token(), self.grounding.decline_confidence)
         answered = self._generate([cleaned[i] for i in asked], [prompts[i] for i in asked], sampling, gate)
         generated = dict(zip(asked, answered, strict=True))
         decline = " ".join(self.grounding.decline.split())
@@ -162,6 +168,8 @@ class Answerer:
                 reason = "the model found no answer in its notes"
             elif reason is None and answer.stop == StopReason.LENGTH:  # kept as a runaway in `stop`, never shown
                 reason, answer = "the answer ran to the token limit", replace(answer, text=decline)
+            elif reason is None and (reason := self.grounding.reason_to_reject(question, answer.text)) is not None:
+                answer = replace(answer, text=decline)
             answers.append(
                 replace(
                     answer,

@@ -37,6 +37,27 @@ DECLINE_CONFIDENCE = 0.7
 GOLD_NEAREST = 0.8  # share of training examples whose own note sits where retrieval puts the nearest pair
 HARD_NEGATIVES = 0.75  # share of negatives whose notes are the nearest other pairs rather than random ones
 CLOSE_NAME = 0.8  # difflib ratio above which a name counts as a misspelling of a word of the data
+_NUMBER = (
+    r"\d|\b(?:one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|thirteen|fourteen|fifteen|sixteen|seventeen|"
+    r"eighteen|nineteen|twenty|thirty|forty|fifty|sixty|seventy|eighty|ninety|hundreds?|thousands?|millions?|billions?|"
+    r"dozens?|score|half|twice|thrice|once|single|couple|pair|several|few|none|no one|nobody)\b"
+)
+_TIME = (
+    _NUMBER + r"|\b(?:years?|centur(?:y|ies)|ages?|eras?|ago|since|until|till|after|before|during|when|while|first|last|"
+    r"spring|summer|autumn|fall|winter|dawn|dusk|midnight|noon|morning|evening|night|days?|weeks?|months?|seasons?|"
+    r"january|february|march|april|may|june|july|august|september|october|november|december|"
+    r"yesterday|today|tomorrow|now|never|always|every|each|reign|birth|death|war)\b"
+)
+# A question of these kinds asks for a number or a time: an answer without one answers another question (the model
+# copied a note about the same thing: "How old is the queen?" -> "The queen lives in the palace."). English only.
+ANSWER_KINDS = (
+    (
+        re.compile(r"^(?:how\s+(?:many|much|old|long|tall|far|deep|high|heavy)|(?:in\s+)?what\s+(?:year|age))\b", re.I),
+        re.compile(_NUMBER, re.I),
+        "number",
+    ),
+    (re.compile(r"^(?:when|in\s+which\s+year)\b", re.I), re.compile(_TIME, re.I), "time"),
+)
 _POSSESSIVE = re.compile(r"['’]s?$")
 _WORD = re.compile(r"[^\W\d_][\w'’-]*")
 
@@ -90,6 +111,13 @@ class Grounding:
         names = self.unknown_names(question)
         if names:
             return f"the data never mentions {', '.join(names)}"
+        return None
+
+    def reason_to_reject(self, question: str, answer: str) -> str | None:
+        """Why the model's answer does not answer the question (it lacks the number or time asked for); None if fine."""
+        for asks, holds, kind in ANSWER_KINDS:
+            if asks.match(question.strip()) and not holds.search(answer):
+                return f"the question asks for a {kind} and the answer has none"
         return None
 
     def prompts(self, questions: list[str], fits=lambda prompt: True) -> tuple[list[str], list[list[Hit]]]:

@@ -153,3 +153,25 @@ def context_length(config: Any) -> int:
         if isinstance(value, int) and value > 0:
             return value
     return 2048
+
+
+def blocks(model: Any) -> torch.nn.ModuleList:
+    """The model's stack of transformer blocks: its longest ModuleList (GPT-2's `h`, Llama's `layers`, ...)."""
+    lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList)]
+    if not lists:
+        raise ValueError(f"{type(model).__name__} has no stack of transformer blocks to train the top of")
+    return max(lists, key=len)
+
+
+def train_top_layers(model: Any, count: int) -> int:
+    """Freeze every weight but the top `count` blocks and what follows them (final norm; an untied head); returns
+    how many weights stay trainable. Backward then stops at the lowest trained block, so a step costs less."""
+    stack = blocks(model)
+    trained = {id(p) for block in list(stack)[-count:] for p in block.parameters()}
+    below = {id(p) for block in list(stack)[:-count] for p in block.parameters()}
+    embeddings = {id(p) for p in model.get_input_embeddings().parameters()}
+    for name, param in model.named_parameters():
+        # after the blocks: the final norm and an untied output head; embeddings (tied or not) stay as they are
+        after = id(param) not in below and id(param) not in embeddings and "embed" not in name and "wpe" not in name
+        param.requires_grad = id(param) in trained or after
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -94,6 +94,8 @@ def _run_name(digest: str, request: TrainRequest) -> str:
     if not request.config.grounded:  # plain runs keep the names they had before grounding existed (--resume)
         for name in ("grounded", "notes", "negative_share"):
             config.pop(name)
+        if config["trained_share"] == 1:
+            config.pop("trained_share")
     key = json.dumps([request.base_model, config], sort_keys=True)
     return f"{digest}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from engine.evaluate import evaluate_heldout, evaluate_pairs
+from engine.evaluate import accuracy_score, evaluate_heldout, evaluate_pairs
 from engine.generate import Answerer
 from engine.models import free_memory, load_model
 from engine.pipeline import Base, TrainOutcome, TrainRequest, train_version, version_grounding
@@ -144,9 +144,14 @@ def release(
     live_pairs = read_stored(Path(live.meta["dataset"]["path"])) if live and _has_dataset(live) else []
     questions = gate_questions(live_pairs, pairs, read_heldout(eval_data) if eval_data else [], request.config.seed)
     digest = new.meta["dataset"]["hash"]
-    new_score, new_metrics = score(store, new.name, questions, policy, digest)
-    live_score, live_metrics = score(store, live.name, questions, policy, digest) if live else (None, {})
     on = questions.describe()
+    if live is None and policy.promote:  # nothing to compare with: the fine-tune's own evaluation is the score
+        new_metrics = {k: v for k, v in trained.result.metrics.items() if k.endswith("_accuracy")}
+        new_score, live_score, live_metrics = accuracy_score(new_metrics), None, {}
+        on = "the questions asked after its last evaluated epoch"
+    else:
+        new_score, new_metrics = score(store, new.name, questions, policy, digest)
+        live_score, live_metrics = score(store, live.name, questions, policy, digest) if live else (None, {})
     if not policy.promote:
         promoted, reason = False, f"not promoted on request (score {new_score:.2f} on {on})"
     elif live is None:

@@ -17,13 +17,17 @@ from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArgu
 from engine.evaluate import accuracy_score, answer_loss, evaluate_sets
 from engine.formatting import PadCollator, tokenize_example, tokenize_pair
 from engine.generate import Answerer
+from engine.models import blocks, train_top_layers
 from qabot.dataset import MAX_FIELD_CHARS, HeldoutItem, QAPair
 
 logger = logging.getLogger(__name__)
 
 
 PLAIN_EPOCHS = 8
-GROUNDED_EPOCHS = 4
+# Copying the right note and declining are learnt sooner than the facts themselves, and by the top blocks: measured
+# on the sample with the bundled model, 2 epochs of the top 40% of the blocks answered as well as 4 epochs of all.
+GROUNDED_EPOCHS = 2
+GROUNDED_TRAINED_SHARE = 0.4
 
 
 @dataclass
@@ -44,9 +48,15 @@ class TrainConfig:
     group_by_length: bool = field(default=True, metadata={"help": "Batch examples of similar length together."})
     seed: int = field(default=42, metadata={"help": "Seed for shuffling and initialisation."})
     eval_questions: int = field(default=48, metadata={"help": "Training questions asked after each evaluated epoch."})
-    eval_from_epoch: int = field(default=0, metadata={"help": "First epoch evaluated; 0 means half-way through."})
+    eval_from_epoch: int = field(
+        default=0, metadata={"help": "First epoch evaluated; 0: half-way through, from the second (and the last)."}
+    )
     early_stopping_patience: int = field(
         default=2, metadata={"help": "Evaluated epochs without progress before stopping; 0 never stops early."}
+    )
+    trained_share: float | None = field(
+        default=None,
+        metadata={"help": "Share of the transformer blocks trained, from the top (faster); default 0.4 grounded, 1 plain."},
     )
     lora: bool = field(default=False, metadata={"help": "Train LoRA adapters instead of all weights (merged on save)."})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
@@ -62,8 +72,10 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
-        if self.epochs is None:  # copying the right note is learnt sooner than the facts themselves
+        if self.epochs is None:
             self.epochs = GROUNDED_EPOCHS if self.grounded else PLAIN_EPOCHS
+        if self.trained_share is None:
+            self.trained_share = GROUNDED_TRAINED_SHARE if self.grounded else 1.0
         if self.epochs <= 0:
             raise ValueError("epochs must be positive")
         if self.learning_rate <= 0 or self.learning_rate > 1:
@@ -72,6 +84,8 @@ class TrainConfig:
             raise ValueError("batch_size and gradient_accumulation must be at least 1")
         if self.max_length < 16:
             raise ValueError("max_length must be at least 16 tokens")
+        if not 0 < self.trained_share <= 1:
+            raise ValueError("trained_share must be in (0, 1]; 1 trains every weight")
 
 
 @dataclass(frozen=True)
@@ -140,7 +154,8 @@ class _AccuracyCallback(TrainerCallback):
     ) -> None:
         self.tokenizer, self.recall, self.heldout, self.grounding = tokenizer, recall, heldout, grounding
         self.config, self.report = config, report
-        self.first_epoch = config.eval_from_epoch or max(1, math.ceil(config.epochs / 2))
+        # half-way through, not before the second epoch (the last one is always evaluated)
+        self.first_epoch = config.eval_from_epoch or max(2, math.ceil(config.epochs / 2))
         self.best_score = -1.0
         self.best_metrics: dict[str, float] = {}
         self.best_state: dict[str, torch.Tensor] | None = None
@@ -258,6 +273,9 @@ def fine_tune(
             target_modules="all-linear",
         )
         model = get_peft_model(model, lora)
+    elif config.trained_share < 1:
+        count = max(1, math.ceil(len(blocks(model)) * config.trained_share))
+        logger.info("training the top %d blocks: %d weights", count, train_top_layers(model, count))
     model.train()
     accuracy = _AccuracyCallback(tokenizer, recall_sample(pairs, config), heldout or [], config, report, grounding)
     steps = math.ceil(len(features) / (config.batch_size * config.gradient_accumulation)) * math.ceil(config.epochs)

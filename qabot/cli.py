@@ -10,15 +10,14 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.progress import Progress as Bar
-from rich.table import Table
 
+from qabot.models_cli import models_app
 from qabot.ops import bot_app, dev, health_app, inbox_app, status, worker_app
 from qabot.settings import Settings
 from qabot.setup import State, console, err, report_error, scrub
 from qabot.setup import settings as _settings
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
-models_app = typer.Typer(help="List, promote and roll back model versions.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(worker_app, name="worker")
 app.add_typer(bot_app, name="bot")
@@ -247,43 +246,6 @@ def evaluate(
         wrongly = sum(i.declined for i in answerable)
         share = wrongly / len(answerable) if answerable else 0.0
         console.print(f"{info.name} answerable wrongly declined: {share:.1%} ({wrongly}/{len(answerable)})", soft_wrap=True)
-
-
-@models_app.command("list")
-def models_list() -> None:
-    """List model versions; the live one is marked."""
-    settings = _settings()
-    store = _store(settings)
-    current = store.current_name()
-    table = Table("", "version", "created", "base", "pairs", "accuracy")
-    for info in store.list():
-        metrics = info.meta.get("metrics", {})
-        accuracy = " ".join(f"{k.removesuffix('_accuracy')} {v:.0%}" for k, v in metrics.items() if k.endswith("_accuracy"))
-        table.add_row(
-            "*" if info.name == current else "",
-            info.name,
-            info.created_at,
-            info.meta.get("base_model", ""),
-            str(info.meta.get("dataset", {}).get("pairs", "")),
-            accuracy,
-        )
-    console.print(table if store.list() else "No model versions yet: run `qabot train`.")
-
-
-@models_app.command("promote")
-def models_promote(name: Annotated[str, typer.Argument(help="Version to make live, e.g. v0003.")]) -> None:
-    """Make a version live."""
-    info = _store(_settings()).promote(name)
-    console.print(f"{info.name} is now live.")
-
-
-@models_app.command("rollback")
-def models_rollback(
-    name: Annotated[str | None, typer.Argument(help="Version to go back to (default: the previous live one).")] = None,
-) -> None:
-    """Go back to the previously live version (or to a named one)."""
-    info = _store(_settings()).rollback(name)
-    console.print(f"Rolled back: {info.name} is now live.")
 
 
 app.command()(status)

@@ -15,7 +15,9 @@ class DatasetError(QabotError):
         self.problems = problems
         shown = "\n".join(f"  - {p}" for p in problems[:50])
         more = f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else ""
-        super().__init__(f"{source}: {len(problems)} problem(s) found, nothing was trained:\n{shown}{more}")
+        # the validator stops after MAX_PROBLEMS - 1 problems and says so in a last line that starts "checking stopped"
+        count = f"more than {len(problems) - 1}" if problems and problems[-1].startswith("checking stopped") else len(problems)
+        super().__init__(f"{source}: {count} problem(s) found, nothing was trained:\n{shown}{more}")
 
 
 class QuestionError(QabotError):

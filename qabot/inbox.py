@@ -182,6 +182,11 @@ def open_items(connection: Any, limit: int | None = None) -> tuple[list[InboxIte
     return (items[:limit] if limit is not None else items), len(items)
 
 
+def open_count(connection: Any) -> int:
+    """How many questions are open, for /status (one Redis call)."""
+    return int(connection.zcard(OPEN))
+
+
 def close(connection: Any, item_id: str, *, dismissed: bool = False) -> bool:
     """Close an open question (answered: removed; dismissed: kept a while, closed); False if it was not open."""
     state = "dismissed" if dismissed else "answered"

@@ -28,7 +28,8 @@ def status(
     from redis.exceptions import RedisError
 
     from qabot.errors import ServiceUnavailable
-    from worker.client import QueueClient, redacted
+    from worker.client import QueueClient
+    from worker.results import redacted
     from worker.status import collect
 
     settings = _settings(engine=False)
@@ -55,8 +56,8 @@ def health_answer() -> None:
 
     from qabot.errors import ServiceUnavailable
     from worker.answer_worker import MODEL_FIELD
-    from worker.client import WORKER_SOCKET_TIMEOUT, connect
     from worker.jobs import ANSWER_QUEUE
+    from worker.results import WORKER_SOCKET_TIMEOUT, connect
 
     settings = _settings(engine=False)
     connection = connect(settings.redis_url, WORKER_SOCKET_TIMEOUT)
@@ -85,8 +86,8 @@ def dev(
 def worker_answer(burst: Annotated[bool, typer.Option(help="Stop when the queue is empty.")] = False) -> None:
     """Answer questions from the `answer` queue in batches, with the live model loaded once."""
     from worker.answer_worker import AnswerWorker
-    from worker.client import WORKER_SOCKET_TIMEOUT, connect
     from worker.jobs import ANSWER_QUEUE
+    from worker.results import WORKER_SOCKET_TIMEOUT, connect
 
     settings = _settings()
     connection = connect(settings.redis_url, WORKER_SOCKET_TIMEOUT)
@@ -98,8 +99,8 @@ def worker_admin(burst: Annotated[bool, typer.Option(help="Stop when the queue i
     """Serve admin jobs (/addqa, /answer, /models, /rollback, /status, ...): quick, no torch; the store's writer."""
     from rq import SimpleWorker
 
-    from worker.client import WORKER_SOCKET_TIMEOUT, connect
     from worker.jobs import ADMIN_QUEUE
+    from worker.results import WORKER_SOCKET_TIMEOUT, connect
 
     settings = _settings(engine=False)
     connection = connect(settings.redis_url, WORKER_SOCKET_TIMEOUT)
@@ -113,8 +114,8 @@ def worker_train(burst: Annotated[bool, typer.Option(help="Stop when the queue i
     from rq import Worker
 
     from engine.versions import ModelStore
-    from worker.client import WORKER_SOCKET_TIMEOUT, connect
     from worker.jobs import TRAIN_LOCK, TRAIN_QUEUE
+    from worker.results import WORKER_SOCKET_TIMEOUT, connect
 
     settings = _settings(engine=False)
     connection = connect(settings.redis_url, WORKER_SOCKET_TIMEOUT)

@@ -68,6 +68,7 @@ class StatusReport:
     queues: dict[str, dict[str, int]] = field(default_factory=dict)
     workers: list[dict[str, Any]] = field(default_factory=list)
     training: dict[str, Any] | None = None
+    unanswered: int | None = None  # open questions in the inbox; None where the count could not be read
 
     @property
     def waiting_dataset(self) -> bool:

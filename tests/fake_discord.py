@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -415,3 +417,32 @@ class FakeDiscord(Watched):
 
 def _public(message: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in message.items() if k not in {"edits", "files", "webhook", "interaction"}}
+
+
+@contextlib.asynccontextmanager
+async def discord_bot_on_fake(settings: Any, monkeypatch: Any, **timings: float) -> AsyncIterator[FakeDiscord]:
+    """A fake Discord with the real bot logged in to it (its commands synced); `timings` set BotCore's polls."""
+    import discord
+
+    from bots.core import BotCore
+    from bots.discord_bot import QabotDiscord
+
+    fake = FakeDiscord()
+    await fake.start()
+    # The library's own constants are put back after the test; the bot points them at the fake by its setting.
+    monkeypatch.setattr(discord.http.Route, "BASE", discord.http.Route.BASE)
+    monkeypatch.setattr(discord.gateway.DiscordWebSocket, "DEFAULT_GATEWAY", discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY)
+    settings = settings.model_copy(update={"discord_api_url": fake.url})
+    core = BotCore(settings)
+    for name, value in {"delivery_poll": 0.5, **timings}.items():
+        setattr(core, name, value)
+    bot = QabotDiscord(settings, core)
+    task = asyncio.create_task(bot.start(settings.discord_token))
+    try:
+        await asyncio.wait_for(fake.ready.wait(), 30)
+        await fake.wait_for(lambda: fake.commands)
+        yield fake
+    finally:
+        await bot.close()
+        task.cancel()
+        await fake.stop()

@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 
-import discord
 import pytest
 
-from bots.core import REFUSAL, BotCore
-from bots.discord_bot import MESSAGE_LIMIT, QabotDiscord
+from bots.core import REFUSAL
+from bots.discord_bot import MESSAGE_LIMIT
 from tests.conftest import TINY_PAIRS
-from tests.fake_discord import ADMIN_ROLE_ID, CHANNEL_ID, OTHER_CHANNEL_ID, FakeDiscord
+from tests.fake_discord import ADMIN_ROLE_ID, CHANNEL_ID, OTHER_CHANNEL_ID, discord_bot_on_fake
 from tests.test_telegram import long_answer_version, stack, store_of  # noqa: F401 - the shared worker stack fixture
 
 ADMIN = 5151
@@ -20,32 +19,16 @@ TOKEN = "discord-secret-token-never-logged"
 
 @pytest.fixture
 async def discord_bot(stack, monkeypatch):  # noqa: F811
-    fake = FakeDiscord()
-    await fake.start()
-    # The library's own constants are put back after the test; the bot points them at the fake by its setting.
-    monkeypatch.setattr(discord.http.Route, "BASE", discord.http.Route.BASE)
-    monkeypatch.setattr(discord.gateway.DiscordWebSocket, "DEFAULT_GATEWAY", discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY)
     settings = stack.model_copy(
         update={
-            "discord_api_url": fake.url,
             "discord_token": TOKEN,
             "discord_admins": [ADMIN],
             "discord_admin_roles": [int(ADMIN_ROLE_ID)],
             "discord_channels": [int(CHANNEL_ID)],
         }
     )
-    core = BotCore(settings)
-    core.edit_delay = 0.2
-    core.follow_poll = 0.05
-    core.delivery_poll = 0.5
-    bot = QabotDiscord(settings, core)
-    task = asyncio.create_task(bot.start(TOKEN))
-    await asyncio.wait_for(fake.ready.wait(), 30)
-    await fake.wait_for(lambda: fake.commands)
-    yield fake
-    await bot.close()
-    task.cancel()
-    await fake.stop()
+    async with discord_bot_on_fake(settings, monkeypatch, edit_delay=0.2, follow_poll=0.05) as fake:
+        yield fake
 
 
 async def test_slash_commands_are_synced_at_start(discord_bot):

@@ -155,3 +155,22 @@ def test_the_decline_may_start_only_where_the_model_is_sure_of_it():
     assert at_first_step(torch.zeros(1, 5, dtype=torch.long), unsure[None].clone()).argmax(-1).item() == 1
     later = at_first_step(torch.zeros(1, 6, dtype=torch.long), unsure[None].clone())
     assert later.argmax(-1).item() == 0  # later steps are untouched
+
+
+def test_an_answer_without_the_number_or_time_its_question_asks_for_is_a_decline(embedder):
+    from engine.grounding import Grounding
+
+    pairs = read_dataset(DATA_DIR / "sample.json")
+    grounding = Grounding(PairIndex.build(pairs, embedder), embedder)
+    # the model copied a note about the same queen: it answers another question
+    assert "number" in grounding.reason_to_reject("How old is Queen Isolde?", "Queen Isolde lives in the Sunspire Palace.")
+    assert "time" in grounding.reason_to_reject("When did the rebellion happen?", "It is remembered as the Tidewater Rebellion.")
+    right = [
+        ("How old is Queen Isolde?", "She is forty-two years old."),
+        ("How many moons does Eldoria have?", "Eldoria has two moons."),
+        ("When did the war end?", "It ended after the Siege of Aurelhaven."),
+        ("Who guards the Luminary Stone?", "Elara guards it."),  # other questions are not checked
+    ]
+    assert [grounding.reason_to_reject(q, a) for q, a in right] == [None] * len(right)
+    # every answer of the sample's pairs answers its own question
+    assert [p.prompt for p in pairs if grounding.reason_to_reject(p.prompt, p.response)] == []

@@ -11,12 +11,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import discord
 import pytest
 from redis import Redis
 
-from bots.core import REFUSAL, BotCore
-from bots.discord_bot import QabotDiscord
+from bots.core import REFUSAL
 from bots.feedback import ALREADY_REPORTED
 from bots.render import PASSED_ON, REPORTED, render_notice
 from bots.telegram_bot import NOT_AN_ANSWER
@@ -25,7 +23,7 @@ from qabot import inbox
 from qabot.settings import Settings
 from qabot.shapes import InboxKind
 from tests.conftest import TINY_PAIRS, qabot_env, release_tiny, write_pairs
-from tests.fake_discord import ADMIN_ROLE_ID, CHANNEL_ID, FakeDiscord
+from tests.fake_discord import ADMIN_ROLE_ID, CHANNEL_ID, FakeDiscord, discord_bot_on_fake
 from tests.fake_telegram import FakeTelegram
 from tests.test_telegram import run_bot, stop_bot, texts
 
@@ -58,9 +56,10 @@ def stack(trained_tiny, tiny_gpt2, redis_server, tmp_path_factory):
     url = redis_server.replace("/0", "/4")
     Redis.from_url(url).flushdb()
     env = qabot_env({"QABOT_HOME": str(home), "QABOT_REDIS_URL": url, "QABOT_DEVICE": "cpu", "QABOT_MAX_NEW_TOKENS": "24"})
+    logs = [(home / f"{kind}-worker.log").open("w") for kind in ("answer", "admin")]  # kept in the module's tmp folder
     workers = [
-        subprocess.Popen([sys.executable, "-m", "qabot", "worker", kind], env=env, stderr=subprocess.DEVNULL)
-        for kind in ("answer", "admin")
+        subprocess.Popen([sys.executable, "-m", "qabot", "worker", kind], env=env, stderr=log)
+        for kind, log in zip(("answer", "admin"), logs, strict=True)
     ]
     settings = Settings(
         home=home / "bot-has-no-store",
@@ -77,6 +76,8 @@ def stack(trained_tiny, tiny_gpt2, redis_server, tmp_path_factory):
     for proc in workers:
         proc.terminate()
         proc.wait(timeout=30)
+    for log in logs:
+        log.close()
 
 
 @pytest.fixture
@@ -101,21 +102,8 @@ async def telegram(stack):
 
 @pytest.fixture
 async def discord_fake(stack, monkeypatch):
-    fake = FakeDiscord()
-    await fake.start()
-    monkeypatch.setattr(discord.http.Route, "BASE", discord.http.Route.BASE)
-    monkeypatch.setattr(discord.gateway.DiscordWebSocket, "DEFAULT_GATEWAY", discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY)
-    settings = stack.settings.model_copy(update={"discord_api_url": fake.url})
-    core = BotCore(settings)
-    core.delivery_poll = 0.5
-    bot = QabotDiscord(settings, core)
-    task = asyncio.create_task(bot.start(DISCORD_TOKEN))
-    await asyncio.wait_for(fake.ready.wait(), 30)
-    await fake.wait_for(lambda: fake.commands)
-    yield fake
-    await bot.close()
-    task.cancel()
-    await fake.stop()
+    async with discord_bot_on_fake(stack.settings, monkeypatch) as fake:
+        yield fake
 
 
 @contextlib.contextmanager
@@ -167,6 +155,7 @@ async def test_declined_questions_reach_the_inbox_once_and_an_admin_answers_them
 
     listing = await say(telegram, ADMIN, ADMIN, "/unanswered")
     assert listing.startswith("Unanswered questions: 1 open") and f'{item.id}: "{question}", asked 3 times' in listing
+    assert "Unanswered questions: 1; /unanswered lists them." in await say(telegram, ADMIN, ADMIN, "/status")
     pairs_before = len(stack.store.current_pairs())
     bad = await say(telegram, ADMIN, ADMIN, f"/answer {item.id} Queen Mira.\nQuestion: and who else?")
     assert bad.startswith("That answer has 1 problem(s); nothing was changed") and "stays open" in bad
@@ -180,6 +169,7 @@ async def test_declined_questions_reach_the_inbox_once_and_an_admin_answers_them
     for chat in (201, -700):
         assert await telegram.wait_for(lambda chat=chat: notices(telegram, chat)) == [expected]
     assert open_items(redis) == [] and (await say(telegram, ADMIN, ADMIN, "/unanswered")).endswith("the inbox is empty.")
+    assert "Unanswered questions" not in await say(telegram, ADMIN, ADMIN, "/status")
     assert any(p.prompt == question and p.response == "Queen Mira rules Zarnak." for p in stack.store.current_pairs())
     # The answer worker takes the new dataset's notes before its next batch: the pair is found at once.
     from worker.client import QueueClient

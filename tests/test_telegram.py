@@ -200,6 +200,21 @@ async def test_a_bad_dataset_gets_its_problems_and_changes_nothing(telegram, sta
     assert (store.current_name(), [v.name for v in store.list()], store.current_dataset()) == before
 
 
+async def test_hostile_uploads_get_a_clear_reply_and_change_nothing(telegram, stack):
+    store = store_of(stack)
+    before = (store.current_name(), [v.name for v in store.list()], store.current_dataset())
+    hostile = {
+        "deep.json": (b"[" * 200_000, "not valid JSON: nested too deeply"),
+        "empty.json": (b"[" + b"{}, " * 100_000 + b"{}]", "more than 49 problem(s)"),
+        "number.json": (b'[{"prompt": "How many?", "response": ' + b"9" * 5000 + b"}]", "a number with more than"),
+    }
+    for name, (data, expected) in hostile.items():
+        doc = telegram.send_document(ADMIN, ADMIN, name, data)
+        (reply,) = await telegram.wait_for(lambda doc=doc: [t for t in texts(telegram, doc) if "problem" in t], timeout=60)
+        assert reply.startswith("That dataset has") and expected in reply, reply
+    assert (store.current_name(), [v.name for v in store.list()], store.current_dataset()) == before
+
+
 async def test_admin_retrains_with_an_attached_dataset_and_the_live_model_switches(telegram, stack):
     store = store_of(stack)
     live_before = store.current_name()

@@ -114,3 +114,25 @@ def test_bad_hyperparameters_name_the_problem():
         TrainConfig(learning_rate=5)
     with pytest.raises(ValueError, match="epochs"):
         TrainConfig(epochs=0)
+
+
+def test_a_share_of_the_blocks_trains_only_the_top_ones(tiny_gpt2, tmp_path, tiny_data):
+    import torch
+
+    from engine.models import blocks, load_model
+
+    config = TrainConfig(epochs=2, learning_rate=3e-3, batch_size=4, checkpoints=False, grounded=False, trained_share=0.5)
+    base = load_base(str(tiny_gpt2), tmp_path, config.max_length)
+    store = ModelStore(tmp_path / "models")
+    outcome = train_version(store, validate_file(tiny_data, base), base, TrainRequest(str(tiny_gpt2), config), device="cpu")
+    before, after = load_model(str(tiny_gpt2), device="cpu").model, load_version(store, outcome.version.name)[0].model
+    stack_before, stack_after = blocks(before), blocks(after)
+    assert len(stack_after) == 2
+    same = [
+        all(torch.equal(a, b) for a, b in zip(x.parameters(), y.parameters(), strict=True))
+        for x, y in zip(stack_before, stack_after, strict=True)
+    ]
+    assert same == [True, False]  # the lower block kept the base weights, the top one learnt
+    assert torch.equal(before.get_input_embeddings().weight, after.get_input_embeddings().weight)
+    with pytest.raises(ValueError, match="trained_share"):
+        TrainConfig(trained_share=0)

@@ -122,7 +122,7 @@ def _redis(settings: Settings):
     """The admin worker's own Redis connection inside a job; a new one when called directly."""
     from rq import get_current_job
 
-    from worker.client import connect
+    from worker.results import connect
 
     job = get_current_job()
     return job.connection if job is not None else connect(settings.redis_url, socket_timeout=30)

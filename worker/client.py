@@ -11,20 +11,18 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue
-from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry, FinishedJobRegistry
-from rq.results import Result
 
 from qabot import inbox
-from qabot.errors import AnswerTimeout, JobFailed, ServiceUnavailable, TrainingBusy
+from qabot.errors import AnswerTimeout, ServiceUnavailable, TrainingBusy
 from qabot.settings import Settings
 from qabot.shapes import ReplyTo
 from worker.jobs import (
@@ -37,6 +35,7 @@ from worker.jobs import (
     UPLOAD_KEY,
     release_training_lock,
 )
+from worker.results import FINAL_STATES, AnswerResult, TrainStatus, connect, failure_text, return_value
 
 LOCK_MARGIN_S = 300
 LOCK_GRACE_S = 30
@@ -45,92 +44,6 @@ DELIVERED_KEY = "qabot:delivered:{}"
 DELIVERED_TTL_S = 8 * 24 * 3600  # longer than train results live (7 days)
 RESULT_KEEP_S = 7 * 24 * 3600
 WAITERS = 256  # questions one client may be waiting on at once, each in its own thread
-FINAL_STATES = {JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED}
-
-
-@dataclass(frozen=True)
-class AnswerResult:
-    """What a person is told, and how it was made."""
-
-    question: str
-    answer: str
-    version: str | None
-    seconds: float
-    job_id: str
-    details: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class TrainStatus:
-    """A snapshot of a train job: its rq state, progress meta, and result or error when it ends."""
-
-    job_id: str
-    state: str
-    meta: dict[str, Any] = field(default_factory=dict)
-    result: dict[str, Any] | None = None
-    error: str | None = None
-
-    @property
-    def done(self) -> bool:
-        return self.state in FINAL_STATES
-
-    @property
-    def reply_to(self) -> ReplyTo | None:
-        where = self.meta.get("reply_to")
-        return ReplyTo(**where) if isinstance(where, dict) else None
-
-
-def _last_line(result: Result | None) -> str:
-    """The last line of a failed job's traceback ("module.Error: message"), or ""."""
-    text = (result.exc_string if result is not None else None) or ""
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else ""
-
-
-def _failure_kind(result: Result | None) -> str | None:
-    """The exception's class name, from the traceback's last line."""
-    head = _last_line(result).split(":", 1)[0]
-    return head.rsplit(".", 1)[-1] if head.replace(".", "").replace("_", "").isalnum() else None
-
-
-def _failure_text(result: Result | None, job: Job) -> str:
-    """The last line of the job's exception, or rq's reason."""
-    if job.meta.get("error"):
-        return str(job.meta["error"])
-    last = _last_line(result)
-    if not last:
-        return f"the job ended as {job.get_status()}"
-    return last.split(": ", 1)[1] if ": " in last and last.split(": ", 1)[0].replace(".", "").isidentifier() else last
-
-
-def _return_value(job: Job, result: Result | None, unanswered: Exception) -> Any:
-    """A finished job's return value; `unanswered` if no result came (a job still queued is withdrawn); JobFailed."""
-    if result is None:
-        with contextlib.suppress(NoSuchJobError, InvalidJobOperation, RedisError):  # it may have expired already
-            if job.get_status(refresh=True) == JobStatus.QUEUED:
-                job.cancel()  # nobody is waiting for it any more
-        raise unanswered
-    if result.type != Result.Type.SUCCESSFUL:
-        job.refresh()
-        raise JobFailed(_failure_text(result, job), kind=_failure_kind(result))
-    return result.return_value
-
-
-WORKER_SOCKET_TIMEOUT = 600  # above rq's longest blocking dequeue (worker_ttl - 15 = 405 s)
-
-
-def redacted(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
-def connect(url: str, socket_timeout: float) -> Redis:
-    """A Redis connection whose reads outlast the blocking calls made on it (redis-py's default is 5 s)."""
-    return Redis.from_url(url, socket_connect_timeout=5, socket_timeout=socket_timeout, health_check_interval=30)
 
 
 class QueueClient:
@@ -168,7 +81,7 @@ class QueueClient:
         except RedisError as exc:
             raise ServiceUnavailable(f"the question queue is unreachable ({exc})") from exc
         unanswered = AnswerTimeout(f"no answer within {wait:.0f} s; are the answer workers running?")
-        value = _return_value(job, result, unanswered) or {}
+        value = return_value(job, result, unanswered) or {}
         seconds = time.monotonic() - started
         return AnswerResult(job.kwargs["question"], value.get("answer", ""), value.get("version"), seconds, job.id, value)
 
@@ -249,7 +162,7 @@ class QueueClient:
         except RedisError as exc:
             raise ServiceUnavailable(f"the admin queue is unreachable ({exc})") from exc
         unanswered = ServiceUnavailable(f"no admin worker answered within {wait} s; is `qabot worker admin` running?")
-        return _return_value(job, result, unanswered)
+        return return_value(job, result, unanswered)
 
     async def ask_admin(self, function: str, *args: Any, reply_to: ReplyTo | None = None) -> Any:
         """`admin_call` without blocking the event loop."""
@@ -307,7 +220,7 @@ class QueueClient:
         result = job.latest_result() if state in FINAL_STATES else None
         if state == JobStatus.FINISHED and result is not None:
             return TrainStatus(job_id, state, meta, result.return_value)
-        error = _failure_text(result, job) if state in FINAL_STATES else None
+        error = failure_text(result, job) if state in FINAL_STATES else None
         return TrainStatus(job_id, state, meta, None, error)
 
     async def follow_training(self, job_id: str, poll_s: float = 1.0) -> AsyncIterator[TrainStatus]:

@@ -14,8 +14,8 @@ from redis.exceptions import RedisError
 
 from qabot.errors import ServiceUnavailable
 from qabot.settings import Settings
-from worker.client import redacted
 from worker.localredis import start_redis_server, stop_redis_server
+from worker.results import redacted
 
 logger = logging.getLogger(__name__)
 

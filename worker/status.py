@@ -5,6 +5,7 @@ from __future__ import annotations
 from rq import Worker
 from rq.registry import FailedJobRegistry, StartedJobRegistry
 
+from qabot import inbox
 from qabot.settings import Settings
 from qabot.shapes import StatusReport
 from worker.client import QueueClient
@@ -45,4 +46,5 @@ def collect(settings: Settings, client: QueueClient, store=None) -> StatusReport
         queues=queues,
         workers=workers,
         training=training,
+        unanswered=inbox.open_count(client.connection),
     )

@@ -1,0 +1,50 @@
+"""Telegram messages the bot sends of its own accord: fine-tune outcomes and admins' answers, each delivered once."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+
+from telegram.ext import Application, ContextTypes
+
+from bots.core import BotCore, RetrainOutcome, split_message
+from qabot.shapes import ReplyTo
+
+logger = logging.getLogger(__name__)
+
+MESSAGE_LIMIT = 4096
+PLATFORM = "telegram"
+
+
+async def deliver(app: Application, where: ReplyTo, outcome: RetrainOutcome) -> None:
+    """A fine-tune's outcome, with the loss curve, as replies to the request (also after a bot restart)."""
+    options = {"reply_to_message_id": int(where.message) if where.message else None, "allow_sending_without_reply": True}
+    for part in split_message(outcome.text, MESSAGE_LIMIT):
+        await app.bot.send_message(int(where.chat), part, **options)
+    if outcome.image is not None:
+        await app.bot.send_photo(int(where.chat), outcome.image, caption="Loss and accuracy during training", **options)
+
+
+async def notify(app: Application, chat: str, text: str) -> None:
+    """Post an admin's answer in a chat where the question was asked."""
+    for part in split_message(text, MESSAGE_LIMIT):
+        await app.bot.send_message(int(chat), part)
+
+
+async def start_delivery(app: Application) -> None:
+    """Deliver finished fine-tunes nobody reported and admins' answers (each once), now and every few seconds."""
+    core: BotCore = app.bot_data["core"]
+    task = core.keep_delivering(PLATFORM, functools.partial(deliver, app), functools.partial(notify, app))
+    app.bot_data["delivery"] = asyncio.create_task(task)
+
+
+async def stop_delivery(app: Application) -> None:
+    task = app.bot_data.pop("delivery", None)
+    if task is not None:
+        task.cancel()
+
+
+async def on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Log handler errors; the bot keeps running."""
+    logger.error("a handler failed", exc_info=context.error)

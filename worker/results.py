@@ -1,0 +1,107 @@
+"""What comes back from the queues: answers, train job snapshots, failures read from rq results; Redis connections.
+
+Imports neither torch nor the engine's model code, so bot containers stay slim.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from redis import Redis
+from redis.exceptions import RedisError
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.job import Job, JobStatus
+from rq.results import Result
+
+from qabot.errors import JobFailed
+from qabot.shapes import ReplyTo
+
+FINAL_STATES = {JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED}
+
+
+@dataclass(frozen=True)
+class AnswerResult:
+    """What a person is told, and how it was made."""
+
+    question: str
+    answer: str
+    version: str | None
+    seconds: float
+    job_id: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainStatus:
+    """A snapshot of a train job: its rq state, progress meta, and result or error when it ends."""
+
+    job_id: str
+    state: str
+    meta: dict[str, Any] = field(default_factory=dict)
+    result: dict[str, Any] | None = None
+    error: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.state in FINAL_STATES
+
+    @property
+    def reply_to(self) -> ReplyTo | None:
+        where = self.meta.get("reply_to")
+        return ReplyTo(**where) if isinstance(where, dict) else None
+
+
+def _last_line(result: Result | None) -> str:
+    """The last line of a failed job's traceback ("module.Error: message"), or ""."""
+    text = (result.exc_string if result is not None else None) or ""
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def _failure_kind(result: Result | None) -> str | None:
+    """The exception's class name, from the traceback's last line."""
+    head = _last_line(result).split(":", 1)[0]
+    return head.rsplit(".", 1)[-1] if head.replace(".", "").replace("_", "").isalnum() else None
+
+
+def failure_text(result: Result | None, job: Job) -> str:
+    """The last line of the job's exception, or rq's reason."""
+    if job.meta.get("error"):
+        return str(job.meta["error"])
+    last = _last_line(result)
+    if not last:
+        return f"the job ended as {job.get_status()}"
+    return last.split(": ", 1)[1] if ": " in last and last.split(": ", 1)[0].replace(".", "").isidentifier() else last
+
+
+def return_value(job: Job, result: Result | None, unanswered: Exception) -> Any:
+    """A finished job's return value; `unanswered` if no result came (a job still queued is withdrawn); JobFailed."""
+    if result is None:
+        with contextlib.suppress(NoSuchJobError, InvalidJobOperation, RedisError):  # it may have expired already
+            if job.get_status(refresh=True) == JobStatus.QUEUED:
+                job.cancel()  # nobody is waiting for it any more
+        raise unanswered
+    if result.type != Result.Type.SUCCESSFUL:
+        job.refresh()
+        raise JobFailed(failure_text(result, job), kind=_failure_kind(result))
+    return result.return_value
+
+
+WORKER_SOCKET_TIMEOUT = 600  # above rq's longest blocking dequeue (worker_ttl - 15 = 405 s)
+
+
+def redacted(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def connect(url: str, socket_timeout: float) -> Redis:
+    """A Redis connection whose reads outlast the blocking calls made on it (redis-py's default is 5 s)."""
+    return Redis.from_url(url, socket_connect_timeout=5, socket_timeout=socket_timeout, health_check_interval=30)
