@@ -1,4 +1,4 @@
-"""Plain against grounded answering on the bundled model: same data and seed, each with its default epochs (--epochs: both).
+"""Plain against grounded answering on the bundled model: same data, seed and epochs (the grounded default, or --epochs).
 
 Four figures for each: training recall (all pairs), held-out paraphrase accuracy, share of
 unanswerable questions declined (data/unanswerable.json), share of answerable questions wrongly
@@ -24,7 +24,7 @@ from bench.common import machine, quiet, settings
 from engine.evaluate import evaluate_heldout, evaluate_pairs, evaluate_unanswerable
 from engine.models import load_model
 from engine.pipeline import TrainRequest, load_base, make_answerer, train_version, validate_file, version_grounding
-from engine.training import TrainConfig
+from engine.training import GROUNDED_EPOCHS, TrainConfig
 from engine.versions import ModelStore
 from qabot.dataset import read_heldout
 from qabot.settings import Settings
@@ -106,7 +106,7 @@ def live_knowledge(home: Path, version: str) -> tuple[float, str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=float, help="Epochs for both (default: each format's default, 8 plain, 4 grounded).")
+    parser.add_argument("--epochs", type=float, default=GROUNDED_EPOCHS, help="Epochs for both (default: grounded's default).")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--only", choices=["plain", "grounded"], help="Run one of the two.")
     args = parser.parse_args()
