@@ -14,7 +14,7 @@ import re
 import shutil
 import socket
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,8 +23,10 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from qabot.dataset import QAPair, dataset_hash, pairs_to_json
+from engine.datastore import DatasetVersions, read_stored, write_atomic
 from qabot.errors import VersionError
+
+__all__ = ["METADATA_FILE", "ModelStore", "VersionInfo", "read_stored"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,16 +50,7 @@ class VersionInfo:
         return str(self.meta.get("created_at", ""))
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-class ModelStore:
+class ModelStore(DatasetVersions):
     """Versions live in `root/versions/vNNNN`; `root/current` names the live one."""
 
     def __init__(self, root: Path, lock_timeout: float = LOCK_TIMEOUT_S) -> None:
@@ -153,16 +146,18 @@ class ModelStore:
         (path / OWNER_FILE).write_text(f"{socket.gethostname()}-{os.getpid()}", encoding="utf-8")
         return path
 
-    def commit(self, staging: Path, meta: dict[str, Any]) -> VersionInfo:
-        """Give a staged model the next version number and write its metadata last."""
+    def commit(self, staging: Path, meta: dict[str, Any], check: Callable[[], None] | None = None) -> VersionInfo:
+        """Give a staged model the next version number and write its metadata last; `check()` may refuse, under the lock."""
         created = meta.get("created_at") or datetime.now(UTC).isoformat(timespec="seconds")
         with self.lock():
+            if check is not None:
+                check()
             taken = [int(m.group(1)) for p in self.versions_dir.iterdir() if (m := VERSION_RE.match(p.name))]
             number = max(taken, default=0) + 1
             while True:  # a store shared by hosts whose locks do not meet must still not reuse a number
                 name = f"v{number:04d}"
                 version_meta = {**meta, "version": name, "created_at": created}
-                _write_atomic(staging / METADATA_FILE, json.dumps(version_meta, indent=2, default=str))
+                write_atomic(staging / METADATA_FILE, json.dumps(version_meta, indent=2, default=str))
                 target = self.versions_dir / name
                 try:
                     os.rename(staging, target)  # fails if `target` exists and is not empty
@@ -175,13 +170,15 @@ class ModelStore:
     def discard(self, staging: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
-    def promote(self, name: str) -> VersionInfo:
-        """Make `name` the live version."""
+    def promote(self, name: str, check: Callable[[], None] | None = None) -> VersionInfo:
+        """Make `name` the live version; `check()` may refuse, under the lock."""
         with self.lock():
+            if check is not None:
+                check()
             info = self.get(name)
             self._set_current(info.name)
             history = [n for n in self.history() if n != info.name] + [info.name]
-            _write_atomic(self.history_file, json.dumps(history))
+            write_atomic(self.history_file, json.dumps(history))
             return info
 
     def rollback(self, name: str | None = None) -> VersionInfo:
@@ -197,7 +194,7 @@ class ModelStore:
                 raise VersionError("nothing to roll back to: no version was live before the current one")
             previous = history[-1]
             self._set_current(previous)
-            _write_atomic(self.history_file, json.dumps(history))
+            write_atomic(self.history_file, json.dumps(history))
             return self.get(previous)
 
     def prune(self, keep_previous: int) -> list[str]:
@@ -218,7 +215,7 @@ class ModelStore:
                     shutil.rmtree(info.path, ignore_errors=True)
                     removed.append(info.name)
             if removed:
-                _write_atomic(self.history_file, json.dumps([n for n in self.history() if n not in removed]))
+                write_atomic(self.history_file, json.dumps([n for n in self.history() if n not in removed]))
             named = {str(v.meta.get("dataset", {}).get("hash")) for v in self.list()}
             current = self._current_digest()
             if self.datasets_dir.is_dir():
@@ -233,67 +230,7 @@ class ModelStore:
 
     def _set_current(self, name: str) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        _write_atomic(self.pointer, name + "\n")
-
-    # -- datasets ---------------------------------------------------------------------------
-    def _current_digest(self) -> str | None:
-        try:
-            return (self.datasets_dir / "current").read_text(encoding="utf-8").strip() or None
-        except FileNotFoundError:
-            return None
-
-    def current_dataset(self) -> Path | None:
-        """The newest dataset version (set by uploads and additions), else the live model's data."""
-        digest = self._current_digest()
-        if digest and (self.datasets_dir / f"{digest}.json").is_file():
-            return self.datasets_dir / f"{digest}.json"
-        live = self.current()
-        if live is not None and Path(live.meta.get("dataset", {}).get("path", "")).is_file():
-            return Path(live.meta["dataset"]["path"])
-        return None
-
-    def current_digest(self) -> str | None:
-        """The hash of the current dataset when it is a stored version (not a file outside the store)."""
-        path = self.current_dataset()
-        return path.stem if path is not None and path.parent == self.datasets_dir else None
-
-    def dataset_file(self, reference: str) -> Path:
-        """A dataset reference is the hash of a stored dataset version, or a file path."""
-        stored = self.datasets_dir / f"{reference}.json"
-        return stored if stored.is_file() else Path(reference)
-
-    def index_path(self, digest: str) -> Path:
-        """Where the retrieval index of a stored dataset version lives (beside it)."""
-        return self.datasets_dir / f"{digest}.index.safetensors"
-
-    def current_pairs(self) -> list[QAPair]:
-        """The pairs of the current dataset (empty when there is none yet)."""
-        path = self.current_dataset()
-        return read_stored(path) if path is not None else []
-
-    def set_current_dataset(self, digest: str) -> None:
-        with self.lock():
-            if not (self.datasets_dir / f"{digest}.json").is_file():
-                raise VersionError(f"no stored dataset {digest}")
-            _write_atomic(self.datasets_dir / "current", digest + "\n")
-
-    def store_dataset(self, pairs: list[QAPair]) -> tuple[str, Path]:
-        """Keep a copy of a dataset named by its hash; never overwritten."""
-        digest = dataset_hash(pairs)
-        path = self.datasets_dir / f"{digest}.json"
-        if not path.is_file():
-            self.datasets_dir.mkdir(parents=True, exist_ok=True)
-            _write_atomic(path, pairs_to_json(pairs))
-        return digest, path
-
-
-def read_stored(path: Path) -> list[QAPair]:
-    """A dataset version this store wrote (validated when it was stored): read as it is, not checked again.
-
-    Rules grow stricter over releases; data accepted by an earlier one must stay usable.
-    """
-    items = json.loads(path.read_text(encoding="utf-8"))
-    return [QAPair(str(item["prompt"]), str(item["response"])) for item in items]
+        write_atomic(self.pointer, name + "\n")
 
 
 def _dead_here(owner: str) -> bool:
