@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -108,8 +109,12 @@ def train_version(
     *,
     device: str = "auto",
     progress: ProgressFn | None = None,
+    guard: Callable[[], None] | None = None,
 ) -> TrainOutcome:
-    """Fine-tune on validated pairs and save a new version (not live: `engine.release` decides that)."""
+    """Fine-tune on validated pairs and save a new version (not live: `engine.release` decides that).
+
+    `guard()`, if given, runs under the store's lock right before the version is committed; it raises to stop it.
+    """
     report = progress or (lambda p: None)
     heldout = read_heldout(request.eval_data) if request.eval_data else None
     digest, stored = store.store_dataset(pairs)
@@ -160,7 +165,7 @@ def train_version(
                 "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
                 "grounding": {"notes": request.config.notes, "decline": DECLINE} if grounding else None,
             }
-            info = store.commit(staging, meta)
+            info = store.commit(staging, meta, check=guard)
         except BaseException:
             store.discard(staging)
             raise

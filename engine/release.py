@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -132,13 +133,18 @@ def release(
     policy: Policy,
     *,
     progress: ProgressFn | None = None,
+    guard: Callable[[], None] | None = None,
 ) -> Release:
-    """Fine-tune on validated pairs, score the new and the live version alike, promote by the one rule, prune."""
+    """Fine-tune on validated pairs, score the new and the live version alike, promote by the one rule, prune.
+
+    `guard()` (a queued run's hold on the training lock) runs under the store's lock right before the commit and
+    the promotion, and raises when this run must not publish any more.
+    """
     report = progress or (lambda p: None)
     live = store.current()
     eval_data = eval_data_for(request, live)
     request = replace(request, eval_data=eval_data)
-    trained = train_version(store, pairs, base, request, device=policy.device, progress=report)
+    trained = train_version(store, pairs, base, request, device=policy.device, progress=report, guard=guard)
     new = trained.version
     report(Progress("comparing"))
     live_pairs = read_stored(Path(live.meta["dataset"]["path"])) if live and _has_dataset(live) else []
@@ -164,7 +170,7 @@ def release(
         promoted = False
         reason = f"worse than {live.name}: score {new_score:.2f} against {live_score:.2f} on {on}; kept as a candidate"
     if promoted:
-        store.promote(new.name)
+        store.promote(new.name, check=guard)
     store.prune(policy.keep_versions)
     logger.info("release %s: %s", new.name, reason)
     report(Progress("done"))

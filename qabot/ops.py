@@ -110,18 +110,20 @@ def worker_admin(burst: Annotated[bool, typer.Option(help="Stop when the queue i
 
 @worker_app.command("train")
 def worker_train(burst: Annotated[bool, typer.Option(help="Stop when the queue is empty.")] = False) -> None:
-    """Run fine-tunes from the `train` queue, each in a fresh child process that frees the GPU when it ends."""
-    from rq import Worker
+    """Run fine-tunes from the `train` queue, each in a fresh child process that frees the GPU when it ends.
 
+    The child dies with this process; a fine-tune that dies frees the training lock within 15 s (LEASE_TTL_S) and its
+    job ends failed; a Redis restart is waited out (see worker.train_worker).
+    """
     from engine.versions import ModelStore
-    from worker.jobs import TRAIN_LOCK, TRAIN_QUEUE
+    from worker.jobs import TRAIN_QUEUE
     from worker.results import WORKER_SOCKET_TIMEOUT, connect
+    from worker.train_worker import TrainWorker
 
     settings = _settings(engine=False)
     connection = connect(settings.redis_url, WORKER_SOCKET_TIMEOUT)
-    if not connection.exists(TRAIN_LOCK):  # no fine-tune can be running: what staging folders hold is a dead run's
-        ModelStore(settings.models_dir).clean_staging()
-    Worker([TRAIN_QUEUE], connection=connection).work(burst=burst)
+    store = ModelStore(settings.models_dir)  # what dead runs of this host left (staging folders) goes at start and after each job
+    TrainWorker([TRAIN_QUEUE], connection=connection, clean_up=store.clean_staging).work(burst=burst)
 
 
 @bot_app.command("telegram")

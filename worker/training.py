@@ -8,6 +8,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from redis.exceptions import RedisError
 from rq import get_current_job
 
 from qabot.settings import Settings
@@ -66,8 +67,11 @@ def _pairs(settings: Settings, store, request: dict[str, Any], base, connection,
     return merge.pairs, changed, upload["filename"]
 
 
-def run_training(settings: Settings, request: dict[str, Any], report, connection=None) -> dict[str, Any]:
-    """Fine-tune from a request {dataset | upload, eval_data?, base_model?, hyperparameters?, force?} and decide promotion."""
+def run_training(settings: Settings, request: dict[str, Any], report, connection=None, guard=None) -> dict[str, Any]:
+    """Fine-tune from a request {dataset | upload, eval_data?, base_model?, hyperparameters?, force?} and decide promotion.
+
+    `guard()` raises unless this run may still publish; it is called right before a version is committed and promoted.
+    """
     from engine.pipeline import TrainRequest, load_base
     from engine.release import Policy, release
     from engine.versions import ModelStore
@@ -101,7 +105,7 @@ def run_training(settings: Settings, request: dict[str, Any], report, connection
     policy = Policy(
         force=bool(request.get("force")), keep_versions=settings.keep_versions, device=settings.device, dtype=settings.dtype
     )
-    outcome = release(store, pairs, base, train_request, policy, progress=progress)
+    outcome = release(store, pairs, base, train_request, policy, progress=progress, guard=guard)
     loss_png = outcome.version.path / "loss.png"
     return outcome.to_dict() | {
         "upload": upload,
@@ -110,33 +114,48 @@ def run_training(settings: Settings, request: dict[str, Any], report, connection
 
 
 def train_job(request: dict[str, Any]) -> dict[str, Any]:
-    """The rq job: progress in job.meta (saved at most once a second), the training lock released at the end."""
+    """The rq job: progress in job.meta (saved at most once a second), under a lease on the training lock.
+
+    The lease (worker.train_worker) is renewed every few seconds while the fine-tune lives; if it is lost, the run
+    stops at its next progress report and never commits or promotes. A Redis outage only delays progress reports.
+    """
+    from worker.train_worker import Lease, retrying
+
     job = get_current_job()
     last_save = 0.0
+    lease = Lease(job.connection, job.id).start() if job is not None else None
 
     def report(**meta: Any) -> None:
         nonlocal last_save
+        if lease is not None and lease.lost:
+            lease.check()  # raises: the run was declared failed
         if job is None:
             return
         stage_changed = meta.get("stage") != job.meta.get("stage")
         job.meta.update(meta)
         if stage_changed or time.monotonic() - last_save >= META_EVERY_SECONDS:
-            job.save_meta()
-            last_save = time.monotonic()
+            try:
+                job.save_meta()
+                last_save = time.monotonic()
+            except RedisError as exc:  # Redis restarting: the next report saves it all
+                logger.warning("progress not saved: %s", exc)
 
     settings = Settings()
     try:
         from engine.versions import ModelStore
 
         ModelStore(settings.models_dir).clean_staging()  # this job holds the lock: anything staged is a dead run's
-        return run_training(settings, request, report, job.connection if job else None)
+        connection = job.connection if job else None
+        return run_training(settings, request, report, connection, lease.check if lease else None)
     except Exception as exc:
         from qabot.errors import DatasetError
 
         if job is not None:
             job.meta.update(stage="failed", error=str(exc), problems=exc.problems if isinstance(exc, DatasetError) else None)
-            job.save_meta()
+            retrying(job.save_meta, "job meta", give_up_s=60)
         raise
     finally:
         if job is not None:
-            release_training_lock(job.connection, job.id)
+            lease.stop()
+            # rq records the outcome next: wait out a Redis restart here rather than lose it
+            retrying(lambda: release_training_lock(job.connection, job.id), "releasing the training lock", give_up_s=60)

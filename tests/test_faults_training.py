@@ -1,0 +1,168 @@
+"""Fine-tunes under faults, with real processes: `qabot worker train` killed with SIGKILL mid-epoch (whole, or its parent
+alone), a run that lost its lock, Redis restarted mid-run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bots.render import render_result
+from engine.pipeline import TrainRequest, load_base, validate_file
+from engine.release import Policy, release
+from engine.training import TrainConfig
+from engine.versions import ModelStore
+from qabot.errors import TrainingError
+from tests.conftest import TINY_CONFIG
+from tests.test_queue import make_settings, settings_env
+from worker.client import QueueClient
+from worker.jobs import TRAIN_LOCK
+from worker.localredis import free_port, start_redis_server, stop_redis_server
+from worker.train_worker import ALIVE_KEY, DIED, LEASE_TTL_S, LOST, reap_dead_training
+
+LONG = 3000  # epochs: far more than a test waits for, so each kill lands mid-run
+
+
+def request_for(data, base, **hyper) -> dict:
+    return {"dataset": str(data), "base_model": str(base), "hyperparameters": TINY_CONFIG | hyper, "force": True}
+
+
+def train_worker(settings, log: Path, burst: bool = True) -> subprocess.Popen:
+    """A real `qabot worker train`, its output in `log` (a pipe nobody reads would fill up and stall it)."""
+    command = [sys.executable, "-m", "qabot", "worker", "train", *(["--burst"] if burst else [])]
+    return subprocess.Popen(command, env=settings_env(settings), stdout=log.open("a"), stderr=subprocess.STDOUT)
+
+
+def wait_for(check, timeout: float, what: str, log: Path | None = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.1)
+    tail = log.read_text()[-3000:] if log is not None and log.exists() else ""
+    raise AssertionError(f"not within {timeout} s: {what}\n{tail}")
+
+
+def training_at(client: QueueClient, job_id: str, step: int):
+    """True once the job reports a training step of at least `step`."""
+    meta = client.training_status(job_id).meta
+    return meta.get("stage") == "training" and (meta.get("step") or 0) >= step
+
+
+def horse_of(pid: int) -> int:
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    assert len(children) == 1, children
+    return int(children[0])
+
+
+def dead(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+def assert_nothing_published(store: ModelStore) -> None:
+    assert store.current_name() == "v0001" and [v.name for v in store.list()] == ["v0001"]
+    assert list(store.versions_dir.glob(".staging-*")) == []
+
+
+@pytest.fixture
+def running(home, redis_url, tiny_gpt2, tiny_data, tmp_path):
+    """A long fine-tune under a real train worker, caught mid-epoch: (settings, client, job, worker, horse pid, log)."""
+    settings = make_settings(home, redis_url)
+    client = QueueClient(settings)
+    job = client.start_training(request_for(tiny_data, tiny_gpt2, epochs=LONG))
+    log = tmp_path / "worker.log"
+    worker = train_worker(settings, log)
+    wait_for(lambda: training_at(client, job.id, 3), 90, "training under way", log)
+    horse = horse_of(worker.pid)
+    yield settings, client, job, worker, horse, log
+    for pid in (worker.pid, horse):
+        if not dead(pid):
+            os.kill(pid, signal.SIGKILL)
+    worker.wait()
+
+
+def test_a_worker_killed_whole_frees_the_lock_and_its_job_fails_clearly(running):
+    settings, client, job, worker, horse, log = running
+    os.kill(worker.pid, signal.SIGKILL)
+    os.kill(horse, signal.SIGKILL)
+    killed = time.monotonic()
+    wait_for(lambda: client.running_training() is None, LEASE_TTL_S + 2, "the training lock freed")
+    assert time.monotonic() - killed <= LEASE_TTL_S + 1
+    assert client.training_status(job.id).state == "started"  # nobody has looked yet
+    # The next train worker (compose or `qabot dev` restarts it) fails the job; the admin's follow loop ends with:
+    again = train_worker(settings, log)
+    assert again.wait(timeout=60) == 0, log.read_text()[-3000:]
+    status = client.training_status(job.id)
+    assert status.done and status.state == "failed"
+    assert render_result(status) == f"Training failed: {DIED}"
+    assert_nothing_published(ModelStore(settings.models_dir))
+
+
+def test_the_fine_tune_dies_with_its_parent_and_never_publishes(running):
+    settings, client, job, worker, horse, _ = running
+    os.kill(worker.pid, signal.SIGKILL)  # the parent alone: rq's horse has its own process group
+    wait_for(lambda: dead(horse), 3, "the fine-tune dying with its parent")
+    lock_ms, alive_ms = client.connection.pttl(TRAIN_LOCK), client.connection.pttl(ALIVE_KEY.format(job.id))
+    assert 0 < lock_ms <= LEASE_TTL_S * 1000 and 0 < alive_ms <= LEASE_TTL_S * 1000  # both lapse within the bound
+    assert reap_dead_training(client.connection) == []  # not before its lease lapses (the other test waits for that)
+    assert_nothing_published(ModelStore(settings.models_dir))
+
+
+def test_a_run_that_lost_its_lock_stops_and_publishes_nothing(running):
+    settings, client, job, worker, _, log = running
+    client.connection.set(TRAIN_LOCK, "someone-else")  # as if it had been declared dead and a new run had started
+    assert worker.wait(timeout=30) == 0, log.read_text()[-3000:]
+    status = client.training_status(job.id)
+    assert status.state == "failed" and render_result(status) == f"Training failed: {LOST}"
+    assert client.connection.get(TRAIN_LOCK) == b"someone-else"  # the other run's lock is left alone
+    assert_nothing_published(ModelStore(settings.models_dir))
+
+
+def test_a_refused_guard_commits_nothing(home, tiny_gpt2, tiny_data, tmp_path):
+    store = ModelStore(home / "models")
+    calls = []
+
+    def guard() -> None:
+        calls.append(store.current_name())
+        raise TrainingError(LOST)
+
+    train = TrainConfig(**(TINY_CONFIG | {"epochs": 2}))
+    base = load_base(str(tiny_gpt2), tmp_path / "cache", train.max_length)
+    request = TrainRequest(str(tiny_gpt2), train, source=tiny_data.name)
+    with pytest.raises(TrainingError, match="declared failed"):
+        release(store, validate_file(tiny_data, base), base, request, Policy(device="cpu"), guard=guard)
+    assert calls == ["v0001"]  # asked once, right before the commit
+    assert_nothing_published(store)
+
+
+def test_the_train_worker_rides_out_a_redis_restart(home, tiny_gpt2, tiny_data, tmp_path):
+    folder, port = tmp_path / "redis", free_port()
+    redis = start_redis_server(port, folder, appendonly=True)
+    try:
+        settings = make_settings(home, f"redis://127.0.0.1:{port}/0")
+        client = QueueClient(settings)
+        job = client.start_training(request_for(tiny_data, tiny_gpt2, epochs=24))
+        log = tmp_path / "worker.log"
+        worker = train_worker(settings, log)
+        wait_for(lambda: training_at(client, job.id, 3), 90, "training under way", log)
+        stop_redis_server(redis)  # SIGTERM: the append-only file is flushed, as `docker restart` does
+        time.sleep(6)  # longer than the parent's monitoring interval: it meets the outage
+        redis = start_redis_server(port, folder, appendonly=True)
+        assert worker.wait(timeout=120) == 0, log.read_text()[-3000:]
+        status = client.training_status(job.id)
+        assert status.state == "finished", (status.error, log.read_text()[-3000:])
+        assert status.result["promoted"] and ModelStore(settings.models_dir).current_name() == "v0002"
+        text = log.read_text()
+        assert client.running_training() is None and "unhandled exception" not in text
+        assert "heartbeat skipped" in text, text[-3000:]  # the parent met the outage and carried on
+    finally:
+        stop_redis_server(redis)

@@ -1,0 +1,241 @@
+"""The train worker's safety: a lease that ties the training lock to a live fine-tune, and a parent that rides out Redis.
+
+- The work horse (the forked child that fine-tunes) renews a short lease every `LEASE_BEAT_S`: the training lock and an
+  alive key, both with a TTL of `LEASE_TTL_S`, and only while its job is still `started`. A killed fine-tune stops
+  renewing, so the lock is free within `LEASE_TTL_S`; `reap_dead_training` then fails its job with a clear message.
+- The horse checks the lease (renewing it atomically) right before it commits a version and before it promotes one,
+  so a run that was declared failed never publishes anything.
+- The horse dies with its parent (PR_SET_PDEATHSIG on Linux, else a thread that watches the parent's pid).
+- The parent never exits on a transient Redis error: heartbeats are skipped, bookkeeping is retried with backoff,
+  and a job is never left `started` once its horse has ended.
+No torch in this module.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from rq import Worker
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
+from rq.job_lifecycle import record_job_failure
+from rq.registry import StartedJobRegistry
+from rq.worker import WorkerStatus
+
+from qabot.errors import TrainingError
+from worker.jobs import TRAIN_LOCK, TRAIN_QUEUE, release_training_lock
+
+logger = logging.getLogger(__name__)
+
+LEASE_TTL_S = 15  # a dead fine-tune's lock is free within this; a Redis outage longer than about this aborts a run
+LEASE_BEAT_S = 3
+MONITOR_S = 5  # how often the parent checks on its horse and heartbeats (rq's default: 30 s)
+ALIVE_KEY = "qabot:train:alive:{}"  # set by a live fine-tune, expires LEASE_TTL_S after its last beat
+RETRY_MAX_S = 10  # longest pause between retries while Redis is away
+PR_SET_PDEATHSIG = 1
+AGAIN = "no new version was made live. Send /retrain to start again."
+DIED = f"the train worker died mid-run (killed, out of memory or restarted); {AGAIN}"
+HORSE_DIED = f"the fine-tune process died mid-run (killed or out of memory); {AGAIN}"
+LOST = "the run was declared failed while it ran (its training lock lapsed); nothing was saved or made live"
+
+# KEYS: lock, alive key, job key; ARGV: job id, ttl ms. 1 while the job is started and holds (or retakes) the lock.
+_RENEW = """
+if redis.call('hget', KEYS[3], 'status') ~= 'started' then return 0 end
+local holder = redis.call('get', KEYS[1])
+if holder == ARGV[1] then redis.call('pexpire', KEYS[1], ARGV[2])
+elseif not holder then redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])
+else return 0 end
+redis.call('set', KEYS[2], '1', 'PX', ARGV[2])
+return 1
+"""
+
+T = TypeVar("T")
+
+
+def retrying(action: Callable[[], T], what: str, give_up_s: float | None = None) -> T:
+    """Run `action` until Redis answers (backoff 0.5 s doubling to RETRY_MAX_S); re-raise after `give_up_s`."""
+    wait, deadline = 0.5, None if give_up_s is None else time.monotonic() + give_up_s
+    while True:
+        try:
+            return action()
+        except RedisError as exc:
+            if deadline is not None and time.monotonic() + wait > deadline:
+                raise
+            logger.warning("%s: Redis unreachable (%s); retrying in %.1f s", what, exc, wait)
+            time.sleep(wait)
+            wait = min(wait * 2, RETRY_MAX_S)
+
+
+class Lease:
+    """The running fine-tune's hold on the training lock, renewed by a thread; `check()` guards commit and promote."""
+
+    def __init__(self, connection, job_id: str) -> None:
+        self.connection, self.job_id = connection, job_id
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="qabot-lease", daemon=True)
+
+    def _renew(self) -> bool:
+        keys = (TRAIN_LOCK, ALIVE_KEY.format(self.job_id), Job.key_for(self.job_id))
+        return bool(self.connection.eval(_RENEW, 3, *keys, self.job_id, LEASE_TTL_S * 1000))
+
+    def start(self) -> Lease:
+        if not retrying(self._renew, "training lease", give_up_s=LEASE_TTL_S):
+            self.lost = True
+            raise TrainingError(LOST)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(LEASE_BEAT_S):
+            try:
+                if not self._renew():
+                    self.lost = True
+                    logger.error("job %s: %s", self.job_id, LOST)
+                    return
+            except RedisError as exc:  # a short outage: the next beat tries again, the TTL covers the gap
+                logger.warning("job %s: lease not renewed (%s)", self.job_id, exc)
+
+    def check(self) -> None:
+        """Raise TrainingError unless this job still holds the lock (renewing it for another LEASE_TTL_S)."""
+        if self.lost or not retrying(self._renew, "training lease", give_up_s=LEASE_TTL_S):
+            self.lost = True
+            raise TrainingError(LOST)
+
+
+def reap_dead_training(connection) -> list[str]:
+    """Fail every started train job whose fine-tune stopped renewing its lease (older than one TTL); free its lock."""
+    registry = StartedJobRegistry(TRAIN_QUEUE, connection=connection)
+    reaped = []
+    for entry in connection.zrange(registry.key, 0, -1):  # "<job id>:<execution id>"
+        job_id = registry.parse_job_id(entry.decode())
+        if connection.exists(ALIVE_KEY.format(job_id)):
+            continue
+        try:
+            job = Job.fetch(job_id, connection=connection)
+        except NoSuchJobError:
+            connection.zrem(registry.key, entry)
+            continue
+        started = job.started_at.replace(tzinfo=UTC) if job.started_at else None
+        if job.get_status() != JobStatus.STARTED or (started and (datetime.now(UTC) - started).total_seconds() < LEASE_TTL_S):
+            continue
+        job.meta.update(stage="failed", error=DIED, problems=None)
+        job.save_meta()
+        with connection.pipeline() as pipeline:
+            record_job_failure(job, DIED, pipeline)
+            pipeline.zrem(registry.key, entry)
+            pipeline.execute()
+        release_training_lock(connection, job_id)
+        logger.warning("train job %s: its fine-tune died; marked failed", job_id)
+        reaped.append(job_id)
+    return reaped
+
+
+def die_with_parent(parent: int) -> None:
+    """Make this process die when `parent` does (Linux: PR_SET_PDEATHSIG; elsewhere a thread polls the parent)."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            logger.warning("prctl(PR_SET_PDEATHSIG) failed: errno %d", ctypes.get_errno())
+    else:
+
+        def watch() -> None:
+            while os.getppid() == parent:
+                time.sleep(1)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        threading.Thread(target=watch, name="qabot-parent-watch", daemon=True).start()
+    if os.getppid() != parent:  # the parent died before the call above
+        os._exit(1)
+
+
+class TrainWorker(Worker):
+    """rq's forking worker for fine-tunes: its horse dies with it, and a Redis restart never stops it or strands a job."""
+
+    def __init__(self, *args: Any, clean_up: Callable[[], None] | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("job_monitoring_interval", MONITOR_S)
+        super().__init__(*args, **kwargs)
+        self.clean_up = clean_up or (lambda: None)
+        self._parent_pid = os.getpid()
+
+    # -- the horse ----------------------------------------------------------------------------
+    def main_work_horse(self, job: Job, queue) -> None:
+        die_with_parent(self._parent_pid)
+        super().main_work_horse(job, queue)
+
+    # -- the parent: transient Redis errors never end the worker --------------------------
+    def heartbeat(self, timeout: int | None = None, pipeline=None) -> None:
+        try:
+            super().heartbeat(timeout, pipeline)
+        except RedisError as exc:
+            logger.warning("worker heartbeat skipped: %s", exc)
+
+    def maintain_heartbeats(self, job: Job, execution) -> None:
+        try:
+            super().maintain_heartbeats(job, execution)
+        except RedisError as exc:  # the horse keeps training; the next beat tries again
+            logger.warning("job %s: heartbeat skipped: %s", job.id, exc)
+
+    def set_state(self, state: str, pipeline=None) -> None:
+        try:
+            super().set_state(state, pipeline)
+        except RedisError as exc:
+            logger.warning("worker state not saved: %s", exc)
+
+    def check_for_suspension(self, burst: bool) -> None:
+        retrying(lambda: super(TrainWorker, self).check_for_suspension(burst), "suspension check")
+
+    def run_maintenance_tasks(self) -> None:
+        retrying(super().run_maintenance_tasks, "maintenance")
+        retrying(lambda: reap_dead_training(self.connection), "reaping dead fine-tunes")
+
+    def bootstrap(self, *args: Any, **kwargs: Any) -> None:
+        retrying(lambda: super(TrainWorker, self).bootstrap(*args, **kwargs), "worker start")
+        retrying(lambda: reap_dead_training(self.connection), "reaping dead fine-tunes")
+        self.clean_up()  # what dead runs left on disk (staging folders)
+
+    def handle_work_horse_killed(self, job: Job, retpid, ret_val, rusage) -> None:
+        super().handle_work_horse_killed(job, retpid, ret_val, rusage)
+        job.meta.update(stage="failed", error=HORSE_DIED, problems=None)
+        retrying(job.save_meta, "job meta", give_up_s=60)
+
+    def execute_job(self, job: Job, queue) -> None:
+        execution = retrying(lambda: self.prepare_execution(job), "job start")
+        self.fork_work_horse(job, queue)
+        while True:
+            try:
+                self.monitor_work_horse(job, queue, execution)
+                break
+            except RedisError as exc:
+                if not self._horse_pid:
+                    logger.warning("job %s: its end could not be recorded (%s)", job.id, exc)
+                    break
+                logger.warning("job %s: monitoring interrupted (%s); watching on", job.id, exc)
+                time.sleep(1)
+        retrying(lambda: self._settle(job, queue, execution), "job end")
+        self.clean_up()
+        self.set_state(WorkerStatus.IDLE)
+
+    def _settle(self, job: Job, queue, execution) -> None:
+        """After the horse: the job in a final state (never left started) and the lock free. RedisError: try again."""
+        if job.get_status(refresh=True) == JobStatus.STARTED:  # the horse died, or its end could not be recorded
+            job.meta.update(stage="failed", error=HORSE_DIED, problems=None)
+            job.save_meta()
+            self.handle_job_failure(job, queue=queue, exc_string=HORSE_DIED, execution=execution)
+            if job.get_status(refresh=True) == JobStatus.STARTED:  # rq logs and swallows a failed write
+                raise RedisConnectionError("the job's failure was not recorded")
+        release_training_lock(self.connection, job.id)
