@@ -71,7 +71,10 @@ def health_answer() -> None:
 def dev(
     bot: Annotated[list[str] | None, typer.Option(help="Also run this bot: telegram or discord (repeatable).")] = None,
 ) -> None:
-    """Run Redis (started if needed), the answer worker, the train worker and chosen bots locally, without Docker."""
+    """Run Redis (started if needed), the answer worker, the train worker and chosen bots locally, without Docker.
+
+    A process that dies is restarted (with a backoff); one that keeps crashing at start stops everything.
+    """
     from worker.dev import run
 
     settings = _settings(engine=False)

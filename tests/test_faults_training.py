@@ -1,5 +1,5 @@
 """Fine-tunes under faults, with real processes: `qabot worker train` killed with SIGKILL mid-epoch (whole, or its parent
-alone), a run that lost its lock, Redis restarted mid-run."""
+alone), a run that lost its lock, Redis restarted mid-run; `qabot dev` restarting a child killed with SIGKILL."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
+from redis import Redis
+from rq import Worker
 
 from bots.render import render_result
 from engine.pipeline import TrainRequest, load_base, validate_file
@@ -18,10 +20,11 @@ from engine.release import Policy, release
 from engine.training import TrainConfig
 from engine.versions import ModelStore
 from qabot.errors import TrainingError
-from tests.conftest import TINY_CONFIG
+from tests.conftest import TINY_CONFIG, qabot_env
 from tests.test_queue import make_settings, settings_env
 from worker.client import QueueClient
-from worker.jobs import TRAIN_LOCK
+from worker.dev import MAX_FAST_CRASHES, STABLE_SECONDS, Child
+from worker.jobs import ADMIN_QUEUE, TRAIN_LOCK
 from worker.localredis import free_port, start_redis_server, stop_redis_server
 from worker.train_worker import ALIVE_KEY, DIED, LEASE_TTL_S, LOST, reap_dead_training
 
@@ -117,6 +120,14 @@ def test_the_fine_tune_dies_with_its_parent_and_never_publishes(running):
     assert_nothing_published(ModelStore(settings.models_dir))
 
 
+def test_dev_backs_off_and_gives_up_only_on_repeated_fast_crashes():
+    child = Child("worker admin", ["worker", "admin"])
+    delays = [child.ended(1.0) for _ in range(MAX_FAST_CRASHES)]  # each run lasted 1 s (started at 0)
+    assert delays == [1, 2, 4, 8, 16] and child.ended(1.0) is None
+    child.fast_crashes = 3
+    assert child.ended(STABLE_SECONDS + 1) == 1  # a run that lasted starts a fresh count
+
+
 def test_a_run_that_lost_its_lock_stops_and_publishes_nothing(running):
     settings, client, job, worker, _, log = running
     client.connection.set(TRAIN_LOCK, "someone-else")  # as if it had been declared dead and a new run had started
@@ -166,3 +177,22 @@ def test_the_train_worker_rides_out_a_redis_restart(home, tiny_gpt2, tiny_data, 
         assert "heartbeat skipped" in text, text[-3000:]  # the parent met the outage and carried on
     finally:
         stop_redis_server(redis)
+
+
+def test_dev_restarts_a_child_killed_with_sigkill(home, redis_url, tmp_path):
+    connection = Redis.from_url(redis_url)
+
+    def admin_pids() -> set[int]:
+        return {w.pid for w in Worker.all(connection=connection) if ADMIN_QUEUE in w.queue_names()}
+
+    env = qabot_env({"QABOT_HOME": str(home), "QABOT_REDIS_URL": redis_url, "QABOT_DEVICE": "cpu"})
+    log = tmp_path / "dev.log"
+    dev = subprocess.Popen([sys.executable, "-m", "qabot", "dev"], env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    try:
+        (killed,) = wait_for(admin_pids, 60, "the admin worker registered", log)
+        os.kill(killed, signal.SIGKILL)
+        wait_for(lambda: admin_pids() - {killed}, 30, "a new admin worker registered", log)
+        assert dev.poll() is None and "worker admin restarted" in log.read_text()
+    finally:
+        dev.send_signal(signal.SIGTERM)
+        assert dev.wait(timeout=60) == 0, log.read_text()[-3000:]

@@ -1,4 +1,8 @@
-"""`qabot dev`: Redis (started if needed), the three workers and chosen bots as local processes, for hosts without Docker."""
+"""`qabot dev`: Redis (started if needed), the three workers and chosen bots as local processes, for hosts without Docker.
+
+A child that dies is restarted after 1 s, then 2, 4, ... up to 30 s while it keeps dying within a minute of its start;
+after MAX_FAST_CRASHES such restarts in a row, `qabot dev` stops everything and exits with the child's code.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from urllib.parse import unquote, urlparse
 
 from redis import Redis
@@ -24,6 +29,11 @@ STOP_GRACE_SECONDS = 20
 COLD_STOP_SECONDS = 5
 WORKERS = (["worker", "answer"], ["worker", "train"], ["worker", "admin"])
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+POLL_SECONDS = 0.5
+RESTART_FIRST_SECONDS = 1.0  # a child that died is restarted after 1 s, then 2, 4, ... while it keeps dying fast
+RESTART_MAX_SECONDS = 30.0
+STABLE_SECONDS = 60.0  # a child that ran this long before it died starts a fresh count of fast crashes
+MAX_FAST_CRASHES = 5  # restarts in a row of a child that dies within STABLE_SECONDS; one more and dev gives up
 
 
 def _reachable(url: str) -> bool:
@@ -54,8 +64,34 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+@dataclass
+class Child:
+    """One supervised process of `qabot dev`: restarted when it dies, unless it keeps dying fast."""
+
+    name: str
+    command: list[str]
+    proc: subprocess.Popen | None = None
+    started: float = 0.0
+    fast_crashes: int = 0  # consecutive runs shorter than STABLE_SECONDS
+    restart_at: float | None = None
+
+    def start(self) -> None:
+        # Its own process group: Ctrl-C in a terminal reaches only `qabot dev`, and each child then
+        # gets exactly one SIGTERM (an rq worker takes a second signal as "kill the job in hand").
+        self.proc = subprocess.Popen([sys.executable, "-m", "qabot", *self.command], process_group=0)
+        self.started, self.restart_at = time.monotonic(), None
+
+    def ended(self, now: float) -> float | None:
+        """After this child exited: the delay before its restart, or None when it crashed too often too fast."""
+        self.fast_crashes = self.fast_crashes + 1 if now - self.started < STABLE_SECONDS else 1
+        if self.fast_crashes > MAX_FAST_CRASHES:
+            return None
+        return min(RESTART_MAX_SECONDS, RESTART_FIRST_SECONDS * 2 ** (self.fast_crashes - 1))
+
+
 def run(settings: Settings, bots: list[str], echo=print) -> int:
-    """Start everything, wait until one process ends or Ctrl-C (or SIGTERM, SIGHUP), then stop them all; returns an exit code."""
+    """Start everything and keep it running (a child that dies is restarted, with a backoff) until Ctrl-C, SIGTERM,
+    SIGHUP or a child that keeps crashing right after its start; then stop them all. Returns an exit code."""
     # Installed explicitly: a shell that runs us in the background sets SIGINT to SIG_IGN, and Python then installs
     # no KeyboardInterrupt handler of its own. Children started after this get the default disposition back.
     previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
@@ -63,41 +99,53 @@ def run(settings: Settings, bots: list[str], echo=print) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGHUP, _interrupt)
     redis: subprocess.Popen | None = None
-    children: list[tuple[str, subprocess.Popen]] = []
+    children = [Child(" ".join(c), list(c)) for c in [*WORKERS, *(["bot", name] for name in bots)]]
     code = 0
     try:
         redis = ensure_redis(settings)
-        for command in [*WORKERS, *(["bot", name] for name in bots)]:
-            # Each child in its own process group: Ctrl-C in a terminal reaches only us, and each child then
-            # gets exactly one SIGTERM (an rq worker takes a second signal as "kill the job in hand").
-            proc = subprocess.Popen([sys.executable, "-m", "qabot", *command], process_group=0)
-            children.append((" ".join(command), proc))
+        for child in children:
+            child.start()
         where = "started here" if redis else "already running"
         echo(
-            f"qabot dev: Redis {redacted(settings.redis_url)} ({where}); " + ", ".join(f"{n} (pid {p.pid})" for n, p in children)
+            f"qabot dev: Redis {redacted(settings.redis_url)} ({where}); "
+            + ", ".join(f"{c.name} (pid {c.proc.pid})" for c in children)
         )
         echo("Ctrl-C stops everything.")
-        while True:
-            ended = [(n, p) for n, p in children if p.poll() is not None]
-            if ended:
-                name, proc = ended[0]
-                echo(f"qabot dev: {name} exited with {proc.returncode}; stopping the rest")
-                code = proc.returncode or 1
-                break
-            time.sleep(0.5)
+        code = _supervise(children, echo)
     except KeyboardInterrupt:
         echo("qabot dev: stopping")
     finally:
         for sig in STOP_SIGNALS:
             signal.signal(sig, signal.SIG_IGN)  # a second Ctrl-C must not leave children running
         try:
-            _stop([p for _, p in children])
+            _stop([c.proc for c in children if c.proc is not None])
             if redis is not None:
                 stop_redis_server(redis)  # last: the workers finish their jobs against it
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, signal.SIG_DFL if handler is None else handler)
     return code
+
+
+def _supervise(children: list[Child], echo) -> int:
+    """Restart children that exit; return an exit code once one crashed MAX_FAST_CRASHES times in a row, fast."""
+    while True:
+        now = time.monotonic()
+        for child in children:
+            if child.restart_at is not None and now >= child.restart_at:
+                child.start()
+                echo(f"qabot dev: {child.name} restarted (pid {child.proc.pid})")
+            elif child.restart_at is None and child.proc.poll() is not None:
+                delay = child.ended(now)
+                if delay is None:
+                    echo(
+                        f"qabot dev: {child.name} exited with {child.proc.returncode} ({child.fast_crashes} times in a row, "
+                        f"each within {STABLE_SECONDS:.0f} s of its start); stopping everything"
+                    )
+                    return child.proc.returncode or 1
+                echo(f"qabot dev: {child.name} exited with {child.proc.returncode}; restarting it in {delay:.0f} s")
+                child.restart_at = now + delay
+        time.sleep(POLL_SECONDS)
 
 
 def _stop(processes: list[subprocess.Popen]) -> None:
