@@ -437,7 +437,8 @@ async def discord_bot_on_fake(settings: Any, monkeypatch: Any, **timings: float)
     for name, value in {"delivery_poll": 0.5, **timings}.items():
         setattr(core, name, value)
     bot = QabotDiscord(settings, core)
-    task = asyncio.create_task(bot.start(settings.discord_token))
+    token = settings.discord_token  # a SecretStr, or the plain text a test's model_copy put there
+    task = asyncio.create_task(bot.start(token if isinstance(token, str) else token.get_secret_value()))
     try:
         await asyncio.wait_for(fake.ready.wait(), 30)
         await fake.wait_for(lambda: fake.commands)
