@@ -93,6 +93,9 @@ def train(
     batch_size: Annotated[int | None, typer.Option(help="Examples per step.")] = None,
     max_length: Annotated[int | None, typer.Option(help="Longest example in tokens.")] = None,
     lora: Annotated[bool, typer.Option(help="Train LoRA adapters instead of all weights.")] = False,
+    trained_share: Annotated[
+        float | None, typer.Option(help="Share of the blocks trained, from the top (default 0.4 grounded, 1 plain).")
+    ] = None,
     grounded: Annotated[
         bool | None,
         typer.Option(
@@ -112,6 +115,7 @@ def train(
 
     settings = _settings()
     overrides = {"epochs": epochs, "learning_rate": lr, "batch_size": batch_size, "max_length": max_length, "seed": seed}
+    overrides["trained_share"] = trained_share
     grounded = settings.grounded if grounded is None else grounded
     config = TrainConfig(lora=lora, grounded=grounded, **{k: v for k, v in overrides.items() if v is not None})
     data_path = data or settings.dataset
