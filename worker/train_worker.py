@@ -200,11 +200,13 @@ class TrainWorker(Worker):
         retrying(lambda: super(TrainWorker, self).check_for_suspension(burst), "suspension check")
 
     def run_maintenance_tasks(self) -> None:
-        retrying(super().run_maintenance_tasks, "maintenance")
+        # ours first: rq's own cleanup would fail a dead run hours later (job_timeout + 60 s), without a clear message
         retrying(lambda: reap_dead_training(self.connection), "reaping dead fine-tunes")
+        retrying(super().run_maintenance_tasks, "maintenance")
 
     def bootstrap(self, *args: Any, **kwargs: Any) -> None:
-        retrying(lambda: super(TrainWorker, self).bootstrap(*args, **kwargs), "worker start")
+        retrying(self.connection.ping, "worker start")  # a worker started while Redis restarts waits for it
+        super().bootstrap(*args, **kwargs)
         retrying(lambda: reap_dead_training(self.connection), "reaping dead fine-tunes")
         self.clean_up()  # what dead runs left on disk (staging folders)
 
