@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from redis import Redis
+from redis.exceptions import RedisError
 from rq import Worker
 
 from bots.render import render_result
@@ -20,7 +21,8 @@ from engine.release import Policy, release
 from engine.training import TrainConfig
 from engine.versions import ModelStore
 from qabot.errors import TrainingError
-from tests.conftest import TINY_CONFIG, qabot_env
+from tests.conftest import TINY_CONFIG
+from tests.test_deploy import assert_all_stopped, interrupt, start_dev
 from tests.test_queue import make_settings, settings_env
 from worker.client import QueueClient
 from worker.dev import MAX_FAST_CRASHES, STABLE_SECONDS, Child
@@ -179,20 +181,29 @@ def test_the_train_worker_rides_out_a_redis_restart(home, tiny_gpt2, tiny_data, 
         stop_redis_server(redis)
 
 
-def test_dev_restarts_a_child_killed_with_sigkill(home, redis_url, tmp_path):
-    connection = Redis.from_url(redis_url)
+def server_pid(url: str) -> int | None:
+    try:
+        return Redis.from_url(url, socket_connect_timeout=1).info("server")["process_id"]
+    except RedisError:
+        return None
+
+
+def test_dev_restarts_a_worker_and_redis_killed_with_sigkill(home):
+    proc, url, output = start_dev(home)
+    connection = Redis.from_url(url)
 
     def admin_pids() -> set[int]:
         return {w.pid for w in Worker.all(connection=connection) if ADMIN_QUEUE in w.queue_names()}
 
-    env = qabot_env({"QABOT_HOME": str(home), "QABOT_REDIS_URL": redis_url, "QABOT_DEVICE": "cpu"})
-    log = tmp_path / "dev.log"
-    dev = subprocess.Popen([sys.executable, "-m", "qabot", "dev"], env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
     try:
-        (killed,) = wait_for(admin_pids, 60, "the admin worker registered", log)
+        (killed,) = wait_for(admin_pids, 60, "the admin worker registered")
         os.kill(killed, signal.SIGKILL)
-        wait_for(lambda: admin_pids() - {killed}, 30, "a new admin worker registered", log)
-        assert dev.poll() is None and "worker admin restarted" in log.read_text()
+        wait_for(lambda: admin_pids() - {killed}, 30, "a new admin worker registered")
+        first = server_pid(url)
+        os.kill(first, signal.SIGKILL)
+        wait_for(lambda: server_pid(url) not in (None, first), 30, "redis-server restarted")
+        assert proc.poll() is None
     finally:
-        dev.send_signal(signal.SIGTERM)
-        assert dev.wait(timeout=60) == 0, log.read_text()[-3000:]
+        output += interrupt(proc)
+    assert "worker admin restarted" in output and "redis-server exited with -9; restarting it" in output
+    assert_all_stopped(proc, output, url)  # the restarted ones too

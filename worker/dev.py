@@ -98,11 +98,11 @@ def run(settings: Settings, bots: list[str], echo=print) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGHUP, _interrupt)
-    redis: subprocess.Popen | None = None
+    redis: list[subprocess.Popen] = []  # the redis-server started here, if any (replaced when it is restarted)
     children = [Child(" ".join(c), list(c)) for c in [*WORKERS, *(["bot", name] for name in bots)]]
     code = 0
     try:
-        redis = ensure_redis(settings)
+        redis.extend(filter(None, [ensure_redis(settings)]))
         for child in children:
             child.start()
         where = "started here" if redis else "already running"
@@ -111,7 +111,7 @@ def run(settings: Settings, bots: list[str], echo=print) -> int:
             + ", ".join(f"{c.name} (pid {c.proc.pid})" for c in children)
         )
         echo("Ctrl-C stops everything.")
-        code = _supervise(children, echo)
+        code = _supervise(children, echo, redis, lambda: ensure_redis(settings))
     except KeyboardInterrupt:
         echo("qabot dev: stopping")
     finally:
@@ -119,17 +119,25 @@ def run(settings: Settings, bots: list[str], echo=print) -> int:
             signal.signal(sig, signal.SIG_IGN)  # a second Ctrl-C must not leave children running
         try:
             _stop([c.proc for c in children if c.proc is not None])
-            if redis is not None:
-                stop_redis_server(redis)  # last: the workers finish their jobs against it
+            if redis:
+                stop_redis_server(redis[0])  # last: the workers finish their jobs against it
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, signal.SIG_DFL if handler is None else handler)
     return code
 
 
-def _supervise(children: list[Child], echo) -> int:
-    """Restart children that exit; return an exit code once one crashed MAX_FAST_CRASHES times in a row, fast."""
+def _supervise(children: list[Child], echo, redis: list[subprocess.Popen], start_redis) -> int:
+    """Restart children (and the redis-server started here) that exit; return an exit code once a child crashed
+    MAX_FAST_CRASHES times in a row, fast."""
     while True:
+        if redis and redis[0].poll() is not None:  # its append-only file keeps the queues; the workers wait for it
+            echo(f"qabot dev: redis-server exited with {redis[0].returncode}; restarting it")
+            restarted = start_redis()
+            if restarted is None:  # another Redis answers on that port now: not ours to watch
+                redis.clear()
+            else:
+                redis[0] = restarted
         now = time.monotonic()
         for child in children:
             if child.restart_at is not None and now >= child.restart_at:
