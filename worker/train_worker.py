@@ -47,6 +47,10 @@ PR_SET_PDEATHSIG = 1
 AGAIN = "no new version was made live. Send /retrain to start again."
 DIED = f"the train worker died mid-run (killed, out of memory or restarted); {AGAIN}"
 HORSE_DIED = f"the fine-tune process died mid-run (killed or out of memory); {AGAIN}"
+UNRECORDED = (
+    "the fine-tune ended while Redis was unreachable, so its outcome was not recorded; /models shows whether a new "
+    "version was made"
+)
 LOST = "the run was declared failed while it ran (its training lock lapsed); nothing was saved or made live"
 
 # KEYS: lock, alive key, job key; ARGV: job id, ttl ms. 1 while the job is started and holds (or retakes) the lock.
@@ -171,6 +175,7 @@ class TrainWorker(Worker):
         super().__init__(*args, **kwargs)
         self.clean_up = clean_up or (lambda: None)
         self._parent_pid = os.getpid()
+        self._horse_status: int | None = None  # the last horse's wait status (0: it exited normally)
 
     # -- the horse ----------------------------------------------------------------------------
     def main_work_horse(self, job: Job, queue) -> None:
@@ -215,8 +220,15 @@ class TrainWorker(Worker):
         job.meta.update(stage="failed", error=HORSE_DIED, problems=None)
         retrying(job.save_meta, "job meta", give_up_s=60)
 
+    def wait_for_horse(self):
+        pid, status, rusage = super().wait_for_horse()
+        if pid is not None:
+            self._horse_status = status
+        return pid, status, rusage
+
     def execute_job(self, job: Job, queue) -> None:
         execution = retrying(lambda: self.prepare_execution(job), "job start")
+        self._horse_status = None
         self.fork_work_horse(job, queue)
         while True:
             try:
@@ -235,9 +247,10 @@ class TrainWorker(Worker):
     def _settle(self, job: Job, queue, execution) -> None:
         """After the horse: the job in a final state (never left started) and the lock free. RedisError: try again."""
         if job.get_status(refresh=True) == JobStatus.STARTED:  # the horse died, or its end could not be recorded
-            job.meta.update(stage="failed", error=HORSE_DIED, problems=None)
+            why = UNRECORDED if self._horse_status == 0 else HORSE_DIED
+            job.meta.update(stage="failed", error=why, problems=None)
             job.save_meta()
-            self.handle_job_failure(job, queue=queue, exc_string=HORSE_DIED, execution=execution)
+            self.handle_job_failure(job, queue=queue, exc_string=why, execution=execution)
             if job.get_status(refresh=True) == JobStatus.STARTED:  # rq logs and swallows a failed write
                 raise RedisConnectionError("the job's failure was not recorded")
         release_training_lock(self.connection, job.id)
