@@ -6,19 +6,17 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers import PrinterCallback, Trainer, TrainingArguments, set_seed
 
-from engine.evaluate import accuracy_score, answer_loss, evaluate_sets
+from engine.callbacks import AccuracyCallback, Progress, ProgressCallback, ProgressFn
 from engine.formatting import PadCollator, tokenize_example, tokenize_pair
-from engine.generate import Answerer
 from engine.models import blocks, train_top_layers
-from qabot.dataset import MAX_FIELD_CHARS, HeldoutItem, QAPair
+from qabot.dataset import HeldoutItem, QAPair
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +26,9 @@ PLAIN_EPOCHS = 8
 # on the sample with the bundled model, 2 epochs of the top 40% of the blocks answered as well as 4 epochs of all.
 GROUNDED_EPOCHS = 2
 GROUNDED_TRAINED_SHARE = 0.4
+# ... in 58 optimizer steps (226 examples, batch 8). A smaller dataset gets more epochs by default, so that it too
+# gets about that many steps: 2 epochs of 40 pairs would be 14 steps, too few to learn to read notes and decline.
+GROUNDED_MIN_STEPS = 56
 
 
 @dataclass
@@ -36,7 +37,9 @@ class TrainConfig:
 
     epochs: float | None = field(
         default=None,
-        metadata={"help": "Passes over the data (early stopping may end sooner); default 4 grounded, 8 plain."},
+        metadata={
+            "help": "Passes over the data (early stopping may end sooner); default 8 plain, 2 grounded (more for small data)."
+        },
     )
     learning_rate: float = field(default=3e-4, metadata={"help": "Peak learning rate (1e-3 or more with LoRA)."})
     batch_size: int = field(default=8, metadata={"help": "Examples per optimizer step on one device."})
@@ -63,6 +66,9 @@ class TrainConfig:
     lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling."})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
     checkpoints: bool = field(default=True, metadata={"help": "Save a checkpoint each epoch so that a run can resume."})
+    min_steps: int = field(
+        default=0, metadata={"help": "Optimizer steps at least: epochs grow for a small dataset (set with default epochs)."}
+    )
     grounded: bool = field(
         default=True, metadata={"help": "Answer from retrieved notes and learn to decline (RAFT); False: the plain format."}
     )
@@ -74,6 +80,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.epochs is None:
             self.epochs = GROUNDED_EPOCHS if self.grounded else PLAIN_EPOCHS
+            self.min_steps = GROUNDED_MIN_STEPS if self.grounded else 0
         if self.trained_share is None:
             self.trained_share = GROUNDED_TRAINED_SHARE if self.grounded else 1.0
         if self.epochs <= 0:
@@ -88,22 +95,6 @@ class TrainConfig:
             raise ValueError("trained_share must be in (0, 1]; 1 trains every weight")
 
 
-@dataclass(frozen=True)
-class Progress:
-    """A snapshot of a running fine-tune, for progress bars and job meta."""
-
-    stage: str
-    step: int = 0
-    total_steps: int = 0
-    epoch: float = 0.0
-    loss: float | None = None
-    eta_s: float | None = None
-    metrics: dict[str, float] = field(default_factory=dict)
-
-
-ProgressFn = Callable[[Progress], None]
-
-
 @dataclass
 class TrainResult:
     """What a fine-tune produced: metrics of the kept model and the full log."""
@@ -112,99 +103,6 @@ class TrainResult:
     log_history: list[dict[str, Any]]
     seconds: float
     epochs_run: float
-
-
-class _ProgressCallback(TrainerCallback):
-    def __init__(self, report: ProgressFn) -> None:
-        self.report = report
-        self.started = time.monotonic()
-        self.first_step = 0
-        self.loss: float | None = None
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.started, self.first_step = time.monotonic(), state.global_step
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs and "loss" in logs:
-            self.loss = float(logs["loss"])
-            self._report(state)
-
-    def _report(self, state) -> None:
-        done = state.global_step - self.first_step
-        left = state.max_steps - state.global_step
-        eta = (time.monotonic() - self.started) / done * left if done else None
-        self.report(Progress("training", state.global_step, state.max_steps, state.epoch or 0.0, self.loss, eta))
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self.loss is None:  # later steps are reported with their loss, from on_log
-            self._report(state)
-
-
-class _AccuracyCallback(TrainerCallback):
-    """Asks questions after each epoch, logs accuracy, stops when it no longer improves, keeps the best."""
-
-    def __init__(
-        self,
-        tokenizer: Any,
-        recall: list[QAPair],
-        heldout: list[HeldoutItem],
-        config: TrainConfig,
-        report: ProgressFn,
-        grounding: Any = None,
-    ) -> None:
-        self.tokenizer, self.recall, self.heldout, self.grounding = tokenizer, recall, heldout, grounding
-        self.config, self.report = config, report
-        # half-way through, not before the second epoch (the last one is always evaluated)
-        self.first_epoch = config.eval_from_epoch or max(2, math.ceil(config.epochs / 2))
-        self.best_score = -1.0
-        self.best_metrics: dict[str, float] = {}
-        self.best_state: dict[str, torch.Tensor] | None = None
-        self.stale = 0
-
-    def on_epoch_end(self, args, state, control, model=None, **kwargs):
-        epoch = round(state.epoch or 0)
-        last = state.global_step >= state.max_steps
-        if (epoch < self.first_epoch and not last) or not (self.recall or self.heldout):
-            return
-        self.report(Progress("evaluating", state.global_step, state.max_steps, state.epoch or 0.0))
-        metrics = self.evaluate(model)
-        metrics["epoch"] = state.epoch or 0.0
-        state.log_history.append({**metrics, "step": state.global_step})
-        score = accuracy_score(metrics)
-        logger.info("epoch %s: %s", epoch, metrics)
-        if score > self.best_score:
-            self.best_score, self.best_metrics, self.stale = score, metrics, 0
-            if not last:
-                self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-            else:
-                self.best_state = None
-        else:
-            self.stale += 1
-        patience = self.config.early_stopping_patience
-        if score >= 1.0 or (patience and self.stale >= patience):
-            control.should_training_stop = True
-
-    def evaluate(self, model: Any) -> dict[str, float]:
-        was_training = model.training
-        model.eval()
-        answerer = Answerer(
-            model, self.tokenizer, max_new_tokens=96, max_question_chars=MAX_FIELD_CHARS, grounding=self.grounding
-        )
-        try:
-            metrics = evaluate_sets(answerer, self.recall, self.heldout)
-            if self.heldout:
-                with_answers = [QAPair(i.question, i.answer) for i in self.heldout if i.answer]
-                if with_answers:
-                    loss = answer_loss(model, self.tokenizer, with_answers, max_length=self.config.max_length)
-                    metrics["heldout_loss"] = round(loss, 4)
-        finally:
-            model.train(was_training)
-        return metrics
-
-    def restore_best(self, model: Any) -> dict[str, float]:
-        if self.best_state is not None:
-            model.load_state_dict(self.best_state)
-        return self.best_metrics
 
 
 def recall_sample(pairs: list[QAPair], config: TrainConfig) -> list[QAPair]:
@@ -262,6 +160,10 @@ def fine_tune(
         features = [tokenize_example(prompt, answer, tokenizer, config.max_length) for prompt, answer in examples]
     else:
         features = [tokenize_pair(p, tokenizer, config.max_length) for p in pairs]
+    per_epoch = math.ceil(len(features) / (config.batch_size * config.gradient_accumulation))
+    if config.min_steps and per_epoch * config.epochs < config.min_steps:
+        config = replace(config, epochs=float(math.ceil(config.min_steps / per_epoch)))
+        logger.info("%d examples: %s epochs, to make %d steps at least", len(features), config.epochs, config.min_steps)
     if config.lora:
         from peft import LoraConfig, get_peft_model
 
@@ -277,14 +179,14 @@ def fine_tune(
         count = max(1, math.ceil(len(blocks(model)) * config.trained_share))
         logger.info("training the top %d blocks: %d weights", count, train_top_layers(model, count))
     model.train()
-    accuracy = _AccuracyCallback(tokenizer, recall_sample(pairs, config), heldout or [], config, report, grounding)
-    steps = math.ceil(len(features) / (config.batch_size * config.gradient_accumulation)) * math.ceil(config.epochs)
+    accuracy = AccuracyCallback(tokenizer, recall_sample(pairs, config), heldout or [], config, report, grounding)
+    steps = per_epoch * math.ceil(config.epochs)
     trainer = Trainer(
         model=model,
         args=_training_args(config, run_dir / "checkpoints", steps, device),
         train_dataset=features,
         data_collator=PadCollator(tokenizer.pad_token_id),
-        callbacks=[_ProgressCallback(report), accuracy],
+        callbacks=[ProgressCallback(report), accuracy],
     )
     trainer.remove_callback(PrinterCallback)
     checkpoint = resume and any((run_dir / "checkpoints").glob("checkpoint-*"))

@@ -151,7 +151,9 @@ def long_answer_version(store: ModelStore, tiny_llama) -> str:
     config.max_position_embeddings = 4096
     model = AutoModelForCausalLM.from_config(config)
     pair = QAPair("Tell me everything about the Stone?", LONG_ANSWER.strip())
-    train = TrainConfig(epochs=40, learning_rate=3e-3, batch_size=1, max_length=2048, checkpoints=False, eval_questions=0)
+    train = TrainConfig(
+        epochs=40, learning_rate=3e-3, batch_size=1, max_length=2048, checkpoints=False, eval_questions=0, grounded=False
+    )
     model, _ = fine_tune(model, tokenizer, [pair], config=train, run_dir=store.root / "runs" / "long")
     staging = store.staging_dir()
     model.save_pretrained(staging)

@@ -1,0 +1,128 @@
+"""What a fine-tune reports while it runs (progress, per-epoch accuracy) and the callbacks that report it."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+
+from engine.evaluate import accuracy_score, answer_loss, evaluate_sets
+from engine.generate import Answerer
+from qabot.dataset import MAX_FIELD_CHARS, HeldoutItem, QAPair
+
+logger = logging.getLogger("engine.training")
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A snapshot of a running fine-tune, for progress bars and job meta."""
+
+    stage: str
+    step: int = 0
+    total_steps: int = 0
+    epoch: float = 0.0
+    loss: float | None = None
+    eta_s: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+ProgressFn = Callable[[Progress], None]
+
+
+class ProgressCallback(TrainerCallback):
+    def __init__(self, report: ProgressFn) -> None:
+        self.report = report
+        self.started = time.monotonic()
+        self.first_step = 0
+        self.loss: float | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started, self.first_step = time.monotonic(), state.global_step
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.loss = float(logs["loss"])
+            self._report(state)
+
+    def _report(self, state) -> None:
+        done = state.global_step - self.first_step
+        left = state.max_steps - state.global_step
+        eta = (time.monotonic() - self.started) / done * left if done else None
+        self.report(Progress("training", state.global_step, state.max_steps, state.epoch or 0.0, self.loss, eta))
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.loss is None:  # later steps are reported with their loss, from on_log
+            self._report(state)
+
+
+class AccuracyCallback(TrainerCallback):
+    """Asks questions after each epoch, logs accuracy, stops when it no longer improves, keeps the best."""
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        recall: list[QAPair],
+        heldout: list[HeldoutItem],
+        config: Any,
+        report: ProgressFn,
+        grounding: Any = None,
+    ) -> None:
+        self.tokenizer, self.recall, self.heldout, self.grounding = tokenizer, recall, heldout, grounding
+        self.config, self.report = config, report
+        # half-way through, not before the second epoch (the last one is always evaluated)
+        self.first_epoch = config.eval_from_epoch or max(2, math.ceil(config.epochs / 2))
+        self.best_score = -1.0
+        self.best_metrics: dict[str, float] = {}
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.stale = 0
+
+    def on_epoch_end(self, args, state, control, model=None, **kwargs):
+        epoch = round(state.epoch or 0)
+        last = state.global_step >= state.max_steps
+        if (epoch < self.first_epoch and not last) or not (self.recall or self.heldout):
+            return
+        self.report(Progress("evaluating", state.global_step, state.max_steps, state.epoch or 0.0))
+        metrics = self.evaluate(model)
+        metrics["epoch"] = state.epoch or 0.0
+        state.log_history.append({**metrics, "step": state.global_step})
+        score = accuracy_score(metrics)
+        logger.info("epoch %s: %s", epoch, metrics)
+        if score > self.best_score:
+            self.best_score, self.best_metrics, self.stale = score, metrics, 0
+            if not last:
+                self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            else:
+                self.best_state = None
+        else:
+            self.stale += 1
+        patience = self.config.early_stopping_patience
+        if score >= 1.0 or (patience and self.stale >= patience):
+            control.should_training_stop = True
+
+    def evaluate(self, model: Any) -> dict[str, float]:
+        was_training = model.training
+        model.eval()
+        answerer = Answerer(
+            model, self.tokenizer, max_new_tokens=96, max_question_chars=MAX_FIELD_CHARS, grounding=self.grounding
+        )
+        try:
+            metrics = evaluate_sets(answerer, self.recall, self.heldout)
+            if self.heldout:
+                with_answers = [QAPair(i.question, i.answer) for i in self.heldout if i.answer]
+                if with_answers:
+                    loss = answer_loss(model, self.tokenizer, with_answers, max_length=self.config.max_length)
+                    metrics["heldout_loss"] = round(loss, 4)
+        finally:
+            model.train(was_training)
+        return metrics
+
+    def restore_best(self, model: Any) -> dict[str, float]:
+        if self.best_state is not None:
+            model.load_state_dict(self.best_state)
+        return self.best_metrics
