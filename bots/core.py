@@ -6,6 +6,7 @@ No torch and nothing of `engine/`: every admin action is a job that a worker run
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import defaultdict, deque
@@ -42,6 +43,7 @@ logger = logging.getLogger(__name__)
 
 EDIT_DELAY_SECONDS = 5.0  # progress edits stay well inside the platforms' flood limits
 FOLLOW_POLL_SECONDS = 0.5  # how often a bot reads a running fine-tune's progress
+NO_WORKER_WAIT_SECONDS = 5.0  # with no answer worker alive, the asker gets the apology after this, not QABOT_ANSWER_WAIT
 DELIVERY_POLL_SECONDS = 15.0  # how often a bot looks for finished fine-tunes nobody has reported yet
 HELP_TEXT = (
     "I answer questions about our community's world, trained on its own questions and answers.\n"
@@ -56,6 +58,10 @@ APOLOGY = "Sorry, I can't answer right now: the answering service is down or bus
 ADMIN_APOLOGY = (
     "Sorry, the admin service did not answer in time (is `qabot worker admin` running?). "
     "If you asked for a change, check /status before trying again."
+)
+ANSWER_DOWN_ALERT = (
+    "Admins: questions are going unanswered because no answer worker is running (start `qabot worker answer`; "
+    "`qabot status` shows the workers). People get an apology until one runs again. I say this once per outage."
 )
 REFUSAL = "Sorry, only this bot's admins can do that."
 NO_ANSWER = "I don't know that one yet."
@@ -107,6 +113,7 @@ class RetrainOutcome:
 
 Send = Callable[[str], Awaitable[Any]]
 Edit = Callable[[Any, str], Awaitable[None]]
+Alert = Callable[[str, str], Awaitable[None]]  # (text, the chat of the question that went unanswered)
 
 
 class BotCore:
@@ -114,12 +121,15 @@ class BotCore:
 
     def __init__(self, settings: Settings, client: QueueClient | None = None) -> None:
         self.settings = settings
-        self.client = client or QueueClient(settings)
+        self.client = client or QueueClient(settings, no_worker_wait=NO_WORKER_WAIT_SECONDS)
         self.limiter = RateLimiter(settings.rate_limit, settings.rate_window)
         self.edit_delay = EDIT_DELAY_SECONDS
         self.follow_poll = FOLLOW_POLL_SECONDS
         self.delivery_poll = DELIVERY_POLL_SECONDS
         self.following: set[str] = set()  # fine-tunes this bot reports itself, live
+        self.platform: str | None = None  # set with `alert` by the platform's wiring
+        self.alert: Alert | None = None  # tells the admins that no answer worker runs
+        self._alerts: set[asyncio.Task] = set()
 
     # -- everyone ---------------------------------------------------------------------------
     async def ask(self, user: str, question: str, channel: str) -> Reply:
@@ -137,6 +147,9 @@ class BotCore:
             result = await self.client.ask(text, asker=user, channel=channel)
         except (ServiceUnavailable, AnswerTimeout) as exc:
             logger.warning("no answer for a question: %s", exc)
+            task = asyncio.create_task(self._answer_down(channel))  # the asker's apology does not wait for it
+            self._alerts.add(task)
+            task.add_done_callback(self._alerts.discard)
             return Reply(APOLOGY)
         except JobFailed as exc:
             if exc.kind == "QuestionError":
@@ -151,6 +164,25 @@ class BotCore:
         if not result.answer:
             return Reply(NO_ANSWER)
         return Reply(result.answer, text, result.answer)
+
+    async def _answer_down(self, channel: str) -> None:
+        """If no answer worker is alive, tell the admins: once per outage and platform, whichever bot sees it first."""
+        if self.alert is None or self.platform is None:
+            return
+        try:
+            if await asyncio.to_thread(self.client.live_answer_workers):
+                return  # a worker runs (busy, or restarting): nothing to tell
+            if not await asyncio.to_thread(self.client.claim_answer_down_alert, self.platform):
+                return
+        except Exception:  # Redis away: the admins cannot be told through it either
+            logger.warning("could not check the answer workers", exc_info=True)
+            return
+        try:
+            await self.alert(ANSWER_DOWN_ALERT, channel)
+        except Exception:
+            logger.warning("could not tell the admins that no answer worker runs", exc_info=True)
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self.client.release_answer_down_alert, self.platform)
 
     # -- admins: each action is a job; this only renders ------------------------------------
     async def add_pair(self, question: str, answer: str, reply_to: ReplyTo | None = None) -> str:

@@ -49,6 +49,7 @@ class QabotDiscord(discord.Client):
         use_api(settings.discord_api_url)
         self.settings = settings
         self.core = core or BotCore(settings)
+        self.core.platform, self.core.alert = PLATFORM, self.alert_admins
         self.tree = app_commands.CommandTree(self)
         self.delivery: asyncio.Task | None = None
         _register(self)
@@ -77,6 +78,23 @@ class QabotDiscord(discord.Client):
         channel = self.get_channel(int(chat)) or await self.fetch_channel(int(chat))
         for part in split_message(text, MESSAGE_LIMIT):
             await channel.send(part, allowed_mentions=NO_MENTIONS)
+
+    async def alert_admins(self, text: str, chat: str) -> None:
+        """A direct message to each admin of QABOT_DISCORD_ADMINS; when none is listed or none can be reached (DMs
+        closed), the channel where the unanswered question was asked, without pings."""
+        reached = 0
+        for admin in self.settings.discord_admins:
+            try:
+                user = self.get_user(admin) or await self.fetch_user(admin)
+                await user.send(text, allowed_mentions=NO_MENTIONS)
+                reached += 1
+            except discord.DiscordException as exc:
+                logger.warning("could not message admin %s: %s", admin, exc)
+        if reached:
+            return
+        channel_id = int(chat.removeprefix("dc:"))
+        channel = self.get_channel(channel_id) or await self.fetch_channel(channel_id)
+        await channel.send(text, allowed_mentions=NO_MENTIONS)
 
     # -- who may do what --------------------------------------------------------------------
     def allowed_here(self, guild_id: int | None, channel_id: int | None) -> bool:

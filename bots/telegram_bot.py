@@ -16,7 +16,15 @@ from telegram.ext import Application, ApplicationBuilder, CommandHandler, Contex
 
 from bots.core import ADMIN_HELP, HELP_TEXT, REFUSAL, BotCore, split_message
 from bots.feedback import Reply, remember, report_wrong
-from bots.telegram_delivery import MESSAGE_LIMIT, PLATFORM, deliver, on_error, start_delivery, stop_delivery
+from bots.telegram_delivery import (
+    MESSAGE_LIMIT,
+    PLATFORM,
+    alert_admins,
+    deliver,
+    on_error,
+    start_delivery,
+    stop_delivery,
+)
 from qabot.settings import Settings
 from qabot.shapes import ReplyTo
 
@@ -241,7 +249,8 @@ def build_application(settings: Settings, core: BotCore | None = None) -> Applic
         .post_stop(stop_delivery)
         .build()
     )
-    app.bot_data["core"] = core or BotCore(settings)
+    core = app.bot_data["core"] = core or BotCore(settings)
+    core.platform, core.alert = PLATFORM, functools.partial(alert_admins, app)
     new = filters.UpdateType.MESSAGE  # an edited message must not ask again or retrain again
     app.add_handler(CommandHandler(["start", "help"], start, filters=new))
     app.add_handler(CommandHandler("ask", ask, filters=new))

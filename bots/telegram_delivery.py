@@ -6,6 +6,7 @@ import asyncio
 import functools
 import logging
 
+from telegram.error import TelegramError
 from telegram.ext import Application, ContextTypes
 
 from bots.core import BotCore, RetrainOutcome, split_message
@@ -30,6 +31,20 @@ async def notify(app: Application, chat: str, text: str) -> None:
     """Post an admin's answer in a chat where the question was asked."""
     for part in split_message(text, MESSAGE_LIMIT):
         await app.bot.send_message(int(chat), part)
+
+
+async def alert_admins(app: Application, text: str, chat: str) -> None:
+    """Tell each admin of QABOT_TELEGRAM_ADMINS in their private chat with the bot (one who never opened it misses it)."""
+    core: BotCore = app.bot_data["core"]
+    reached = 0
+    for admin in core.settings.telegram_admins:
+        try:
+            await app.bot.send_message(admin, text)
+            reached += 1
+        except TelegramError as exc:  # blocked, or never started a chat with the bot
+            logger.warning("could not tell admin %s: %s", admin, exc)
+    if core.settings.telegram_admins and not reached:
+        raise RuntimeError("no admin could be reached")
 
 
 async def start_delivery(app: Application) -> None:

@@ -55,7 +55,7 @@ def health_answer() -> None:
     from rq import Worker
 
     from qabot.errors import ServiceUnavailable
-    from worker.answer_worker import MODEL_FIELD
+    from worker.liveness import MODEL_FIELD
     from worker.jobs import ANSWER_QUEUE
     from worker.results import WORKER_SOCKET_TIMEOUT, connect
 

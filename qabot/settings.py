@@ -57,6 +57,11 @@ class Settings(BaseSettings):
     answer_timeout: int = Field(default=60, ge=1, description="Seconds a question may take once a worker starts it.")
     answer_wait: int = Field(default=120, ge=1, description="Seconds a client waits for an answer before giving up.")
     train_timeout: int = Field(default=6 * 3600, ge=60, description="Seconds a fine-tune may run before it is killed.")
+    train_start_wait: int = Field(
+        default=600,
+        ge=1,
+        description="Seconds a queued fine-tune waits for a train worker to take it; then it is cancelled and the admin told.",
+    )
     result_ttl: int = Field(default=3600, ge=1, description="Seconds answers and training results stay in Redis.")
     admin_wait: int = Field(default=20, ge=1, description="Seconds a bot waits for an admin job (/addqa, /models, ...).")
     keep_versions: int = Field(

@@ -8,7 +8,9 @@ import time
 from collections import deque
 from typing import Any
 
-from rq import Queue, SimpleWorker
+from redis.exceptions import RedisError
+from rq import Queue
+from rq.executions import Execution
 from rq.job import Job
 from rq.timeouts import JobTimeoutException
 from rq.worker import WorkerStatus
@@ -16,18 +18,20 @@ from rq.worker import WorkerStatus
 from qabot.settings import Settings
 from worker import jobs
 from worker.jobs import BatchedJob
+from worker.liveness import RECONNECT_MAX_SECONDS, LiveWorker
 
 logger = logging.getLogger(__name__)
 
 RELOAD_RETRY_SECONDS = 60
-MODEL_FIELD = "qabot_model"  # in the worker's own rq hash: the version it answers with (the health check reads it)
 
 
-class AnswerWorker(SimpleWorker):
+class AnswerWorker(LiveWorker):
     """Loads the live model once, answers up to `batch_size` waiting questions per pass, hot-swaps versions.
 
     Each question stays its own rq job (started/finished/failed registries, result, TTLs); the model
     runs once per batch, before rq performs each job, and each job hands back its own answer.
+
+    Nothing taken is lost and Redis going away never stops it: see `worker.liveness`.
     """
 
     def __init__(self, *args: Any, settings: Settings | None = None, **kwargs: Any) -> None:
@@ -44,6 +48,7 @@ class AnswerWorker(SimpleWorker):
         self.batches: deque[int] = deque(maxlen=1000)
         self.notes_digest: str | None = None
         self._failed: tuple[str, int] | None = None
+        self.take_most = self.batch_size  # shrinks when batches run slow, grows back when they are quick
 
     # -- model ------------------------------------------------------------------------------
     def refresh_model(self) -> None:
@@ -84,25 +89,16 @@ class AnswerWorker(SimpleWorker):
         self.answerer.grounding, self.notes_digest = fresh, digest
         self.log.info("Worker %s: notes from dataset %s (%d pairs)", self.name, digest, len(fresh.index.pairs))
 
-    def _publish_model(self) -> None:
-        """Say in this worker's rq record which version it answers with (it expires with the worker)."""
-        if self.model_version is not None and self.connection.exists(self.key):
-            self.connection.hset(self.key, MODEL_FIELD, self.model_version)
-
-    def register_birth(self, *args: Any, **kwargs: Any) -> None:
-        super().register_birth(*args, **kwargs)
-        self._publish_model()
-
     # -- batching ---------------------------------------------------------------------------
-    def _take_waiting(self, queue: Queue, most: int, into: list[tuple[Job, Queue]]) -> None:
-        """Dequeue up to `most` questions that are already waiting, without blocking, appending as it goes."""
+    def _take_waiting(self, queue: Queue, most: int, into: list[tuple[Job, Execution]]) -> None:
+        """Dequeue and hold up to `most` questions that are already waiting, without blocking, appending as it goes."""
         for _ in range(most):
             found = self.queue_class.dequeue_any(
                 [queue], None, connection=self.connection, job_class=self.job_class, serializer=self.serializer
             )
             if found is None:
                 return
-            into.append(found)
+            into.append((found[0], self._hold(found[0], queue)))
 
     def answer_batch(self, batch: list[BatchedJob]) -> None:
         """Compute every job's answer (or its error) with one batched pass of the model; each job carries its own."""
@@ -141,30 +137,14 @@ class AnswerWorker(SimpleWorker):
                 job.outcome = exc
         if not valid:
             return
-        timeout = min(job.timeout or self.queue_class.DEFAULT_TIMEOUT for job, _ in valid)
         started = time.monotonic()
-        try:
-            with self.death_penalty_class(timeout, JobTimeoutException, job_id=valid[0][0].id):
-                answers = self.answerer.answer([q for _, q in valid])
-        except JobTimeoutException:
-            error = JobTimeoutException(f"the answer took longer than {timeout} s and was stopped")
-            for job, _ in valid:
-                job.outcome = error
-            return
-        except Exception:
-            self.log.exception("Worker %s: a batch of %d failed; answering one at a time", self.name, len(valid))
-            answers = None
+        results = self._answer_all(valid)
         elapsed = time.monotonic() - started
+        self._pace(len(valid), elapsed, _limit(valid))
         self.batches.append(len(valid))
-        for index, (job, question) in enumerate(valid):
-            try:
-                if answers is not None:
-                    result = answers[index]
-                else:
-                    with self.death_penalty_class(job.timeout or timeout, JobTimeoutException, job_id=job.id):
-                        result = self.answerer.answer([question])[0]
-            except Exception as exc:  # noqa: BLE001 - this question fails alone, the others go on
-                job.outcome = exc
+        for (job, _), result in zip(valid, results, strict=True):
+            if isinstance(result, BaseException):
+                job.outcome = result  # this question fails alone, the others go on
                 continue
             job.outcome = {
                 "answer": result.text,
@@ -179,6 +159,32 @@ class AnswerWorker(SimpleWorker):
                 "queued_s": round(max(0.0, time.time() - job.enqueued_at.timestamp()), 4) if job.enqueued_at else None,
             }
         self.record_declined(valid)
+
+    def _answer_all(self, items: list[tuple[BatchedJob, str]]) -> list[Any]:
+        """Each item's answer, or the exception it alone earned. A pass gets the jobs' timeout; a pass that runs
+        past it (or fails) is split in halves and each half tried again, so a question times out or fails only alone."""
+        limit = _limit(items)
+        try:
+            with self.death_penalty_class(limit, JobTimeoutException, job_id=items[0][0].id):
+                return list(self.answerer.answer([question for _, question in items]))
+        except JobTimeoutException:
+            if len(items) == 1:
+                return [JobTimeoutException(f"the answer took longer than {limit} s and was stopped")]
+            self.log.warning("Worker %s: a batch of %d ran past %d s; answering it in halves", self.name, len(items), limit)
+            self.take_most = max(1, len(items) // 2)
+        except Exception as exc:  # split until the question that fails is alone
+            if len(items) == 1:
+                return [exc]
+            self.log.exception("Worker %s: a batch of %d failed; answering it in halves", self.name, len(items))
+        half = (len(items) + 1) // 2
+        return self._answer_all(items[:half]) + self._answer_all(items[half:])
+
+    def _pace(self, size: int, seconds: float, limit: float) -> None:
+        """Take fewer questions next time when a batch used more than half its time limit, more when it was quick."""
+        if seconds > limit / 2:
+            self.take_most = max(1, min(self.take_most, size) // 2)
+        elif seconds < limit / 4:
+            self.take_most = min(self.batch_size, self.take_most * 2)
 
     def record_declined(self, answered: list[tuple[BatchedJob, str]]) -> None:
         """Each declined question goes to the unanswered inbox, with the chat it came from; a failure here never fails
@@ -198,12 +204,18 @@ class AnswerWorker(SimpleWorker):
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         """Take the waiting questions too, answer all at once, then let rq finish each job."""
-        batch = [(job, queue)]
+        try:
+            batch = [(job, self._hold(job, queue))]
+        except RedisError as exc:  # it stays on the intermediate list: a keeper puts it back once Redis answers
+            self.log.warning("Worker %s: could not take a question (%s)", self.name, exc)
+            time.sleep(1)
+            return
+        self.set_state(WorkerStatus.BUSY)
         try:
             if job.func_name == jobs.ANSWER_JOB:
                 try:
-                    self._take_waiting(queue, self.batch_size - 1, batch)
-                except Exception:  # Redis hiccup: answer the one in hand
+                    self._take_waiting(queue, self.take_most - 1, batch)
+                except Exception:  # Redis hiccup: answer the ones in hand
                     self.log.exception("Worker %s: could not take more waiting questions", self.name)
                 try:
                     self.answer_batch([j for j, _ in batch if j.func_name == jobs.ANSWER_JOB])
@@ -212,18 +224,44 @@ class AnswerWorker(SimpleWorker):
                     for each, _ in batch:
                         if getattr(each, "outcome", None) is None:
                             each.outcome = exc
-            for each, each_queue in batch:
-                self.perform_job(each, each_queue, self.prepare_execution(each))
+            for each, execution in batch:
+                self._hand_in(each, queue, execution)
+            try:
+                self.connection.delete(jobs.ANSWER_DOWN_KEY)  # answers flow: the next outage is told to the admins again
+            except RedisError:
+                pass
         finally:
+            for _, execution in batch:
+                self._let_go(execution)
             self.set_state(WorkerStatus.IDLE)
 
-    def work(self, *args: Any, **kwargs: Any) -> bool:
-        """Load the live model before taking the first question."""
+    def _hand_in(self, job: Job, queue: Queue, execution: Execution) -> None:
+        """Let rq record the job's outcome; while Redis is away, wait and try again (as long as the asker waits)."""
+        deadline = time.monotonic() + self.settings.answer_wait
+        pause = 0.5
+        while True:
+            try:
+                self.connection.ping()
+                if not self.connection.exists(job.key):  # Redis lost it (restart without AOF) or it expired
+                    self.log.warning("Worker %s: job %s is gone; its answer is dropped", self.name, job.id)
+                    return
+                self.perform_job(job, queue, execution)
+                return
+            except RedisError as exc:
+                if time.monotonic() > deadline:
+                    self.log.error("Worker %s: Redis stayed away; the answer to job %s is dropped", self.name, job.id)
+                    return
+                self.log.warning("Worker %s: cannot hand in job %s (%s); retrying in %.1f s", self.name, job.id, exc, pause)
+                time.sleep(pause)
+                pause = min(pause * 2, RECONNECT_MAX_SECONDS)
+
+    def bootstrap(self, *args: Any, **kwargs: Any) -> None:
+        """Register (so askers know a worker is coming), then load the live model before taking the first question."""
+        super().bootstrap(*args, **kwargs)
         try:
             self.refresh_model()
         except Exception:  # the worker still starts; each question then gets the error
             self.log.exception("Worker %s: could not load the live model", self.name)
-        return super().work(*args, **kwargs)
 
 
 def _empty_device_cache() -> None:
@@ -231,3 +269,8 @@ def _empty_device_cache() -> None:
 
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def _limit(items: list[tuple[BatchedJob, str]]) -> int:
+    """A pass's time limit: the jobs' own timeout (QABOT_ANSWER_TIMEOUT of the client that asked), the shortest."""
+    return min(job.timeout or Queue.DEFAULT_TIMEOUT for job, _ in items)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -16,10 +18,11 @@ from typing import Any
 
 from redis import Redis
 from redis.exceptions import RedisError
-from rq import Queue
-from rq.exceptions import NoSuchJobError
+from rq import Queue, worker_registration
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
-from rq.registry import FailedJobRegistry, FinishedJobRegistry
+from rq.registry import CanceledJobRegistry, FailedJobRegistry, FinishedJobRegistry
+from rq.utils import now
 
 from qabot import inbox
 from qabot.errors import AnswerTimeout, ServiceUnavailable, TrainingBusy
@@ -27,6 +30,7 @@ from qabot.settings import Settings
 from qabot.shapes import ReplyTo
 from worker.jobs import (
     ADMIN_QUEUE,
+    ANSWER_DOWN_KEY,
     ANSWER_JOB,
     ANSWER_QUEUE,
     TRAIN_JOB,
@@ -44,13 +48,21 @@ DELIVERED_KEY = "qabot:delivered:{}"
 DELIVERED_TTL_S = 8 * 24 * 3600  # longer than train results live (7 days)
 RESULT_KEEP_S = 7 * 24 * 3600
 WAITERS = 256  # questions one client may be waiting on at once, each in its own thread
+RETRY_MAX_S = 5.0  # longest pause between tries while Redis is away (waiting on an answer, following a fine-tune)
+ANSWER_DOWN_ALERT_TTL_S = 6 * 3600  # an outage nobody ends (no answer comes) is told again after this long
+TRAIN_TTL_MARGIN_S = 900  # rq drops a train job still queued this long after QABOT_TRAIN_START_WAIT (no bot cancelled it)
+
+logger = logging.getLogger(__name__)
 
 
 class QueueClient:
     """Enqueues answer and train jobs on Redis and waits for their results."""
 
-    def __init__(self, settings: Settings, connection: Redis | None = None) -> None:
+    def __init__(self, settings: Settings, connection: Redis | None = None, *, no_worker_wait: float | None = None) -> None:
+        """`no_worker_wait`: give up on a question after this many seconds when no answer worker is alive (the bots);
+        None waits the whole QABOT_ANSWER_WAIT (the CLI, whose user may be starting a worker)."""
         self.settings = settings
+        self.no_worker_wait = no_worker_wait
         self.connection = connection or connect(settings.redis_url, socket_timeout=settings.answer_wait + 10)
         self.answers = Queue(ANSWER_QUEUE, connection=self.connection)
         self._waiters = ThreadPoolExecutor(max_workers=WAITERS, thread_name_prefix="qabot-wait")
@@ -73,17 +85,61 @@ class QueueClient:
             raise ServiceUnavailable(f"the question queue is unreachable ({exc})") from exc
 
     def wait_answer(self, job: Job, timeout: float | None = None) -> AnswerResult:
-        """Block until the job has a result; raise AnswerTimeout or JobFailed."""
+        """Block until the job has a result; raise AnswerTimeout or JobFailed.
+
+        With no live answer worker the wait ends after `no_worker_wait`, if set. A Redis restart during the wait is
+        waited out (the question is answered after it when Redis keeps its data).
+        """
         wait = timeout if timeout is not None else self.settings.answer_wait
         started = time.monotonic()
+        deadline = started + wait
+        unanswered = AnswerTimeout(f"no answer within {wait:.0f} s; are the answer workers running?")
+        result, checked, pause = None, self.no_worker_wait is None, 0.5
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                block = left if checked else min(left, self.no_worker_wait)
+                result = job.latest_result(timeout=max(1, math.ceil(block)))
+                if result is not None or checked:
+                    break
+                checked = True
+                if self.live_answer_workers() == 0:
+                    unanswered = AnswerTimeout("no answer worker is running; are the answer workers running?")
+                    break
+            except RedisError as exc:
+                if time.monotonic() + pause >= deadline:
+                    raise ServiceUnavailable(f"the question queue is unreachable ({exc})") from exc
+                logger.warning("waiting for an answer: Redis unreachable (%s); retrying in %.1f s", exc, pause)
+                time.sleep(pause)
+                pause = min(pause * 2, RETRY_MAX_S)
         try:
-            result = job.latest_result(timeout=max(1, int(wait)))
+            value = return_value(job, result, unanswered) or {}
         except RedisError as exc:
             raise ServiceUnavailable(f"the question queue is unreachable ({exc})") from exc
-        unanswered = AnswerTimeout(f"no answer within {wait:.0f} s; are the answer workers running?")
-        value = return_value(job, result, unanswered) or {}
         seconds = time.monotonic() - started
         return AnswerResult(job.kwargs["question"], value.get("answer", ""), value.get("version"), seconds, job.id, value)
+
+    def live_answer_workers(self) -> int:
+        """How many answer workers are alive: registered on the answer queue with a record that has not expired (an
+        answer worker's record lapses seconds after its last heartbeat)."""
+        keys = worker_registration.get_keys(queue=self.answers, connection=self.connection)
+        if not keys:
+            return 0
+        with self.connection.pipeline() as pipeline:
+            for key in keys:
+                pipeline.exists(key)
+            return sum(pipeline.execute())
+
+    def claim_answer_down_alert(self, platform: str) -> bool:
+        """True for the first caller per platform and outage: that one tells the admins that no answer worker runs.
+        An answer worker ends the outage (deletes the key) once it has answered a batch."""
+        if not self.connection.hsetnx(ANSWER_DOWN_KEY, platform, int(time.time())):
+            return False
+        self.connection.expire(ANSWER_DOWN_KEY, ANSWER_DOWN_ALERT_TTL_S)
+        return True
+
+    def release_answer_down_alert(self, platform: str) -> None:
+        """Give a claim back (no admin could be told): the next unanswered question tries again."""
+        self.connection.hdel(ANSWER_DOWN_KEY, platform)
 
     def ask_sync(
         self, question: str, asker: str | None = None, channel: str | None = None, timeout: float | None = None
@@ -137,6 +193,7 @@ class QueueClient:
                 args=(request,),
                 job_id=job_id,
                 job_timeout=self.settings.train_timeout,
+                ttl=self.settings.train_start_wait + TRAIN_TTL_MARGIN_S,
                 result_ttl=RESULT_KEEP_S,
                 failure_ttl=RESULT_KEEP_S,
                 meta={"stage": "queued", "requested_by": reply_to.user if reply_to else None, "reply_to": who},
@@ -199,9 +256,13 @@ class QueueClient:
 
     def undelivered_training(self, platform: str) -> list[TrainStatus]:
         """Ended fine-tunes asked for on `platform` whose outcome no bot has delivered yet."""
+        for job_id in self.training.get_job_ids():  # requests no worker took in time are cancelled here too
+            with contextlib.suppress(NoSuchJobError):
+                self.training_status(job_id)
         ids = [
             *FinishedJobRegistry(TRAIN_QUEUE, connection=self.connection).get_job_ids(),
             *FailedJobRegistry(TRAIN_QUEUE, connection=self.connection).get_job_ids(),
+            *CanceledJobRegistry(TRAIN_QUEUE, connection=self.connection).get_job_ids(),
         ]
         found = []
         for job_id in ids:
@@ -214,8 +275,12 @@ class QueueClient:
         return found
 
     def training_status(self, job_id: str) -> TrainStatus:
+        """A snapshot of a train job; one that no worker took within QABOT_TRAIN_START_WAIT is cancelled first."""
         job = Job.fetch(job_id, connection=self.connection)
         state = job.get_status()
+        if state == JobStatus.QUEUED and self._overdue(job):
+            self._cancel_unstarted(job)
+            state = job.get_status()
         meta = job.get_meta()
         result = job.latest_result() if state in FINAL_STATES else None
         if state == JobStatus.FINISHED and result is not None:
@@ -223,11 +288,42 @@ class QueueClient:
         error = failure_text(result, job) if state in FINAL_STATES else None
         return TrainStatus(job_id, state, meta, None, error)
 
+    def _overdue(self, job: Job) -> bool:
+        waited = (now() - job.enqueued_at).total_seconds() if job.enqueued_at else 0.0
+        return waited > self.settings.train_start_wait
+
+    def _cancel_unstarted(self, job: Job) -> None:
+        """Withdraw a fine-tune that no train worker took in time, say why, and free the training lock."""
+        wait = self.settings.train_start_wait
+        try:
+            job.cancel()
+        except InvalidJobOperation:  # a worker took it this very moment: it runs
+            return
+        job.meta["error"] = (
+            f"no train worker took the request within {wait} s, so it was cancelled; "
+            "is `qabot worker train` running? Send /retrain again once it is"
+        )
+        job.save_meta()
+        release_training_lock(self.connection, job.id)
+        logger.warning("cancelled fine-tune %s: no train worker took it within %d s", job.id, wait)
+
     async def follow_training(self, job_id: str, poll_s: float = 1.0) -> AsyncIterator[TrainStatus]:
-        """Yield a status whenever the job's progress changes, and the final one."""
+        """Yield a status whenever the job's progress changes, and the final one. Redis going away is waited out; a job
+        Redis lost (a restart without its data) ends as failed."""
         previous = None
+        pause = poll_s
         while True:
-            status = await asyncio.to_thread(self.training_status, job_id)
+            try:
+                status = await asyncio.to_thread(self.training_status, job_id)
+            except NoSuchJobError:
+                yield TrainStatus(job_id, JobStatus.FAILED, {}, None, "the request was lost (Redis lost its data); send it again")
+                return
+            except RedisError as exc:
+                logger.warning("following fine-tune %s: Redis unreachable (%s); retrying in %.1f s", job_id, exc, pause)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, RETRY_MAX_S)
+                continue
+            pause = poll_s
             key = (status.state, tuple(sorted((k, str(v)) for k, v in status.meta.items())))
             if key != previous:
                 previous = key

@@ -13,6 +13,7 @@ ANSWER_JOB = "worker.jobs.answer"
 TRAIN_JOB = "worker.jobs.train"
 TRAIN_LOCK = "qabot:train:lock"
 UPLOAD_KEY = "qabot:upload:{}"  # an uploaded dataset's bytes, kept until its train job reads them
+ANSWER_DOWN_KEY = "qabot:alert:answer-down"  # platforms whose admins were told no answer worker runs (this outage)
 
 
 def answer(question: str, asker: str | None = None, channel: str | None = None) -> dict[str, Any]:

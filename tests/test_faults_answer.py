@@ -1,0 +1,275 @@
+"""Faults on the answer path, with the real thing: `qabot worker answer` processes killed with SIGKILL or stopped,
+a redis-server of this module's own restarted with and without its append-only file, the real Telegram library on
+the fake Bot API. The tests assert what the askers and the admins see."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from redis import Redis
+from rq import Queue
+
+from bots.core import ANSWER_DOWN_ALERT, APOLOGY, BotCore
+from engine.models import load_model
+from engine.versions import ModelStore
+from qabot.settings import Settings
+from qabot.shapes import ReplyTo
+from tests.conftest import TINY_PAIRS, qabot_env
+from tests.fake_telegram import FakeTelegram
+from tests.test_telegram import run_bot, stop_bot, texts
+from worker.client import QueueClient
+from worker.jobs import ANSWER_DOWN_KEY, ANSWER_QUEUE
+from worker.localredis import free_port, start_redis_server, stop_redis_server
+
+TOKEN = "123456:TEST-secret-token-never-logged"
+ADMIN = 4242
+QUESTIONS = [p.prompt for p in TINY_PAIRS]
+
+
+@pytest.fixture(scope="module")
+def slow_home(tiny_llama, tmp_path_factory) -> Path:
+    """A QABOT_HOME whose live model never says EOS and has room for 8192 tokens: its answers last as long as
+    QABOT_MAX_NEW_TOKENS asks, so a test can act while a batch is in the model."""
+    home = tmp_path_factory.mktemp("slow-home")
+    store = ModelStore(home / "models")
+    staging = store.staging_dir()
+    loaded = load_model(str(tiny_llama), device="cpu")
+    loaded.model.config.max_position_embeddings = 8192
+    loaded.model.save_pretrained(staging)
+    loaded.tokenizer.save_pretrained(staging)
+    store.promote(store.commit(staging, {"note": "untrained, never says EOS"}).name)
+    return home
+
+
+def start_worker(home: Path, url: str, log: Path, **env: str) -> subprocess.Popen:
+    """A real `qabot worker answer` (not burst), logging to `log`."""
+    values = {"QABOT_HOME": str(home), "QABOT_REDIS_URL": url, "QABOT_DEVICE": "cpu", "QABOT_LOG_LEVEL": "INFO"}
+    out = log.open("a")
+    return subprocess.Popen(
+        [sys.executable, "-m", "qabot", "worker", "answer"],
+        env=qabot_env(values | {f"QABOT_{k.upper()}": v for k, v in env.items()}),
+        stdout=out,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(timeout=30)
+
+
+def wait_until(predicate, timeout: float, what: str, log: Path | None = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    tail = log.read_text()[-3000:] if log is not None and log.exists() else ""
+    raise AssertionError(f"timed out waiting until {what}\n{tail}")
+
+
+def ask_in_threads(client: QueueClient, jobs: list) -> tuple[list, threading.Thread]:
+    """Each asker waits on its own question, as a bot does; the results (or errors) land in the list, in order."""
+    results: list = [None] * len(jobs)
+
+    def wait(index: int) -> None:
+        try:
+            results[index] = client.wait_answer(jobs[index])
+        except Exception as exc:  # noqa: BLE001 - the test looks at what the asker got
+            results[index] = exc
+
+    threads = [threading.Thread(target=wait, args=(i,), daemon=True) for i in range(len(jobs))]
+    for thread in threads:
+        thread.start()
+
+    def joined() -> None:
+        for thread in threads:
+            thread.join()
+
+    waiter = threading.Thread(target=joined, daemon=True)
+    waiter.start()
+    return results, waiter
+
+
+def test_questions_of_a_worker_killed_mid_batch_are_answered_by_the_next_worker(slow_home, redis_url, tmp_path):
+    """Point 1: SIGKILL while a batch is in the model; the next worker answers them all, long before the wait ends."""
+    log = tmp_path / "workers.log"
+    client = QueueClient(Settings(home=slow_home, redis_url=redis_url, answer_wait=120))
+    queue = Queue(ANSWER_QUEUE, connection=client.connection)
+    first = start_worker(slow_home, redis_url, log, max_new_tokens="2048", answer_batch_size="16")
+    try:
+        wait_until(lambda: client.live_answer_workers(), 60, "the first worker registers", log)
+        jobs = [client.enqueue_answer(q, asker=f"u{i}", channel="tg:1") for i, q in enumerate(QUESTIONS[:6])]
+        results, waiter = ask_in_threads(client, jobs)
+        wait_until(lambda: queue.count == 0, 60, "the worker takes the whole batch", log)
+        time.sleep(1.0)  # well inside the model: 2048 tokens take many seconds
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=10)
+        killed_at = time.monotonic()
+        assert all(r is None for r in results), results  # nobody was answered by the killed worker
+        second = start_worker(slow_home, redis_url, log, max_new_tokens="4")
+        try:
+            waiter.join(timeout=90)
+            took = time.monotonic() - killed_at
+        finally:
+            stop(second)
+    finally:
+        stop(first)
+    assert all(r is not None and not isinstance(r, Exception) for r in results), results
+    assert all(r.answer and r.version == "v0001" for r in results)
+    assert took < 60, f"the questions were answered {took:.0f} s after the kill"
+    assert queue.count == 0 and len(queue.started_job_registry) == 0 and not queue.intermediate_queue.get_job_ids()
+
+
+def test_a_slow_batch_is_split_so_no_question_fails_for_its_neighbours(slow_home, redis_url, tmp_path):
+    """Point 6: the worker loses the CPU mid-batch past QABOT_ANSWER_TIMEOUT; its questions are answered anyway."""
+    log = tmp_path / "worker.log"
+    client = QueueClient(Settings(home=slow_home, redis_url=redis_url, answer_wait=120, answer_timeout=8))
+    queue = Queue(ANSWER_QUEUE, connection=client.connection)
+    # 600 tokens: the whole batch takes about 3 s here, well inside its 8 s, so only the stop below makes it late
+    worker = start_worker(slow_home, redis_url, log, max_new_tokens="600")
+    try:
+        wait_until(lambda: client.live_answer_workers(), 60, "the worker registers", log)
+        jobs = [client.enqueue_answer(q) for q in QUESTIONS]
+        results, waiter = ask_in_threads(client, jobs)
+        wait_until(lambda: queue.count == 0, 60, "the worker takes the whole batch", log)
+        worker.send_signal(signal.SIGSTOP)  # as if other work took the CPU: the batch outlives its time limit
+        time.sleep(9)
+        worker.send_signal(signal.SIGCONT)
+        waiter.join(timeout=100)
+    finally:
+        stop(worker)
+    failed = [r for r in results if r is None or isinstance(r, Exception)]
+    assert not failed, f"{failed}\n{log.read_text()[-3000:]}"
+    assert "answering it in halves" in log.read_text()  # the batch in hand ran past its limit and was split
+    assert all(r.answer for r in results), [r.details for r in results]
+
+
+@pytest.fixture
+def own_redis(tmp_path):
+    """A redis-server of this test's own (the test restarts it), with its append-only file."""
+    port = free_port()
+    folder = tmp_path / "redis"
+    servers = [start_redis_server(port, folder, appendonly=True)]
+
+    def restart(appendonly: bool = True, down_s: float = 2.0) -> None:
+        stop_redis_server(servers[-1])  # SIGTERM: Redis writes its append-only file
+        time.sleep(down_s)
+        where = folder if appendonly else tmp_path / f"redis-empty-{len(servers)}"
+        servers.append(start_redis_server(port, where, appendonly=appendonly))
+
+    yield f"redis://127.0.0.1:{port}/0", restart
+    stop_redis_server(servers[-1])
+
+
+def test_the_answer_worker_rides_out_redis_restarts(home, own_redis, tmp_path):
+    """Point 2: Redis restarts under a running worker (with AOF, then without); it never exits, registers again, and
+    a question queued before a restart is answered after it, its asker waiting through the restart."""
+    url, restart = own_redis
+    log = tmp_path / "worker.log"
+    client = QueueClient(Settings(home=home, redis_url=url, answer_wait=90))
+    worker = start_worker(home, url, log, max_new_tokens="24")
+    try:
+        wait_until(lambda: client.live_answer_workers(), 60, "the worker registers", log)
+        assert client.ask_sync(QUESTIONS[0]).answer == TINY_PAIRS[0].response
+
+        worker.send_signal(signal.SIGSTOP)  # it cannot take the next question before Redis goes down
+        job = client.enqueue_answer(QUESTIONS[1])
+        results, waiter = ask_in_threads(client, [job])
+        time.sleep(0.5)
+        restart(appendonly=True)
+        worker.send_signal(signal.SIGCONT)
+        waiter.join(timeout=60)
+        assert not isinstance(results[0], Exception) and results[0].answer == TINY_PAIRS[1].response, results
+        assert worker.poll() is None, log.read_text()[-3000:]
+
+        restart(appendonly=False, down_s=1.0)  # Redis comes back empty: the worker's record is gone
+        wait_until(lambda: client.live_answer_workers() == 1, 30, "the worker registers again", log)
+        assert client.ask_sync(QUESTIONS[2]).answer == TINY_PAIRS[2].response
+        assert worker.poll() is None, log.read_text()[-3000:]
+    finally:
+        stop(worker)
+
+
+async def test_the_follow_loop_survives_a_restart_and_a_request_nobody_takes_is_cancelled(own_redis):
+    """Points 2 and 4: no train worker runs; Redis restarts while the bot follows the request; after
+    QABOT_TRAIN_START_WAIT the request is cancelled, the admin is told why and may ask again."""
+    url, restart = own_redis
+    settings = Settings(redis_url=url, train_start_wait=6)
+    core = BotCore(settings)
+    core.follow_poll = 0.1
+    seen: list[str] = []
+
+    async def send(text: str) -> str:
+        seen.append(text)
+        return "handle"
+
+    async def edit(handle: str, text: str) -> None:
+        seen.append(text)
+
+    where = ReplyTo("telegram", str(ADMIN), str(ADMIN), "1")
+    retrain = asyncio.create_task(core.retrain(where, None, send, edit))
+    await asyncio.sleep(1.0)
+    await asyncio.to_thread(restart, True, 2.0)
+    outcome = await asyncio.wait_for(retrain, 60)
+    assert outcome is not None, seen
+    assert outcome.text.startswith("Training failed: no train worker took the request within 6 s, so it was cancelled")
+    assert seen[0] == "Training queued..." and seen[-1] == "Training stopped."
+    again = await asyncio.to_thread(core.client.start_training, {"mode": "add"}, where, None)  # the lock was freed
+    assert again.get_status() == "queued"
+
+
+async def test_no_answer_worker_gives_the_apology_at_once_and_tells_the_admin_once(home, redis_url, tmp_path):
+    """Point 5: nobody answers; each asker gets the apology in seconds, the admin hears of it once; a worker that
+    answers again ends the outage (the next one is told again)."""
+    settings = Settings(home=home / "bot", redis_url=redis_url, telegram_token=TOKEN, telegram_admins=[ADMIN])
+    fake = FakeTelegram(TOKEN)
+    await fake.start()
+    app = await run_bot(settings, fake)
+    worker = None
+    try:
+        started = time.monotonic()
+        asked = [fake.send_text(300 + i, 300 + i, QUESTIONS[i]) for i in range(3)]
+        replies = await fake.wait_for(lambda: all(texts(fake, m) for m in asked) and [texts(fake, m) for m in asked], 30)
+        assert replies == [[APOLOGY]] * 3 and time.monotonic() - started < 15
+        told = await fake.wait_for(lambda: [m["text"] for m in fake.sent.values() if m["chat"]["id"] == ADMIN], 10)
+        await asyncio.sleep(1.0)
+        assert [m["text"] for m in fake.sent.values() if m["chat"]["id"] == ADMIN] == told == [ANSWER_DOWN_ALERT]
+
+        log = tmp_path / "worker.log"
+        worker = start_worker(home, redis_url, log, max_new_tokens="24")
+        client = QueueClient(settings)
+        await asyncio.to_thread(wait_until, client.live_answer_workers, 60, "the worker registers", log)
+        back = fake.send_text(310, 310, QUESTIONS[3])
+        assert await fake.wait_for(lambda: texts(fake, back), 60) == [TINY_PAIRS[3].response]
+        assert not Redis.from_url(redis_url).exists(ANSWER_DOWN_KEY)  # answers flow: the outage is over
+    finally:
+        if worker is not None:
+            stop(worker)
+        await stop_bot(app)
+        await fake.stop()
+
+
+async def test_discord_tells_the_admins_once_where_no_direct_message_reaches_them(redis_url, monkeypatch):
+    """Point 5 on Discord: the fake server has no direct messages, so the alert goes to the asker's channel, once."""
+    from tests.fake_discord import CHANNEL_ID, discord_bot_on_fake
+
+    settings = Settings(redis_url=redis_url, discord_token="discord-secret-token-never-logged", discord_admins=[5151])
+    async with discord_bot_on_fake(settings, monkeypatch) as fake:
+        started = time.monotonic()
+        asked = [await fake.say(600 + i, QUESTIONS[i], mention=True) for i in range(2)]
+        replies = await fake.wait_for(lambda: all(fake.replies_to(m) for m in asked) and [fake.replies_to(m) for m in asked])
+        assert replies == [[APOLOGY]] * 2 and time.monotonic() - started < 15
+        await fake.wait_for(lambda: ANSWER_DOWN_ALERT in fake.contents(), 10)
+        await asyncio.sleep(1.0)
+        alerts = [m for m in fake.messages.values() if m["content"] == ANSWER_DOWN_ALERT]
+        assert len(alerts) == 1 and alerts[0]["channel_id"] == CHANNEL_ID
