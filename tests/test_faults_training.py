@@ -102,13 +102,14 @@ def test_a_worker_killed_whole_frees_the_lock_and_its_job_fails_clearly(running)
     killed = time.monotonic()
     wait_for(lambda: client.running_training() is None, LEASE_TTL_S + 2, "the training lock freed")
     assert time.monotonic() - killed <= LEASE_TTL_S + 1
-    assert client.training_status(job.id).state == "started"  # nobody has looked yet
-    # The next train worker (compose or `qabot dev` restarts it) fails the job; the admin's follow loop ends with:
-    again = train_worker(settings, log)
-    assert again.wait(timeout=60) == 0, log.read_text()[-3000:]
+    # No train worker runs again: the admin's follow loop (or a bot's delivery scan) fails the job itself and ends with:
     status = client.training_status(job.id)
     assert status.done and status.state == "failed"
     assert render_result(status) == f"Training failed: {DIED}"
+    assert client.training_status(job.id).state == "failed"  # once: the next look finds it ended
+    again = train_worker(settings, log)  # the next train worker starts cleanly and finds nothing to reap
+    assert again.wait(timeout=60) == 0, log.read_text()[-3000:]
+    assert reap_dead_training(client.connection) == []
     assert_nothing_published(ModelStore(settings.models_dir))
 
 

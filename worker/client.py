@@ -40,6 +40,7 @@ from worker.jobs import (
     release_training_lock,
 )
 from worker.results import FINAL_STATES, AnswerResult, TrainStatus, connect, failure_text, return_value
+from worker.train_worker import ALIVE_KEY, reap_dead_training
 
 LOCK_MARGIN_S = 300
 LOCK_GRACE_S = 30
@@ -259,6 +260,7 @@ class QueueClient:
         for job_id in self.training.get_job_ids():  # requests no worker took in time are cancelled here too
             with contextlib.suppress(NoSuchJobError):
                 self.training_status(job_id)
+        reap_dead_training(self.connection)  # and fine-tunes that died with their worker, even if none runs again
         ids = [
             *FinishedJobRegistry(TRAIN_QUEUE, connection=self.connection).get_job_ids(),
             *FailedJobRegistry(TRAIN_QUEUE, connection=self.connection).get_job_ids(),
@@ -275,12 +277,16 @@ class QueueClient:
         return found
 
     def training_status(self, job_id: str) -> TrainStatus:
-        """A snapshot of a train job; one that no worker took within QABOT_TRAIN_START_WAIT is cancelled first."""
+        """A snapshot of a train job; one that no worker took within QABOT_TRAIN_START_WAIT is cancelled first, and one
+        whose fine-tune died (its lease lapsed: the train worker was killed whole) is failed first."""
         job = Job.fetch(job_id, connection=self.connection)
         state = job.get_status()
         if state == JobStatus.QUEUED and self._overdue(job):
             self._cancel_unstarted(job)
             state = job.get_status()
+        elif state == JobStatus.STARTED and not self.connection.exists(ALIVE_KEY.format(job_id)):
+            if job_id in reap_dead_training(self.connection):
+                state = job.get_status()
         meta = job.get_meta()
         result = job.latest_result() if state in FINAL_STATES else None
         if state == JobStatus.FINISHED and result is not None:
