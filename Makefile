@@ -25,4 +25,6 @@ bench: install  ## benchmarks; figures are printed with their ratio to the basel
 	QABOT_HOME=$${QABOT_BENCH_HOME:-/tmp/qabot-bench-home} $(PYTHON) -m bench.generation
 	QABOT_HOME=$${QABOT_BENCH_HOME:-/tmp/qabot-bench-home} $(PYTHON) -m bench.queue
 	$(PYTHON) -m bench.telegram_load
+	$(PYTHON) -m bench.faults
+	$(PYTHON) -m bench.load --home $${QABOT_BENCH_HOME:-/tmp/qabot-bench-home}
 	$(PYTHON) -m bench.admin
