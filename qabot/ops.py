@@ -55,8 +55,8 @@ def health_answer() -> None:
     from rq import Worker
 
     from qabot.errors import ServiceUnavailable
-    from worker.liveness import MODEL_FIELD
     from worker.jobs import ANSWER_QUEUE
+    from worker.liveness import MODEL_FIELD
     from worker.results import WORKER_SOCKET_TIMEOUT, connect
 
     settings = _settings(engine=False)
@@ -90,9 +90,11 @@ def worker_answer(burst: Annotated[bool, typer.Option(help="Stop when the queue 
     """Answer questions from the `answer` queue in batches, with the live model loaded once."""
     from worker.answer_worker import AnswerWorker
     from worker.jobs import ANSWER_QUEUE
+    from worker.metrics import start_metrics_server
     from worker.results import WORKER_SOCKET_TIMEOUT, connect
 
     settings = _settings()
+    start_metrics_server(settings.answer_metrics_port, settings.metrics_host)
     connection = connect(settings.redis_url, WORKER_SOCKET_TIMEOUT)
     AnswerWorker([ANSWER_QUEUE], connection=connection, settings=settings).work(burst=burst)
 
@@ -120,10 +122,12 @@ def worker_train(burst: Annotated[bool, typer.Option(help="Stop when the queue i
     """
     from engine.versions import ModelStore
     from worker.jobs import TRAIN_QUEUE
+    from worker.metrics import start_metrics_server
     from worker.results import WORKER_SOCKET_TIMEOUT, connect
     from worker.train_worker import TrainWorker
 
     settings = _settings(engine=False)
+    start_metrics_server(settings.train_metrics_port, settings.metrics_host)
     connection = connect(settings.redis_url, WORKER_SOCKET_TIMEOUT)
     store = ModelStore(settings.models_dir)  # what dead runs of this host left (staging folders) goes at start and after each job
     TrainWorker([TRAIN_QUEUE], connection=connection, clean_up=store.clean_staging).work(burst=burst)

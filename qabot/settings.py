@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -64,6 +64,15 @@ class Settings(BaseSettings):
     )
     result_ttl: int = Field(default=3600, ge=1, description="Seconds answers and training results stay in Redis.")
     admin_wait: int = Field(default=20, ge=1, description="Seconds a bot waits for an admin job (/addqa, /models, ...).")
+    answer_metrics_port: int | None = Field(
+        default=None, ge=1, le=65535, description="Port of the answer worker's Prometheus /metrics (unset: none served)."
+    )
+    train_metrics_port: int | None = Field(
+        default=None, ge=1, le=65535, description="Port of the train worker's Prometheus /metrics (unset: none served)."
+    )
+    metrics_host: str = Field(
+        default="127.0.0.1", description="Address the workers' /metrics listen on (compose: 0.0.0.0 inside the container)."
+    )
     keep_versions: int = Field(
         default=3, ge=0, description="Model versions kept besides the live one (the last ones live before it, for rollback)."
     )
@@ -120,7 +129,14 @@ class Settings(BaseSettings):
         return value
 
     @field_validator(
-        "telegram_token", "discord_token", "telegram_webhook_secret", "telegram_webhook_url", "discord_api_url", mode="before"
+        "telegram_token",
+        "discord_token",
+        "telegram_webhook_secret",
+        "telegram_webhook_url",
+        "discord_api_url",
+        "answer_metrics_port",
+        "train_metrics_port",
+        mode="before",
     )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
@@ -138,6 +154,15 @@ class Settings(BaseSettings):
         if not value.strip():
             raise ValueError("QABOT_BASE_MODEL is empty: set it to 'bundled', a hub id or a folder")
         return value.strip()
+
+    @model_validator(mode="after")
+    def _metrics_ports_differ(self) -> Settings:
+        if self.answer_metrics_port is not None and self.answer_metrics_port == self.train_metrics_port:
+            raise ValueError(
+                f"QABOT_ANSWER_METRICS_PORT and QABOT_TRAIN_METRICS_PORT are both {self.answer_metrics_port}: "
+                "give each worker its own port (for instance 9108 and 9109)"
+            )
+        return self
 
     @property
     def models_dir(self) -> Path:

@@ -138,6 +138,20 @@ def test_answer_worker_is_healthy_only_with_a_model_loaded():
     assert cli_has(["health", "answer"]), "`qabot health answer` does not exist yet"
 
 
+def test_workers_serve_metrics_each_on_its_own_port_published_on_loopback_only():
+    ports = {}
+    for name, variable in (("answer-worker", "QABOT_ANSWER_METRICS_PORT"), ("train-worker", "QABOT_TRAIN_METRICS_PORT")):
+        env = environment(SERVICES[name])
+        port = ports[name] = int(env[variable])
+        assert env["QABOT_METRICS_HOST"] == "0.0.0.0", f"{name}: listen on all of the container's interfaces"
+        assert f"127.0.0.1:{port}:{port}" in SERVICES[name]["ports"], f"{name}: publish {port} on 127.0.0.1"
+        Settings(**{variable.removeprefix("QABOT_").lower(): port})  # a valid setting
+    assert len(set(ports.values())) == 2, ports
+    for name, svc in SERVICES.items():
+        for published in svc.get("ports", []):
+            assert str(published).startswith("127.0.0.1:"), f"{name}: {published} is reachable from other hosts"
+
+
 def test_admin_worker_runs_without_gpu_from_the_worker_image():
     admin = SERVICES["admin-worker"]
     assert as_list(admin["command"]) == ["qabot", "worker", "admin"]

@@ -16,7 +16,7 @@ from rq.timeouts import JobTimeoutException
 from rq.worker import WorkerStatus
 
 from qabot.settings import Settings
-from worker import jobs
+from worker import jobs, metrics
 from worker.jobs import BatchedJob
 from worker.liveness import RECONNECT_MAX_SECONDS, LiveWorker
 
@@ -75,6 +75,7 @@ class AnswerWorker(LiveWorker):
         gc.collect()
         _empty_device_cache()
         self._publish_model()
+        metrics.set_model_version(info.name)
         self.log.info("Worker %s: model %s loaded in %.1f s", self.name, info.name, time.monotonic() - started)
 
     def refresh_notes(self) -> None:
@@ -142,6 +143,7 @@ class AnswerWorker(LiveWorker):
         elapsed = time.monotonic() - started
         self._pace(len(valid), elapsed, _limit(valid))
         self.batches.append(len(valid))
+        metrics.BATCH_SIZE.observe(len(valid))
         for (job, _), result in zip(valid, results, strict=True):
             if isinstance(result, BaseException):
                 job.outcome = result  # this question fails alone, the others go on
@@ -215,6 +217,7 @@ class AnswerWorker(LiveWorker):
             if job.func_name == jobs.ANSWER_JOB:
                 try:
                     self._take_waiting(queue, self.take_most - 1, batch)
+                    metrics.set_queue_depth([queue])
                 except Exception:  # Redis hiccup: answer the ones in hand
                     self.log.exception("Worker %s: could not take more waiting questions", self.name)
                 try:
@@ -225,7 +228,8 @@ class AnswerWorker(LiveWorker):
                         if getattr(each, "outcome", None) is None:
                             each.outcome = exc
             for each, execution in batch:
-                self._hand_in(each, queue, execution)
+                if self._hand_in(each, queue, execution) and each.func_name == jobs.ANSWER_JOB:
+                    metrics.question_ended(each.outcome, each.enqueued_at)
             try:
                 self.connection.delete(jobs.ANSWER_DOWN_KEY)  # answers flow: the next outage is told to the admins again
             except RedisError:
@@ -235,8 +239,9 @@ class AnswerWorker(LiveWorker):
                 self._let_go(execution)
             self.set_state(WorkerStatus.IDLE)
 
-    def _hand_in(self, job: Job, queue: Queue, execution: Execution) -> None:
-        """Let rq record the job's outcome; while Redis is away, wait and try again (as long as the asker waits)."""
+    def _hand_in(self, job: Job, queue: Queue, execution: Execution) -> bool:
+        """Let rq record the job's outcome; while Redis is away, wait and try again (as long as the asker waits).
+        False when the outcome was dropped (the job is gone, or Redis stayed away)."""
         deadline = time.monotonic() + self.settings.answer_wait
         pause = 0.5
         while True:
@@ -244,13 +249,13 @@ class AnswerWorker(LiveWorker):
                 self.connection.ping()
                 if not self.connection.exists(job.key):  # Redis lost it (restart without AOF) or it expired
                     self.log.warning("Worker %s: job %s is gone; its answer is dropped", self.name, job.id)
-                    return
+                    return False
                 self.perform_job(job, queue, execution)
-                return
+                return True
             except RedisError as exc:
                 if time.monotonic() > deadline:
                     self.log.error("Worker %s: Redis stayed away; the answer to job %s is dropped", self.name, job.id)
-                    return
+                    return False
                 self.log.warning("Worker %s: cannot hand in job %s (%s); retrying in %.1f s", self.name, job.id, exc, pause)
                 time.sleep(pause)
                 pause = min(pause * 2, RECONNECT_MAX_SECONDS)

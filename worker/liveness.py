@@ -20,6 +20,8 @@ from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.utils import current_timestamp, now, parse_composite_key
 
+from worker import metrics
+
 logger = logging.getLogger(__name__)
 
 MODEL_FIELD = "qabot_model"  # in the worker's own rq hash: the version it answers with (the health check reads it)
@@ -71,6 +73,7 @@ class LiveWorker(SimpleWorker):
         while not self._stop_keeper.is_set():
             try:
                 self._beat()
+                metrics.set_queue_depth(self.queues)
                 if time.monotonic() >= self._rescue_after:
                     rescue_orphans(self.connection, self.queues, self.log)
                 if down_since is not None:
@@ -212,6 +215,7 @@ def rescue_orphans(connection: Any, queues: list[Queue], log: logging.Logger = l
                 job = queue.fetch_job(job_id)
                 rescued += _put_back(connection, queue, job) if job is not None else 0
     if rescued:
+        metrics.PUT_BACK.inc(rescued)
         log.warning("put back %d question(s) that a dead answer worker held", rescued)
     return rescued
 

@@ -27,13 +27,14 @@ from typing import Any, TypeVar
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from rq import Worker
-from rq.exceptions import NoSuchJobError
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.job_lifecycle import record_job_failure
 from rq.registry import StartedJobRegistry
 from rq.worker import WorkerStatus
 
 from qabot.errors import TrainingError
+from worker import metrics
 from worker.jobs import TRAIN_LOCK, TRAIN_QUEUE, release_training_lock
 
 logger = logging.getLogger(__name__)
@@ -229,6 +230,7 @@ class TrainWorker(Worker):
     def execute_job(self, job: Job, queue) -> None:
         execution = retrying(lambda: self.prepare_execution(job), "job start")
         self._horse_status = None
+        metrics.FINE_TUNE_RUNNING.set(1)  # an exception out of here ends the worker, and its metrics with it
         self.fork_work_horse(job, queue)
         while True:
             try:
@@ -241,8 +243,20 @@ class TrainWorker(Worker):
                 logger.warning("job %s: monitoring interrupted (%s); watching on", job.id, exc)
                 time.sleep(1)
         retrying(lambda: self._settle(job, queue, execution), "job end")
+        self._count(job)
+        metrics.FINE_TUNE_RUNNING.set(0)
         self.clean_up()
         self.set_state(WorkerStatus.IDLE)
+
+    def _count(self, job: Job) -> None:
+        """The fine-tune's outcome, counted here in the parent (the horse's counts die with it)."""
+        try:
+            status = job.get_status(refresh=True)
+            result = job.return_value(refresh=True) if status == JobStatus.FINISHED else None
+        except (RedisError, InvalidJobOperation) as exc:  # Redis away, or the job already deleted
+            logger.warning("job %s: its outcome could not be read for the metrics (%s)", job.id, exc)
+            status, result = None, None
+        metrics.fine_tune_ended(status, result)
 
     def _settle(self, job: Job, queue, execution) -> None:
         """After the horse: the job in a final state (never left started) and the lock free. RedisError: try again."""
