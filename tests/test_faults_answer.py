@@ -273,3 +273,20 @@ async def test_discord_tells_the_admins_once_where_no_direct_message_reaches_the
         await asyncio.sleep(1.0)
         alerts = [m for m in fake.messages.values() if m["content"] == ANSWER_DOWN_ALERT]
         assert len(alerts) == 1 and alerts[0]["channel_id"] == CHANNEL_ID
+
+
+def test_a_time_limit_a_library_rewraps_still_counts_as_a_timeout():
+    """transformers' tokenizer turns rq's alarm into a ValueError when it strikes while tensors are built: the question
+    must still be split off and, alone, fail with the time limit's message, not a confusing tensor error."""
+    from rq.timeouts import JobTimeoutException
+
+    from worker.answer_worker import _timed_out
+
+    try:
+        try:
+            raise JobTimeoutException("late")
+        except JobTimeoutException as alarm:
+            raise ValueError("Unable to create tensor, you should probably activate truncation") from alarm
+    except ValueError as rewrapped:
+        assert _timed_out(rewrapped)
+    assert not _timed_out(ValueError("Unable to create tensor"))

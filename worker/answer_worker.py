@@ -169,15 +169,16 @@ class AnswerWorker(LiveWorker):
         try:
             with self.death_penalty_class(limit, JobTimeoutException, job_id=items[0][0].id):
                 return list(self.answerer.answer([question for _, question in items]))
-        except JobTimeoutException:
-            if len(items) == 1:
-                return [JobTimeoutException(f"the answer took longer than {limit} s and was stopped")]
-            self.log.warning("Worker %s: a batch of %d ran past %d s; answering it in halves", self.name, len(items), limit)
-            self.take_most = max(1, len(items) // 2)
-        except Exception as exc:  # split until the question that fails is alone
-            if len(items) == 1:
+        except Exception as exc:  # split until the question that times out or fails is alone
+            if _timed_out(exc):
+                if len(items) == 1:
+                    return [JobTimeoutException(f"the answer took longer than {limit} s and was stopped")]
+                self.log.warning("Worker %s: a batch of %d ran past %d s; answering it in halves", self.name, len(items), limit)
+                self.take_most = max(1, len(items) // 2)
+            elif len(items) == 1:
                 return [exc]
-            self.log.exception("Worker %s: a batch of %d failed; answering it in halves", self.name, len(items))
+            else:
+                self.log.exception("Worker %s: a batch of %d failed; answering it in halves", self.name, len(items))
         half = (len(items) + 1) // 2
         return self._answer_all(items[:half]) + self._answer_all(items[half:])
 
@@ -274,6 +275,19 @@ def _empty_device_cache() -> None:
 
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """The time limit struck, even where a library caught the alarm and raised its own error from it (transformers'
+    tokenizer turns it into a ValueError when it strikes while tensors are built)."""
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            return False
+        if isinstance(seen, JobTimeoutException):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _limit(items: list[tuple[BatchedJob, str]]) -> int:
