@@ -93,12 +93,18 @@ class Grounding:
 
     def unknown_names(self, question: str) -> list[str]:
         """Names in the question that the data never mentions: capitalised words past the first, neither a word of
-        the data (nor a near-miss spelling of one) nor a common word of the embedder's English vocabulary."""
+        the data (nor a near-miss spelling of one) nor, in a Title Case question, a common word of the embedder's
+        English vocabulary. In a question written in sentence case a capitalised common word is a name ("the capital
+        of France"); in Title Case ("Who Protects The Stone?") capitals say nothing, so common words pass."""
         known, common = self.vocabulary(), self.embedder.vocabulary
+        later = words(question)[1:]
+        sentence_case = any(w[0].islower() for w in later if len(w) >= 3)
         found = []
-        for word in words(question)[1:]:
+        for word in later:
             key = _POSSESSIVE.sub("", word.casefold())
-            if not word[0].isupper() or len(key) < 3 or key in known or key in common or word.casefold() in known:
+            if not word[0].isupper() or len(key) < 3 or key in known or word.casefold() in known:
+                continue
+            if key in common and not sentence_case:
                 continue
             if not difflib.get_close_matches(key, known, n=1, cutoff=CLOSE_NAME):
                 found.append(word)
