@@ -116,11 +116,22 @@ def test_questions_of_a_worker_killed_mid_batch_are_answered_by_the_next_worker(
         first.wait(timeout=10)
         killed_at = time.monotonic()
         assert all(r is None for r in results), results  # nobody was answered by the killed worker
+        # Meanwhile someone looks at the registry as rq tools do (len() runs rq's cleanup, which fails expired entries
+        # as abandoned): the dead worker's questions must be put back before their entries could expire.
+        looking = threading.Event()
+
+        def look() -> None:
+            while not looking.wait(0.2):
+                len(queue.started_job_registry)
+
+        looker = threading.Thread(target=look, daemon=True)
+        looker.start()
         second = start_worker(slow_home, redis_url, log, max_new_tokens="4")
         try:
             waiter.join(timeout=90)
             took = time.monotonic() - killed_at
         finally:
+            looking.set()
             stop(second)
     finally:
         stop(first)

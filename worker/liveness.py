@@ -26,7 +26,10 @@ logger = logging.getLogger(__name__)
 
 MODEL_FIELD = "qabot_model"  # in the worker's own rq hash: the version it answers with (the health check reads it)
 BEAT_SECONDS = 2.0  # the keeper thread refreshes the worker's record and the questions it holds this often
-LIVE_TTL_SECONDS = 10  # a worker, and each question it holds, that misses beats this long counts as dead
+LIVE_TTL_SECONDS = 10  # a worker that misses beats this long counts as dead (its record expires)
+# A held question's started entry outlives its worker's record (both renewed in one beat): a dead worker's questions are
+# put back (record gone) before rq's own cleanup, which any len(registry) runs, could fail them as abandoned (entry gone).
+HELD_TTL_SECONDS = LIVE_TTL_SECONDS + 6  # seconds, a whole number (EXPIRE takes no fractions): three beats more
 INTERMEDIATE_GRACE_SECONDS = 5  # a question taken off the queue but never registered (killed in that instant)
 RECONNECT_MAX_SECONDS = 5.0  # longest pause between tries while Redis is away
 
@@ -96,7 +99,7 @@ class LiveWorker(SimpleWorker):
         with self.connection.pipeline() as pipeline:
             super().heartbeat(LIVE_TTL_SECONDS, pipeline=pipeline)
             for execution in held:
-                execution.heartbeat(self.queues[0].started_job_registry, LIVE_TTL_SECONDS, pipeline=pipeline)
+                execution.heartbeat(self.queues[0].started_job_registry, HELD_TTL_SECONDS, pipeline=pipeline)
             pipeline.execute()
 
     def _register_again(self) -> None:
@@ -121,7 +124,7 @@ class LiveWorker(SimpleWorker):
             self.log.warning("Worker %s: heartbeat failed (%s)", self.name, exc)
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
-        return LIVE_TTL_SECONDS  # the keeper renews what the worker holds
+        return HELD_TTL_SECONDS  # the keeper renews what the worker holds
 
     def set_state(self, state: str, pipeline: Any = None) -> None:
         if pipeline is not None:
@@ -165,7 +168,7 @@ class LiveWorker(SimpleWorker):
     def _hold(self, job: Job, queue: Queue) -> Execution:
         """Register a taken question as started, with a TTL the keeper renews, and take it off rq's intermediate list."""
         with self.connection.pipeline() as pipeline:
-            execution = Execution.create(job, LIVE_TTL_SECONDS, pipeline=pipeline, worker_name=self.name)
+            execution = Execution.create(job, HELD_TTL_SECONDS, pipeline=pipeline, worker_name=self.name)
             job.prepare_for_execution(self.name, pipeline)
             pipeline.persist(job.key)  # as rq does when a job starts; put back, it expires again
             pipeline.lrem(queue.intermediate_queue_key, 1, job.id)
@@ -185,21 +188,25 @@ class LiveWorker(SimpleWorker):
 def rescue_orphans(connection: Any, queues: list[Queue], log: logging.Logger = logger) -> int:
     """Put back, at the front of their queue, the questions that dead answer workers held; the number put back.
 
-    A question is a dead worker's when its started entry missed its renewals (LIVE_TTL_SECONDS) and the worker named on
-    the job has no record left (records expire as fast), or when it sits on rq's intermediate list, in no registry,
-    for INTERMEDIATE_GRACE_SECONDS (a worker killed between taking and registering it). Removing the entry first makes
-    each question put back once, whichever worker sees it.
+    A question is a dead worker's when the worker named on its started job has no record left (records lapse
+    LIVE_TTL_SECONDS after the last beat, before the question's own entry does), when its entry expired (nobody renews
+    it), or when it sits on rq's intermediate list, in no registry, for INTERMEDIATE_GRACE_SECONDS (a worker killed
+    between taking and registering it). Removing the entry first makes each question put back once, whichever worker
+    sees it.
     """
     rescued = 0
     for queue in queues:
         registry = queue.started_job_registry
-        for composite in connection.zrangebyscore(registry.key, 0, current_timestamp()):
+        for composite, score in connection.zrange(registry.key, 0, -1, withscores=True):
             job_id, _ = parse_composite_key(composite.decode())
             job = queue.fetch_job(job_id)
+            expired = score <= current_timestamp()
             if job is not None and job.get_status(refresh=False) == JobStatus.STARTED:
                 owner = job.worker_name
                 if owner and connection.exists(SimpleWorker.redis_worker_namespace_prefix + owner):
-                    continue  # its worker lives (it was cut off a moment): it renews or finishes the question
+                    continue  # its worker lives (even if cut off a moment): it renews or finishes the question
+            elif not expired:
+                continue  # a job ending right now, or one this code does not own
             if connection.zrem(registry.key, composite) and job is not None:
                 rescued += _put_back(connection, queue, job)
         intermediate = queue.intermediate_queue

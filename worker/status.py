@@ -17,7 +17,9 @@ def collect(settings: Settings, client: QueueClient, store=None) -> StatusReport
     for queue in (client.answers, client.training, client.admin_jobs):
         queues[queue.name] = {
             "waiting": queue.count,
-            "running": len(StartedJobRegistry(queue.name, connection=client.connection)),
+            # ZCARD, not len(): rq's len() runs its cleanup, which would fail a dead answer worker's questions as
+            # abandoned before a live worker puts them back
+            "running": client.connection.zcard(StartedJobRegistry(queue.name, connection=client.connection).key),
             "failed": len(FailedJobRegistry(queue.name, connection=client.connection)),
         }
     workers = [
