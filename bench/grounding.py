@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
@@ -109,12 +110,13 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=GROUNDED_EPOCHS, help="Epochs for both (default: grounded's default).")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--only", choices=["plain", "grounded"], help="Run one of the two.")
+    parser.add_argument("--keep", type=Path, help="Work in this folder and keep it: its grounded/ is a home for bench.load.")
     args = parser.parse_args()
     quiet()
     s = settings()
     print(f"machine: {machine()}")
     results = {}
-    with TemporaryDirectory() as tmp:
+    with nullcontext(str(args.keep)) if args.keep else TemporaryDirectory() as tmp:
         for mode, grounded in (("plain", False), ("grounded", True)):
             if args.only in (None, mode):
                 results[mode] = run(mode, grounded, args, s, Path(tmp))
