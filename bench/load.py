@@ -3,7 +3,7 @@
 A real `qabot worker answer` process, its own redis-server, the real python-telegram-bot polling a fake Bot API on
 127.0.0.1 (`bench.telegram_load`'s pieces). The rate limit is raised above what one person asks, so every question is
 meant to be answered. Targets: 0 lost (every message gets the model's reply: no silence, no apology, no error); the
-answer worker's RSS (VmRSS) at the end within 5% of the start (after its first answer). Prints p50 and p95 from message
+answer worker's RSS (VmRSS) at the end within 5% of the start (after a first full batch of 16). Prints p50 and p95 from message
 to reply with their ratio to one question on the idle bot (the baseline, same run), and answers per second.
 
 The model: --home PATH, a QABOT_HOME whose live model is the bundled one fine-tuned (`python -m bench.quality --home
@@ -46,6 +46,8 @@ from worker.localredis import stop_redis_server
 
 FAILED = (APOLOGY, "Sorry, something went wrong")  # replies that are not the model's answer
 FIRST_USER = 1000
+WARM_USER = 900  # the warm-up batch's askers (FIRST_USER on are the load's)
+WARM_BATCH = 16  # QABOT_ANSWER_BATCH_SIZE's default
 
 
 def rss_mib(pid: int) -> float:
@@ -67,6 +69,11 @@ async def run(settings: Settings, questions: list[str], args: argparse.Namespace
     """Send the plan through the bot, print the figures; True if every target was met."""
     async with bot_on_fake(settings) as fake:
         idle = await warm_and_idle(fake, questions[0], warm_timeout=300)
+        # The start is after one full batch of the longest questions: the allocator's high-water mark of a batch is
+        # part of the worker's working set, not growth.
+        warm = sorted(questions, key=len)[-WARM_BATCH:]
+        warm_sent = await send_plan(fake, [(WARM_USER + i, q) for i, q in enumerate(warm)], 0.0)
+        await wait_replies(fake, list(warm_sent), timeout=600)
         rss_start = rss_mib(worker_pid)
         plan = make_plan(questions, args.questions, args.people)
         started = time.monotonic()
@@ -97,7 +104,7 @@ async def run(settings: Settings, questions: list[str], args: argparse.Namespace
     print(f"answers per second: {per_s:.2f} ({len(answered)} answers, first message to last answer)")
     flat = abs(ratio - 1) <= 0.05
     print(
-        f"answer worker RSS: {rss_start:.0f} MiB after its first answer, {rss_end:.0f} MiB at the end -> ratio {ratio:.3f} "
+        f"answer worker RSS: {rss_start:.0f} MiB after a first full batch, {rss_end:.0f} MiB at the end -> ratio {ratio:.3f} "
         f"(target within 5%): {'PASS' if flat else 'FAIL'}"
     )
     return everyone and flat

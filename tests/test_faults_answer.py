@@ -301,3 +301,27 @@ def test_a_time_limit_a_library_rewraps_still_counts_as_a_timeout():
     except ValueError as rewrapped:
         assert _timed_out(rewrapped)
     assert not _timed_out(ValueError("Unable to create tensor"))
+
+
+def test_one_client_waits_on_more_questions_than_redis_pys_default_pool(redis_url):
+    """A bot under load waits on up to 256 questions at once, each blocking on its result with its own connection:
+    past redis-py's default pool of 100 they used to fail with "Too many connections" (the asker got the apology)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from qabot.errors import AnswerTimeout, ServiceUnavailable
+
+    client = QueueClient(Settings(redis_url=redis_url, answer_wait=3))
+    jobs = [client.enqueue_answer(f"question {i}?") for i in range(150)]  # no worker runs: each waits its 3 s
+
+    def wait(job) -> str:
+        try:
+            client.wait_answer(job)
+        except AnswerTimeout:
+            return "timed out"
+        except ServiceUnavailable as exc:
+            return str(exc)
+        return "answered"
+
+    with ThreadPoolExecutor(max_workers=150) as pool:
+        outcomes = list(pool.map(wait, jobs))
+    assert outcomes == ["timed out"] * 150, {o for o in outcomes}

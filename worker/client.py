@@ -33,6 +33,7 @@ from worker.results import AnswerResult, connect, return_value
 from worker.train_client import TrainingClient
 
 WAITERS = 256  # questions one client may be waiting on at once, each in its own thread
+POOL_SPARE = 64  # Redis connections beyond the waiters (enqueueing, admin jobs, delivery, status)
 RETRY_MAX_S = 5.0  # longest pause between tries while Redis is away (waiting on an answer, following a fine-tune)
 ANSWER_DOWN_ALERT_TTL_S = 6 * 3600  # an outage nobody ends (no answer comes) is told again after this long
 
@@ -47,7 +48,11 @@ class QueueClient(TrainingClient):
         None waits the whole QABOT_ANSWER_WAIT (the CLI, whose user may be starting a worker)."""
         self.settings = settings
         self.no_worker_wait = no_worker_wait
-        self.connection = connection or connect(settings.redis_url, socket_timeout=settings.answer_wait + 10)
+        # one connection per waiting question (each blocks on its result) and some to spare: redis-py's default pool
+        # of 100 refused questions past that with "Too many connections" (bench.load, 1,000 questions in a minute)
+        self.connection = connection or connect(
+            settings.redis_url, socket_timeout=settings.answer_wait + 10, max_connections=WAITERS + POOL_SPARE
+        )
         self.answers = Queue(ANSWER_QUEUE, connection=self.connection)
         self._waiters = ThreadPoolExecutor(max_workers=WAITERS, thread_name_prefix="qabot-wait")
         self.training = Queue(TRAIN_QUEUE, connection=self.connection)

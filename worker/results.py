@@ -102,6 +102,9 @@ def redacted(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def connect(url: str, socket_timeout: float) -> Redis:
-    """A Redis connection whose reads outlast the blocking calls made on it (redis-py's default is 5 s)."""
-    return Redis.from_url(url, socket_connect_timeout=5, socket_timeout=socket_timeout, health_check_interval=30)
+def connect(url: str, socket_timeout: float, max_connections: int | None = None) -> Redis:
+    """A Redis connection whose reads outlast the blocking calls made on it (redis-py's default is 5 s); its pool holds
+    `max_connections` (redis-py's default: 100)."""
+    return Redis.from_url(
+        url, socket_connect_timeout=5, socket_timeout=socket_timeout, health_check_interval=30, max_connections=max_connections
+    )
