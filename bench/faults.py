@@ -41,8 +41,8 @@ from engine.models import load_model
 from engine.versions import ModelStore
 from qabot.errors import AnswerTimeout
 from qabot.settings import Settings
-from tests.conftest import TINY_PAIRS, _build
-from tests.test_faults_answer import ask_in_threads, start_worker, stop, wait_until
+from tests.conftest import TINY_PAIRS, _build, wait_until
+from tests.test_faults_answer import ask_in_threads, start_worker, stop
 from tests.test_faults_training import LONG, dead, horse_of, request_for, train_worker, training_at
 from tests.test_queue import make_settings
 from worker.client import QueueClient

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -95,6 +96,19 @@ def tiny_llama(tmp_path_factory) -> Path:
 def tiny_model(request) -> Path:
     """Each tiny architecture in turn."""
     return request.getfixturevalue(f"tiny_{request.param}")
+
+
+def wait_until(predicate, timeout: float, what: str, log: Path | None = None):
+    """Poll `predicate` until it returns something true (returned) or `timeout` passes (AssertionError with `what` and
+    the tail of a worker's `log`)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    tail = log.read_text()[-3000:] if log is not None and log.exists() else ""
+    raise AssertionError(f"not within {timeout} s: {what}\n{tail}")
 
 
 def qabot_env(values: dict[str, str]) -> dict[str, str]:

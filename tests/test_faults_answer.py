@@ -21,7 +21,7 @@ from engine.models import load_model
 from engine.versions import ModelStore
 from qabot.settings import Settings
 from qabot.shapes import ReplyTo
-from tests.conftest import TINY_PAIRS, qabot_env
+from tests.conftest import TINY_PAIRS, qabot_env, wait_until
 from tests.fake_telegram import FakeTelegram
 from tests.test_telegram import run_bot, stop_bot, texts
 from worker.client import QueueClient
@@ -64,17 +64,6 @@ def stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.kill()
     proc.wait(timeout=30)
-
-
-def wait_until(predicate, timeout: float, what: str, log: Path | None = None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    tail = log.read_text()[-3000:] if log is not None and log.exists() else ""
-    raise AssertionError(f"timed out waiting until {what}\n{tail}")
 
 
 def ask_in_threads(client: QueueClient, jobs: list) -> tuple[list, threading.Thread]:
@@ -146,8 +135,9 @@ def test_a_slow_batch_is_split_so_no_question_fails_for_its_neighbours(slow_home
     log = tmp_path / "worker.log"
     client = QueueClient(Settings(home=slow_home, redis_url=redis_url, answer_wait=120, answer_timeout=8))
     queue = Queue(ANSWER_QUEUE, connection=client.connection)
-    # 600 tokens: the whole batch takes about 3 s here, well inside its 8 s, so only the stop below makes it late
-    worker = start_worker(slow_home, redis_url, log, max_new_tokens="600")
+    # 300 tokens: the whole batch takes about 1.5 s here, well inside its 8 s (a single answer stays inside it on a
+    # loaded machine too), so only the stop below makes it late
+    worker = start_worker(slow_home, redis_url, log, max_new_tokens="300")
     try:
         wait_until(lambda: client.live_answer_workers(), 60, "the worker registers", log)
         jobs = [client.enqueue_answer(q) for q in QUESTIONS]

@@ -21,7 +21,7 @@ from engine.release import Policy, release
 from engine.training import TrainConfig
 from engine.versions import ModelStore
 from qabot.errors import TrainingError
-from tests.conftest import TINY_CONFIG
+from tests.conftest import TINY_CONFIG, wait_until
 from tests.test_deploy import assert_all_stopped, interrupt, start_dev
 from tests.test_queue import make_settings, settings_env
 from worker.client import QueueClient
@@ -41,17 +41,6 @@ def train_worker(settings, log: Path, burst: bool = True) -> subprocess.Popen:
     """A real `qabot worker train`, its output in `log` (a pipe nobody reads would fill up and stall it)."""
     command = [sys.executable, "-m", "qabot", "worker", "train", *(["--burst"] if burst else [])]
     return subprocess.Popen(command, env=settings_env(settings), stdout=log.open("a"), stderr=subprocess.STDOUT)
-
-
-def wait_for(check, timeout: float, what: str, log: Path | None = None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    tail = log.read_text()[-3000:] if log is not None and log.exists() else ""
-    raise AssertionError(f"not within {timeout} s: {what}\n{tail}")
 
 
 def training_at(client: QueueClient, job_id: str, step: int):
@@ -86,7 +75,7 @@ def running(home, redis_url, tiny_gpt2, tiny_data, tmp_path):
     job = client.start_training(request_for(tiny_data, tiny_gpt2, epochs=LONG))
     log = tmp_path / "worker.log"
     worker = train_worker(settings, log)
-    wait_for(lambda: training_at(client, job.id, 3), 90, "training under way", log)
+    wait_until(lambda: training_at(client, job.id, 3), 90, "training under way", log)
     horse = horse_of(worker.pid)
     yield settings, client, job, worker, horse, log
     for pid in (worker.pid, horse):
@@ -100,7 +89,7 @@ def test_a_worker_killed_whole_frees_the_lock_and_its_job_fails_clearly(running)
     os.kill(worker.pid, signal.SIGKILL)
     os.kill(horse, signal.SIGKILL)
     killed = time.monotonic()
-    wait_for(lambda: client.running_training() is None, LEASE_TTL_S + 2, "the training lock freed")
+    wait_until(lambda: client.running_training() is None, LEASE_TTL_S + 2, "the training lock freed")
     assert time.monotonic() - killed <= LEASE_TTL_S + 1
     # No train worker runs again: the admin's follow loop (or a bot's delivery scan) fails the job itself and ends with:
     status = client.training_status(job.id)
@@ -116,7 +105,7 @@ def test_a_worker_killed_whole_frees_the_lock_and_its_job_fails_clearly(running)
 def test_the_fine_tune_dies_with_its_parent_and_never_publishes(running):
     settings, client, job, worker, horse, _ = running
     os.kill(worker.pid, signal.SIGKILL)  # the parent alone: rq's horse has its own process group
-    wait_for(lambda: dead(horse), 3, "the fine-tune dying with its parent")
+    wait_until(lambda: dead(horse), 3, "the fine-tune dying with its parent")
     lock_ms, alive_ms = client.connection.pttl(TRAIN_LOCK), client.connection.pttl(ALIVE_KEY.format(job.id))
     assert 0 < lock_ms <= LEASE_TTL_S * 1000 and 0 < alive_ms <= LEASE_TTL_S * 1000  # both lapse within the bound
     assert reap_dead_training(client.connection) == []  # not before its lease lapses (the other test waits for that)
@@ -167,7 +156,7 @@ def test_the_train_worker_rides_out_a_redis_restart(home, tiny_gpt2, tiny_data, 
         job = client.start_training(request_for(tiny_data, tiny_gpt2, epochs=24))
         log = tmp_path / "worker.log"
         worker = train_worker(settings, log)
-        wait_for(lambda: training_at(client, job.id, 3), 90, "training under way", log)
+        wait_until(lambda: training_at(client, job.id, 3), 90, "training under way", log)
         stop_redis_server(redis)  # SIGTERM: the append-only file is flushed, as `docker restart` does
         time.sleep(6)  # longer than the parent's monitoring interval: it meets the outage
         redis = start_redis_server(port, folder, appendonly=True)
@@ -197,12 +186,12 @@ def test_dev_restarts_a_worker_and_redis_killed_with_sigkill(home):
         return {w.pid for w in Worker.all(connection=connection) if ADMIN_QUEUE in w.queue_names()}
 
     try:
-        (killed,) = wait_for(admin_pids, 60, "the admin worker registered")
+        (killed,) = wait_until(admin_pids, 60, "the admin worker registered")
         os.kill(killed, signal.SIGKILL)
-        wait_for(lambda: admin_pids() - {killed}, 30, "a new admin worker registered")
+        wait_until(lambda: admin_pids() - {killed}, 30, "a new admin worker registered")
         first = server_pid(url)
         os.kill(first, signal.SIGKILL)
-        wait_for(lambda: server_pid(url) not in (None, first), 30, "redis-server restarted")
+        wait_until(lambda: server_pid(url) not in (None, first), 30, "redis-server restarted")
         assert proc.poll() is None
     finally:
         output += interrupt(proc)

@@ -18,8 +18,8 @@ from rq.job import JobStatus
 
 from qabot.errors import JobFailed
 from qabot.settings import Settings
-from tests.conftest import TINY_CONFIG, qabot_env
-from tests.test_faults_answer import QUESTIONS, ask_in_threads, start_worker, stop, wait_until
+from tests.conftest import TINY_CONFIG, qabot_env, wait_until
+from tests.test_faults_answer import QUESTIONS, ask_in_threads, start_worker, stop
 from tests.test_faults_answer import slow_home as slow_home  # the module-scoped fixture, re-exported for this module
 from worker import metrics
 from worker.client import QueueClient

@@ -19,6 +19,7 @@ from qabot.settings import Settings
 from worker import jobs, metrics
 from worker.jobs import BatchedJob
 from worker.liveness import RECONNECT_MAX_SECONDS, LiveWorker
+from worker.results import retrying
 
 logger = logging.getLogger(__name__)
 
@@ -243,23 +244,21 @@ class AnswerWorker(LiveWorker):
     def _hand_in(self, job: Job, queue: Queue, execution: Execution) -> bool:
         """Let rq record the job's outcome; while Redis is away, wait and try again (as long as the asker waits).
         False when the outcome was dropped (the job is gone, or Redis stayed away)."""
-        deadline = time.monotonic() + self.settings.answer_wait
-        pause = 0.5
-        while True:
-            try:
-                self.connection.ping()
-                if not self.connection.exists(job.key):  # Redis lost it (restart without AOF) or it expired
-                    self.log.warning("Worker %s: job %s is gone; its answer is dropped", self.name, job.id)
-                    return False
-                self.perform_job(job, queue, execution)
-                return True
-            except RedisError as exc:
-                if time.monotonic() > deadline:
-                    self.log.error("Worker %s: Redis stayed away; the answer to job %s is dropped", self.name, job.id)
-                    return False
-                self.log.warning("Worker %s: cannot hand in job %s (%s); retrying in %.1f s", self.name, job.id, exc, pause)
-                time.sleep(pause)
-                pause = min(pause * 2, RECONNECT_MAX_SECONDS)
+
+        def hand_in() -> bool:
+            self.connection.ping()
+            if not self.connection.exists(job.key):  # Redis lost it (restart without AOF) or it expired
+                self.log.warning("Worker %s: job %s is gone; its answer is dropped", self.name, job.id)
+                return False
+            self.perform_job(job, queue, execution)
+            return True
+
+        what = f"Worker {self.name}: handing in job {job.id}"
+        try:
+            return retrying(hand_in, what, give_up_s=self.settings.answer_wait, max_pause=RECONNECT_MAX_SECONDS)
+        except RedisError:
+            self.log.error("Worker %s: Redis stayed away; the answer to job %s is dropped", self.name, job.id)
+            return False
 
     def bootstrap(self, *args: Any, **kwargs: Any) -> None:
         """Register (so askers know a worker is coming), then load the live model before taking the first question."""

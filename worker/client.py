@@ -30,11 +30,10 @@ from worker.jobs import (
     TRAIN_QUEUE,
 )
 from worker.results import AnswerResult, connect, return_value
-from worker.train_client import TrainingClient
+from worker.train_client import RETRY_MAX_S, TrainingClient
 
 WAITERS = 256  # questions one client may be waiting on at once, each in its own thread
 POOL_SPARE = 64  # Redis connections beyond the waiters (enqueueing, admin jobs, delivery, status)
-RETRY_MAX_S = 5.0  # longest pause between tries while Redis is away (waiting on an answer, following a fine-tune)
 ANSWER_DOWN_ALERT_TTL_S = 6 * 3600  # an outage nobody ends (no answer comes) is told again after this long
 
 logger = logging.getLogger(__name__)

@@ -197,6 +197,7 @@ def rescue_orphans(connection: Any, queues: list[Queue], log: logging.Logger = l
     rescued = 0
     for queue in queues:
         registry = queue.started_job_registry
+        started: set[str] = set()  # the jobs whose entries stay
         for composite, score in connection.zrange(registry.key, 0, -1, withscores=True):
             job_id, _ = parse_composite_key(composite.decode())
             job = queue.fetch_job(job_id)
@@ -204,13 +205,14 @@ def rescue_orphans(connection: Any, queues: list[Queue], log: logging.Logger = l
             if job is not None and job.get_status(refresh=False) == JobStatus.STARTED:
                 owner = job.worker_name
                 if owner and connection.exists(SimpleWorker.redis_worker_namespace_prefix + owner):
+                    started.add(job_id)
                     continue  # its worker lives (even if cut off a moment): it renews or finishes the question
             elif not expired:
+                started.add(job_id)
                 continue  # a job ending right now, or one this code does not own
             if connection.zrem(registry.key, composite) and job is not None:
                 rescued += _put_back(connection, queue, job)
         intermediate = queue.intermediate_queue
-        started = {parse_composite_key(c.decode())[0] for c in connection.zrange(registry.key, 0, -1)}
         for job_id in intermediate.get_job_ids():
             if job_id in started or intermediate.set_first_seen(job_id):
                 continue

@@ -6,8 +6,11 @@ Imports neither torch nor the engine's model code, so bot containers stay slim.
 from __future__ import annotations
 
 import contextlib
+import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from redis import Redis
@@ -18,6 +21,9 @@ from rq.results import Result
 
 from qabot.errors import JobFailed
 from qabot.shapes import ReplyTo
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 FINAL_STATES = {JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED}
 
@@ -108,3 +114,17 @@ def connect(url: str, socket_timeout: float, max_connections: int | None = None)
     return Redis.from_url(
         url, socket_connect_timeout=5, socket_timeout=socket_timeout, health_check_interval=30, max_connections=max_connections
     )
+
+
+def retrying(action: Callable[[], T], what: str, give_up_s: float | None = None, max_pause: float = 10.0) -> T:
+    """Run `action` until Redis answers (backoff 0.5 s doubling to `max_pause`); re-raise after `give_up_s`."""
+    wait, deadline = 0.5, None if give_up_s is None else time.monotonic() + give_up_s
+    while True:
+        try:
+            return action()
+        except RedisError as exc:
+            if deadline is not None and time.monotonic() + wait > deadline:
+                raise
+            logger.warning("%s: Redis unreachable (%s); retrying in %.1f s", what, exc, wait)
+            time.sleep(wait)
+            wait = min(wait * 2, max_pause)

@@ -32,7 +32,7 @@ UPLOAD_TTL_S = 3600  # an uploaded dataset waits this long for its train job to 
 DELIVERED_KEY = "qabot:delivered:{}"
 DELIVERED_TTL_S = 8 * 24 * 3600  # longer than train results live (7 days)
 RESULT_KEEP_S = 7 * 24 * 3600
-RETRY_MAX_S = 5.0  # longest pause between tries while Redis is away
+RETRY_MAX_S = 5.0  # longest pause between tries while Redis is away (following a fine-tune, waiting on an answer)
 TRAIN_TTL_MARGIN_S = 900  # rq drops a train job still queued this long after QABOT_TRAIN_START_WAIT (no bot cancelled it)
 
 logger = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
@@ -36,6 +36,7 @@ from rq.worker import WorkerStatus
 from qabot.errors import TrainingError
 from worker import metrics
 from worker.jobs import TRAIN_LOCK, TRAIN_QUEUE, release_training_lock
+from worker.results import retrying
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +44,6 @@ LEASE_TTL_S = 15  # a dead fine-tune's lock is free within this; a Redis outage 
 LEASE_BEAT_S = 3
 MONITOR_S = 5  # how often the parent checks on its horse and heartbeats (rq's default: 30 s)
 ALIVE_KEY = "qabot:train:alive:{}"  # set by a live fine-tune, expires LEASE_TTL_S after its last beat
-RETRY_MAX_S = 10  # longest pause between retries while Redis is away
 PR_SET_PDEATHSIG = 1
 AGAIN = "no new version was made live. Send /retrain to start again."
 DIED = f"the train worker died mid-run (killed, out of memory or restarted); {AGAIN}"
@@ -64,22 +64,6 @@ else return 0 end
 redis.call('set', KEYS[2], '1', 'PX', ARGV[2])
 return 1
 """
-
-T = TypeVar("T")
-
-
-def retrying(action: Callable[[], T], what: str, give_up_s: float | None = None) -> T:
-    """Run `action` until Redis answers (backoff 0.5 s doubling to RETRY_MAX_S); re-raise after `give_up_s`."""
-    wait, deadline = 0.5, None if give_up_s is None else time.monotonic() + give_up_s
-    while True:
-        try:
-            return action()
-        except RedisError as exc:
-            if deadline is not None and time.monotonic() + wait > deadline:
-                raise
-            logger.warning("%s: Redis unreachable (%s); retrying in %.1f s", what, exc, wait)
-            time.sleep(wait)
-            wait = min(wait * 2, RETRY_MAX_S)
 
 
 class Lease:

@@ -119,7 +119,8 @@ def train_job(request: dict[str, Any]) -> dict[str, Any]:
     The lease (worker.train_worker) is renewed every few seconds while the fine-tune lives; if it is lost, the run
     stops at its next progress report and never commits or promotes. A Redis outage only delays progress reports.
     """
-    from worker.train_worker import Lease, retrying
+    from worker.results import retrying
+    from worker.train_worker import Lease
 
     job = get_current_job()
     last_save = 0.0
