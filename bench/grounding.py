@@ -54,7 +54,7 @@ def run(mode: str, grounded: bool, args, s, folder: Path) -> dict:
     seconds = time.monotonic() - started
     info = outcome.version
     loaded = load_model(str(info.path), device=s.device, dtype=s.dtype)
-    answerer = make_answerer(loaded, max_new_tokens=64, max_question_chars=4000, grounding=version_grounding(store, info))
+    answerer = make_answerer(loaded, info, max_new_tokens=None, max_question_chars=4000, grounding=version_grounding(store, info))
     recall = evaluate_pairs(answerer, pairs, name="recall")
     heldout = evaluate_heldout(answerer, read_heldout(s.eval_data), name="heldout")
     unanswerable = evaluate_unanswerable(answerer, [u["question"] for u in json.loads(UNANSWERABLE.read_text())])

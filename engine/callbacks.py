@@ -14,6 +14,7 @@ from transformers import TrainerCallback
 
 from engine.evaluate import accuracy_score, answer_loss, evaluate_sets
 from engine.generate import Answerer
+from engine.textformat import FALLBACK_BUDGET
 from qabot.dataset import MAX_FIELD_CHARS, HeldoutItem, QAPair
 
 logger = logging.getLogger("engine.training")
@@ -72,8 +73,10 @@ class AccuracyCallback(TrainerCallback):
         config: Any,
         report: ProgressFn,
         grounding: Any = None,
+        budget: int = FALLBACK_BUDGET,
     ) -> None:
         self.tokenizer, self.recall, self.heldout, self.grounding = tokenizer, recall, heldout, grounding
+        self.budget = budget  # the data's answer budget: the answers are measured as they will be given
         self.config, self.report = config, report
         # half-way through, not before the second epoch (the last one is always evaluated)
         self.first_epoch = config.eval_from_epoch or max(2, math.ceil(config.epochs / 2))
@@ -109,7 +112,7 @@ class AccuracyCallback(TrainerCallback):
         was_training = model.training
         model.eval()
         answerer = Answerer(
-            model, self.tokenizer, max_new_tokens=96, max_question_chars=MAX_FIELD_CHARS, grounding=self.grounding
+            model, self.tokenizer, max_question_chars=MAX_FIELD_CHARS, grounding=self.grounding, data_budget=self.budget
         )
         try:
             metrics = evaluate_sets(answerer, self.recall, self.heldout)

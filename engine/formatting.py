@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,7 +11,16 @@ import torch
 from engine.textformat import STOP_TEXT, format_answer, format_prompt
 from qabot.dataset import QAPair
 
-__all__ = ["IGNORE_INDEX", "STOP_TEXT", "PadCollator", "count_tokens", "format_answer", "format_prompt", "tokenize_pair"]
+__all__ = [
+    "IGNORE_INDEX",
+    "STOP_TEXT",
+    "PadCollator",
+    "count_tokens",
+    "format_answer",
+    "format_prompt",
+    "longest_answer",
+    "tokenize_pair",
+]
 
 IGNORE_INDEX = -100
 
@@ -35,6 +45,15 @@ def tokenize_example(prompt: str, answer: str, tokenizer: Any, max_length: int) 
     input_ids = (prompt_ids + answer_ids)[:max_length]
     labels = ([IGNORE_INDEX] * len(prompt_ids) + answer_ids)[:max_length]
     return {"input_ids": input_ids, "labels": labels, "attention_mask": [1] * len(input_ids)}
+
+
+def longest_answer(tokenizer: Any, answers: Iterable[str], chunk: int = 4096) -> int:
+    """The longest of the answers in tokens as the model produces them (formatted, EOS included); 0 for none."""
+    answers, longest = list(answers), 0
+    for start in range(0, len(answers), chunk):
+        ids = tokenizer([format_answer(a) for a in answers[start : start + chunk]], add_special_tokens=False)["input_ids"]
+        longest = max(longest, *(len(i) + 1 for i in ids))
+    return longest
 
 
 def count_tokens(tokenizer: Any) -> Any:

@@ -11,9 +11,9 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteriaList, StopStringCriteria, TopPLogitsWarper
 
 from engine.decoding import decode, supports_pruned_decoding
-from engine.formatting import STOP_TEXT, format_prompt
+from engine.formatting import STOP_TEXT, format_prompt, longest_answer
 from engine.models import context_length
-from engine.textformat import format_answer
+from engine.textformat import FALLBACK_BUDGET, answer_budget, format_answer
 from qabot.errors import QuestionError
 from qabot.questions import check_question
 
@@ -81,15 +81,18 @@ class Answerer:
         model: Any,
         tokenizer: Any,
         *,
-        max_new_tokens: int = 64,
+        max_new_tokens: int | None = None,
         max_question_chars: int = 500,
         prune: bool = True,
         grounding: Any = None,
+        data_budget: int = FALLBACK_BUDGET,
     ) -> None:
         self.model = model
         self.grounding = grounding  # engine.grounding.Grounding: answer from retrieved notes
         self.tokenizer = tokenizer
-        self.max_new_tokens = max_new_tokens
+        self.fixed_budget = max_new_tokens  # a setting's override; None: the budget follows the data
+        self.data_budget = data_budget  # the version's, measured on the dataset it learnt
+        self._notes_budget: tuple[Any, int] | None = None  # (index, budget of its answers), measured once per index
         self.max_question_chars = max_question_chars
         # Measured on an H100 in bf16 (gpt2-medium shapes, 64 new tokens): model.generate answered 3.4x (batch 16) to
         # 4.3x (batch 64) faster than the pruned loop, whose per-step work in Python dominates on a GPU; on a CPU the
@@ -100,8 +103,25 @@ class Answerer:
         self._stopping: StoppingCriteriaList | None = None
         self._decline_token: tuple[str, int] | None = None  # the decline text and its first token, looked up once
         self.context = context_length(model.config)
-        # The answer keeps its budget; a question may use the rest of the context (at least half of it).
-        self.question_tokens = self.context - min(max_new_tokens, self.context // 2)
+
+    @property
+    def max_new_tokens(self) -> int:
+        """Longest answer in tokens: the setting if given, else the data's (the version's, or the notes' dataset's if
+        that now holds a longer answer: a pair added by /addqa is answered whole before any retraining)."""
+        if self.fixed_budget is not None:
+            return self.fixed_budget
+        index = self.grounding.index if self.grounding is not None else None
+        if index is None:
+            return self.data_budget
+        if self._notes_budget is None or self._notes_budget[0] is not index:
+            longest = longest_answer(self.tokenizer, (p.response for p in index.pairs))
+            self._notes_budget = (index, answer_budget(longest, self.context) if longest else 0)
+        return max(self.data_budget, self._notes_budget[1])
+
+    @property
+    def question_tokens(self) -> int:
+        """The answer keeps its budget; a question may use the rest of the context (at least half of it)."""
+        return self.context - min(self.max_new_tokens, self.context // 2)
 
     def _encode(self, texts: list[str]) -> Any:
         """Prompts as token ids; special-token strings in a question are plain text, never control tokens."""

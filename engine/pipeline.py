@@ -14,14 +14,15 @@ from typing import Any
 
 from transformers import AutoConfig
 
-from engine.formatting import count_tokens
+from engine.formatting import count_tokens, longest_answer
 from engine.generate import Answerer
 from engine.grounding import DECLINE, Grounding, build_examples
 from engine.models import LoadedModel, context_length, free_memory, load_model, load_tokenizer, resolve_source, special_tokens
 from engine.plots import plot_training
 from engine.retrieval import Embedder, ensure_index
+from engine.textformat import FALLBACK_BUDGET, answer_budget
 from engine.training import Progress, ProgressFn, TrainConfig, TrainResult, fine_tune
-from engine.versions import ModelStore, VersionInfo
+from engine.versions import ModelStore, VersionInfo, read_stored
 from qabot.dataset import QAPair, parse_text, read_dataset, read_heldout, validate_items
 from qabot.errors import DatasetError, ModelError, TrainingError
 
@@ -164,6 +165,7 @@ def train_version(
                 "epochs_run": result.epochs_run,
                 "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
                 "grounding": {"notes": request.config.notes, "decline": DECLINE} if grounding else None,
+                "answer_budget": result.budget,
             }
             info = store.commit(staging, meta, check=guard)
         except BaseException:
@@ -210,13 +212,36 @@ def version_grounding(store: ModelStore, info: VersionInfo, digest: str | None =
     return dataset_grounding(store, digest, int(meta["notes"]), str(meta["decline"]))
 
 
+def version_budget(info: VersionInfo, loaded: LoadedModel) -> int:
+    """The answer budget a version was released with; for an older version, measured on the dataset it learnt."""
+    stored = info.meta.get("answer_budget")
+    if stored:
+        return int(stored)
+    path = info.meta.get("dataset", {}).get("path")
+    if not path or not Path(path).is_file():
+        return FALLBACK_BUDGET
+    return data_budget(loaded.tokenizer, read_stored(Path(path)), context_length(loaded.model.config))
+
+
+def data_budget(tokenizer: Any, pairs: list[QAPair], context: int) -> int:
+    """The answer budget of a dataset: its longest answer in tokens plus a margin (engine.textformat.answer_budget)."""
+    return answer_budget(longest_answer(tokenizer, (p.response for p in pairs)), context)
+
+
 def make_answerer(
-    loaded: LoadedModel, *, max_new_tokens: int, max_question_chars: int, grounding: Grounding | None = None
+    loaded: LoadedModel,
+    info: VersionInfo | None = None,
+    *,
+    max_new_tokens: int | None,
+    max_question_chars: int,
+    grounding: Grounding | None = None,
 ) -> Answerer:
+    """An answerer for a loaded version; `max_new_tokens=None` sizes answers by the version's data."""
     return Answerer(
         loaded.model,
         loaded.tokenizer,
         max_new_tokens=max_new_tokens,
         max_question_chars=max_question_chars,
         grounding=grounding,
+        data_budget=version_budget(info, loaded) if info is not None else FALLBACK_BUDGET,
     )

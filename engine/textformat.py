@@ -7,12 +7,20 @@ same rule the train job uses with the transformers tokenizer.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 
 STOP_TEXT = "\nQuestion:"
 DEFAULT_MAX_LENGTH = 256  # longest formatted training example in tokens (TrainConfig.max_length)
 CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length")
+# The answer budget follows the data: its longest answer in tokens (EOS included), times a margin for a reworded or
+# merged answer, plus a little slack for a short dataset; within half the model's context. An answer that reaches the
+# budget is a runaway (shown as a decline), so the budget must never be what cuts an answer as long as the data's.
+BUDGET_MARGIN = 1.25
+BUDGET_SLACK = 8
+MIN_BUDGET = 16
+FALLBACK_BUDGET = 64  # for a version trained before budgets were stored, when no dataset is at hand to measure
 
 
 def format_prompt(question: str) -> str:
@@ -23,6 +31,11 @@ def format_prompt(question: str) -> str:
 def format_answer(answer: str) -> str:
     """The text the model learns to produce after the prompt (EOS is added as a token)."""
     return f" {answer.strip()}"
+
+
+def answer_budget(longest_answer: int, context: int) -> int:
+    """New tokens an answer may take, for data whose longest answer is `longest_answer` tokens long (EOS included)."""
+    return max(MIN_BUDGET, min(context // 2, math.ceil(longest_answer * BUDGET_MARGIN) + BUDGET_SLACK))
 
 
 def context_from_config(config: dict) -> int:

@@ -14,8 +14,9 @@ import torch
 from transformers import PrinterCallback, Trainer, TrainingArguments, set_seed
 
 from engine.callbacks import AccuracyCallback, Progress, ProgressCallback, ProgressFn
-from engine.formatting import PadCollator, tokenize_example, tokenize_pair
-from engine.models import blocks, train_top_layers
+from engine.formatting import PadCollator, longest_answer, tokenize_example, tokenize_pair
+from engine.models import blocks, context_length, train_top_layers
+from engine.textformat import FALLBACK_BUDGET, answer_budget
 from qabot.dataset import HeldoutItem, QAPair
 
 logger = logging.getLogger(__name__)
@@ -103,6 +104,7 @@ class TrainResult:
     log_history: list[dict[str, Any]]
     seconds: float
     epochs_run: float
+    budget: int = FALLBACK_BUDGET  # new tokens an answer may take, from the data's longest answer
 
 
 def recall_sample(pairs: list[QAPair], config: TrainConfig) -> list[QAPair]:
@@ -179,7 +181,8 @@ def fine_tune(
         count = max(1, math.ceil(len(blocks(model)) * config.trained_share))
         logger.info("training the top %d blocks: %d weights", count, train_top_layers(model, count))
     model.train()
-    accuracy = AccuracyCallback(tokenizer, recall_sample(pairs, config), heldout or [], config, report, grounding)
+    budget = answer_budget(longest_answer(tokenizer, (p.response for p in pairs)), context_length(model.config))
+    accuracy = AccuracyCallback(tokenizer, recall_sample(pairs, config), heldout or [], config, report, grounding, budget)
     steps = per_epoch * math.ceil(config.epochs)
     trainer = Trainer(
         model=model,
@@ -199,6 +202,6 @@ def fine_tune(
     if config.lora:
         model = model.merge_and_unload()
     model.eval()
-    result = TrainResult(metrics, trainer.state.log_history, time.monotonic() - started, trainer.state.epoch or 0.0)
+    result = TrainResult(metrics, trainer.state.log_history, time.monotonic() - started, trainer.state.epoch or 0.0, budget)
     report(Progress("trained", trainer.state.global_step, trainer.state.max_steps, result.epochs_run, metrics=metrics))
     return model, result

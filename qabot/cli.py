@@ -134,6 +134,7 @@ def _load_answerer(settings: Settings, version: str | None = None):
     loaded, info = load_version(store, version, device=settings.device, dtype=settings.dtype)
     answerer = make_answerer(
         loaded,
+        info,
         max_new_tokens=settings.max_new_tokens,
         max_question_chars=settings.max_question_chars,
         grounding=version_grounding(store, info, store.current_digest()),

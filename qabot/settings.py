@@ -43,7 +43,12 @@ class Settings(BaseSettings):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         default="auto", description="'auto' is bf16 on a GPU that supports it, float32 otherwise."
     )
-    max_new_tokens: int = Field(default=64, ge=1, le=2048, description="Longest answer in tokens.")
+    max_new_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        le=2048,
+        description="Longest answer in tokens; unset: from the data (its longest answer plus a quarter, kept with the version).",
+    )
     max_question_chars: int = Field(default=500, ge=1, description="Longest question accepted.")
     decline_text: str = Field(
         default="I don't know that yet: it isn't in what I've been taught.",
@@ -136,6 +141,7 @@ class Settings(BaseSettings):
         "discord_api_url",
         "answer_metrics_port",
         "train_metrics_port",
+        "max_new_tokens",
         mode="before",
     )
     @classmethod

@@ -66,6 +66,7 @@ class AnswerWorker(LiveWorker):
         digest = self.store.current_digest()
         answerer = make_answerer(
             loaded,
+            info,
             max_new_tokens=self.settings.max_new_tokens,
             max_question_chars=self.settings.max_question_chars,
             grounding=version_grounding(self.store, info, digest),
