@@ -1,0 +1,35 @@
+"""Long answers reach people whole, in parts within the platform's limit, split where a reader expects a break."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bots.core import split_message
+
+FAQ = Path(__file__).resolve().parent.parent / "data" / "faq.json"
+
+
+def test_parts_keep_every_word_and_fit_the_limit():
+    text = " ".join(p["response"] for p in json.loads(FAQ.read_text(encoding="utf-8")))
+    for limit in (200, 2000, 4096):
+        parts = split_message(text, limit)
+        assert all(0 < len(p) <= limit for p in parts)
+        assert " ".join(parts).split() == text.split()
+
+
+def test_a_paragraph_or_a_sentence_ends_a_part_before_a_word_does():
+    paragraph = "First paragraph. " * 8
+    text = paragraph.strip() + "\n\n" + "Second one, with more words in it. " * 8
+    assert split_message(text, len(paragraph) + 40)[0] == paragraph.strip()
+    sentences = "One sentence ends here. " * 10
+    assert all(p.endswith(".") for p in split_message(sentences.strip(), 100))
+
+
+def test_links_code_and_urls_are_never_cut():
+    link = "[the install guide](https://docs.pebble-photos.example/install/docker-compose)"
+    text = ("See " + link + " and run `pbl import --from takeout ./archive` then https://x.example/a/b/c. ") * 12
+    for part in split_message(text, 150):
+        assert part.count("[") == part.count("](") and part.count("`") % 2 == 0
+        assert all(not word.startswith("https://") or word.rstrip(".)") in text for word in part.split())
+    assert "".join(split_message(text, 150)).count(link) == 12
