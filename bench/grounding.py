@@ -1,7 +1,7 @@
 """Plain against grounded answering on the bundled model: same data, seed and epochs (the grounded default, or --epochs).
 
 Four figures for each: training recall (all pairs), held-out paraphrase accuracy, share of
-unanswerable questions declined (data/unanswerable.json), share of answerable questions wrongly
+unanswerable questions declined (data/sample.unanswerable.json), share of answerable questions wrongly
 declined; plus train seconds and answers per second at batch 1 and 16. Then live knowledge, end to end: a real
 redis-server, `qabot worker admin` and `qabot worker answer` on the grounded version; a new fact goes in with the
 /addqa job and a paraphrase of it is asked at once: seconds until the right answer. Issue 8's targets: recall
@@ -34,7 +34,7 @@ NEW_FACT = ("Who forged the Starlight Anvil?", "The Starlight Anvil was forged b
 NEW_FACT_ASKED = "Which smith made the Starlight Anvil?"
 NEW_FACT_KEY = "Bram Ironvale"
 
-UNANSWERABLE = Path(__file__).resolve().parent.parent / "data" / "unanswerable.json"
+UNANSWERABLE = Path(__file__).resolve().parent.parent / "data" / "sample.unanswerable.json"
 
 
 def speed(answerer, questions: list[str], batch: int) -> float:

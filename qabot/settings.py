@@ -10,8 +10,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 SAMPLE_DATA = PROJECT_DIR / "data" / "sample.json"
-SAMPLE_HELDOUT = PROJECT_DIR / "data" / "heldout.json"
-SAMPLE_UNANSWERABLE = PROJECT_DIR / "data" / "unanswerable.json"
+SAMPLE_HELDOUT = PROJECT_DIR / "data" / "sample.heldout.json"
+SAMPLE_UNANSWERABLE = PROJECT_DIR / "data" / "sample.unanswerable.json"
 BUNDLED_MODEL = "bundled"
 IdList = Annotated[list[int], NoDecode]
 

@@ -28,7 +28,7 @@ def write(tmp_path: Path, text: str, name: str = "data.json") -> Path:
 def test_sample_dataset_is_valid_and_large_enough():
     pairs = read_dataset(DATA_DIR / "sample.json")
     assert len(pairs) >= 150
-    heldout = read_heldout(DATA_DIR / "heldout.json")
+    heldout = read_heldout(DATA_DIR / "sample.heldout.json")
     responses = {p.response for p in pairs}
     assert len(heldout) >= 40
     for item in heldout:
@@ -178,7 +178,7 @@ def test_hash_names_content_not_file(tmp_path):
 
 
 def test_the_unanswerable_set_covers_three_kinds_and_its_absent_entities_are_absent():
-    items = json.loads((DATA_DIR / "unanswerable.json").read_text(encoding="utf-8"))
+    items = json.loads((DATA_DIR / "sample.unanswerable.json").read_text(encoding="utf-8"))
     kinds = {kind: [i["question"] for i in items if i["kind"] == kind] for kind in ("absent_entity", "unknown_fact", "off_topic")}
     assert len(items) >= 40 and all(len(questions) >= 10 for questions in kinds.values())
     asked = {normalize_question(p.prompt) for p in read_dataset(DATA_DIR / "sample.json")}

@@ -129,7 +129,7 @@ def test_questions_about_names_the_data_never_mentions_or_far_from_every_pair_ar
 
     pairs = read_dataset(DATA_DIR / "sample.json")
     grounding = Grounding(PairIndex.build(pairs, embedder), embedder)
-    paraphrases = [item.question for item in read_heldout(DATA_DIR / "heldout.json")]
+    paraphrases = [item.question for item in read_heldout(DATA_DIR / "sample.heldout.json")]
     typos = ["Who guards the Luminery Stone?", "where does elara keep the stone?", "Who Protects The Luminary Stone?"]
     absent = ["Who rules the kingdom of Zarnak?", "What is the capital of France?", "How do I bake a chocolate cake?"]
     questions = [*paraphrases, *typos, *absent]

@@ -27,12 +27,24 @@ def test_embeddings_are_unit_vectors_that_put_paraphrases_close(embedder):
 
 
 def test_paraphrased_questions_find_their_pair(embedder, sample_index):
-    heldout = read_heldout(DATA_DIR / "heldout.json")
+    heldout = read_heldout(DATA_DIR / "sample.heldout.json")
     hits = sample_index.search(embedder, [h.question for h in heldout], k=3)
     first = sum(found[0].pair.response == item.answer for found, item in zip(hits, heldout, strict=True))
     among_three = sum(any(h.pair.response == item.answer for h in found) for found, item in zip(hits, heldout, strict=True))
     assert first >= 0.95 * len(heldout) and among_three == len(heldout), (first, among_three)
     assert all(found[0].score >= found[-1].score for found in hits)
+
+
+@pytest.mark.parametrize(("data", "first_share", "three_share"), [("sample", 0.95, 1.0), ("faq", 0.85, 0.95)])
+def test_users_wording_finds_its_pair_among_the_notes(embedder, data, first_share, three_share):
+    """Issue 14: the right pair is among the 3 notes for at least 95% of each example dataset's held-out questions
+    (pebble's are written as users write: lower case, typos, fragments like "heic support?")."""
+    index = PairIndex.build(read_dataset(DATA_DIR / f"{data}.json"), embedder)
+    heldout = read_heldout(DATA_DIR / f"{data}.heldout.json")
+    hits = index.search(embedder, [h.question for h in heldout], k=3)
+    first = sum(found[0].pair.response == item.answer for found, item in zip(hits, heldout, strict=True))
+    among_three = sum(any(h.pair.response == item.answer for h in found) for found, item in zip(hits, heldout, strict=True))
+    assert first >= first_share * len(heldout) and among_three >= three_share * len(heldout), (first, among_three)
 
 
 def test_a_pair_added_is_found_at_once_and_the_others_are_not_embedded_again(embedder, sample_index, tmp_path):
@@ -72,4 +84,4 @@ def test_a_damaged_index_file_is_rebuilt(embedder, sample_index, tmp_path):
     digest, _ = store.store_dataset(sample_index.pairs[:20])
     store.datasets_dir.joinpath(f"{digest}.index.safetensors").write_bytes(b"\x00 half a file")
     index = ensure_index(store, digest, embedder)
-    assert index.vectors.shape == (20, 384) and PairIndex.load(store.index_path(digest), index.pairs) is not None
+    assert index.vectors.shape == (20, 3, 384) and PairIndex.load(store.index_path(digest), index.pairs) is not None
