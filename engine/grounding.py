@@ -18,24 +18,30 @@ every pair, or one that names something the data never mentions.
 from __future__ import annotations
 
 import difflib
+import math
 import random
 import re
 from dataclasses import dataclass, field
 
+from engine.offtopic import OFF_TOPIC
 from engine.retrieval import Embedder, Hit, PairIndex
 from qabot.dataset import QAPair
+from qabot.rewrites import rewrite
 
 DECLINE = "I don't know."  # what a grounded model learns to say when its notes lack the answer
 NOTE_PREFIX = "Note: "
-# Below this cosine similarity to the nearest pair, nothing in the data is about the question (all-MiniLM-L6-v2;
-# measured on the sample world: answerable paraphrases >= 0.69, off-topic questions 0.16-0.53).
-MIN_SCORE = 0.5
+# Below this score (mean cosine over a pair's views, engine.retrieval) nothing in the data is about the question. Each
+# version calibrates its own on its dataset (engine.calibration: 0.26 on the lore sample, 0.18 on the pebble FAQ); this
+# is the floor of a version from before calibration and of a Grounding built without one.
+MIN_SCORE = 0.25
 # A grounded model may start its decline only when it gives the decline's first token at least this probability;
 # otherwise it answers from its notes. Measured on the sample (bundled model, 4 epochs): paraphrases it declined
 # although their pair was nearest had 0.48-0.93 (median 0.64), unknown facts it declined 0.65-0.98 (median 0.89).
 DECLINE_CONFIDENCE = 0.7
 GOLD_NEAREST = 0.8  # share of training examples whose own note sits where retrieval puts the nearest pair
 HARD_NEGATIVES = 0.75  # share of negatives whose notes are the nearest other pairs rather than random ones
+REWRITTEN = 0.3  # share of positives whose question is rewritten as users type it
+OFF_TOPIC_SHARE = 0.1  # off-topic examples, as a share of the pairs (at most all of engine.offtopic's)
 CLOSE_NAME = 0.8  # difflib ratio above which a name counts as a misspelling of a word of the data
 _NUMBER = (
     r"\d|\b(?:one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|thirteen|fourteen|fifteen|sixteen|seventeen|"
@@ -58,6 +64,10 @@ ANSWER_KINDS = (
     ),
     (re.compile(r"^(?:when|in\s+which\s+year)\b", re.I), re.compile(_TIME, re.I), "time"),
 )
+# The name and number/time rules read English: they apply to a dataset whose words are at least this share English
+# (words of the embedder's English vocabulary: 82% on the lore sample, 87% on the pebble FAQ; 38-41% for German,
+# French and Italian FAQ text).
+ENGLISH_SHARE = 0.6
 _POSSESSIVE = re.compile(r"['’]s?$")
 _WORD = re.compile(r"[^\W\d_][\w'’-]*")
 
@@ -84,12 +94,32 @@ class Grounding:
     min_score: float = MIN_SCORE
     decline_confidence: float = DECLINE_CONFIDENCE
     _vocabulary: set[str] | None = field(default=None, repr=False, compare=False)
+    _rules: tuple[bool, tuple[str, ...]] | None = field(default=None, repr=False, compare=False)
 
     def vocabulary(self) -> set[str]:
         """Every word of the dataset's questions and answers, casefolded (computed once per index)."""
         if self._vocabulary is None:
             self._vocabulary = {w.casefold() for p in self.index.pairs for w in words(f"{p.prompt} {p.response}")}
         return self._vocabulary
+
+    def rules_that_hold(self) -> tuple[bool, tuple[str, ...]]:
+        """(the name rule applies, the answer kinds that apply), judged on the dataset itself, once per index.
+
+        Both rules read English, so they apply only to an English dataset. An answer kind applies only if every pair of
+        the data whose question asks for it has an answer that holds it: a FAQ that answers "How much does it cost?"
+        with "nothing, it is open source" must not have that rule decline its own answer.
+        """
+        if self._rules is None:
+            vocabulary, common = self.vocabulary(), self.embedder.vocabulary
+            every = [w.casefold() for p in self.index.pairs for w in words(f"{p.prompt} {p.response}")]
+            english = bool(every) and sum(w in common for w in every) / len(every) >= ENGLISH_SHARE
+            kinds = tuple(
+                kind
+                for asks, holds, kind in ANSWER_KINDS
+                if english and all(holds.search(p.response) for p in self.index.pairs if asks.match(p.prompt.strip()))
+            )
+            self._rules = (english and bool(vocabulary), kinds)
+        return self._rules
 
     def unknown_names(self, question: str) -> list[str]:
         """Names in the question that the data never mentions: capitalised words past the first, neither a word of
@@ -114,15 +144,16 @@ class Grounding:
         """Why the data cannot answer the question, judged before asking the model; None when the model should try."""
         if not hits or hits[0].score < self.min_score:
             return "nothing in the data is close to the question"
-        names = self.unknown_names(question)
+        names = self.unknown_names(question) if self.rules_that_hold()[0] else []
         if names:
             return f"the data never mentions {', '.join(names)}"
         return None
 
     def reason_to_reject(self, question: str, answer: str) -> str | None:
         """Why the model's answer does not answer the question (it lacks the number or time asked for); None if fine."""
+        kinds = self.rules_that_hold()[1]
         for asks, holds, kind in ANSWER_KINDS:
-            if asks.match(question.strip()) and not holds.search(answer):
+            if kind in kinds and asks.match(question.strip()) and not holds.search(answer):
                 return f"the question asks for a {kind} and the answer has none"
         return None
 
@@ -148,11 +179,16 @@ def build_examples(
     seed: int = 42,
     decline: str = DECLINE,
 ) -> list[tuple[str, str]]:
-    """(prompt, answer) training examples: one positive per pair, plus negatives for a share of the pairs.
+    """(prompt, answer) training examples: one positive per pair, negatives for a share of the pairs, and off-topic
+    messages.
 
     Notes are laid out as at answering time (the nearest next to the question), and the gold note sits there in
-    GOLD_NEAREST of the positives (elsewhere in the rest, so the model still reads every note). Of the negatives,
-    HARD_NEGATIVES are the nearest other pairs (mostly other facts of the same entity), the rest random pairs.
+    GOLD_NEAREST of the positives (elsewhere in the rest, so the model still reads every note). REWRITTEN of the
+    positives ask their question as a user would type it (qabot.rewrites: lower case, a typo, keywords only), so that
+    such questions are answered, not declined. Of the negatives, HARD_NEGATIVES are the nearest other pairs (mostly
+    other facts of the same entity), the rest random pairs. OFF_TOPIC_SHARE (as many examples as that share of the
+    pairs) are messages no dataset is about (engine.offtopic: chit-chat, errands, insults) with the notes retrieval
+    gives them, answered with the decline: whatever passes the calibrated floor is declined by the model.
     """
     rng = random.Random(seed)
     nearest = index.search(embedder, [p.prompt for p in pairs], k=min(len(pairs), notes + 1))
@@ -162,11 +198,18 @@ def build_examples(
         positive = [*reversed(others[: notes - 1]), pair.response]  # farthest first, as `Grounding.prompts` lays them out
         if rng.random() >= GOLD_NEAREST:
             rng.shuffle(positive)
-        examples.append((format_grounded(pair.prompt, positive), pair.response))
+        question = pair.prompt
+        if rng.random() < REWRITTEN and (forms := rewrite(pair.prompt, rng)):
+            question = rng.choice(forms)[1]
+        examples.append((format_grounded(question, positive), pair.response))
         if len(pairs) > notes and rng.random() < negative_share:
             if rng.random() < HARD_NEGATIVES:
                 negative = list(reversed(others[:notes]))
             else:
                 negative = [p.response for p in rng.sample(pairs, notes + 1) if p.response != pair.response][:notes]
             examples.append((format_grounded(pair.prompt, negative), decline))
+    count = min(len(OFF_TOPIC), math.ceil(len(pairs) * OFF_TOPIC_SHARE)) if len(pairs) >= notes else 0
+    messages = rng.sample(OFF_TOPIC, count)
+    for message, found in zip(messages, index.search(embedder, messages, k=notes), strict=True):
+        examples.append((format_grounded(message, [h.pair.response for h in reversed(found)]), decline))
     return examples

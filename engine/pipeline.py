@@ -7,13 +7,14 @@ import json
 import logging
 import shutil
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from transformers import AutoConfig
 
+from engine.calibration import Calibration, calibrate
 from engine.formatting import count_tokens, longest_answer
 from engine.generate import Answerer
 from engine.grounding import DECLINE, Grounding, build_examples
@@ -120,10 +121,13 @@ def train_version(
     heldout = read_heldout(request.eval_data) if request.eval_data else None
     digest, stored = store.store_dataset(pairs)
     run_dir = store.claim_run(_run_name(digest, request))
-    examples, grounding = None, None
+    examples, grounding, calibration = None, None, None
     if request.config.grounded:
         report(Progress("indexing the dataset"))
         grounding = dataset_grounding(store, digest, request.config.notes)
+        report(Progress("calibrating declines"))
+        calibration = calibrate(pairs, grounding.index, grounding.embedder, seed=request.config.seed)
+        grounding.min_score = calibration.min_score  # the fine-tune's own evaluation declines as the version will
         examples = build_examples(
             pairs,
             grounding.index,
@@ -166,6 +170,7 @@ def train_version(
                 "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
                 "grounding": {"notes": request.config.notes, "decline": DECLINE} if grounding else None,
                 "answer_budget": result.budget,
+                "calibration": calibration.to_meta() if calibration else None,
             }
             info = store.commit(staging, meta, check=guard)
         except BaseException:
@@ -193,23 +198,64 @@ def load_version(
 
 
 def dataset_grounding(
-    store: ModelStore, digest: str, notes: int, decline: str = DECLINE, previous: Grounding | None = None
+    store: ModelStore,
+    digest: str,
+    notes: int,
+    decline: str = DECLINE,
+    previous: Grounding | None = None,
+    calibration: Calibration | None = None,
 ) -> Grounding:
-    """Notes from stored dataset `digest` (its index loaded, or built and saved beside it, reusing `previous`)."""
+    """Notes from stored dataset `digest` (its index loaded, or built and saved beside it, reusing `previous`).
+
+    The thresholds are `calibration`'s, else `previous`'s (the notes changed, the version did not), else the defaults.
+    """
     embedder = previous.embedder if previous is not None else Embedder()
     index = ensure_index(store, digest, embedder, previous.index if previous is not None else None)
-    return Grounding(index, embedder, notes=notes, decline=decline)
+    if calibration is None and previous is not None:
+        calibration = Calibration(min_score=previous.min_score, decline_confidence=previous.decline_confidence)
+    calibration = calibration or Calibration()
+    return Grounding(
+        index,
+        embedder,
+        notes=notes,
+        decline=decline,
+        min_score=calibration.min_score,
+        decline_confidence=calibration.decline_confidence,
+    )
 
 
-def version_grounding(store: ModelStore, info: VersionInfo, digest: str | None = None) -> Grounding | None:
-    """For a grounded version: notes from `digest` (default: the dataset it learnt); None for a plain version."""
+def version_calibration(
+    info: VersionInfo, min_score: float | None = None, decline_confidence: float | None = None
+) -> Calibration:
+    """The thresholds a version was calibrated with (the old constants for a version from before), settings first."""
+    stored = Calibration.from_meta(info.meta.get("calibration"))
+    return replace(
+        stored,
+        min_score=stored.min_score if min_score is None else min_score,
+        decline_confidence=stored.decline_confidence if decline_confidence is None else decline_confidence,
+    )
+
+
+def version_grounding(
+    store: ModelStore,
+    info: VersionInfo,
+    digest: str | None = None,
+    *,
+    min_score: float | None = None,
+    decline_confidence: float | None = None,
+) -> Grounding | None:
+    """For a grounded version: notes from `digest` (default: the dataset it learnt); None for a plain version.
+
+    `min_score` and `decline_confidence` override the version's calibrated thresholds (QABOT_MIN_SCORE,
+    QABOT_DECLINE_CONFIDENCE)."""
     meta = info.meta.get("grounding")
     if not meta:
         return None
     digest = digest or info.meta["dataset"]["hash"]
     if not (store.datasets_dir / f"{digest}.json").is_file():
         raise ModelError(f"{info.name} answers from notes, but dataset {digest} is not in the store; /retrain or roll back")
-    return dataset_grounding(store, digest, int(meta["notes"]), str(meta["decline"]))
+    calibration = version_calibration(info, min_score, decline_confidence)
+    return dataset_grounding(store, digest, int(meta["notes"]), str(meta["decline"]), calibration=calibration)
 
 
 def version_budget(info: VersionInfo, loaded: LoadedModel) -> int:

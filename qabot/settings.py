@@ -50,6 +50,19 @@ class Settings(BaseSettings):
         description="Longest answer in tokens; unset: from the data (its longest answer plus a quarter, kept with the version).",
     )
     max_question_chars: int = Field(default=500, ge=1, description="Longest question accepted.")
+    min_score: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Cosine floor below which a question is declined before the model; unset: the version's, calibrated "
+        "on its dataset when trained.",
+    )
+    decline_confidence: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Probability a grounded model must give its decline's first token to decline; unset: the version's.",
+    )
     decline_text: str = Field(
         default="I don't know that yet: it isn't in what I've been taught.",
         min_length=1,
@@ -142,6 +155,8 @@ class Settings(BaseSettings):
         "answer_metrics_port",
         "train_metrics_port",
         "max_new_tokens",
+        "min_score",
+        "decline_confidence",
         mode="before",
     )
     @classmethod

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from engine.grounding import DECLINE, NOTE_PREFIX, build_examples, format_grounded
+from engine.offtopic import OFF_TOPIC
 from engine.retrieval import Embedder, PairIndex
 from qabot.dataset import QAPair, read_dataset
 from tests.conftest import DATA_DIR, TINY_PAIRS, write_pairs
@@ -19,20 +20,30 @@ def notes_of(prompt: str) -> list[str]:
     return [line.removeprefix(NOTE_PREFIX) for line in prompt.splitlines() if line.startswith(NOTE_PREFIX)]
 
 
+def question_of(prompt: str) -> str:
+    return prompt.rsplit("Question: ", 1)[1].removesuffix("\nAnswer:")
+
+
 def test_examples_hold_the_answer_at_varying_places_and_negatives_teach_the_decline(embedder):
     pairs = read_dataset(DATA_DIR / "sample.json")
     examples = build_examples(pairs, PairIndex.build(pairs, embedder), embedder, notes=3, negative_share=0.25, seed=1)
     by_answer = {p.response: p for p in pairs}
     positives = [(prompt, answer) for prompt, answer in examples if answer != DECLINE]
-    negatives = [(prompt, answer) for prompt, answer in examples if answer == DECLINE]
+    offtopic = [(prompt, answer) for prompt, answer in examples if question_of(prompt) in OFF_TOPIC]
+    negatives = [(prompt, answer) for prompt, answer in examples if answer == DECLINE and (prompt, answer) not in offtopic]
     assert len(positives) == len(pairs) and 0.15 * len(pairs) <= len(negatives) <= 0.35 * len(pairs)
+    # chit-chat and errands with their retrieved notes teach the decline too: a tenth as many as the pairs
+    assert len(offtopic) == len(pairs) // 10 and all(answer == DECLINE for _, answer in offtopic)
+    # about 30% of the positives ask their question as users type it (lower case, a typo, keywords)
+    rewritten = [prompt for prompt, answer in positives if question_of(prompt) != by_answer[answer].prompt]
+    assert 0.2 * len(pairs) <= len(rewritten) <= 0.4 * len(pairs)
+    assert all(question_of(prompt) == question_of(prompt).lower() for prompt in rewritten)
     places = [notes_of(prompt).index(answer) for prompt, answer in positives]
     assert set(places) == {0, 1, 2}  # the gold note is not always in the same place...
     assert places.count(2) >= 0.7 * len(places)  # ...but mostly where answering puts the nearest pair, next to the question
     assert all(len(notes_of(prompt)) == 3 for prompt, _ in examples)
     for prompt, _ in negatives:
-        question = prompt.rsplit("Question: ", 1)[1].removesuffix("\nAnswer:")
-        gold = next(p for p in pairs if p.prompt == question)
+        gold = next(p for p in pairs if p.prompt == question_of(prompt))
         assert gold.response not in notes_of(prompt)  # no answer among the notes: the target is the decline
     for prompt, answer in examples:
         assert by_answer.get(answer) is None or by_answer[answer].prompt not in "".join(
@@ -64,7 +75,7 @@ def test_a_grounded_model_answers_with_sources_and_declines_and_its_notes_follow
     worker.work(burst=True)
     answer = client.wait_answer(known)
     assert answer.answer == TINY_PAIRS[0].response and not answer.details["declined"]
-    assert answer.details["sources"][0] == TINY_PAIRS[0].prompt and answer.details["score"] > 0.9
+    assert answer.details["sources"][0] == TINY_PAIRS[0].prompt and answer.details["score"] > 0.8
     assert client.wait_answer(absent).details["declined"]
     # A pair added to the dataset (as /addqa does) is among the notes of the next batch, before any retraining.
     new = QAPair("Who carved the Moon Gate?", "Ilsa carved the Moon Gate.")

@@ -69,7 +69,13 @@ class AnswerWorker(LiveWorker):
             info,
             max_new_tokens=self.settings.max_new_tokens,
             max_question_chars=self.settings.max_question_chars,
-            grounding=version_grounding(self.store, info, digest),
+            grounding=version_grounding(
+                self.store,
+                info,
+                digest,
+                min_score=self.settings.min_score,
+                decline_confidence=self.settings.decline_confidence,
+            ),
         )
         self.notes_digest = digest
         old, self.answerer, self.model_version = self.answerer, answerer, info.name

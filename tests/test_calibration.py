@@ -1,0 +1,65 @@
+"""Declines calibrated on the dataset being trained: each dataset gets its own floor, and rules that its own data
+contradicts, or that read a language it is not written in, do not apply."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.calibration import calibrate
+from engine.grounding import Grounding
+from engine.retrieval import Embedder, PairIndex
+from qabot.dataset import QAPair, read_dataset, read_heldout
+from tests.conftest import DATA_DIR
+
+
+@pytest.fixture(scope="module")
+def embedder() -> Embedder:
+    return Embedder()
+
+
+@pytest.mark.parametrize("data", ["sample", "faq"])
+def test_each_dataset_gets_a_floor_that_lets_its_users_wording_through(embedder, data):
+    pairs = read_dataset(DATA_DIR / f"{data}.json")
+    index = PairIndex.build(pairs, embedder)
+    calibration = calibrate(pairs, index, embedder)
+    grounding = Grounding(index, embedder, min_score=calibration.min_score)
+    heldout = [h.question for h in read_heldout(DATA_DIR / f"{data}.heldout.json")]
+    floored = [q for q, hits in zip(heldout, index.search(embedder, heldout), strict=True) if hits[0].score < grounding.min_score]
+    assert len(floored) <= 0.02 * len(heldout), floored  # unseen user questions are not turned away before the model
+    assert calibration.min_score <= calibration.offtopic_quantile and calibration.min_score <= calibration.rewrites_floor
+
+
+def test_floors_differ_with_the_data(embedder):
+    floors = {}
+    for data in ("sample", "faq"):
+        pairs = read_dataset(DATA_DIR / f"{data}.json")
+        floors[data] = calibrate(pairs, PairIndex.build(pairs, embedder), embedder).min_score
+    assert floors["sample"] - floors["faq"] > 0.03, floors  # one constant would fit one of them only
+
+
+def test_a_rule_its_own_answers_break_does_not_apply(embedder):
+    pairs = [
+        QAPair("How much does pebble cost?", "Nothing: pebble is open source, and you host it yourself."),
+        QAPair("When is the next release?", "A feature release ships every six weeks."),
+        QAPair("What is pebble?", "A self-hosted photo library."),
+        QAPair("Who runs the project?", "The Pebble Photos Foundation."),
+    ]
+    grounding = Grounding(PairIndex.build(pairs, embedder), embedder)
+    names, kinds = grounding.rules_that_hold()
+    assert names and kinds == ("time",)  # "how much" answered without a number: the number rule is off
+    assert grounding.reason_to_reject("how much does it cost", pairs[0].response) is None
+    assert grounding.reason_to_reject("When does it ship?", "Pebble ships from the Foundation.") is not None
+
+
+def test_english_rules_do_not_apply_to_a_german_dataset(embedder):
+    pairs = [
+        QAPair("Wie installiere ich pebble?", "Die Installation erfolgt über Docker Compose und dauert etwa zehn Minuten."),
+        QAPair("Welche Sprachen werden unterstützt?", "Die Oberfläche gibt es auf Deutsch, Englisch und Französisch."),
+        QAPair("Was kostet pebble cloud?", "Der kleinste Tarif kostet drei Euro im Monat."),
+        QAPair("Wo bekomme ich Hilfe?", "Im Forum und im Matrix-Raum der Gemeinschaft."),
+    ]
+    grounding = Grounding(PairIndex.build(pairs, embedder), embedder)
+    assert grounding.rules_that_hold() == (False, ())
+    question = "Wie lange dauert die Installation auf einem Raspberry?"  # capitalised nouns are not unknown names
+    hits = grounding.index.search(embedder, [question])[0]
+    assert grounding.reason_to_decline(question, hits) is None
