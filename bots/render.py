@@ -117,7 +117,7 @@ def render_status(report: StatusReport) -> str:
 
 def render_models(result: ModelsResult) -> str:
     if not result.rows:
-        return "No model versions yet: /retrain trains the first."
+        return "No model versions yet: /retrain with a dataset file attached (or /addqa pairs, then /retrain) trains the first."
     rows = []
     for row in result.rows:
         accuracy = ", ".join(f"{k} {v:.0%}" for k, v in row.accuracy.items())

@@ -1,13 +1,17 @@
 """One release path for `qabot train` and the train job: fine-tune, score new and live alike, promote by one rule.
 
 The gate scores both models, loaded from disk the same way, with the same generation settings, on the
-same union of questions: the whole held-out set, the live dataset's questions that the new dataset
-keeps, and the new questions. Each question counts once, so a few new questions cannot outvote the
-held-out paraphrases and the kept knowledge.
+same union of questions: the held-out questions that belong to the dataset being trained, the live
+dataset's questions that the new dataset keeps, and the new questions. Each question counts once, so a
+few new questions cannot outvote the held-out paraphrases and the kept knowledge. Where no held-out
+question belongs to the dataset, rewrites of its training questions in users' style (lower case, a
+typo, keywords) stand in for them.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import random
 from collections.abc import Callable
@@ -15,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from engine.datastore import write_atomic
 from engine.evaluate import accuracy_score, evaluate_heldout, evaluate_pairs
 from engine.generate import Answerer
 from engine.models import free_memory, load_model
@@ -22,11 +27,13 @@ from engine.pipeline import Base, TrainOutcome, TrainRequest, train_version, ver
 from engine.training import Progress, ProgressFn
 from engine.versions import ModelStore, VersionInfo, read_stored
 from qabot.dataset import MAX_FIELD_CHARS, HeldoutItem, QAPair, normalize_question, read_heldout
+from qabot.rewrites import user_rewrites
 
 logger = logging.getLogger(__name__)
 
-GATE_SAMPLE = 96  # most questions asked from each of the kept and the new pairs
+GATE_SAMPLE = 96  # most questions asked from each of the kept and the new pairs, and most rewrites
 GATE_MAX_NEW_TOKENS = 96
+HELDOUT_DIR = "heldout"  # under the store's datasets folder: held-out files narrowed to a dataset
 
 
 @dataclass(frozen=True)
@@ -42,16 +49,29 @@ class Policy:
 
 @dataclass(frozen=True)
 class GateQuestions:
+    """What both models are asked. `rewrites` (judged like training questions) only where no held-out question
+    belongs to the dataset; `left_out` counts the held-out questions dropped because the dataset lacks their answer."""
+
     kept: list[QAPair]
     new: list[QAPair]
     heldout: list[HeldoutItem]
+    rewrites: list[QAPair] = field(default_factory=list)
+    left_out: int = 0
 
     def __len__(self) -> int:
-        return len(self.kept) + len(self.new) + len(self.heldout)
+        return len(self.kept) + len(self.new) + len(self.heldout) + len(self.rewrites)
 
     def describe(self) -> str:
         parts = [f"{len(self.kept)} kept", f"{len(self.new)} new", f"{len(self.heldout)} held-out"]
-        return f"{len(self)} questions ({', '.join(parts)})"
+        if self.rewrites:
+            parts.append(f"{len(self.rewrites)} rewrites in users' style")
+        return f"{len(self)} questions ({', '.join(parts)}){left_out_text(self.left_out)}"
+
+
+def left_out_text(left_out: int) -> str:
+    if left_out == 1:
+        return "; 1 held-out question left out: this dataset does not hold its answer"
+    return f"; {left_out} held-out questions left out: this dataset does not hold their answers" if left_out else ""
 
 
 @dataclass(frozen=True)
@@ -85,13 +105,49 @@ class Release:
         }
 
 
+def _fold(text: str) -> str:
+    return " ".join(text.casefold().split())
+
+
+def heldout_for(pairs: list[QAPair], items: list[HeldoutItem]) -> list[HeldoutItem]:
+    """The held-out items this dataset holds the answer to; items about removed pairs or another world drop out.
+
+    An item with an `answer` belongs when one pair's response is that answer or contains all its facts; an item
+    without one when each of its facts appears in some pair's response (case and spacing ignored).
+    """
+    responses = [_fold(p.response) for p in pairs]
+    exact = set(responses)
+    joined = "\n".join(responses)  # folded texts hold no newline, so no fact matches across two responses
+    kept = []
+    for item in items:
+        facts = [_fold(f) for f in item.facts]
+        if item.answer is not None:
+            holds = _fold(item.answer) in exact or any(all(f in r for f in facts) for r in responses)
+        else:
+            holds = all(f in joined for f in facts)
+        if holds:
+            kept.append(item)
+    return kept
+
+
 def gate_questions(live_pairs: list[QAPair], new_pairs: list[QAPair], heldout: list[HeldoutItem], seed: int) -> GateQuestions:
-    """The union both models are asked: kept and new questions (sampled) and the whole held-out set."""
+    """The union both models are asked: kept and new questions (sampled), the held-out items the new dataset answers,
+    or, where none does, rewrites of its questions in users' style (sampled)."""
     live_questions = {normalize_question(p.prompt) for p in live_pairs}
     kept = [p for p in new_pairs if normalize_question(p.prompt) in live_questions]
     new = [p for p in new_pairs if normalize_question(p.prompt) not in live_questions]
+    belonging = heldout_for(new_pairs, heldout)
+    rewrites = []
+    if not belonging:
+        rewrites = [QAPair(r.question, r.pair.response) for r in user_rewrites(new_pairs, limit=GATE_SAMPLE, seed=seed)]
     rng = random.Random(seed)
-    return GateQuestions(rng.sample(kept, min(GATE_SAMPLE, len(kept))), rng.sample(new, min(GATE_SAMPLE, len(new))), heldout)
+    return GateQuestions(
+        rng.sample(kept, min(GATE_SAMPLE, len(kept))),
+        rng.sample(new, min(GATE_SAMPLE, len(new))),
+        belonging,
+        rewrites,
+        len(heldout) - len(belonging),
+    )
 
 
 def score(
@@ -109,6 +165,7 @@ def score(
     )
     reports = [evaluate_pairs(answerer, questions.kept, name="kept"), evaluate_pairs(answerer, questions.new, name="new")]
     reports.append(evaluate_heldout(answerer, questions.heldout, name="heldout"))
+    reports.append(evaluate_pairs(answerer, questions.rewrites, name="rewrites"))
     del loaded, answerer
     free_memory()
     asked = sum(len(r.items) for r in reports)
@@ -123,6 +180,38 @@ def eval_data_for(request: TrainRequest, live: VersionInfo | None) -> Path | Non
         return request.eval_data
     previous = live.meta.get("eval_data") if live is not None else None
     return Path(previous) if previous and Path(previous).is_file() else None
+
+
+def heldout_file(store: ModelStore, source: Path | None, items: list[HeldoutItem], kept: list[HeldoutItem]) -> Path | None:
+    """The held-out file the fine-tune's early stopping reads, which the version records and the next release carries
+    forward: `source` itself when all its items belong to the dataset, None when none does, else a copy of the kept
+    items in the store (datasets/heldout/<hash of its text>.json: never overwritten, removed once no version names it).
+
+    A copy holds only what belonged then: a pair removed and added back later comes back without its held-out items.
+    """
+    if not kept:
+        return None
+    if len(kept) == len(items):
+        return source
+    rows = [{"question": i.question, "facts": list(i.facts)} | ({"answer": i.answer} if i.answer else {}) for i in kept]
+    text = json.dumps(rows, ensure_ascii=False, indent=1)
+    path = store.datasets_dir / HELDOUT_DIR / f"{hashlib.sha256(text.encode()).hexdigest()[:16]}.json"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, text)
+    return path
+
+
+def prune_heldout(store: ModelStore) -> None:
+    """Remove the narrowed held-out files that no kept version names."""
+    folder = store.datasets_dir / HELDOUT_DIR
+    if not folder.is_dir():
+        return
+    with store.lock():
+        named = {Path(str(v.meta.get("eval_data") or "")).name for v in store.list()}
+        for path in folder.glob("*.json"):
+            if path.name not in named:
+                path.unlink(missing_ok=True)
 
 
 def release(
@@ -142,19 +231,22 @@ def release(
     """
     report = progress or (lambda p: None)
     live = store.current()
-    eval_data = eval_data_for(request, live)
-    request = replace(request, eval_data=eval_data)
+    source = eval_data_for(request, live)
+    items = read_heldout(source) if source else []
+    heldout = heldout_for(pairs, items)  # a release is judged only on its own dataset's held-out questions
+    request = replace(request, eval_data=heldout_file(store, source, items, heldout))
     trained = train_version(store, pairs, base, request, device=policy.device, progress=report, guard=guard)
     new = trained.version
     report(Progress("comparing"))
     live_pairs = read_stored(Path(live.meta["dataset"]["path"])) if live and _has_dataset(live) else []
-    questions = gate_questions(live_pairs, pairs, read_heldout(eval_data) if eval_data else [], request.config.seed)
+    questions = gate_questions(live_pairs, pairs, items, request.config.seed)
     digest = new.meta["dataset"]["hash"]
     on = questions.describe()
     if live is None and policy.promote:  # nothing to compare with: the fine-tune's own evaluation is the score
         new_metrics = {k: v for k, v in trained.result.metrics.items() if k.endswith("_accuracy")}
         new_score, live_score, live_metrics = accuracy_score(new_metrics), None, {}
-        on = "the questions asked after its last evaluated epoch"
+        left_out = left_out_text(len(items) - len(heldout))
+        on = f"its training questions and {len(heldout)} held-out questions, asked after its last evaluated epoch{left_out}"
     else:
         new_score, new_metrics = score(store, new.name, questions, policy, digest)
         live_score, live_metrics = score(store, live.name, questions, policy, digest) if live else (None, {})
@@ -172,6 +264,7 @@ def release(
     if promoted:
         store.promote(new.name, check=guard)
     store.prune(policy.keep_versions)
+    prune_heldout(store)
     logger.info("release %s: %s", new.name, reason)
     report(Progress("done"))
     return Release(

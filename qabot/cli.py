@@ -85,7 +85,13 @@ def _print_outcome(outcome) -> None:
 
 @app.command()
 def train(
-    data: Annotated[Path | None, typer.Option(help="Dataset: JSON array or JSON Lines of {prompt, response}.")] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            help="Dataset: JSON array or JSON Lines of {prompt, response} (default: the store's current dataset, "
+            "else QABOT_DATASET)."
+        ),
+    ] = None,
     eval_data: Annotated[Path | None, typer.Option(help="Held-out paraphrases {question, facts} to evaluate on.")] = None,
     base: Annotated[str | None, typer.Option(help="Base model: 'bundled', a hub id or a folder.")] = None,
     epochs: Annotated[float | None, typer.Option(help="Passes over the data.")] = None,
@@ -110,6 +116,7 @@ def train(
     force: Annotated[bool, typer.Option(help="Make the new version live even if it scores lower than the live one.")] = False,
 ) -> None:
     """Fine-tune the base model on a dataset, score it against the live version and promote it if not worse."""
+    from engine.datastore import read_stored
     from engine.pipeline import TrainRequest
     from engine.training import TrainConfig
 
@@ -118,9 +125,14 @@ def train(
     overrides["trained_share"] = trained_share
     grounded = settings.grounded if grounded is None else grounded
     config = TrainConfig(lora=lora, grounded=grounded, **{k: v for k, v in overrides.items() if v is not None})
-    data_path = data or settings.dataset
-    if eval_data is None and data is None:
-        eval_data = settings.eval_data
+    data_path = data
+    if data_path is None:  # the dataset admins built (/addqa, uploads) if there is one; the sample is only a demo
+        data_path = _store(settings).current_dataset()
+        if data_path is not None:
+            console.print(f"No --data: training the current dataset {data_path.stem} ({len(read_stored(data_path))} pairs).")
+    if data_path is None:
+        data_path = settings.dataset
+        eval_data = settings.eval_data if eval_data is None else eval_data
     request = TrainRequest(
         base_model=base or settings.base_model, config=config, eval_data=eval_data, resume=resume, source=data_path.name
     )

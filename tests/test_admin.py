@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -18,13 +21,22 @@ from tests.test_queue import make_settings
 from worker.client import QueueClient
 
 
-@pytest.fixture
-def admin_worker(home, redis_url):
+@contextmanager
+def admin_worker_on(home: Path, redis_url: str) -> Iterator[QueueClient]:
+    """A real `qabot worker admin` on `home` (QABOT_DATASET left at its default, the sample), and a client for it."""
     env = qabot_env({"QABOT_HOME": str(home), "QABOT_REDIS_URL": redis_url})
     proc = subprocess.Popen([sys.executable, "-m", "qabot", "worker", "admin"], env=env, stdout=subprocess.DEVNULL)
-    yield QueueClient(make_settings(home, redis_url, admin_wait=30))
-    proc.terminate()
-    proc.wait(timeout=30)
+    try:
+        yield QueueClient(make_settings(home, redis_url, admin_wait=30))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.fixture
+def admin_worker(home, redis_url):
+    with admin_worker_on(home, redis_url) as client:
+        yield client
 
 
 def test_admin_jobs_change_the_store_and_report(admin_worker, home):
@@ -43,6 +55,21 @@ def test_admin_jobs_change_the_store_and_report(admin_worker, home):
     assert status.current_pairs == len(TINY_PAIRS) + 1 and status.live_pairs == len(TINY_PAIRS)
     nothing = client.admin_call("rollback", None)
     assert isinstance(nothing, RollbackResult) and not nothing.ok and "nothing to roll back to" in nothing.message
+
+
+def test_a_deployment_with_no_dataset_starts_empty_and_addqa_creates_a_dataset_of_that_pair(redis_url, tmp_path):
+    """The sample is a demo: /addqa on a new deployment must not add the pair to the sample's 160."""
+    home = tmp_path / "new-home"
+    with admin_worker_on(home, redis_url) as client:
+        status = client.admin_call("status")
+        assert status.current_dataset is None and status.current_pairs is None
+        added = client.admin_call("add_pair", "Who tends the Moon Gate?", "Ilsa tends it.")
+        assert added.added and added.pairs == 1, added
+        store = ModelStore(home / "models")
+        assert [(p.prompt, p.response) for p in store.current_pairs()] == [("Who tends the Moon Gate?", "Ilsa tends it.")]
+        assert store.current_dataset().stem == added.dataset
+        status = client.admin_call("status")
+        assert status.current_pairs == 1 and status.live_version is None
 
 
 def test_the_admin_worker_imports_no_torch(home):

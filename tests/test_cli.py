@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -62,6 +63,20 @@ def test_train_ask_eval_and_models(env):
     forced = qabot(env, "train", *TRAIN_ARGS, "--epochs", "1", "--lr", "1e-6", "--force")
     assert "v0004 now live" in forced.output and "forced" in forced.output
     assert qabot(env, "models", "rollback").output.strip() == "Rolled back: v0001 is now live."
+
+
+def test_train_without_data_trains_the_stores_current_dataset_not_the_sample(env):
+    """`qabot train` on a deployment whose admins built a dataset (/addqa, uploads) trains that dataset."""
+    from engine.versions import ModelStore
+
+    store = ModelStore(Path(env["QABOT_HOME"]) / "models")
+    digest, _ = store.store_dataset(TINY_PAIRS[:3])
+    store.set_current_dataset(digest)
+    result = qabot(env, "train", *TRAIN_ARGS)
+    assert result.exit_code == 0, result.output
+    assert f"the current dataset {digest} (3 pairs)" in result.output
+    assert "v0001 now live: 3 pairs" in result.output
+    assert store.current().meta["dataset"]["hash"] == digest
 
 
 def test_chat_trains_first_then_answers_and_says_goodbye(env):

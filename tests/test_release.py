@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from engine.release import gate_questions
-from qabot.dataset import HeldoutItem, QAPair
+import json
+from pathlib import Path
+
+from engine.release import gate_questions, heldout_for
+from engine.versions import ModelStore
+from qabot.dataset import HeldoutItem, QAPair, read_heldout
 from qabot.merge import UploadMode, merge_pairs, would_drop
+from tests.conftest import TINY_PAIRS, release_tiny, write_pairs
 
 LIVE = [QAPair(f"Who guards gate {i}?", f"Warden {i} guards gate {i}.") for i in range(160)]
 UPLOAD = [QAPair("Who guards the Luminary Stone?", "Elara guards it."), *LIVE[:5]]
@@ -30,6 +35,67 @@ def test_the_gate_asks_kept_new_and_still_answered_heldout_questions():
     union = gate_questions(LIVE, merged, heldout, seed=1)
     assert (len(union.kept), len(union.new), len(union.heldout)) == (96, 1, 2)  # the 160 kept are sampled, not dropped
     assert union.new[0].prompt == "Who guards the Luminary Stone?"
-    replaced = gate_questions(LIVE, UPLOAD, heldout, seed=1)  # replace: the held-out set still guards what was dropped
-    assert (len(replaced.kept), len(replaced.new), len(replaced.heldout)) == (5, 1, 2)
-    assert gate_questions([], merged, [], seed=1).describe() == "96 questions (0 kept, 96 new, 0 held-out)"
+    replaced = gate_questions(LIVE, UPLOAD, heldout, seed=1)  # replace: a dropped pair's held-out question goes too
+    assert (len(replaced.kept), len(replaced.new), len(replaced.heldout), replaced.left_out) == (5, 1, 1, 1)
+    assert replaced.describe() == (
+        "7 questions (5 kept, 1 new, 1 held-out); 1 held-out question left out: this dataset does not hold its answer"
+    )
+    # no held-out question at all: rewrites of the training questions in users' style stand in, judged like them
+    alone = gate_questions([], merged, [], seed=1)
+    assert len(alone.rewrites) == 96
+    assert alone.describe() == "192 questions (0 kept, 96 new, 0 held-out, 96 rewrites in users' style)"
+    by_question = {p.prompt: p.response for p in merged}
+    assert all(r.response in by_question.values() and r.prompt not in by_question for r in alone.rewrites)
+
+
+# A second world, in a FAQ's style: nothing of the tiny lore's held-out questions belongs to it.
+FAQ = [
+    QAPair("how do i reset my password", "Open Settings, then Account, then Reset password."),
+    QAPair("Is pebble cloud free?", "Pebble Cloud is free for up to 3 projects."),
+    QAPair("Which languages does the API support?", "The API has clients for Python and Go."),
+    QAPair("Where do I report a bug?", "Open an issue on the tracker at example.org/issues."),
+]
+
+
+def test_held_out_questions_belong_to_a_dataset_only_if_it_holds_their_answers():
+    lore = [
+        HeldoutItem("Who protects the Luminary Stone?", ("Elara",), TINY_PAIRS[0].response),
+        HeldoutItem("Which city is the capital?", ("aurelhaven",), "Aurelhaven is the capital, of course."),  # one pair has it
+        HeldoutItem("Who taught Elara, and where is the Stone?", ("Orrin Vale", "Sanctum of Veyra")),  # two pairs hold it
+        HeldoutItem("Who taught Elara where?", ("Orrin Vale", "Sanctum of Veyra"), "Orrin Vale, in the Sanctum of Veyra."),
+        HeldoutItem("What does pebble cloud cost?", ("free",), FAQ[1].response),
+    ]
+    assert [i.question for i in heldout_for(TINY_PAIRS, lore)] == [lore[0].question, lore[1].question, lore[2].question]
+    without_capital = [p for p in TINY_PAIRS if p is not TINY_PAIRS[4]]
+    assert [i.question for i in heldout_for(without_capital, lore)] == [lore[0].question, lore[2].question]
+    assert [i.question for i in heldout_for(FAQ, lore)] == [lore[4].question]
+    assert heldout_for(FAQ, lore[:4]) == []
+
+
+def test_a_new_dataset_is_never_judged_on_another_datasets_held_out_questions(tiny_gpt2, tiny_data, tiny_heldout, tmp_path):
+    """The newcomer's path: a first version on dataset A with A's held-out file, then a release of dataset B alone."""
+    store = ModelStore(tmp_path / "models")
+    first = release_tiny(store, tiny_data, tiny_gpt2, tmp_path / "cache", eval_data=tiny_heldout)
+    assert first.promoted and first.version.meta["eval_data"] == str(tiny_heldout)
+    assert "2 held-out questions" in first.reason and "heldout_accuracy" in first.metrics
+
+    faq = release_tiny(store, write_pairs(tmp_path / "faq.json", FAQ), tiny_gpt2, tmp_path / "cache")
+    assert "0 held-out" in faq.reason and "rewrites in users' style" in faq.reason, faq.reason
+    assert "2 held-out questions left out: this dataset does not hold their answers" in faq.reason
+    # no question of A's held-out file was asked: not by the fine-tune's early stopping, not by the gate, to either model
+    assert faq.version.meta["eval_data"] is None
+    assert not any(k.startswith("heldout") for k in faq.trained.result.metrics), faq.trained.result.metrics
+    assert "heldout_accuracy" not in faq.metrics and "heldout_accuracy" not in faq.live_metrics
+    assert "rewrites_accuracy" in faq.metrics and "rewrites_accuracy" in faq.live_metrics
+
+
+def test_a_carried_held_out_file_is_narrowed_to_the_pairs_still_there(tiny_gpt2, tiny_data, tiny_heldout, tmp_path):
+    store = ModelStore(tmp_path / "models")
+    release_tiny(store, tiny_data, tiny_gpt2, tmp_path / "cache", eval_data=tiny_heldout)
+    without_capital = write_pairs(tmp_path / "seven.json", [p for p in TINY_PAIRS if p is not TINY_PAIRS[4]])
+    second = release_tiny(store, without_capital, tiny_gpt2, tmp_path / "cache")  # no file given: the live one's, narrowed
+    assert "on 8 questions (7 kept, 0 new, 1 held-out); 1 held-out question left out" in second.reason, second.reason
+    narrowed = second.version.meta["eval_data"]
+    assert narrowed is not None and narrowed != str(tiny_heldout)
+    assert [i.question for i in read_heldout(Path(narrowed))] == [json.loads(tiny_heldout.read_text())[0]["question"]]
+    assert second.trained.result.metrics["heldout_n"] == 1  # the fine-tune's early stopping asked only that one

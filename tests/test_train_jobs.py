@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from bots.render import render_result
 from engine.evaluate import matches_reference
 from engine.versions import ModelStore
 from qabot.errors import TrainingBusy
@@ -102,6 +103,23 @@ def test_bad_data_fails_the_job_with_its_problems_and_changes_nothing(home, redi
     assert client.running_training() is None
 
 
+def test_retrain_with_nothing_to_train_says_what_to_send_and_changes_nothing(redis_url, tiny_gpt2, tmp_path):
+    """A new deployment (no dataset, no model): /retrain without a file must not fall back to the sample."""
+    settings = make_settings(tmp_path / "new-home", redis_url)
+    client = QueueClient(settings)
+    job = client.start_training({"base_model": str(tiny_gpt2), "hyperparameters": {**TINY_CONFIG, "epochs": 1}})
+    final = run_train_worker(client, settings, job.id)[-1]
+    assert final.state == "failed" and final.result is None
+    text = render_result(final)
+    assert text.startswith("Training failed: there is no dataset to train on yet"), text
+    assert "attach a JSON or JSONL file" in text and "/retrain" in text and "/addqa" in text
+    assert "Traceback" not in text and "problem(s)" not in text
+    store = ModelStore(settings.models_dir)
+    assert store.list() == [] and store.current_dataset() is None
+    assert not store.datasets_dir.is_dir() or not any(store.datasets_dir.iterdir())
+    assert client.running_training() is None
+
+
 def upload_request(base, **extra) -> dict:
     return {"base_model": str(base), "hyperparameters": TINY_CONFIG, **extra}
 
@@ -124,7 +142,9 @@ def test_a_small_upload_is_added_and_never_wipes_what_the_bot_knows(home, redis_
     assert changed["not_in_file"] == len(TINY_PAIRS) - 1 and changed["dropped"] == 0
     assert final.result["dataset"]["pairs"] == len(TINY_PAIRS) + 1
     assert final.result["promoted"], final.result["reason"]
-    assert f"{len(TINY_PAIRS) + 1} questions ({len(TINY_PAIRS)} kept, 1 new" in final.result["reason"]
+    # no held-out file anywhere: rewrites of the training questions in users' style stand in for held-out questions
+    assert f"questions ({len(TINY_PAIRS)} kept, 1 new, 0 held-out, " in final.result["reason"]
+    assert "rewrites in users' style)" in final.result["reason"]
     assert final.reply_to == who
     assert final.result["loss_png"][:8] == b"\x89PNG\r\n\x1a\n"  # travels in the result: bots have no volume
     assert store.current_dataset().stem == changed["dataset"]

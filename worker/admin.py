@@ -11,7 +11,7 @@ import time
 from engine.textformat import version_counter
 from engine.versions import ModelStore
 from qabot import inbox
-from qabot.dataset import QAPair, validate_items
+from qabot.dataset import validate_items
 from qabot.errors import DatasetError, QabotError
 from qabot.merge import merge_pairs
 from qabot.settings import Settings
@@ -62,7 +62,7 @@ def _add_pair(settings: Settings, question: str, answer: str) -> AddPairResult:
     """/addqa and /answer: validate the pair with the live model's rules, merge it, store a new dataset version."""
     store = _store(settings)
     with store.lock():
-        current = store.current_pairs() if store.current_dataset() else _default_pairs(settings)
+        current = store.current_pairs()  # a deployment with no dataset starts empty: never the sample
         try:
             (pair,) = validate_items([{"prompt": question, "response": answer}], "the new pair", **_rules(store))
         except DatasetError as exc:
@@ -72,12 +72,6 @@ def _add_pair(settings: Settings, question: str, answer: str) -> AddPairResult:
         store.set_current_dataset(digest)
     logger.info("pair added: dataset %s, %d pairs", digest, len(merge.pairs))
     return AddPairResult(pair.prompt, True, len(merge.pairs), digest, replaced=merge.added == 0)
-
-
-def _default_pairs(settings: Settings) -> list[QAPair]:
-    from qabot.dataset import read_dataset
-
-    return read_dataset(settings.dataset) if settings.dataset.is_file() else []
 
 
 def list_models() -> ModelsResult:

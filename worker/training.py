@@ -17,6 +17,11 @@ from worker.jobs import UPLOAD_KEY, release_training_lock
 logger = logging.getLogger(__name__)
 
 META_EVERY_SECONDS = 1.0
+# The sample is a demo, never a default for real data: a deployment with no dataset is told what to send.
+NOTHING_TO_TRAIN = (
+    'there is no dataset to train on yet: attach a JSON or JSONL file of {"prompt": ..., "response": ...} pairs to '
+    "/retrain, or add pairs one at a time with /addqa, then /retrain. Nothing was changed."
+)
 
 
 def _config(overrides: dict[str, Any] | None):
@@ -32,13 +37,15 @@ def _config(overrides: dict[str, Any] | None):
 def _pairs(settings: Settings, store, request: dict[str, Any], base, connection, report) -> tuple[list, dict[str, Any], str]:
     """The pairs to train on (validated once, with the base model's tokenizer), what an upload changed, their source."""
     from engine.pipeline import validate_file, validate_upload
-    from qabot.errors import DatasetError
+    from qabot.errors import DatasetError, TrainingError
     from qabot.merge import UploadMode, merge_pairs, would_drop
 
     upload = request.get("upload")
     if upload is None:
         reference = request.get("dataset")
-        path = store.dataset_file(reference) if reference else (store.current_dataset() or settings.dataset)
+        path = store.dataset_file(reference) if reference else store.current_dataset()
+        if path is None:  # run_training checked this before loading the base model; the store may have changed since
+            raise TrainingError(NOTHING_TO_TRAIN)
         return validate_file(Path(path), base), {}, Path(path).name
     data = connection.get(UPLOAD_KEY.format(upload["id"]))
     if data is None:
@@ -75,8 +82,11 @@ def run_training(settings: Settings, request: dict[str, Any], report, connection
     from engine.pipeline import TrainRequest, load_base
     from engine.release import Policy, release
     from engine.versions import ModelStore
+    from qabot.errors import TrainingError
 
     store = ModelStore(settings.models_dir)
+    if not request.get("upload") and not request.get("dataset") and store.current_dataset() is None:
+        raise TrainingError(NOTHING_TO_TRAIN)  # before the base model loads: the admin hears at once
     defaults = {
         "checkpoints": False,  # queued fine-tunes never resume: no epoch checkpoints to leave behind
         "grounded": settings.grounded,
