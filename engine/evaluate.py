@@ -6,7 +6,7 @@ import re
 import string
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
@@ -55,6 +55,7 @@ class EvalItem:
     declined: bool = False
     reason: str | None = None  # why it declined
     sources: tuple[str, ...] = ()  # the questions of the pairs it had as notes, nearest first
+    withheld_right: bool | None = None  # a check withheld the model's answer: would it have been right?
 
 
 @dataclass
@@ -119,6 +120,7 @@ def _evaluate(
     for start in range(0, len(questions), batch_size):
         for index, answer in enumerate(answer_each(answerer, questions[start : start + batch_size]), start):
             ok = judge(index, answer)
+            withheld = judge(index, replace(answer, text=answer.withheld, declined=False)) if answer.withheld else None
             report.items.append(
                 EvalItem(
                     questions[index],
@@ -129,6 +131,7 @@ def _evaluate(
                     answer.declined,
                     answer.reason,
                     answer.sources,
+                    withheld,
                 )
             )
     return report

@@ -42,6 +42,7 @@ class Answer:
     sources: tuple[str, ...] = ()  # the questions of the pairs it was given as notes, nearest first
     score: float | None = None  # cosine similarity of the nearest pair
     reason: str | None = None  # why it declined: the model said so, or the data was judged not to hold the answer
+    withheld: str = ""  # what the model said when a check turned its answer into a decline (for evaluation)
 
 
 @dataclass(frozen=True)
@@ -187,9 +188,13 @@ class Answerer:
             if reason is None and " ".join(answer.text.split()).casefold() == decline.casefold():
                 reason = "the model found no answer in its notes"
             elif reason is None and answer.stop == StopReason.LENGTH:  # kept as a runaway in `stop`, never shown
-                reason, answer = "the answer ran to the token limit", replace(answer, text=decline)
-            elif reason is None and (reason := self.grounding.reason_to_reject(question, answer.text)) is not None:
-                answer = replace(answer, text=decline)
+                reason, answer = "the answer ran to the token limit", replace(answer, text=decline, withheld=answer.text)
+            elif (
+                reason is None
+                and (reason := self.grounding.reason_to_reject(question, answer.text, [h.pair.response for h in found]))
+                is not None
+            ):
+                answer = replace(answer, text=decline, withheld=answer.text)
             answers.append(
                 replace(
                     answer,

@@ -23,6 +23,7 @@ import random
 import re
 from dataclasses import dataclass, field
 
+from engine.answer_checks import ANSWER_KINDS, echo_reason
 from engine.offtopic import OFF_TOPIC
 from engine.retrieval import Embedder, Hit, PairIndex
 from qabot.dataset import QAPair
@@ -43,27 +44,6 @@ HARD_NEGATIVES = 0.75  # share of negatives whose notes are the nearest other pa
 REWRITTEN = 0.3  # share of positives whose question is rewritten as users type it
 OFF_TOPIC_SHARE = 0.1  # off-topic examples, as a share of the pairs (at most all of engine.offtopic's)
 CLOSE_NAME = 0.8  # difflib ratio above which a name counts as a misspelling of a word of the data
-_NUMBER = (
-    r"\d|\b(?:one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|thirteen|fourteen|fifteen|sixteen|seventeen|"
-    r"eighteen|nineteen|twenty|thirty|forty|fifty|sixty|seventy|eighty|ninety|hundreds?|thousands?|millions?|billions?|"
-    r"dozens?|score|half|twice|thrice|once|single|couple|pair|several|few|none|no one|nobody)\b"
-)
-_TIME = (
-    _NUMBER + r"|\b(?:years?|centur(?:y|ies)|ages?|eras?|ago|since|until|till|after|before|during|when|while|first|last|"
-    r"spring|summer|autumn|fall|winter|dawn|dusk|midnight|noon|morning|evening|night|days?|weeks?|months?|seasons?|"
-    r"january|february|march|april|may|june|july|august|september|october|november|december|"
-    r"yesterday|today|tomorrow|now|never|always|every|each|reign|birth|death|war)\b"
-)
-# A question of these kinds asks for a number or a time: an answer without one answers another question (the model
-# copied a note about the same thing: "How old is the queen?" -> "The queen lives in the palace."). English only.
-ANSWER_KINDS = (
-    (
-        re.compile(r"^(?:how\s+(?:many|much|old|long|tall|far|deep|high|heavy)|(?:in\s+)?what\s+(?:year|age))\b", re.I),
-        re.compile(_NUMBER, re.I),
-        "number",
-    ),
-    (re.compile(r"^(?:when|in\s+which\s+year)\b", re.I), re.compile(_TIME, re.I), "time"),
-)
 # The name and number/time rules read English: they apply to a dataset whose words are at least this share English
 # (words of the embedder's English vocabulary: 82% on the lore sample, 87% on the pebble FAQ; 38-41% for German,
 # French and Italian FAQ text).
@@ -149,13 +129,14 @@ class Grounding:
             return f"the data never mentions {', '.join(names)}"
         return None
 
-    def reason_to_reject(self, question: str, answer: str) -> str | None:
-        """Why the model's answer does not answer the question (it lacks the number or time asked for); None if fine."""
+    def reason_to_reject(self, question: str, answer: str, notes: list[str] | None = None) -> str | None:
+        """Why the model's answer does not answer the question: it lacks the number or time asked for, it only
+        restates the question, or it states what none of its `notes` says (engine.answer_checks); None if fine."""
         kinds = self.rules_that_hold()[1]
         for asks, holds, kind in ANSWER_KINDS:
             if kind in kinds and asks.match(question.strip()) and not holds.search(answer):
                 return f"the question asks for a {kind} and the answer has none"
-        return None
+        return echo_reason(question, answer, notes or [])
 
     def prompts(self, questions: list[str], fits=lambda prompt: True) -> tuple[list[str], list[list[Hit]]]:
         """Grounded prompts (the farthest notes dropped until `fits`), and the retrieved pairs each was given."""
