@@ -11,6 +11,8 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.progress import Progress as Bar
 
+from qabot.evaluation import evaluate
+from qabot.evaluation import load_answerer as _load_answerer
 from qabot.models_cli import models_app
 from qabot.ops import bot_app, dev, health_app, inbox_app, status, worker_app
 from qabot.settings import Settings
@@ -139,21 +141,6 @@ def train(
     _print_outcome(_train_with_bar(settings, data_path, request, promote=promote, force=force))
 
 
-def _load_answerer(settings: Settings, version: str | None = None):
-    from engine.pipeline import load_version, make_answerer, version_grounding
-
-    store = _store(settings)
-    loaded, info = load_version(store, version, device=settings.device, dtype=settings.dtype)
-    answerer = make_answerer(
-        loaded,
-        info,
-        max_new_tokens=settings.max_new_tokens,
-        max_question_chars=settings.max_question_chars,
-        grounding=version_grounding(store, info, store.current_digest()),
-    )
-    return answerer, info
-
-
 @app.command()
 def chat(version: Annotated[str | None, typer.Option(help="Model version (default: the live one).")] = None) -> None:
     """Chat with the bot in the console; type 'exit' to leave. Trains a first model if there is none."""
@@ -216,55 +203,7 @@ def ask(
     print(settings.decline_text if answer.declined else answer.text)
 
 
-@app.command("eval")
-def evaluate(
-    data: Annotated[Path | None, typer.Option(help="Held-out paraphrases {question, facts} (default: the sample's).")] = None,
-    train_data: Annotated[Path | None, typer.Option(help="Training pairs to ask back (default: the version's own data).")] = None,
-    version: Annotated[str | None, typer.Option(help="Model version (default: the live one).")] = None,
-    unanswerable: Annotated[Path | None, typer.Option(help="Questions the data cannot answer (default: the sample's).")] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show every question and answer.")] = False,
-) -> None:
-    """Accuracy on the training questions and held-out paraphrases; declines on unanswerable and answerable ones."""
-    import json
-
-    from engine.evaluate import evaluate_heldout, evaluate_pairs, evaluate_unanswerable
-    from qabot.dataset import read_dataset, read_heldout
-
-    settings = _settings()
-    answerer, info = _load_answerer(settings, version)
-    pairs = read_dataset(train_data or Path(info.meta["dataset"]["path"]))
-    heldout_path = data or settings.eval_data
-    reports = [evaluate_pairs(answerer, pairs, name="training")]
-    if heldout_path is not None:
-        reports.append(evaluate_heldout(answerer, read_heldout(heldout_path), name="heldout"))
-    answerable = [item for report in reports for item in report.items]
-    unanswerable_path = unanswerable or settings.unanswerable_data
-    if answerer.grounding is not None and unanswerable_path is not None and unanswerable_path.is_file():
-        questions = [item["question"] for item in json.loads(unanswerable_path.read_text(encoding="utf-8"))]
-        reports.append(evaluate_unanswerable(answerer, questions))
-    for report in reports:
-        if verbose:
-            console.rule(f"{report.name} questions")
-            for item in report.items:
-                mark = "[green]right[/]" if item.correct else "[red]wrong[/]"
-                lines = [f"{mark} {item.question}", f"      answer: {item.answer}", f"    expected: {item.expected}"]
-                if item.declined:
-                    lines.append(f"    declined: {item.reason}")
-                lines += [f"      source: {source}" for source in item.sources]
-                console.print("\n".join(lines), highlight=False, soft_wrap=True)
-        right = sum(i.correct for i in report.items)
-        what = "declined" if report.name == "unanswerable" else "right"
-        console.print(
-            f"{info.name} {report.name}: {report.accuracy:.1%} {what} ({right}/{len(report.items)}), "
-            f"{report.runaway} ran to the token limit",
-            soft_wrap=True,
-        )
-    if answerer.grounding is not None:
-        wrongly = sum(i.declined for i in answerable)
-        share = wrongly / len(answerable) if answerable else 0.0
-        console.print(f"{info.name} answerable wrongly declined: {share:.1%} ({wrongly}/{len(answerable)})", soft_wrap=True)
-
-
+app.command("eval")(evaluate)
 app.command()(status)
 app.command()(dev)
 

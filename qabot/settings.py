@@ -11,7 +11,6 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 SAMPLE_DATA = PROJECT_DIR / "data" / "sample.json"
 SAMPLE_HELDOUT = PROJECT_DIR / "data" / "sample.heldout.json"
-SAMPLE_UNANSWERABLE = PROJECT_DIR / "data" / "sample.unanswerable.json"
 BUNDLED_MODEL = "bundled"
 IdList = Annotated[list[int], NoDecode]
 
@@ -34,10 +33,6 @@ class Settings(BaseSettings):
     eval_data: Path | None = Field(
         default=SAMPLE_HELDOUT,
         description="Held-out paraphrases with key facts, used to evaluate the default dataset.",
-    )
-    unanswerable_data: Path | None = Field(
-        default=SAMPLE_UNANSWERABLE,
-        description="Questions the default dataset cannot answer ({question, kind}), for `qabot eval`'s decline figures.",
     )
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
@@ -164,7 +159,7 @@ class Settings(BaseSettings):
         """An empty variable (as docker compose passes `${X:-}`) means not set."""
         return None if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("home", "dataset", "eval_data", "unanswerable_data", mode="after")
+    @field_validator("home", "dataset", "eval_data", mode="after")
     @classmethod
     def _expand_user(cls, value: Path | None) -> Path | None:
         return value.expanduser() if value is not None else None

@@ -15,7 +15,7 @@ from qabot.cli import app
 from tests.conftest import TINY_CONFIG, TINY_PAIRS, qabot_env
 
 runner = CliRunner()
-TRAIN_ARGS = ["--epochs", str(TINY_CONFIG["epochs"]), "--lr", str(TINY_CONFIG["learning_rate"]), "--batch-size", "4"]
+TRAIN_ARGS = ["--epochs", str(2 * TINY_CONFIG["epochs"]), "--lr", str(TINY_CONFIG["learning_rate"]), "--batch-size", "4"]
 
 
 @pytest.fixture
