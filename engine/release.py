@@ -21,9 +21,8 @@ from typing import Any
 
 from engine.datastore import write_atomic
 from engine.evaluate import accuracy_score, evaluate_heldout, evaluate_pairs
-from engine.generate import Answerer
 from engine.models import free_memory, load_model
-from engine.pipeline import Base, TrainOutcome, TrainRequest, train_version, version_grounding
+from engine.pipeline import Base, TrainOutcome, TrainRequest, make_answerer, train_version, version_grounding
 from engine.training import Progress, ProgressFn
 from engine.versions import ModelStore, VersionInfo, read_stored
 from qabot.dataset import MAX_FIELD_CHARS, HeldoutItem, QAPair, normalize_question, read_heldout
@@ -32,7 +31,6 @@ from qabot.rewrites import user_rewrites
 logger = logging.getLogger(__name__)
 
 GATE_SAMPLE = 96  # most questions asked from each of the kept and the new pairs, and most rewrites
-GATE_MAX_NEW_TOKENS = 96
 HELDOUT_DIR = "heldout"  # under the store's datasets folder: held-out files narrowed to a dataset
 
 
@@ -156,10 +154,10 @@ def score(
     """Load a version as the answer workers do and ask it the gate's questions; (share right, per-set accuracy)."""
     info = store.get(name)
     loaded = load_model(str(info.path), device=policy.device, dtype=policy.dtype)
-    answerer = Answerer(
-        loaded.model,
-        loaded.tokenizer,
-        max_new_tokens=GATE_MAX_NEW_TOKENS,
+    answerer = make_answerer(  # each version answers with its own budget and thresholds, as when it is live
+        loaded,
+        info,
+        max_new_tokens=None,
         max_question_chars=MAX_FIELD_CHARS,
         grounding=version_grounding(store, info, digest),  # grounded models read the same notes
     )
