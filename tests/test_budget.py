@@ -8,8 +8,8 @@ from engine.models import load_model
 from engine.pipeline import make_answerer
 from engine.textformat import FALLBACK_BUDGET, answer_budget
 from engine.versions import ModelStore
-from qabot.dataset import QAPair
-from tests.conftest import TINY_PAIRS, release_tiny, write_pairs
+from qabot.dataset import QAPair, read_dataset
+from tests.conftest import DATA_DIR, TINY_PAIRS, release_tiny, write_pairs
 
 # About 110 tokens for the tiny tokenizer: longer than the 64 tokens every answer used to be cut at.
 LONG = (
@@ -46,3 +46,39 @@ def test_an_answer_as_long_as_the_datas_arrives_whole(tiny_gpt2, tmp_path):
     capped = make_answerer(loaded, info, max_new_tokens=32, max_question_chars=500)
     (cut,) = capped.answer([QUESTION])
     assert cut.stop == StopReason.LENGTH and cut.new_tokens == 32
+
+
+def test_a_long_faq_answer_arrives_whole_through_the_answer_worker(tiny_llama, tmp_path, redis_url):
+    """Trained on the pebble FAQ's longest answers, asked through the queue and the answer worker with no budget set:
+    the reply is the whole answer, neither cut nor declined for its length."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from tests.test_queue import make_settings, make_worker
+    from worker.client import QueueClient
+
+    base = tmp_path / "tiny-llama-1k"  # the tiny tokenizer knows the sample's words: FAQ text costs many tokens
+    config = AutoConfig.from_pretrained(tiny_llama)
+    config.max_position_embeddings = 1024
+    AutoModelForCausalLM.from_config(config).save_pretrained(base)
+    AutoTokenizer.from_pretrained(tiny_llama).save_pretrained(base)
+    faq = sorted(read_dataset(DATA_DIR / "faq.json"), key=lambda p: len(p.response))[-2:]
+    store = ModelStore(tmp_path / "home" / "models")
+    release_tiny(
+        store,
+        write_pairs(tmp_path / "faq-long.json", faq),
+        base,
+        tmp_path / "cache",
+        epochs=200,
+        batch_size=1,
+        max_length=1024,
+        eval_questions=0,
+    )
+    loaded = load_model(str(store.current().path), device="cpu")
+    assert longest_answer(loaded.tokenizer, [faq[-1].response]) > FALLBACK_BUDGET
+
+    settings = make_settings(tmp_path / "home", redis_url, max_new_tokens=None, answer_wait=60)
+    client, worker = QueueClient(settings), make_worker(settings)
+    asked = client.enqueue_answer(faq[-1].prompt)
+    worker.work(burst=True)
+    answer = client.wait_answer(asked)
+    assert answer.answer == faq[-1].response.strip() and len(answer.answer) > 400
