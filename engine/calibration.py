@@ -8,24 +8,33 @@ scores, and never above the score of all but REWRITES_LOST of the training quest
 (qabot.rewrites). What passes the floor is left to the model, which learnt to decline off-topic messages with its
 notes (engine.grounding.build_examples).
 
-The decline confidence is the model's, not the data's: it keeps the default measured on the sample (engine.grounding)
-unless a setting overrides it (QABOT_DECLINE_CONFIDENCE). The English-only rules (names, numbers and times) are judged
-against the notes' dataset itself each time it changes (Grounding.rules_that_hold).
+The decline confidence is the fine-tuned model's: after training, the model reads (with the notes retrieval gives
+them) questions it must answer, users' rewrites of its training questions, and questions it must decline: the same
+questions with their own pair taken out of the notes (an unknown fact of a known subject) and off-topic messages.
+The gate's threshold is the probability of the decline's first token that best separates the two (most declines of the
+second kind, fewer of the first), with at most WRONG_DECLINES of the answerable ones above it, and never below the
+sample's DECLINE_CONFIDENCE. A setting overrides it (QABOT_DECLINE_CONFIDENCE). The English-only rules (names, numbers
+and times) are judged against the notes' dataset itself each time it changes (Grounding.rules_that_hold).
 """
 
 from __future__ import annotations
 
+import random
 from dataclasses import asdict, dataclass
+from typing import Any
 
-from engine.grounding import DECLINE_CONFIDENCE, MIN_SCORE
+from engine.grounding import DECLINE_CONFIDENCE, MIN_SCORE, Grounding, format_grounded
 from engine.offtopic import OFF_TOPIC
 from engine.retrieval import Embedder, PairIndex
+from engine.textformat import format_answer
 from qabot.dataset import QAPair
 from qabot.rewrites import user_rewrites
 
 FLOOR_QUANTILE = 0.75  # a quarter of plain off-topic messages still reach the model, which declines them itself
 REWRITES_LOST = 0.01  # the floor may turn away at most this share of users' rewrites of the training questions
 REWRITES_ASKED = 400  # rewrites scored at most (a few seconds of embedding)
+GATE_ASKED = 32  # questions of each kind the model reads to calibrate its decline gate (one forward pass each)
+WRONG_DECLINES = 0.03  # share of answerable questions the gate may let the model decline
 
 
 @dataclass(frozen=True)
@@ -61,3 +70,60 @@ def calibrate(pairs: list[QAPair], index: PairIndex, embedder: Embedder, *, seed
         offtopic_quantile=high_offtopic,
         rewrites_floor=low_answerable,
     )
+
+
+def decline_probabilities(model: Any, tokenizer: Any, prompts: list[str], token_id: int, batch: int = 8) -> list[float]:
+    """The probability a model gives `token_id` as the first token of its answer to each grounded prompt."""
+    import torch
+
+    tokenizer.padding_side = "left"
+    device = next(model.parameters()).device
+    found: list[float] = []
+    with torch.inference_mode():
+        for start in range(0, len(prompts), batch):
+            encoded = tokenizer(prompts[start : start + batch], return_tensors="pt", padding=True, split_special_tokens=True)
+            logits = model(**encoded.to(device)).logits[:, -1, :].float()
+            found += logits.softmax(-1)[:, token_id].tolist()
+    return found
+
+
+def calibrate_decline(
+    model: Any, tokenizer: Any, grounding: Grounding, pairs: list[QAPair], *, prompt_tokens: int, seed: int = 0
+) -> float:
+    """The decline gate's threshold for this fine-tuned model and dataset: see the module's docstring. Prompts keep
+    at most `prompt_tokens` tokens (the farthest notes go first), as when answering."""
+    rng = random.Random(seed)
+    asked = rng.sample(pairs, min(GATE_ASKED, len(pairs)))
+    if len(pairs) <= grounding.notes or not asked:
+        return DECLINE_CONFIDENCE
+
+    def fits(prompt: str) -> bool:
+        return len(tokenizer(prompt, split_special_tokens=True)["input_ids"]) <= prompt_tokens
+
+    def fitted(question: str, notes: list[str]) -> str:
+        while notes and not fits(format_grounded(question, notes)):
+            notes = notes[1:]
+        return format_grounded(question, notes)
+
+    answerable, _ = grounding.prompts([r.question for r in user_rewrites(asked, limit=GATE_ASKED, seed=seed)], fits)
+    hits = grounding.index.search(grounding.embedder, [p.prompt for p in asked], k=grounding.notes + 1)
+    unknown = [
+        fitted(p.prompt, [h.pair.response for h in reversed(found) if h.pair != p][-grounding.notes :])
+        for p, found in zip(asked, hits, strict=True)
+    ]
+    offtopic, _ = grounding.prompts(rng.sample(OFF_TOPIC, min(GATE_ASKED // 2, len(OFF_TOPIC))), fits)
+    token = tokenizer(format_answer(grounding.decline), add_special_tokens=False)["input_ids"][0]
+    model.eval()
+    keep = decline_probabilities(model, tokenizer, answerable, token)
+    drop = decline_probabilities(model, tokenizer, unknown + offtopic, token)
+    best, best_gap = None, -1.0
+    for threshold in sorted({DECLINE_CONFIDENCE, *(min(0.999, p + 1e-4) for p in keep + drop)}):
+        if threshold < DECLINE_CONFIDENCE:
+            continue
+        wrong = sum(p >= threshold for p in keep) / len(keep)
+        if wrong > WRONG_DECLINES:
+            continue
+        gap = sum(p >= threshold for p in drop) / len(drop) - wrong
+        if gap > best_gap:
+            best, best_gap = threshold, gap
+    return round(best if best is not None else 0.999, 4)

@@ -39,12 +39,12 @@ def decode(
     *,
     max_new_tokens: int,
     eos_token_id: int,
-    should_stop: Callable[[list[int]], bool],
+    should_stop: Callable[[int, list[int]], bool],
     pick: Callable[[torch.Tensor], torch.Tensor],
 ) -> list[list[int]]:
     """Generate up to `max_new_tokens` per row of a left-padded batch; returns each row's new ids.
 
-    A row ends at EOS (kept in its ids) or when `should_stop(ids)` is true; `pick` turns the
+    A row ends at EOS (kept in its ids) or when `should_stop(row, ids)` is true; `pick` turns the
     last-position logits (rows x vocab) into next token ids.
     """
     rows = input_ids.shape[0]
@@ -67,7 +67,7 @@ def decode(
         keep = []
         for i, (row, token) in enumerate(zip(active.tolist(), tokens.tolist(), strict=True)):
             produced[row].append(token)
-            if token != eos_token_id and not should_stop(produced[row]):
+            if token != eos_token_id and not should_stop(row, produced[row]):
                 keep.append(i)
         if not keep or step == max_new_tokens - 1:
             break

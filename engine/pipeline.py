@@ -14,7 +14,7 @@ from typing import Any
 
 from transformers import AutoConfig
 
-from engine.calibration import Calibration, calibrate
+from engine.calibration import Calibration, calibrate, calibrate_decline
 from engine.formatting import count_tokens, longest_answer
 from engine.generate import Answerer
 from engine.grounding import DECLINE, Grounding, build_examples
@@ -151,6 +151,14 @@ def train_version(
             examples=examples,
             grounding=grounding,
         )
+        if grounding is not None and calibration is not None:
+            report(Progress("calibrating the decline"))
+            context = context_length(model.config)
+            prompt_tokens = context - min(result.budget, context // 2)  # as the answerer leaves room for the answer
+            threshold = calibrate_decline(
+                model, base.tokenizer, grounding, pairs, prompt_tokens=prompt_tokens, seed=request.config.seed
+            )
+            calibration = replace(calibration, decline_confidence=threshold)
         report(Progress("saving", metrics=result.metrics))
         staging = store.staging_dir()
         try:

@@ -14,7 +14,7 @@ import torch
 from transformers import PrinterCallback, Trainer, TrainingArguments, set_seed
 
 from engine.callbacks import AccuracyCallback, Progress, ProgressCallback, ProgressFn
-from engine.formatting import PadCollator, longest_answer, tokenize_example, tokenize_pair
+from engine.formatting import IGNORE_INDEX, PadCollator, longest_answer, tokenize_example, tokenize_pair
 from engine.models import blocks, context_length, train_top_layers
 from engine.textformat import FALLBACK_BUDGET, answer_budget
 from qabot.dataset import HeldoutItem, QAPair
@@ -27,9 +27,16 @@ PLAIN_EPOCHS = 8
 # on the sample with the bundled model, 2 epochs of the top 40% of the blocks answered as well as 4 epochs of all.
 GROUNDED_EPOCHS = 2
 GROUNDED_TRAINED_SHARE = 0.4
-# ... in 58 optimizer steps (226 examples, batch 8). A smaller dataset gets more epochs by default, so that it too
-# gets about that many steps: 2 epochs of 40 pairs would be 14 steps, too few to learn to read notes and decline.
-GROUNDED_MIN_STEPS = 56
+# ... in 58 optimizer steps of 8 examples whose answers average 13.5 tokens: about 6,000 answer tokens learnt. A smaller
+# dataset gets more epochs by default so that it too learns about that many (2 epochs of 40 lore pairs would be 14
+# steps, too few to learn to read notes and decline). Counted in answer tokens, not steps: a FAQ whose answers run to
+# 95 tokens learns that much in 2 epochs, where a minimum of 56 steps made it 5 epochs of 256-token examples.
+GROUNDED_MIN_ANSWER_TOKENS = 6000
+# Each evaluated epoch asks at most `eval_questions` training and held-out questions each, fewer for long answers:
+# generating them is what an evaluation costs (measured: the pebble FAQ's 48 + 100 questions with a 193-token budget took
+# longer than an epoch of training), so the count shrinks as the answer budget grows past EVAL_BUDGET_TOKENS.
+EVAL_BUDGET_TOKENS = 64
+EVAL_MIN_QUESTIONS = 12
 
 
 @dataclass
@@ -67,8 +74,9 @@ class TrainConfig:
     lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling."})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
     checkpoints: bool = field(default=True, metadata={"help": "Save a checkpoint each epoch so that a run can resume."})
-    min_steps: int = field(
-        default=0, metadata={"help": "Optimizer steps at least: epochs grow for a small dataset (set with default epochs)."}
+    min_answer_tokens: int = field(
+        default=0,
+        metadata={"help": "Answer tokens learnt at least: epochs grow for a small dataset (set with default epochs)."},
     )
     grounded: bool = field(
         default=True, metadata={"help": "Answer from retrieved notes and learn to decline (RAFT); False: the plain format."}
@@ -81,7 +89,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.epochs is None:
             self.epochs = GROUNDED_EPOCHS if self.grounded else PLAIN_EPOCHS
-            self.min_steps = GROUNDED_MIN_STEPS if self.grounded else 0
+            self.min_answer_tokens = GROUNDED_MIN_ANSWER_TOKENS if self.grounded else 0
         if self.trained_share is None:
             self.trained_share = GROUNDED_TRAINED_SHARE if self.grounded else 1.0
         if self.epochs <= 0:
@@ -107,9 +115,16 @@ class TrainResult:
     budget: int = FALLBACK_BUDGET  # new tokens an answer may take, from the data's longest answer
 
 
-def recall_sample(pairs: list[QAPair], config: TrainConfig) -> list[QAPair]:
+def eval_count(config: TrainConfig, budget: int) -> int:
+    """Questions of each kind an evaluated epoch asks: `eval_questions`, fewer when answers are long."""
+    scaled = math.ceil(config.eval_questions * min(1.0, EVAL_BUDGET_TOKENS / max(budget, 1)))
+    return min(config.eval_questions, max(EVAL_MIN_QUESTIONS, scaled))
+
+
+def recall_sample(pairs: list[QAPair], config: TrainConfig, count: int | None = None) -> list[QAPair]:
     """The training questions asked back to measure recall (the same ones for every model of a run)."""
-    return random.Random(config.seed).sample(pairs, min(config.eval_questions, len(pairs)))
+    count = config.eval_questions if count is None else count
+    return random.Random(config.seed).sample(pairs, min(count, len(pairs)))
 
 
 def _training_args(config: TrainConfig, output_dir: Path, steps: int, device: torch.device) -> TrainingArguments:
@@ -159,13 +174,18 @@ def fine_tune(
     device = next(model.parameters()).device
     report(Progress("preparing"))
     if examples is not None:
-        features = [tokenize_example(prompt, answer, tokenizer, config.max_length) for prompt, answer in examples]
+        # Whole, as at answering time (where notes fill the context less the answer budget): cut to `max_length`, the
+        # farthest notes of the pebble FAQ lost their start in training but not when answering, and the model then
+        # copied the wrong note for 21 of 60 held-out questions whose right note was nearest for 51.
+        limit = max(config.max_length, context_length(model.config))
+        features = [tokenize_example(prompt, answer, tokenizer, limit) for prompt, answer in examples]
     else:
         features = [tokenize_pair(p, tokenizer, config.max_length) for p in pairs]
     per_epoch = math.ceil(len(features) / (config.batch_size * config.gradient_accumulation))
-    if config.min_steps and per_epoch * config.epochs < config.min_steps:
-        config = replace(config, epochs=float(math.ceil(config.min_steps / per_epoch)))
-        logger.info("%d examples: %s epochs, to make %d steps at least", len(features), config.epochs, config.min_steps)
+    learnt = sum(label != IGNORE_INDEX for f in features for label in f["labels"])  # answer tokens per epoch
+    if config.min_answer_tokens and learnt * config.epochs < config.min_answer_tokens:
+        config = replace(config, epochs=float(math.ceil(config.min_answer_tokens / max(learnt, 1))))
+        logger.info("%d answer tokens an epoch: %s epochs, to learn %d at least", learnt, config.epochs, config.min_answer_tokens)
     if config.lora:
         from peft import LoraConfig, get_peft_model
 
@@ -182,7 +202,9 @@ def fine_tune(
         logger.info("training the top %d blocks: %d weights", count, train_top_layers(model, count))
     model.train()
     budget = answer_budget(longest_answer(tokenizer, (p.response for p in pairs)), context_length(model.config))
-    accuracy = AccuracyCallback(tokenizer, recall_sample(pairs, config), heldout or [], config, report, grounding, budget)
+    asked = eval_count(config, budget)
+    heldout = random.Random(config.seed).sample(heldout, asked) if heldout and len(heldout) > asked else heldout or []
+    accuracy = AccuracyCallback(tokenizer, recall_sample(pairs, config, asked), heldout, config, report, grounding, budget)
     steps = per_epoch * math.ceil(config.epochs)
     trainer = Trainer(
         model=model,
