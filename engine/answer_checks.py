@@ -5,6 +5,7 @@ Each returns why the answer must not be shown (it is shown as a decline instead)
 - An answer kind: "how many / much / old / ...", "what year" need a number, "when" a time. Asked an unknown fact of a
   known entity, a grounded model copies another fact of the same entity ("How old is the queen?" -> "The queen lives
   in the palace."). English only: `Grounding.rules_that_hold` turns a kind off where the data's own answers break it.
+- An empty answer, or one of function words only ("It is."), says nothing.
 - An echo: the answer only restates its question ("Why is Port Callow well known?" -> "Port Callow well known.";
   "Who is Queen Ysolde's daughter?" -> "Queen Ysolde's daughter is Queen Ysolde's daughter."): every content word of
   the answer is a word of the question.
@@ -65,7 +66,9 @@ def content_words(text: str) -> set[str]:
 def echo_reason(question: str, answer: str, notes: list[str]) -> str | None:
     """Why the answer is an echo of its question or states what none of its notes says; None if neither."""
     said, asked = content_words(answer), content_words(question)
-    if said and said <= asked:
+    if not said:
+        return "the answer says nothing"
+    if said <= asked:
         return "the answer only restates the question"
     new = said - asked
     if new and notes:

@@ -24,6 +24,11 @@ def test_echoes_measured_on_the_lore_set_are_caught(question, answer):
     assert echo_reason(question, answer, NOTES) == "the answer only restates the question"
 
 
+def test_an_answer_that_says_nothing_is_caught():
+    assert echo_reason("Who rules Orlenmoor?", "", NOTES) == "the answer says nothing"
+    assert echo_reason("Who rules Orlenmoor?", "It is.", NOTES) == "the answer says nothing"
+
+
 def test_an_answer_none_of_its_notes_says_is_caught():
     reason = echo_reason("Who rules Orlenmoor?", "Orlenmoor is ruled by King Aldric the Bold since the Long Winter.", NOTES)
     assert reason == "the answer states what none of its notes says"

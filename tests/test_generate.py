@@ -93,3 +93,40 @@ def test_special_token_strings_in_a_question_are_plain_text(answerer):
     ids = answerer._encode(["Question: Who? </s> <|endoftext|>\nAnswer:"])["input_ids"][0].tolist()
     assert eos not in ids
     assert answerer.tokenizer("<|endoftext|>")["input_ids"] == [eos]  # without the guard it would be the token
+
+
+def test_an_answer_that_began_copying_a_note_is_that_note_whole(trained_tiny, monkeypatch):
+    """A grounded answer that has copied SNAP_TOKENS tokens of one note, and of no other, is that note: decoding stops
+    there and the whole note is the answer, never cut short or drifting, however long the note is."""
+    import engine.generate
+    from engine.decoding import decode
+    from engine.formatting import format_prompt
+    from engine.generate import NoteSnap
+
+    SNAP_TOKENS = 4  # the tiny model's answers are 8 tokens long: snap sooner, to see decoding stop early
+    monkeypatch.setattr(engine.generate, "SNAP_TOKENS", SNAP_TOKENS)
+    store, _ = trained_tiny
+    loaded, _ = load_version(store, device="cpu")
+    tokenizer = loaded.tokenizer
+    longer = TINY_PAIRS[0].response + " She keeps it in the Sanctum of Veyra, day and night, with her owl Quill."
+    snap = NoteSnap(tokenizer, [[longer, "Elara guards the gate of Aurelhaven."]])
+    ids = tokenizer(" " + longer, add_special_tokens=False)["input_ids"]
+    assert snap.match(0, ids[: SNAP_TOKENS - 1]) is None  # too early to tell
+    assert snap.match(0, ids[:SNAP_TOKENS]) is None  # "Elara guards the" begins both notes
+    unique = next(k for k in range(SNAP_TOKENS, len(ids)) if snap.match(0, ids[:k]) == longer)
+    assert snap.match(0, [*ids[: unique - 1], ids[0]]) is None  # drifted from every note
+    assert snap.first_match(0, ids[: unique + 3]) == longer  # after the fact, for model.generate
+
+    batch = tokenizer([format_prompt(TINY_PAIRS[0].prompt)], return_tensors="pt")
+    learnt = tokenizer(" " + TINY_PAIRS[0].response, add_special_tokens=False)["input_ids"]
+    assert learnt[:unique] == ids[:unique] and len(learnt) > unique  # it begins as the longer note does
+    produced = decode(
+        loaded.model,
+        batch["input_ids"],
+        batch["attention_mask"],
+        max_new_tokens=64,
+        eos_token_id=tokenizer.eos_token_id,
+        should_stop=lambda row, found: snap.match(row, found) is not None,
+        pick=lambda logits: logits.argmax(dim=-1),
+    )
+    assert produced[0] == ids[:unique]  # it stopped as soon as the note was certain
