@@ -20,7 +20,7 @@ and times) are judged against the notes' dataset itself each time it changes (Gr
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from engine.grounding import DECLINE_CONFIDENCE, MIN_SCORE, Grounding, format_grounded
@@ -48,6 +48,14 @@ class Calibration:
 
     def to_meta(self) -> dict[str, float | None]:
         return {k: None if v is None else round(v, 4) for k, v in asdict(self).items()}
+
+    def overridden(self, min_score: float | None = None, decline_confidence: float | None = None) -> Calibration:
+        """These thresholds with the settings' overrides (QABOT_MIN_SCORE, QABOT_DECLINE_CONFIDENCE) where given."""
+        return replace(
+            self,
+            min_score=self.min_score if min_score is None else min_score,
+            decline_confidence=self.decline_confidence if decline_confidence is None else decline_confidence,
+        )
 
     @classmethod
     def from_meta(cls, meta: dict | None) -> Calibration:

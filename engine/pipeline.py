@@ -232,18 +232,6 @@ def dataset_grounding(
     )
 
 
-def version_calibration(
-    info: VersionInfo, min_score: float | None = None, decline_confidence: float | None = None
-) -> Calibration:
-    """The thresholds a version was calibrated with (the old constants for a version from before), settings first."""
-    stored = Calibration.from_meta(info.meta.get("calibration"))
-    return replace(
-        stored,
-        min_score=stored.min_score if min_score is None else min_score,
-        decline_confidence=stored.decline_confidence if decline_confidence is None else decline_confidence,
-    )
-
-
 def version_grounding(
     store: ModelStore,
     info: VersionInfo,
@@ -262,7 +250,7 @@ def version_grounding(
     digest = digest or info.meta["dataset"]["hash"]
     if not (store.datasets_dir / f"{digest}.json").is_file():
         raise ModelError(f"{info.name} answers from notes, but dataset {digest} is not in the store; /retrain or roll back")
-    calibration = version_calibration(info, min_score, decline_confidence)
+    calibration = Calibration.from_meta(info.meta.get("calibration")).overridden(min_score, decline_confidence)
     return dataset_grounding(store, digest, int(meta["notes"]), str(meta["decline"]), calibration=calibration)
 
 

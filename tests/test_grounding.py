@@ -69,6 +69,13 @@ def test_a_grounded_model_answers_with_sources_and_declines_and_its_notes_follow
     store = ModelStore(tmp_path / "home" / "models")
     release_tiny(store, write_pairs(tmp_path / "tiny.json", TINY_PAIRS), tiny_gpt2, tmp_path / "cache", grounded=True, epochs=60)
     assert store.current().meta["grounding"] == {"notes": 3, "decline": DECLINE}
+    from engine.pipeline import version_grounding
+
+    calibration = store.current().meta["calibration"]  # calibrated on this dataset and model, kept with the version
+    assert 0 <= calibration["min_score"] <= calibration["offtopic_quantile"] and calibration["decline_confidence"] >= 0.7
+    assert version_grounding(store, store.current()).min_score == pytest.approx(calibration["min_score"], abs=1e-4)
+    overridden = version_grounding(store, store.current(), min_score=0.42, decline_confidence=0.9)  # the settings win
+    assert (overridden.min_score, overridden.decline_confidence) == (0.42, 0.9)
     settings = make_settings(tmp_path / "home", redis_url, max_new_tokens=24)
     client, worker = QueueClient(settings), make_worker(settings)
     known, absent = client.enqueue_answer(TINY_PAIRS[0].prompt), client.enqueue_answer("Who rules the kingdom of Zarnak?")
