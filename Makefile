@@ -22,9 +22,9 @@ lint:
 bench: install  ## benchmarks; figures are printed with their ratio to the baseline
 	$(PYTHON) -m bench.finetune_speed
 	$(PYTHON) -m bench.quality --home $${QABOT_BENCH_HOME:-/tmp/qabot-bench-home}
-	QABOT_HOME=$${QABOT_BENCH_HOME:-/tmp/qabot-bench-home} $(PYTHON) -m bench.generation
-	QABOT_HOME=$${QABOT_BENCH_HOME:-/tmp/qabot-bench-home} $(PYTHON) -m bench.queue
+	QABOT_HOME=$${QABOT_BENCH_HOME:-/tmp/qabot-bench-home}/sample $(PYTHON) -m bench.generation
+	QABOT_HOME=$${QABOT_BENCH_HOME:-/tmp/qabot-bench-home}/sample $(PYTHON) -m bench.queue
 	$(PYTHON) -m bench.telegram_load
 	$(PYTHON) -m bench.faults
-	$(PYTHON) -m bench.load --home $${QABOT_BENCH_HOME:-/tmp/qabot-bench-home}
+	$(PYTHON) -m bench.load --home $${QABOT_BENCH_HOME:-/tmp/qabot-bench-home}/sample
 	$(PYTHON) -m bench.admin
