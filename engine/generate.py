@@ -8,21 +8,17 @@ from enum import StrEnum
 from typing import Any
 
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteriaList, StopStringCriteria, TopPLogitsWarper
+from transformers import LogitsProcessorList, StoppingCriteriaList, StopStringCriteria, TopPLogitsWarper
 
 from engine.decoding import decode, supports_pruned_decoding
 from engine.formatting import STOP_TEXT, format_prompt, longest_answer
 from engine.models import context_length
+from engine.steering import DeclineGate, NoteSnap
 from engine.textformat import FALLBACK_BUDGET, answer_budget, format_answer
 from qabot.errors import QuestionError
 from qabot.questions import check_question
 
 STOP_TAIL_TOKENS = 12
-# A grounded model learnt to answer by copying a note whole. Once an answer has copied this many tokens of one note, and
-# matches no other, it is that note: decoding stops and the note is the answer. Measured on the pebble FAQ (bundled
-# model, 2 epochs), 17 of 60 held-out answers began copying a note and then drifted or ran to the budget; a long answer
-# then costs SNAP_TOKENS decoding steps instead of a hundred.
-SNAP_TOKENS = 8
 
 logger = logging.getLogger(__name__)
 
@@ -34,30 +30,6 @@ class StopReason(StrEnum):
     STOP_TEXT = "stop_text"
     LENGTH = "length"
     NOTE = "note"  # it began copying one note: the answer is that note, whole (SNAP_TOKENS)
-
-
-class NoteSnap:
-    """Each row's notes as answer token ids; `match` names the one note a row's answer has begun to copy."""
-
-    def __init__(self, tokenizer: Any, notes: list[list[str]]) -> None:
-        self.rows = [
-            [(note.strip(), tokenizer(format_answer(note), add_special_tokens=False)["input_ids"]) for note in row]
-            for row in notes
-        ]
-
-    def match(self, row: int, ids: list[int]) -> str | None:
-        """The note whose first len(ids) tokens are `ids` (at least SNAP_TOKENS of them), when exactly one is."""
-        if len(ids) < SNAP_TOKENS:
-            return None
-        found = {note for note, note_ids in self.rows[row] if note_ids[: len(ids)] == ids}
-        return found.pop() if len(found) == 1 else None
-
-    def first_match(self, row: int, ids: list[int]) -> str | None:
-        """After the fact (model.generate): the note the answer had begun to copy, at the earliest point it was one."""
-        for end in range(SNAP_TOKENS, len(ids) + 1):
-            if (note := self.match(row, ids[:end])) is not None:
-                return note
-        return None
 
 
 @dataclass(frozen=True)
@@ -83,25 +55,6 @@ class Sampling:
     temperature: float = 0.7
     top_p: float = 0.9
     seed: int | None = None
-
-
-class DeclineGate(LogitsProcessor):
-    """At an answer's first token, the decline may start only where the model gives its first token `confidence`.
-
-    A grounded model unsure between its notes and "I don't know" answers from the notes: its declines of paraphrased
-    questions were far less sure than its declines of questions the data cannot answer.
-    """
-
-    def __init__(self, token_id: int, confidence: float, prompt_length: int = 0) -> None:
-        self.token_id, self.confidence, self.prompt_length = token_id, confidence, prompt_length
-
-    def gate(self, logits: torch.Tensor) -> torch.Tensor:
-        unsure = logits.float().softmax(-1)[:, self.token_id] < self.confidence
-        logits[unsure, self.token_id] = float("-inf")
-        return logits
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        return self.gate(scores) if input_ids.shape[1] == self.prompt_length else scores
 
 
 class Answerer:

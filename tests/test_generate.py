@@ -98,13 +98,13 @@ def test_special_token_strings_in_a_question_are_plain_text(answerer):
 def test_an_answer_that_began_copying_a_note_is_that_note_whole(trained_tiny, monkeypatch):
     """A grounded answer that has copied SNAP_TOKENS tokens of one note, and of no other, is that note: decoding stops
     there and the whole note is the answer, never cut short or drifting, however long the note is."""
-    import engine.generate
+    import engine.steering
     from engine.decoding import decode
     from engine.formatting import format_prompt
-    from engine.generate import NoteSnap
+    from engine.steering import NoteSnap
 
     SNAP_TOKENS = 4  # the tiny model's answers are 8 tokens long: snap sooner, to see decoding stop early
-    monkeypatch.setattr(engine.generate, "SNAP_TOKENS", SNAP_TOKENS)
+    monkeypatch.setattr(engine.steering, "SNAP_TOKENS", SNAP_TOKENS)
     store, _ = trained_tiny
     loaded, _ = load_version(store, device="cpu")
     tokenizer = loaded.tokenizer

@@ -166,7 +166,7 @@ def test_questions_about_names_the_data_never_mentions_or_far_from_every_pair_ar
 def test_the_decline_may_start_only_where_the_model_is_sure_of_it():
     import torch
 
-    from engine.generate import DeclineGate
+    from engine.steering import DeclineGate
 
     unsure, sure = torch.log(torch.tensor([0.6, 0.3, 0.1])), torch.log(torch.tensor([0.9, 0.05, 0.05]))
     gated = DeclineGate(token_id=0, confidence=0.7).gate(torch.stack([unsure, sure]))

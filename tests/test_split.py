@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bots.core import split_message
+from bots.split import split_message
 
 FAQ = Path(__file__).resolve().parent.parent / "data" / "faq.json"
 
