@@ -12,8 +12,9 @@ import discord
 import yarl
 from discord import app_commands
 
-from bots.core import ADMIN_HELP, HELP_TEXT, REFUSAL, BotCore, RetrainOutcome, split_message
+from bots.core import ADMIN_HELP, HELP_TEXT, REFUSAL, BotCore, RetrainOutcome
 from bots.feedback import REPORT_APOLOGY, Reply, remember, report_wrong
+from bots.split import split_message
 from qabot.settings import Settings
 from qabot.shapes import ReplyTo
 

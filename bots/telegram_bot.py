@@ -14,8 +14,9 @@ from telegram import Message, Update
 from telegram.constants import ChatAction, ChatType, MessageEntityType
 from telegram.ext import Application, ApplicationBuilder, CommandHandler, ContextTypes, MessageHandler, filters
 
-from bots.core import ADMIN_HELP, HELP_TEXT, REFUSAL, BotCore, split_message
+from bots.core import ADMIN_HELP, HELP_TEXT, REFUSAL, BotCore
 from bots.feedback import Reply, remember, report_wrong
+from bots.split import split_message
 from bots.telegram_delivery import (
     MESSAGE_LIMIT,
     PLATFORM,

@@ -9,7 +9,8 @@ import logging
 from telegram.error import TelegramError
 from telegram.ext import Application, ContextTypes
 
-from bots.core import BotCore, RetrainOutcome, split_message
+from bots.core import BotCore, RetrainOutcome
+from bots.split import split_message
 from qabot.shapes import ReplyTo
 
 logger = logging.getLogger(__name__)
