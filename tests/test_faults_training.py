@@ -153,7 +153,8 @@ def test_the_train_worker_rides_out_a_redis_restart(home, tiny_gpt2, tiny_data, 
     try:
         settings = make_settings(home, f"redis://127.0.0.1:{port}/0")
         client = QueueClient(settings)
-        job = client.start_training(request_for(tiny_data, tiny_gpt2, epochs=24))
+        # long enough, on a fast machine too, to be caught mid-run and to meet the outage (no early stop: no evaluation)
+        job = client.start_training(request_for(tiny_data, tiny_gpt2, epochs=240, eval_questions=0))
         log = tmp_path / "worker.log"
         worker = train_worker(settings, log)
         wait_until(lambda: training_at(client, job.id, 3), 90, "training under way", log)
