@@ -23,10 +23,9 @@ import random
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from engine.grounding import DECLINE_CONFIDENCE, MIN_SCORE, Grounding, format_grounded
+from engine.grounding import DECLINE_CONFIDENCE, MIN_SCORE, Grounding, decline_token, fitted_prompt
 from engine.offtopic import OFF_TOPIC
 from engine.retrieval import Embedder, PairIndex
-from engine.textformat import format_answer
 from qabot.dataset import QAPair
 from qabot.rewrites import user_rewrites
 
@@ -108,19 +107,14 @@ def calibrate_decline(
     def fits(prompt: str) -> bool:
         return len(tokenizer(prompt, split_special_tokens=True)["input_ids"]) <= prompt_tokens
 
-    def fitted(question: str, notes: list[str]) -> str:
-        while notes and not fits(format_grounded(question, notes)):
-            notes = notes[1:]
-        return format_grounded(question, notes)
-
     answerable, _ = grounding.prompts([r.question for r in user_rewrites(asked, limit=GATE_ASKED, seed=seed)], fits)
     hits = grounding.index.search(grounding.embedder, [p.prompt for p in asked], k=grounding.notes + 1)
     unknown = [
-        fitted(p.prompt, [h.pair.response for h in reversed(found) if h.pair != p][-grounding.notes :])
+        fitted_prompt(p.prompt, [h.pair.response for h in reversed(found) if h.pair != p][-grounding.notes :], fits)
         for p, found in zip(asked, hits, strict=True)
     ]
     offtopic, _ = grounding.prompts(rng.sample(OFF_TOPIC, min(GATE_ASKED // 2, len(OFF_TOPIC))), fits)
-    token = tokenizer(format_answer(grounding.decline), add_special_tokens=False)["input_ids"][0]
+    token = decline_token(tokenizer, grounding.decline)
     model.eval()
     keep = decline_probabilities(model, tokenizer, answerable, token)
     drop = decline_probabilities(model, tokenizer, unknown + offtopic, token)

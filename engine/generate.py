@@ -12,9 +12,10 @@ from transformers import LogitsProcessorList, StoppingCriteriaList, StopStringCr
 
 from engine.decoding import decode, supports_pruned_decoding
 from engine.formatting import STOP_TEXT, format_prompt, longest_answer
+from engine.grounding import decline_token
 from engine.models import context_length
 from engine.steering import DeclineGate, NoteSnap
-from engine.textformat import FALLBACK_BUDGET, answer_budget, format_answer
+from engine.textformat import FALLBACK_BUDGET, answer_budget
 from qabot.errors import QuestionError
 from qabot.questions import check_question
 
@@ -132,7 +133,7 @@ class Answerer:
     def _decline_first_token(self) -> int:
         text = self.grounding.decline
         if self._decline_token is None or self._decline_token[0] != text:
-            self._decline_token = (text, self.tokenizer(format_answer(text), add_special_tokens=False)["input_ids"][0])
+            self._decline_token = (text, decline_token(self.tokenizer, text))
         return self._decline_token[1]
 
     def _stop_criteria(self) -> StoppingCriteriaList:

@@ -22,10 +22,12 @@ import math
 import random
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 from engine.answer_checks import ANSWER_KINDS, echo_reason
 from engine.offtopic import OFF_TOPIC
 from engine.retrieval import Embedder, Hit, PairIndex
+from engine.textformat import format_answer
 from qabot.dataset import QAPair
 from qabot.rewrites import rewrite
 
@@ -61,6 +63,18 @@ def format_grounded(question: str, notes: list[str]) -> str:
     """Notes, then the question, in the `Question: ...\\nAnswer:` format the model continues."""
     lines = "".join(f"{NOTE_PREFIX}{' '.join(note.split())}\n" for note in notes)
     return f"{lines}Question: {question.strip()}\nAnswer:"
+
+
+def fitted_prompt(question: str, notes: list[str], fits=lambda prompt: True) -> str:
+    """The grounded prompt, its farthest notes (the first ones) dropped until `fits(prompt)`."""
+    while notes and not fits(format_grounded(question, notes)):
+        notes = notes[1:]
+    return format_grounded(question, notes)
+
+
+def decline_token(tokenizer: Any, decline: str) -> int:
+    """The first token of the decline as the model produces it after `Answer:`: what the decline gate watches."""
+    return tokenizer(format_answer(decline), add_special_tokens=False)["input_ids"][0]
 
 
 @dataclass
@@ -144,9 +158,7 @@ class Grounding:
         prompts = []
         for question, found in zip(questions, hits, strict=True):
             notes = [h.pair.response for h in reversed(found)]  # the nearest note sits next to the question
-            while notes and not fits(format_grounded(question, notes)):
-                notes.pop(0)
-            prompts.append(format_grounded(question, notes))
+            prompts.append(fitted_prompt(question, notes, fits))
         return prompts, hits
 
 
