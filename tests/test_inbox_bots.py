@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import shutil
 import subprocess
 import sys
@@ -146,8 +147,9 @@ async def test_declined_questions_reach_the_inbox_once_and_an_admin_answers_them
     (item,) = open_items(redis)
     assert (item.text, item.count, item.kind) == (question, 3, InboxKind.DECLINED)
     assert {(p.platform, p.chat) for p in item.places} == {("telegram", "201"), ("telegram", "-700")}
-    stored = b"".join(v for v in redis.hgetall(inbox.PREFIX + item.id).values())
-    assert b"202" not in stored  # who asked in the group is not kept
+    stored = [v.decode() for v in redis.hgetall(inbox.PREFIX + item.id).values()]
+    # who asked in the group is not kept (as a number of its own: timestamps may hold the digits 202)
+    assert not any(re.search(r"(?<![\d.])202(?![\d.])", value) for value in stored), stored
 
     for command in ("/unanswered", f"/answer {item.id} Queen Mira rules it.", f"/dismiss {item.id}"):
         assert await say(telegram, 203, 203, command) == REFUSAL
