@@ -186,7 +186,15 @@ class BotCore:
         def render(result: RollbackResult) -> str:
             if not result.ok:
                 return f"Can't roll back: {result.message}."
-            return f"Rolled back: {result.version} is live again; the answer workers switch to it before their next batch."
+            notes = (
+                f" It answers from the dataset it was trained on ({result.pairs} pairs, with pairs added or changed one "
+                "at a time since then kept)."
+                if result.pairs is not None
+                else ""
+            )
+            return (
+                f"Rolled back: {result.version} is live again; the answer workers switch to it before their next batch." + notes
+            )
 
         return await self._admin(render, "rollback", version, reply_to=reply_to)
 

@@ -12,6 +12,25 @@ from pathlib import Path
 
 from qabot.dataset import QAPair, dataset_hash, pairs_to_json
 from qabot.errors import VersionError
+from qabot.merge import merge_pairs
+
+EDITS_FILE = "edits.jsonl"  # pairs admins added, changed or removed one at a time, in order (one edit a line)
+
+
+def diff(before: list[QAPair], after: list[QAPair]) -> tuple[list[QAPair], list[QAPair]]:
+    """(pairs added, pairs removed) from `before` to `after`; a new answer is its old pair removed and the new added."""
+    before_set, after_set = set(before), set(after)
+    return [p for p in after if p not in before_set], [p for p in before if p not in after_set]
+
+
+def replay(pairs: list[QAPair], edits: list[dict]) -> list[QAPair]:
+    """`pairs` with `edits` applied in order: each one's removed pairs removed, then its added pairs merged in (a
+    question already there takes the new answer)."""
+    for edit in edits:
+        removed = {QAPair(q, a) for q, a in edit.get("removed", [])}
+        added = [QAPair(q, a) for q, a in edit.get("added", [])]
+        pairs = merge_pairs([p for p in pairs if p not in removed], added).pairs
+    return pairs
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -67,6 +86,50 @@ class DatasetVersions:
             if not (self.datasets_dir / f"{digest}.json").is_file():
                 raise VersionError(f"no stored dataset {digest}")
             write_atomic(self.datasets_dir / "current", digest + "\n")
+
+    def edits(self) -> list[dict]:
+        """Every edit admins made one pair at a time, oldest first (see `edit_dataset`)."""
+        try:
+            lines = (self.datasets_dir / EDITS_FILE).read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return []
+        return [json.loads(line) for line in lines if line.strip()]
+
+    def edit_dataset(self, pairs: list[QAPair], **source: str) -> str:
+        """Make `pairs` the current dataset as an admin's edit (/addqa, /answer): stored, journaled, current at once.
+
+        The journal is what carries such edits across retraining, promotion and rollback (`notes_for`). Call it
+        under the store's lock, with `pairs` computed from `current_pairs()` under that same lock.
+        """
+        with self.lock():
+            added, removed = diff(self.current_pairs(), pairs)
+            digest, _ = self.store_dataset(pairs)
+            if added or removed:
+                edit = {
+                    "added": [[p.prompt, p.response] for p in added],
+                    "removed": [[p.prompt, p.response] for p in removed],
+                    **source,
+                }
+                self.datasets_dir.mkdir(parents=True, exist_ok=True)
+                with open(self.datasets_dir / EDITS_FILE, "a", encoding="utf-8") as handle:
+                    handle.write(json.dumps(edit, ensure_ascii=False) + "\n")
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            write_atomic(self.datasets_dir / "current", digest + "\n")
+            return digest
+
+    def notes_for(self, name: str, trained: str, edits_from: int) -> str:
+        """Make the dataset version `name` answers from current: the dataset it was trained on (`trained`), with every
+        admin edit made after its training began (journal entries from `edits_from` on) replayed onto it. Returns
+        the new current dataset's hash. Promotion, rollback and a release's promotion all come here, so a version and
+        its notes always move together."""
+        with self.lock():
+            path = self.datasets_dir / f"{trained}.json"
+            if not path.is_file():
+                raise VersionError(f"{name} was trained on dataset {trained}, which is no longer in the store")
+            digest, _ = self.store_dataset(replay(read_stored(path), self.edits()[edits_from:]))
+            write_atomic(self.datasets_dir / "current", digest + "\n")
+            return digest
 
     def store_dataset(self, pairs: list[QAPair]) -> tuple[str, Path]:
         """Keep a copy of a dataset named by its hash; never overwritten."""

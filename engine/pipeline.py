@@ -39,6 +39,7 @@ class TrainRequest:
     eval_data: Path | None = None
     resume: bool = False
     source: str = ""  # where the pairs came from (a file name), for the plot and the metadata
+    edits_from: int | None = None  # admin edits journaled when the pairs were read: later ones are carried over
 
 
 @dataclass(frozen=True)
@@ -169,7 +170,13 @@ def train_version(
             (staging / "log_history.json").write_text(json.dumps(result.log_history, indent=1), encoding="utf-8")
             meta = {
                 "base_model": request.base_model,
-                "dataset": {"hash": digest, "pairs": len(pairs), "path": str(stored), "source": request.source},
+                "dataset": {
+                    "hash": digest,
+                    "pairs": len(pairs),
+                    "path": str(stored),
+                    "source": request.source,
+                    "edits_from": request.edits_from if request.edits_from is not None else len(store.edits()),
+                },
                 "eval_data": str(request.eval_data) if request.eval_data else None,
                 "hyperparameters": asdict(request.config),
                 "metrics": result.metrics,

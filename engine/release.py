@@ -229,6 +229,8 @@ def release(
     """
     report = progress or (lambda p: None)
     live = store.current()
+    if request.edits_from is None:  # admin edits from here on are carried onto this dataset if it goes live
+        request = replace(request, edits_from=len(store.edits()))
     source = eval_data_for(request, live)
     items = read_heldout(source) if source else []
     heldout = heldout_for(pairs, items)  # a release is judged only on its own dataset's held-out questions
@@ -246,8 +248,11 @@ def release(
         left_out = left_out_text(len(items) - len(heldout))
         on = f"its training questions and {len(heldout)} held-out questions, asked after its last evaluated epoch{left_out}"
     else:
+        # each version with its own notes: the candidate with the dataset it learnt, the live one with what it
+        # answers from now (scored with the candidate's, a replace pulled the live score down to the candidate's)
         new_score, new_metrics = score(store, new.name, questions, policy, digest)
-        live_score, live_metrics = score(store, live.name, questions, policy, digest) if live else (None, {})
+        live_notes = store.current_digest()
+        live_score, live_metrics = score(store, live.name, questions, policy, live_notes) if live else (None, {})
     if not policy.promote:
         promoted, reason = False, f"not promoted on request (score {new_score:.2f} on {on})"
     elif live is None:
@@ -259,7 +264,7 @@ def release(
     else:
         promoted = False
         reason = f"worse than {live.name}: score {new_score:.2f} against {live_score:.2f} on {on}; kept as a candidate"
-    if promoted:
+    if promoted:  # its dataset becomes current only now, with the pairs admins edited meanwhile carried over
         store.promote(new.name, check=guard)
     store.prune(policy.keep_versions)
     prune_heldout(store)

@@ -171,15 +171,27 @@ class ModelStore(DatasetVersions):
         shutil.rmtree(staging, ignore_errors=True)
 
     def promote(self, name: str, check: Callable[[], None] | None = None) -> VersionInfo:
-        """Make `name` the live version; `check()` may refuse, under the lock."""
+        """Make `name` the live version, with its notes (`_go_live`); `check()` may refuse, under the lock."""
         with self.lock():
             if check is not None:
                 check()
             info = self.get(name)
-            self._set_current(info.name)
+            self._go_live(info)
             history = [n for n in self.history() if n != info.name] + [info.name]
             write_atomic(self.history_file, json.dumps(history))
             return info
+
+    def _go_live(self, info: VersionInfo) -> None:
+        """Point at `info` and at its notes: the dataset it was trained on, with the pairs admins added, changed or
+        removed one at a time (/addqa, /answer) since its training began replayed onto it. Those edits are carried
+        because each was typed on purpose and was live in seconds; what a promotion or rollback moves is a training
+        and the dataset it brought (rolling back a replace that dropped pairs brings them back). A version whose
+        dataset is not in the store (saved by `qabot train` before datasets were stored) keeps the current one."""
+        dataset = info.meta.get("dataset", {})
+        trained = str(dataset.get("hash") or "")
+        if trained and (self.datasets_dir / f"{trained}.json").is_file():
+            self.notes_for(info.name, trained, int(dataset.get("edits_from") or 0))
+        self._set_current(info.name)
 
     def rollback(self, name: str | None = None) -> VersionInfo:
         """Go back to `name`, or to the version that was live before the current one."""
@@ -193,7 +205,7 @@ class ModelStore(DatasetVersions):
             if not history:
                 raise VersionError("nothing to roll back to: no version was live before the current one")
             previous = history[-1]
-            self._set_current(previous)
+            self._go_live(self.get(previous))
             write_atomic(self.history_file, json.dumps(history))
             return self.get(previous)
 

@@ -53,4 +53,5 @@ def models_rollback(
 ) -> None:
     """Go back to the previously live version (or to a named one)."""
     info = _store(_settings()).rollback(name)
-    console.print(f"Rolled back: {info.name} is now live.")
+    pairs = len(_store(_settings()).current_pairs())
+    console.print(f"Rolled back: {info.name} is now live, with its own dataset ({pairs} pairs).")

@@ -53,6 +53,7 @@ class RollbackResult:
     ok: bool
     version: str | None = None
     message: str = ""
+    pairs: int | None = None  # the dataset it answers from again (its own, with admins' later edits carried over)
 
 
 @dataclass(frozen=True)

@@ -57,12 +57,15 @@ def test_train_ask_eval_and_models(env):
     listing = qabot(env, "models", "list").output
     assert "v0001" in listing and "v0002" in listing
     assert qabot(env, "models", "promote", "v0002").output.strip() == "v0002 is now live."
-    assert qabot(env, "models", "rollback").output.strip() == "Rolled back: v0001 is now live."
+    assert qabot(env, "models", "rollback").output.strip() == ROLLED_BACK
     worse = qabot(env, "train", *TRAIN_ARGS, "--epochs", "1", "--lr", "1e-6")  # the same gate as the train job
     assert "v0003 saved, not promoted" in worse.output and "worse than v0001" in worse.output
     forced = qabot(env, "train", *TRAIN_ARGS, "--epochs", "1", "--lr", "1e-6", "--force")
     assert "v0004 now live" in forced.output and "forced" in forced.output
-    assert qabot(env, "models", "rollback").output.strip() == "Rolled back: v0001 is now live."
+    assert qabot(env, "models", "rollback").output.strip() == ROLLED_BACK
+
+
+ROLLED_BACK = f"Rolled back: v0001 is now live, with its own dataset ({len(TINY_PAIRS)} pairs)."
 
 
 def test_train_without_data_trains_the_stores_current_dataset_not_the_sample(env):

@@ -99,3 +99,60 @@ def test_a_carried_held_out_file_is_narrowed_to_the_pairs_still_there(tiny_gpt2,
     assert narrowed is not None and narrowed != str(tiny_heldout)
     assert [i.question for i in read_heldout(Path(narrowed))] == [json.loads(tiny_heldout.read_text())[0]["question"]]
     assert second.trained.result.metrics["heldout_n"] == 1  # the fine-tune's early stopping asked only that one
+
+
+def _release(store, pairs, tiny_gpt2, tmp_path, name, **policy):
+    from engine.pipeline import TrainRequest, load_base
+    from engine.release import Policy, release
+    from engine.training import TrainConfig
+    from tests.conftest import TINY_CONFIG
+
+    config = TrainConfig(**(TINY_CONFIG | {"epochs": 2}))
+    base = load_base(str(tiny_gpt2), tmp_path / "cache", config.max_length)
+    request = TrainRequest(str(tiny_gpt2), config, source=name)
+    return release(store, pairs, base, request, Policy(device="cpu", **policy))
+
+
+def _add(store: ModelStore, pair: QAPair) -> None:
+    """What /addqa does to the store (worker.admin._add_pair)."""
+    with store.lock():
+        store.edit_dataset(merge_pairs(store.current_pairs(), [pair]).pairs)
+
+
+def test_a_version_and_its_notes_move_together_through_replace_refusal_and_rollback(tiny_gpt2, tmp_path):
+    store = ModelStore(tmp_path / "models")
+    first = _release(store, TINY_PAIRS, tiny_gpt2, tmp_path, "lore.json")
+    assert first.promoted and store.current_pairs() == TINY_PAIRS
+
+    # a candidate that is not promoted leaves the live version's notes alone
+    small = [TINY_PAIRS[0], QAPair("Who sells lanterns?", "Old Brannoc sells lanterns.")]
+    refused = _release(store, small, tiny_gpt2, tmp_path, "small.json", promote=False)
+    assert not refused.promoted and store.current_name() == first.version.name
+    assert store.current_pairs() == TINY_PAIRS
+
+    # a replace that goes live brings its own dataset; pairs added afterwards are carried over by a rollback
+    forced = _release(store, small, tiny_gpt2, tmp_path, "small.json", force=True)
+    assert forced.promoted and store.current_pairs() == small
+    added = QAPair("Who mends the bridge?", "Tomas mends the bridge.")
+    _add(store, added)
+    back = store.rollback()
+    assert back.name == first.version.name
+    assert store.current_pairs() == [*TINY_PAIRS, added]  # the dropped pairs are back, the admin's pair stays
+
+    # promoting the forced version again restores its notes, with the pair added since its training carried
+    store.promote(forced.version.name)
+    assert store.current_pairs() == [*small, added]
+    changed = QAPair(added.prompt, "Nobody mends it any more.")
+    _add(store, changed)  # a new answer to a carried question replaces it wherever the edits are replayed
+    assert store.rollback().name == first.version.name
+    assert store.current_pairs() == [*TINY_PAIRS, changed]
+
+
+def test_pairs_added_while_a_candidate_trains_are_carried_onto_its_dataset(tiny_gpt2, tmp_path):
+    store = ModelStore(tmp_path / "models")
+    _release(store, TINY_PAIRS, tiny_gpt2, tmp_path, "lore.json")
+    candidate = _release(store, TINY_PAIRS[:3], tiny_gpt2, tmp_path, "three.json", promote=False)
+    during = QAPair("Who rings the bell?", "Mira rings the bell.")
+    _add(store, during)  # as if /addqa ran while the candidate trained
+    store.promote(candidate.version.name)
+    assert store.current_pairs() == [*TINY_PAIRS[:3], during]

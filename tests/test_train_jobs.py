@@ -168,8 +168,11 @@ def test_replace_trains_on_the_file_alone_and_a_bad_upload_changes_nothing(home,
     assert final.state == "failed" and "starting with 'Question:'" in final.meta["problems"][0]
     assert store.current_dataset() == before and [v.name for v in store.list()] == ["v0001"]
     pairs = [{"prompt": p.prompt, "response": p.response} for p in TINY_PAIRS[:3]]
-    job = client.start_training(upload_request(tiny_gpt2, mode="replace"), upload=(json.dumps(pairs).encode(), "three.json"))
+    upload = (json.dumps(pairs).encode(), "three.json")
+    job = client.start_training(upload_request(tiny_gpt2, mode="replace", force=True), upload=upload)
     final = run_train_worker(client, settings, job.id)[-1]
     assert final.state == "finished", final.error
     assert final.result["upload"]["mode"] == "replace" and final.result["upload"]["dropped"] == len(TINY_PAIRS) - 3
+    # the file's dataset became current with its version (forced live here; a refused one leaves it: test_release)
+    assert final.result["promoted"] and "edits_from" not in final.result["upload"]
     assert [p.prompt for p in store.current_pairs()] == [p.prompt for p in TINY_PAIRS[:3]]

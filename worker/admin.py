@@ -68,8 +68,7 @@ def _add_pair(settings: Settings, question: str, answer: str) -> AddPairResult:
         except DatasetError as exc:
             return AddPairResult(question, False, len(current), problems=tuple(exc.problems))
         merge = merge_pairs(current, [pair])  # a question already there takes the new answer
-        digest, _ = store.store_dataset(merge.pairs)
-        store.set_current_dataset(digest)
+        digest = store.edit_dataset(merge.pairs)
     logger.info("pair added: dataset %s, %d pairs", digest, len(merge.pairs))
     return AddPairResult(pair.prompt, True, len(merge.pairs), digest, replaced=merge.added == 0)
 
@@ -88,11 +87,12 @@ def list_models() -> ModelsResult:
 
 def rollback(version: str | None = None) -> RollbackResult:
     """Make the previous (or a named) version live again."""
+    store = _store()
     try:
-        info = _store().rollback(version or None)
+        info = store.rollback(version or None)
     except QabotError as exc:
         return RollbackResult(False, None, str(exc))
-    return RollbackResult(True, info.name)
+    return RollbackResult(True, info.name, pairs=len(store.current_pairs()))
 
 
 def status() -> StatusReport:

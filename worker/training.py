@@ -52,11 +52,11 @@ def _pairs(settings: Settings, store, request: dict[str, Any], base, connection,
         raise DatasetError(upload["filename"], ["the upload expired before training started; send the file again"])
     incoming = validate_upload(data, upload["filename"], base, settings.upload_max_bytes)
     mode = UploadMode(upload.get("mode") or UploadMode.ADD)
-    with store.lock():  # read the current dataset and point at the merged one in one step
+    with store.lock():  # the merged dataset is stored, and becomes current only if its version is promoted
+        edits_from = len(store.edits())
         current = store.current_pairs()
         merge = merge_pairs(current, incoming, mode)
         digest, _ = store.store_dataset(merge.pairs)
-        store.set_current_dataset(digest)
     connection.delete(UPLOAD_KEY.format(upload["id"]))
     changed = {
         "filename": upload["filename"],
@@ -71,7 +71,7 @@ def _pairs(settings: Settings, store, request: dict[str, Any], base, connection,
         "dataset": digest,
     }
     report(stage="validated", upload=changed)
-    return merge.pairs, changed, upload["filename"]
+    return merge.pairs, changed | {"edits_from": edits_from}, upload["filename"]
 
 
 def run_training(settings: Settings, request: dict[str, Any], report, connection=None, guard=None) -> dict[str, Any]:
@@ -111,7 +111,9 @@ def run_training(settings: Settings, request: dict[str, Any], report, connection
         )
 
     eval_data = request.get("eval_data")
-    train_request = TrainRequest(base.name, config, Path(eval_data) if eval_data else None, source=source)
+    train_request = TrainRequest(
+        base.name, config, Path(eval_data) if eval_data else None, source=source, edits_from=upload.pop("edits_from", None)
+    )
     policy = Policy(
         force=bool(request.get("force")), keep_versions=settings.keep_versions, device=settings.device, dtype=settings.dtype
     )
