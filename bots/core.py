@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from bots.commands import admin_help, help_text
 from bots.feedback import Notify, Reply, deliver_notices
 from bots.render import (
     render_added,
@@ -45,15 +46,8 @@ EDIT_DELAY_SECONDS = 5.0  # progress edits stay well inside the platforms' flood
 FOLLOW_POLL_SECONDS = 0.5  # how often a bot reads a running fine-tune's progress
 NO_WORKER_WAIT_SECONDS = 5.0  # with no answer worker alive, the asker gets the apology after this, not QABOT_ANSWER_WAIT
 DELIVERY_POLL_SECONDS = 15.0  # how often a bot looks for finished fine-tunes nobody has reported yet
-HELP_TEXT = (
-    "I answer questions about our community's world, trained on its own questions and answers.\n"
-    "Ask me anything: /ask <question>, mention me, or reply to one of my messages."
-)
-ADMIN_HELP = (
-    "Admins: /retrain [attach a JSON dataset; add 'replace' to train on the file alone, 'force' to make it live "
-    "even if it scores lower], /addqa question | answer, /status, /models, /rollback [version], "
-    "/unanswered, /answer <id> <answer>, /dismiss <id>."
-)
+HELP_TEXT = help_text()  # bots.commands: the one table of commands
+ADMIN_HELP = admin_help()
 APOLOGY = "Sorry, I can't answer right now: the answering service is down or busy. Please try again in a minute."
 ADMIN_APOLOGY = (
     "Sorry, the admin service did not answer in time (is `qabot worker admin` running?). "

@@ -12,6 +12,7 @@ import discord
 import yarl
 from discord import app_commands
 
+from bots.commands import BY_NAME
 from bots.core import ADMIN_HELP, HELP_TEXT, REFUSAL, BotCore, RetrainOutcome
 from bots.feedback import REPORT_APOLOGY, Reply, remember, report_wrong
 from bots.split import split_message
@@ -159,6 +160,11 @@ def _reply_to(interaction: discord.Interaction) -> ReplyTo:
     return ReplyTo(PLATFORM, str(interaction.user.id), str(interaction.channel_id))
 
 
+# Admin commands are hidden from members without Manage Server (they may be shown to others per server, in Server
+# Settings > Integrations); the bot still checks admins itself (QABOT_DISCORD_ADMINS, QABOT_DISCORD_ADMIN_ROLES).
+ADMINS_SEE = app_commands.default_permissions(manage_guild=True)
+
+
 def _register(bot: QabotDiscord) -> None:
     tree = bot.tree
 
@@ -168,7 +174,7 @@ def _register(bot: QabotDiscord) -> None:
         await interaction.response.send_message(REFUSAL, ephemeral=True, allowed_mentions=NO_MENTIONS)
         return True
 
-    @tree.command(name="ask", description="Ask the bot a question.")
+    @tree.command(name="ask", description=BY_NAME["ask"].help)
     @app_commands.describe(question="Your question")
     async def ask(interaction: discord.Interaction, question: str) -> None:
         """Deferred at once (Discord allows 3 s), answered in a follow-up."""
@@ -182,13 +188,14 @@ def _register(bot: QabotDiscord) -> None:
         sent = await _send(interaction, answer.text)
         await remember(bot.core.client, PLATFORM, str(interaction.channel_id), [str(m.id) for m in sent], answer)
 
-    @tree.command(name="help", description="What this bot does.")
+    @tree.command(name="help", description=BY_NAME["help"].help)
     async def help_(interaction: discord.Interaction) -> None:
         """Two lines about the bot."""
         extra = "\n" + ADMIN_HELP if bot.is_admin(interaction.user) else ""
         await interaction.response.send_message(HELP_TEXT + extra, ephemeral=True, allowed_mentions=NO_MENTIONS)
 
-    @tree.command(name="retrain", description="Retrain the bot, optionally on an attached JSON dataset (admins).")
+    @tree.command(name="retrain", description=BY_NAME["retrain"].help)
+    @ADMINS_SEE
     @app_commands.describe(
         dataset="A JSON array or JSON Lines file of {prompt, response}",
         mode="add (default): the file's pairs join the dataset; replace: train on the file alone",
@@ -238,7 +245,8 @@ def _register(bot: QabotDiscord) -> None:
         for index, part in enumerate(parts):
             await say(part, **(_file(outcome) if index == len(parts) - 1 else {}))
 
-    @tree.command(name="addqa", description="Add one question and answer to the dataset (admins).")
+    @tree.command(name="addqa", description=BY_NAME["addqa"].help)
+    @ADMINS_SEE
     async def addqa(interaction: discord.Interaction, question: str, answer: str) -> None:
         """A new dataset version with one more pair; no training."""
         if await refuse_unless_admin(interaction):
@@ -246,7 +254,8 @@ def _register(bot: QabotDiscord) -> None:
         await interaction.response.defer(thinking=True)
         await _send(interaction, await bot.core.add_pair(question, answer, _reply_to(interaction)))
 
-    @tree.command(name="status", description="Live model, queues and training (admins).")
+    @tree.command(name="status", description=BY_NAME["status"].help)
+    @ADMINS_SEE
     async def status(interaction: discord.Interaction) -> None:
         """What is going on."""
         if await refuse_unless_admin(interaction):
@@ -254,7 +263,8 @@ def _register(bot: QabotDiscord) -> None:
         await interaction.response.defer(thinking=True)
         await _send(interaction, await bot.core.status())
 
-    @tree.command(name="models", description="Model versions (admins).")
+    @tree.command(name="models", description=BY_NAME["models"].help)
+    @ADMINS_SEE
     async def models(interaction: discord.Interaction) -> None:
         """The last versions, the live one marked."""
         if await refuse_unless_admin(interaction):
@@ -262,7 +272,8 @@ def _register(bot: QabotDiscord) -> None:
         await interaction.response.defer(thinking=True)
         await _send(interaction, await bot.core.models())
 
-    @tree.command(name="rollback", description="Go back to the previous (or a named) model version (admins).")
+    @tree.command(name="rollback", description=BY_NAME["rollback"].help)
+    @ADMINS_SEE
     async def rollback(interaction: discord.Interaction, version: str | None = None) -> None:
         """Switch the live version."""
         if await refuse_unless_admin(interaction):
@@ -270,7 +281,8 @@ def _register(bot: QabotDiscord) -> None:
         await interaction.response.defer(thinking=True)
         await _send(interaction, await bot.core.rollback(version, _reply_to(interaction)))
 
-    @tree.command(name="unanswered", description="Questions the bot could not answer, most asked first (admins).")
+    @tree.command(name="unanswered", description=BY_NAME["unanswered"].help)
+    @ADMINS_SEE
     async def unanswered(interaction: discord.Interaction) -> None:
         """The open questions of the inbox, with their ids."""
         if await refuse_unless_admin(interaction):
@@ -278,7 +290,8 @@ def _register(bot: QabotDiscord) -> None:
         await interaction.response.defer(thinking=True)
         await _send(interaction, await bot.core.inbox())
 
-    @tree.command(name="answer", description="Answer an unanswered question; it joins the dataset (admins).")
+    @tree.command(name="answer", description=BY_NAME["answer"].help)
+    @ADMINS_SEE
     @app_commands.describe(id="The question's id from /unanswered", answer="The answer")
     async def answer(interaction: discord.Interaction, id: str, answer: str) -> None:
         """A new pair; the people who asked get the answer."""
@@ -287,7 +300,8 @@ def _register(bot: QabotDiscord) -> None:
         await interaction.response.defer(thinking=True)
         await _send(interaction, await bot.core.inbox_answer(id, answer, _reply_to(interaction)))
 
-    @tree.command(name="dismiss", description="Drop an unanswered question without answering it (admins).")
+    @tree.command(name="dismiss", description=BY_NAME["dismiss"].help)
+    @ADMINS_SEE
     @app_commands.describe(id="The question's id from /unanswered")
     async def dismiss(interaction: discord.Interaction, id: str) -> None:
         """Close the question."""

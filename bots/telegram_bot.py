@@ -23,6 +23,7 @@ from bots.telegram_delivery import (
     alert_admins,
     deliver,
     on_error,
+    set_admin_menu,
     start_delivery,
     stop_delivery,
 )
@@ -103,8 +104,11 @@ async def flag_wrong(message: Message, context: ContextTypes.DEFAULT_TYPE) -> No
 
 
 async def start(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """/start and /help: what the bot does."""
-    await reply(update.effective_message, HELP_TEXT + ("\n" + ADMIN_HELP if _is_admin(update, context) else ""))
+    """/start and /help: what the bot does; an admin's private chat gets the admin command menu."""
+    admin = _is_admin(update, context)
+    if admin and update.effective_chat is not None and update.effective_chat.type == ChatType.PRIVATE:
+        await set_admin_menu(context.application, update.effective_chat.id)
+    await reply(update.effective_message, HELP_TEXT + ("\n" + ADMIN_HELP if admin else ""))
 
 
 async def ask(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:

@@ -1,4 +1,5 @@
-"""Telegram messages the bot sends of its own accord: fine-tune outcomes and admins' answers, each delivered once."""
+"""Telegram messages the bot sends of its own accord (fine-tune outcomes and admins' answers, each delivered once),
+and the command menus it sets at start."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ import asyncio
 import functools
 import logging
 
+from telegram import BotCommand, BotCommandScopeChat, BotCommandScopeDefault
 from telegram.error import TelegramError
 from telegram.ext import Application, ContextTypes
 
+from bots.commands import ADMIN, PUBLIC
 from bots.core import BotCore, RetrainOutcome
 from bots.split import split_message
 from qabot.shapes import ReplyTo
@@ -48,8 +51,32 @@ async def alert_admins(app: Application, text: str, chat: str) -> None:
         raise RuntimeError("no admin could be reached")
 
 
+async def set_menus(app: Application) -> None:
+    """Telegram's command menus (bots.commands): the public commands for everyone, and in each admin's private chat
+    (a chat scope: the Bot API has no per-user scope for private chats) the admin commands too. An admin who never
+    opened a chat with the bot cannot get one yet: logged, and the bot carries on. The bot still checks admins itself."""
+    public = [BotCommand(c.name, c.help) for c in PUBLIC]
+    try:
+        await app.bot.set_my_commands(public, scope=BotCommandScopeDefault())
+    except TelegramError as exc:
+        logger.warning("could not set the command menu: %s", exc)
+    for admin in app.bot_data["core"].settings.telegram_admins:
+        await set_admin_menu(app, admin)
+
+
+async def set_admin_menu(app: Application, chat: int) -> None:
+    """Every command in the menu of an admin's private chat (again on the admin's /start or /help)."""
+    everything = [BotCommand(c.name, c.help) for c in (*PUBLIC, *ADMIN)]
+    try:
+        await app.bot.set_my_commands(everything, scope=BotCommandScopeChat(chat))
+    except TelegramError as exc:
+        logger.info("no admin command menu in chat %s yet (the admin has not opened a chat with the bot): %s", chat, exc)
+
+
 async def start_delivery(app: Application) -> None:
-    """Deliver finished fine-tunes nobody reported and admins' answers (each once), now and every few seconds."""
+    """At start: the command menus; then deliver finished fine-tunes nobody reported and admins' answers (each once),
+    now and every few seconds."""
+    await set_menus(app)
     core: BotCore = app.bot_data["core"]
     task = core.keep_delivering(PLATFORM, functools.partial(deliver, app), functools.partial(notify, app))
     app.bot_data["delivery"] = asyncio.create_task(task)

@@ -27,6 +27,7 @@ class FakeTelegram(Watched):
         self.sent: dict[int, dict[str, Any]] = {}  # bot messages by id, as last edited
         self.updates: list[dict[str, Any]] = []
         self.files: dict[str, bytes] = {}
+        self.menus: dict[str, list[str]] = {}  # command menus by scope (JSON), as setMyCommands set them
         self._ids = itertools.count(1)
         self._update_ids = itertools.count(1)
         self._new_update = asyncio.Event()
@@ -104,6 +105,14 @@ class FakeTelegram(Watched):
                 await asyncio.wait_for(self._new_update.wait(), max(0.01, deadline - time.monotonic()))
             except TimeoutError:
                 pass
+
+    async def api_setMyCommands(self, params):
+        scope = params.get("scope") or {"type": "default"}
+        scope = json.loads(scope) if isinstance(scope, str) else scope
+        commands = params["commands"]
+        commands = json.loads(commands) if isinstance(commands, str) else commands
+        self.menus[json.dumps(scope, sort_keys=True)] = [c["command"] for c in commands]
+        return True
 
     async def api_sendChatAction(self, params):
         return True

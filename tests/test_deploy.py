@@ -289,3 +289,15 @@ def test_rate_limiter_counts_per_person_and_forgets_quiet_people():
     now[0] = 200.0
     limiter.wait_for("late")
     assert len(limiter.asked) == 1
+
+
+def test_the_readme_lists_the_commands_of_the_one_command_table():
+    from bots.commands import COMMANDS, admin_help, help_text, markdown_table
+    from bots.core import ADMIN_HELP, HELP_TEXT
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    listed = readme.split("<!-- commands: made from bots/commands.py -->\n", 1)[1].split("\n<!-- /commands -->", 1)[0]
+    assert listed == markdown_table()
+    assert (HELP_TEXT, ADMIN_HELP) == (help_text(), admin_help())
+    assert all(f"/{c.name}" in (ADMIN_HELP if c.admin else HELP_TEXT) for c in COMMANDS)
+    assert all(len(c.help) <= 100 for c in COMMANDS)  # Discord's limit for a description

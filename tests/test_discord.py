@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 
+import discord
 import pytest
 
+from bots.commands import ADMIN as ADMIN_COMMANDS
+from bots.commands import COMMANDS
 from bots.core import REFUSAL
 from bots.discord_bot import MESSAGE_LIMIT
 from tests.conftest import TINY_PAIRS
@@ -32,8 +35,27 @@ async def discord_bot(stack, monkeypatch):  # noqa: F811
 
 
 async def test_slash_commands_are_synced_at_start(discord_bot):
-    names = {c["name"] for c in discord_bot.commands}
-    assert {"ask", "help", "retrain", "addqa", "status", "models", "rollback"} <= names
+    """The one command table: every command, its help as the description; admin commands hidden from members
+    without Manage Server (default_member_permissions), public ones shown to everyone."""
+    synced = {c["name"]: c for c in discord_bot.commands}
+    assert set(synced) == {c.name for c in COMMANDS}
+    manage_guild = str(discord.Permissions(manage_guild=True).value)
+    for command in COMMANDS:
+        assert synced[command.name]["description"] == command.help
+        hidden = synced[command.name].get("default_member_permissions")
+        assert (None if hidden is None else str(hidden)) == (manage_guild if command.admin else None)
+
+
+async def test_non_admins_are_refused_every_admin_command(discord_bot, stack):  # noqa: F811
+    before = ([v.name for v in store_of(stack).list()], store_of(stack).current_pairs())
+    for command in ADMIN_COMMANDS:
+        options = {"question": "q?", "answer": "a."} if command.name == "addqa" else {}
+        options |= {"id": "x", "answer": "a."} if command.name == "answer" else {}
+        options |= {"id": "x"} if command.name == "dismiss" else {}
+        token = await discord_bot.slash(307, command.name, options)
+        await discord_bot.wait_for(lambda token=token: discord_bot.followups(token))
+        assert [m["content"] for m in discord_bot.followups(token)] == [REFUSAL], command.name
+    assert ([v.name for v in store_of(stack).list()], store_of(stack).current_pairs()) == before
 
 
 async def test_slash_ask_is_deferred_then_answered(discord_bot):

@@ -13,6 +13,8 @@ import aiohttp
 import pytest
 from redis import Redis
 
+from bots.commands import ADMIN as ADMIN_COMMANDS
+from bots.commands import PUBLIC
 from bots.core import APOLOGY, HELP_TEXT, REFUSAL, BotCore
 from bots.telegram_bot import MESSAGE_LIMIT, build_application
 from engine.models import load_model
@@ -125,6 +127,20 @@ async def test_start_help_and_empty_ask(telegram):
     assert (await telegram.wait_for(lambda: texts(telegram, empty)))[0] == HELP_TEXT
     helped = telegram.send_text(ADMIN, ADMIN, "/help")
     assert "/retrain" in (await telegram.wait_for(lambda: texts(telegram, helped)))[0]
+
+
+async def test_the_command_menus_show_admin_commands_in_admin_chats_only(telegram):
+    """setMyCommands at start: everyone's menu has the public commands, the admin's private chat all of them."""
+    public = [c.name for c in PUBLIC]
+    everyone = json.dumps({"type": "default"}, sort_keys=True)
+    admin_chat = json.dumps({"type": "chat", "chat_id": ADMIN}, sort_keys=True)
+    menus = await telegram.wait_for(lambda: telegram.menus if admin_chat in telegram.menus else None)
+    assert menus[everyone] == public == ["ask", "help"]
+    assert menus[admin_chat] == public + [c.name for c in ADMIN_COMMANDS] and "retrain" in menus[admin_chat]
+    assert len(menus) == 2  # no other chat has the admin commands
+    for command in ADMIN_COMMANDS:  # the menu hides them; the bot still refuses them to everyone else
+        asked = telegram.send_text(105, 105, f"/{command.name}")
+        assert (await telegram.wait_for(lambda asked=asked: texts(telegram, asked)))[0] == REFUSAL
 
 
 async def test_long_question_is_refused_and_flood_is_rate_limited(telegram):
