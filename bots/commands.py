@@ -21,6 +21,8 @@ COMMANDS: tuple[Command, ...] = (
     Command("help", False, "", "What this bot does and how to ask it."),
     Command("retrain", True, "[attach a JSON dataset] [replace] [force]", "Retrain, optionally on an attached dataset."),
     Command("addqa", True, "question | answer", "Add a question and answer; a known question takes the new answer."),
+    Command("forget", True, "<question>", "Remove a question and its answer from the dataset (undoable)."),
+    Command("undo", True, "", "Take back the last /addqa, /answer or /forget."),
     Command("status", True, "", "Live model, datasets, queues and training."),
     Command("models", True, "", "Model versions, the live one marked."),
     Command("rollback", True, "[version]", "Go back to the previous (or a named) version and its dataset."),

@@ -19,6 +19,7 @@ from bots.feedback import Notify, Reply, deliver_notices
 from bots.render import (
     render_added,
     render_declined,
+    render_forgotten,
     render_inbox,
     render_inbox_answer,
     render_inbox_dismiss,
@@ -26,6 +27,7 @@ from bots.render import (
     render_progress,
     render_result,
     render_status,
+    render_undone,
 )
 from qabot.errors import AnswerTimeout, JobFailed, QuestionError, ServiceUnavailable, TrainingBusy
 from qabot.questions import check_question
@@ -169,6 +171,16 @@ class BotCore:
         if not question.strip() or not answer.strip():
             return "Usage: /addqa question | answer"
         return await self._admin(render_added, "add_pair", question, answer, reply_to=reply_to)
+
+    async def forget(self, question: str, reply_to: ReplyTo | None = None) -> str:
+        """/forget: the pair of a question leaves the dataset (no training; /undo brings it back)."""
+        if not question.strip():
+            return "Usage: /forget <question>"
+        return await self._admin(render_forgotten, "forget_pair", question.strip(), reply_to=reply_to)
+
+    async def undo(self, reply_to: ReplyTo | None = None) -> str:
+        """/undo: the last /addqa, /answer or /forget is taken back."""
+        return await self._admin(render_undone, "undo_edit", reply_to=reply_to)
 
     async def status(self) -> str:
         return await self._admin(render_status, "status")

@@ -254,6 +254,25 @@ def _register(bot: QabotDiscord) -> None:
         await interaction.response.defer(thinking=True)
         await _send(interaction, await bot.core.add_pair(question, answer, _reply_to(interaction)))
 
+    @tree.command(name="forget", description=BY_NAME["forget"].help)
+    @ADMINS_SEE
+    @app_commands.describe(question="The question whose pair to remove, as stored")
+    async def forget(interaction: discord.Interaction, question: str) -> None:
+        """A new dataset version without that pair; no training."""
+        if await refuse_unless_admin(interaction):
+            return
+        await interaction.response.defer(thinking=True)
+        await _send(interaction, await bot.core.forget(question, _reply_to(interaction)))
+
+    @tree.command(name="undo", description=BY_NAME["undo"].help)
+    @ADMINS_SEE
+    async def undo(interaction: discord.Interaction) -> None:
+        """The last one-pair edit taken back."""
+        if await refuse_unless_admin(interaction):
+            return
+        await interaction.response.defer(thinking=True)
+        await _send(interaction, await bot.core.undo(_reply_to(interaction)))
+
     @tree.command(name="status", description=BY_NAME["status"].help)
     @ADMINS_SEE
     async def status(interaction: discord.Interaction) -> None:

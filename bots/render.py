@@ -10,6 +10,7 @@ from qabot.dataset import STOPPED
 from qabot.inbox import DISMISSED_KEEP_S
 from qabot.shapes import (
     AddPairResult,
+    EditResult,
     InboxAnswerResult,
     InboxDismissResult,
     InboxItem,
@@ -132,6 +133,26 @@ def render_added(result: AddPairResult) -> str:
     return (
         f"{did} '{result.question}'. The dataset now has {result.pairs} pairs (dataset {result.dataset}); "
         "/retrain to teach it to the bot."
+    )
+
+
+def render_forgotten(result: EditResult) -> str:
+    if not result.done:
+        close = "; ".join(f"'{q}'" for q in result.suggestions)
+        return f"No pair has the question '{result.what}'." + (f" Did you mean {close}?" if close else "")
+    answer = result.answer if len(result.answer) <= QUOTE_CHARS else result.answer[: QUOTE_CHARS - 1] + "…"
+    return (
+        f"Forgot '{result.what}' (its answer was: {answer}). The dataset now has {result.pairs} pairs (dataset "
+        f"{result.dataset}); the bot answers from it within seconds. /undo brings the pair back."
+    )
+
+
+def render_undone(result: EditResult) -> str:
+    if not result.done:
+        return f"Nothing to undo: {result.message}."
+    return (
+        f"Undid the {result.what}. The dataset now has {result.pairs} pairs (dataset {result.dataset}); the bot "
+        "answers from it within seconds."
     )
 
 

@@ -196,6 +196,20 @@ async def add_qa(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 
 
 @admins_only
+async def forget(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """/forget <question> (admins only)."""
+    message = update.effective_message
+    await reply(message, await _core(context).forget((message.text or "").partition(" ")[2], _reply_to(message)))
+
+
+@admins_only
+async def undo(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """/undo (admins only)."""
+    message = update.effective_message
+    await reply(message, await _core(context).undo(_reply_to(message)))
+
+
+@admins_only
 async def status(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """/status (admins only)."""
     await reply(update.effective_message, await _core(context).status())
@@ -262,6 +276,8 @@ def build_application(settings: Settings, core: BotCore | None = None) -> Applic
     app.add_handler(CommandHandler("retrain", retrain, filters=new))
     app.add_handler(MessageHandler(new & filters.Document.ALL & filters.CaptionRegex(RETRAIN_CAPTION), retrain))
     app.add_handler(CommandHandler("addqa", add_qa, filters=new))
+    app.add_handler(CommandHandler("forget", forget, filters=new))
+    app.add_handler(CommandHandler("undo", undo, filters=new))
     app.add_handler(CommandHandler("status", status, filters=new))
     app.add_handler(CommandHandler("models", models, filters=new))
     app.add_handler(CommandHandler("rollback", rollback, filters=new))

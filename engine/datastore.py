@@ -104,7 +104,7 @@ class DatasetVersions:
         with self.lock():
             added, removed = diff(self.current_pairs(), pairs)
             digest, _ = self.store_dataset(pairs)
-            if added or removed:
+            if added or removed or "undoes" in source:  # an undo is journaled even when it changed nothing
                 edit = {
                     "added": [[p.prompt, p.response] for p in added],
                     "removed": [[p.prompt, p.response] for p in removed],

@@ -33,6 +33,19 @@ class AddPairResult:
 
 
 @dataclass(frozen=True)
+class EditResult:
+    """The outcome of /forget or /undo: what changed in the current dataset (no training)."""
+
+    done: bool
+    what: str = ""  # "forget": the question removed; "undo": the edit undone, in words
+    answer: str = ""  # the removed pair's answer (forget)
+    pairs: int = 0
+    dataset: str | None = None
+    suggestions: tuple[str, ...] = ()  # stored questions close to an unknown one (forget)
+    message: str = ""  # why nothing changed
+
+
+@dataclass(frozen=True)
 class ModelRow:
     name: str
     created_at: str

@@ -50,6 +50,7 @@ async def test_non_admins_are_refused_every_admin_command(discord_bot, stack):  
     before = ([v.name for v in store_of(stack).list()], store_of(stack).current_pairs())
     for command in ADMIN_COMMANDS:
         options = {"question": "q?", "answer": "a."} if command.name == "addqa" else {}
+        options |= {"question": "q?"} if command.name == "forget" else {}
         options |= {"id": "x", "answer": "a."} if command.name == "answer" else {}
         options |= {"id": "x"} if command.name == "dismiss" else {}
         token = await discord_bot.slash(307, command.name, options)
@@ -142,3 +143,15 @@ async def test_addqa_keeps_a_bar_in_the_question(discord_bot, stack):  # noqa: F
     reply = await discord_bot.wait_for(lambda: [m["content"] for m in discord_bot.followups(token)], timeout=60)
     assert reply[0].startswith("Added 'Is it A|B or C?'")
     assert any(p.prompt == "Is it A|B or C?" and p.response == "It is A|B." for p in store_of(stack).current_pairs())
+
+
+async def test_forget_and_undo_on_discord(discord_bot, stack):  # noqa: F811
+    store = store_of(stack)
+    before = store.current_pairs()
+    token = await discord_bot.slash(ADMIN, "forget", {"question": before[0].prompt})
+    reply = await discord_bot.wait_for(lambda: [m["content"] for m in discord_bot.followups(token)], timeout=60)
+    assert reply[0].startswith(f"Forgot '{before[0].prompt}'") and store.current_pairs() == before[1:]
+    token = await discord_bot.slash(ADMIN, "undo")
+    reply = await discord_bot.wait_for(lambda: [m["content"] for m in discord_bot.followups(token)], timeout=60)
+    assert reply[0].startswith(f"Undid the forget of '{before[0].prompt}'")
+    assert sorted(store.current_pairs(), key=lambda p: p.prompt) == sorted(before, key=lambda p: p.prompt)

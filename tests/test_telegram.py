@@ -285,6 +285,30 @@ async def test_addqa_stores_a_new_dataset_version(telegram, stack):
     assert reply.startswith("That pair has 1 problem(s); nothing was changed") and "starting with 'Answer:'" in reply
 
 
+async def test_forget_removes_a_pair_and_undo_brings_it_back(telegram, stack):
+    store = store_of(stack)
+    added = telegram.send_text(ADMIN, ADMIN, "/addqa Who keeps the ferry? | Old Marta keeps the ferry.")
+    assert (await telegram.wait_for(lambda: texts(telegram, added)))[0].startswith("Added")
+    before = store.current_pairs()
+    gone = telegram.send_text(ADMIN, ADMIN, "/forget who keeps the ferry")  # matched as /addqa matches
+    reply = (await telegram.wait_for(lambda: texts(telegram, gone)))[0]
+    assert reply.startswith("Forgot 'Who keeps the ferry?' (its answer was: Old Marta keeps the ferry.)")
+    assert f"now has {len(before) - 1} pairs" in reply
+    assert all(p.prompt != "Who keeps the ferry?" for p in store.current_pairs())
+    unknown = telegram.send_text(ADMIN, ADMIN, "/forget Who keeps the ferri")
+    assert (await telegram.wait_for(lambda: texts(telegram, unknown)))[0] == ("No pair has the question 'Who keeps the ferri'.")
+    undone = telegram.send_text(ADMIN, ADMIN, "/undo")
+    assert (await telegram.wait_for(lambda: texts(telegram, undone)))[0].startswith("Undid the forget of 'Who keeps the ferry?'")
+    assert store.current_pairs() == before
+    # each edit is journaled with who made it, where and when (provenance; a rollback replays them)
+    forget, undo = store.edits()[-2:]
+    assert (forget["action"], forget["platform"], forget["by"]) == ("forget", "telegram", str(ADMIN))
+    assert undo["action"] == "undo" and forget["removed"] == [["Who keeps the ferry?", "Old Marta keeps the ferry."]]
+    again = telegram.send_text(ADMIN, ADMIN, "/undo")  # then the /addqa itself
+    assert "Undid the addqa of 'Who keeps the ferry?'" in (await telegram.wait_for(lambda: texts(telegram, again)))[0]
+    assert all(p.prompt != "Who keeps the ferry?" for p in store.current_pairs())
+
+
 async def test_eight_admins_adding_at_once_keep_all_eight_pairs(telegram, stack):
     import asyncio
 

@@ -5,18 +5,20 @@ Each job takes and returns the plain shapes of `qabot.shapes`; bots only render 
 
 from __future__ import annotations
 
+import difflib
 import logging
 import time
 
 from engine.textformat import version_counter
 from engine.versions import ModelStore
 from qabot import inbox
-from qabot.dataset import validate_items
+from qabot.dataset import QAPair, normalize_question, validate_items
 from qabot.errors import DatasetError, QabotError
 from qabot.merge import merge_pairs
 from qabot.settings import Settings
 from qabot.shapes import (
     AddPairResult,
+    EditResult,
     InboxAnswerRequest,
     InboxAnswerResult,
     InboxDismissRequest,
@@ -58,7 +60,7 @@ def add_pair(question: str, answer: str) -> AddPairResult:
     return _add_pair(Settings(), question, answer)
 
 
-def _add_pair(settings: Settings, question: str, answer: str) -> AddPairResult:
+def _add_pair(settings: Settings, question: str, answer: str, action: str = "addqa") -> AddPairResult:
     """/addqa and /answer: validate the pair with the live model's rules, merge it, store a new dataset version."""
     store = _store(settings)
     with store.lock():
@@ -68,9 +70,58 @@ def _add_pair(settings: Settings, question: str, answer: str) -> AddPairResult:
         except DatasetError as exc:
             return AddPairResult(question, False, len(current), problems=tuple(exc.problems))
         merge = merge_pairs(current, [pair])  # a question already there takes the new answer
-        digest = store.edit_dataset(merge.pairs)
+        digest = store.edit_dataset(merge.pairs, **_who(action))
     logger.info("pair added: dataset %s, %d pairs", digest, len(merge.pairs))
     return AddPairResult(pair.prompt, True, len(merge.pairs), digest, replaced=merge.added == 0)
+
+
+def _who(action: str) -> dict[str, str]:
+    """Where a one-pair edit came from, for the edit journal: the command, the admin, the platform, when."""
+    from datetime import UTC, datetime
+
+    from rq import get_current_job
+
+    job = get_current_job()
+    reply_to = (job.meta.get("reply_to") if job is not None else None) or {}
+    found = {"action": action, "at": datetime.now(UTC).isoformat(timespec="seconds")}
+    return found | {k: str(reply_to[v]) for k, v in (("platform", "platform"), ("by", "user")) if reply_to.get(v)}
+
+
+def forget_pair(question: str) -> EditResult:
+    """/forget: remove the pair of a question (matched as /addqa matches: case, spaces and end punctuation folded)."""
+    store = _store()
+    wanted = normalize_question(question)
+    with store.lock():
+        current = store.current_pairs()
+        kept = [p for p in current if normalize_question(p.prompt) != wanted]
+        if len(kept) == len(current):
+            by_folded = {normalize_question(p.prompt): p.prompt for p in current}
+            close = difflib.get_close_matches(wanted, list(by_folded), n=3, cutoff=0.6)
+            return EditResult(False, question, suggestions=tuple(by_folded[c] for c in close), message="no such question")
+        removed = next(p for p in current if normalize_question(p.prompt) == wanted)
+        digest = store.edit_dataset(kept, **_who("forget"))
+    logger.info("pair forgotten: dataset %s, %d pairs", digest, len(kept))
+    return EditResult(True, removed.prompt, removed.response, len(kept), digest)
+
+
+def undo_edit() -> EditResult:
+    """/undo: take back the last one-pair edit (/addqa, /answer, /forget, or an undo) not yet undone."""
+    store = _store()
+    with store.lock():
+        edits = store.edits()
+        undone = {int(e["undoes"]) for e in edits if "undoes" in e}
+        last = next((i for i in range(len(edits) - 1, -1, -1) if i not in undone and "undoes" not in edits[i]), None)
+        if last is None:
+            return EditResult(False, message="there is no edit to undo (/addqa, /answer and /forget are undoable)")
+        edit = edits[last]
+        added = {QAPair(q, a) for q, a in edit.get("added", [])}
+        restored = [QAPair(q, a) for q, a in edit.get("removed", [])]
+        pairs = merge_pairs([p for p in store.current_pairs() if p not in added], restored).pairs
+        digest = store.edit_dataset(pairs, **_who("undo"), undoes=str(last))
+    questions = [q for q, _ in edit.get("added", []) or edit.get("removed", [])]
+    what = f"{edit.get('action', 'edit')} of '{questions[0] if questions else '?'}'"
+    logger.info("edit %d undone: dataset %s, %d pairs", last, digest, len(pairs))
+    return EditResult(True, what, pairs=len(pairs), dataset=digest)
 
 
 def list_models() -> ModelsResult:
@@ -136,7 +187,7 @@ def inbox_answer(request: InboxAnswerRequest) -> InboxAnswerResult:
     item = inbox.get(connection, request.id)
     if item is None:
         return InboxAnswerResult(request.id, False)
-    added = _add_pair(settings, item.text, request.answer.strip())
+    added = _add_pair(settings, item.text, request.answer.strip(), "answer")
     if not added.added:
         return InboxAnswerResult(item.id, True, item.text, added)
     if not inbox.close(connection, item.id):  # another admin closed it meanwhile: they notified the askers
