@@ -21,6 +21,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("help", False, "", "What this bot does and how to ask it."),
     Command("retrain", True, "[attach a JSON dataset] [replace] [force]", "Retrain, optionally on an attached dataset."),
     Command("addqa", True, "question | answer", "Add a question and answer; a known question takes the new answer."),
+    Command("export", True, "", "The current dataset as a JSON file to edit and send back with /retrain replace."),
     Command("forget", True, "<question>", "Remove a question and its answer from the dataset (undoable)."),
     Command("undo", True, "", "Take back the last /addqa, /answer or /forget."),
     Command("status", True, "", "Live model, datasets, queues and training."),

@@ -33,6 +33,7 @@ from qabot.errors import AnswerTimeout, JobFailed, QuestionError, ServiceUnavail
 from qabot.questions import check_question
 from qabot.settings import Settings
 from qabot.shapes import (
+    ExportResult,
     InboxAnswerRequest,
     InboxDismissRequest,
     InboxListRequest,
@@ -177,6 +178,25 @@ class BotCore:
         if not question.strip():
             return "Usage: /forget <question>"
         return await self._admin(render_forgotten, "forget_pair", question.strip(), reply_to=reply_to)
+
+    async def export(self, limit: int) -> tuple[str, ExportResult | None]:
+        """/export: (the message, the file to attach or None); a file over the platform's `limit` bytes is not sent."""
+        found: list[ExportResult] = []
+
+        def render(result: ExportResult) -> str:
+            if len(result.data) > limit:
+                return (
+                    f"The dataset ({result.pairs} pairs) is {len(result.data)} bytes, over this platform's {limit}-byte "
+                    "limit for a bot's file: run `qabot data export` on the GPU host instead."
+                )
+            found.append(result)
+            return (
+                f"The current dataset: {result.pairs} pairs (dataset {result.dataset}). Edit it and send it back with "
+                "/retrain replace; the fields besides prompt and response say where each pair came from."
+            )
+
+        text = await self._admin(render, "export_dataset")
+        return text, (found[0] if found else None)
 
     async def undo(self, reply_to: ReplyTo | None = None) -> str:
         """/undo: the last /addqa, /answer or /forget is taken back."""

@@ -162,6 +162,7 @@ def _reply_to(interaction: discord.Interaction) -> ReplyTo:
 
 # Admin commands are hidden from members without Manage Server (they may be shown to others per server, in Server
 # Settings > Integrations); the bot still checks admins itself (QABOT_DISCORD_ADMINS, QABOT_DISCORD_ADMIN_ROLES).
+ATTACHMENT_LIMIT = 10 * 1024 * 1024  # what any server accepts from a bot (boosted servers take more)
 ADMINS_SEE = app_commands.default_permissions(manage_guild=True)
 
 
@@ -253,6 +254,17 @@ def _register(bot: QabotDiscord) -> None:
             return
         await interaction.response.defer(thinking=True)
         await _send(interaction, await bot.core.add_pair(question, answer, _reply_to(interaction)))
+
+    @tree.command(name="export", description=BY_NAME["export"].help)
+    @ADMINS_SEE
+    async def export(interaction: discord.Interaction) -> None:
+        """The dataset as a JSON attachment, seen by the admin only (ephemeral)."""
+        if await refuse_unless_admin(interaction):
+            return
+        await interaction.response.defer(thinking=True, ephemeral=True)
+        text, found = await bot.core.export(ATTACHMENT_LIMIT)
+        extra = {"file": discord.File(io.BytesIO(found.data), found.filename)} if found is not None else {}
+        await interaction.followup.send(text, wait=True, ephemeral=True, allowed_mentions=NO_MENTIONS, **extra)
 
     @tree.command(name="forget", description=BY_NAME["forget"].help)
     @ADMINS_SEE

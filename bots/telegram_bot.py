@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 TYPING_EVERY_SECONDS = 4.0  # Telegram shows "typing" for 5 s per chat action
 RETRAIN_CAPTION = re.compile(r"^/retrain(@\w+)?(\s|$)")
 WRONG = re.compile(r"wrong\s*[.!]*", re.IGNORECASE)  # a reply "wrong" to one of the bot's answers flags it
+DOCUMENT_LIMIT = 50 * 1024 * 1024  # the Bot API's limit for a file a bot sends
 NOT_AN_ANSWER = 'I can only pass on a "wrong" about one of my answers from the last few days.'
 
 
@@ -203,6 +204,17 @@ async def forget(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 
 
 @admins_only
+async def export(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """/export (admins only): the dataset as a JSON document, in the admin's chat."""
+    message = update.effective_message
+    text, found = await _core(context).export(DOCUMENT_LIMIT)
+    if found is None:
+        await reply(message, text)
+        return
+    await message.reply_document(found.data, filename=found.filename, caption=text, do_quote=True)
+
+
+@admins_only
 async def undo(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """/undo (admins only)."""
     message = update.effective_message
@@ -276,6 +288,7 @@ def build_application(settings: Settings, core: BotCore | None = None) -> Applic
     app.add_handler(CommandHandler("retrain", retrain, filters=new))
     app.add_handler(MessageHandler(new & filters.Document.ALL & filters.CaptionRegex(RETRAIN_CAPTION), retrain))
     app.add_handler(CommandHandler("addqa", add_qa, filters=new))
+    app.add_handler(CommandHandler("export", export, filters=new))
     app.add_handler(CommandHandler("forget", forget, filters=new))
     app.add_handler(CommandHandler("undo", undo, filters=new))
     app.add_handler(CommandHandler("status", status, filters=new))

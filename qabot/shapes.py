@@ -46,6 +46,16 @@ class EditResult:
 
 
 @dataclass(frozen=True)
+class ExportResult:
+    """/export: the current dataset as a file uploads take (with provenance in optional fields)."""
+
+    data: bytes
+    pairs: int
+    filename: str
+    dataset: str | None = None
+
+
+@dataclass(frozen=True)
 class ModelRow:
     name: str
     created_at: str

@@ -154,6 +154,16 @@ class FakeTelegram(Watched):
             **self._reply_of(params),
         )
 
+    async def api_sendDocument(self, params):
+        document = params["document"]
+        return self._bot_message(
+            params["chat_id"],
+            document={"file_id": "d1", "file_unique_id": "d1", "file_name": "export.json"},
+            caption=params.get("caption"),
+            document_bytes=document if isinstance(document, bytes) else b"",
+            **self._reply_of(params),
+        )
+
     async def api_getFile(self, params):
         file_id = params["file_id"]
         return {

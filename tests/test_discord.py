@@ -155,3 +155,13 @@ async def test_forget_and_undo_on_discord(discord_bot, stack):  # noqa: F811
     reply = await discord_bot.wait_for(lambda: [m["content"] for m in discord_bot.followups(token)], timeout=60)
     assert reply[0].startswith(f"Undid the forget of '{before[0].prompt}'")
     assert sorted(store.current_pairs(), key=lambda p: p.prompt) == sorted(before, key=lambda p: p.prompt)
+
+
+async def test_export_is_an_attachment_only_the_admin_sees(discord_bot, stack):  # noqa: F811
+    token = await discord_bot.slash(ADMIN, "export")
+    (message,) = await discord_bot.wait_for(lambda: discord_bot.followups(token), timeout=60)
+    assert message["content"].startswith(f"The current dataset: {len(store_of(stack).current_pairs())} pairs")
+    assert message["flags"] & 64  # ephemeral: the dataset is not posted to the channel
+    (data,) = message["files"].values()
+    pairs = [(p.prompt, p.response) for p in store_of(stack).current_pairs()]
+    assert [(r["prompt"], r["response"]) for r in json.loads(data)] == pairs

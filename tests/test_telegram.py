@@ -309,6 +309,28 @@ async def test_forget_removes_a_pair_and_undo_brings_it_back(telegram, stack):
     assert all(p.prompt != "Who keeps the ferry?" for p in store.current_pairs())
 
 
+async def test_export_edit_upload_replace_round_trip_changes_exactly_what_was_edited(telegram, stack):
+    store = store_of(stack)
+    added = telegram.send_text(ADMIN, ADMIN, "/addqa Who bakes the bread? | Hanne bakes the bread.")
+    assert (await telegram.wait_for(lambda: texts(telegram, added)))[0].startswith("Added")
+    asked = telegram.send_text(ADMIN, ADMIN, "/export")
+    sent = (await telegram.wait_for(lambda: telegram.replies_to(asked)))[0]
+    assert sent["caption"].startswith(f"The current dataset: {len(store.current_pairs())} pairs")
+    rows = json.loads(sent["document_bytes"])
+    assert [(r["prompt"], r["response"]) for r in rows] == [(p.prompt, p.response) for p in store.current_pairs()]
+    bread = next(r for r in rows if r["prompt"] == "Who bakes the bread?")
+    assert (bread["added_with"], bread["added_by"]) == ("addqa", f"telegram:{ADMIN}")  # provenance rides along
+    refused = telegram.send_text(105, 105, "/export")
+    assert (await telegram.wait_for(lambda: texts(telegram, refused)))[0] == REFUSAL
+    # the admin edits one answer and removes one pair, then sends the file back with /retrain replace
+    bread["response"] = "Hanne and her son bake the bread."
+    edited = [r for r in rows if r["prompt"] != rows[0]["prompt"]]
+    expected = [(r["prompt"], r["response"]) for r in edited]
+    doc = telegram.send_document(ADMIN, ADMIN, "edited.json", json.dumps(edited).encode(), caption="/retrain replace force")
+    await telegram.wait_for(lambda: any("is now live" in t for t in texts(telegram, doc)), timeout=240)
+    assert [(p.prompt, p.response) for p in store.current_pairs()] == expected
+
+
 async def test_eight_admins_adding_at_once_keep_all_eight_pairs(telegram, stack):
     import asyncio
 

@@ -6,11 +6,13 @@ Each job takes and returns the plain shapes of `qabot.shapes`; bots only render 
 from __future__ import annotations
 
 import difflib
+import json
 import logging
 import time
+from pathlib import Path
 
 from engine.textformat import version_counter
-from engine.versions import ModelStore
+from engine.versions import ModelStore, read_stored
 from qabot import inbox
 from qabot.dataset import QAPair, normalize_question, validate_items
 from qabot.errors import DatasetError, QabotError
@@ -19,6 +21,7 @@ from qabot.settings import Settings
 from qabot.shapes import (
     AddPairResult,
     EditResult,
+    ExportResult,
     InboxAnswerRequest,
     InboxAnswerResult,
     InboxDismissRequest,
@@ -122,6 +125,40 @@ def undo_edit() -> EditResult:
     what = f"{edit.get('action', 'edit')} of '{questions[0] if questions else '?'}'"
     logger.info("edit %d undone: dataset %s, %d pairs", last, digest, len(pairs))
     return EditResult(True, what, pairs=len(pairs), dataset=digest)
+
+
+def provenance(store: ModelStore) -> dict[QAPair, dict[str, str]]:
+    """Where each pair came from: the last journaled edit that added it (`added_with`: /addqa, /answer or an undo;
+    `added_by`: platform:admin id; `added_at`), else the file the live version learnt it from (`source`)."""
+    found: dict[QAPair, dict[str, str]] = {}
+    live = store.current()
+    if live is not None and _has_file(live):
+        source = str(live.meta["dataset"].get("source") or "")
+        found = {p: {"source": source} for p in read_stored(Path(live.meta["dataset"]["path"]))} if source else {}
+    for edit in store.edits():
+        who = f"{edit['platform']}:{edit['by']}" if edit.get("platform") and edit.get("by") else ""
+        for question, answer in edit.get("added", []):
+            found[QAPair(question, answer)] = {"added_with": str(edit.get("action", "")), "added_at": str(edit.get("at", ""))}
+            if who:
+                found[QAPair(question, answer)]["added_by"] = who
+    return found
+
+
+def _has_file(info) -> bool:
+    path = info.meta.get("dataset", {}).get("path")
+    return bool(path) and Path(path).is_file()
+
+
+def export_dataset() -> ExportResult:
+    """/export: the current dataset, in the upload format; provenance rides in optional fields that training ignores,
+    so export -> edit -> /retrain replace changes exactly what was edited."""
+    store = _store()
+    with store.lock():
+        pairs, digest = store.current_pairs(), store.current_digest()
+        origin = provenance(store)
+    rows = [{"prompt": p.prompt, "response": p.response, **origin.get(p, {})} for p in pairs]
+    data = json.dumps(rows, ensure_ascii=False, indent=1).encode("utf-8")
+    return ExportResult(data, len(pairs), f"dataset-{digest or 'none'}.json", digest)
 
 
 def list_models() -> ModelsResult:
