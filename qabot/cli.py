@@ -11,6 +11,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.progress import Progress as Bar
 
+from qabot.data_cli import data_app
 from qabot.evaluation import evaluate
 from qabot.evaluation import load_answerer as _load_answerer
 from qabot.models_cli import models_app
@@ -25,6 +26,7 @@ app.add_typer(worker_app, name="worker")
 app.add_typer(bot_app, name="bot")
 app.add_typer(health_app, name="health")
 app.add_typer(inbox_app, name="inbox")
+app.add_typer(data_app, name="data")
 
 EXIT_WORDS = {"exit", "quit", ":q"}
 

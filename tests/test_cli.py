@@ -130,3 +130,27 @@ def test_bad_settings_are_reported(env):
     result = run_cli({**env, "QABOT_DEVICE": "gpu"}, "models", "list")
     assert result.returncode != 0 and "QABOT_DEVICE" not in result.stdout
     assert "invalid setting QABOT_DEVICE='gpu'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_data_export_forget_and_undo_on_the_host(env, tmp_path):
+    """`qabot data` does what /export, /forget and /undo do, with no Redis or worker."""
+    import json
+
+    from engine.versions import ModelStore
+
+    store = ModelStore(Path(env["QABOT_HOME"]) / "models")
+    digest, _ = store.store_dataset(TINY_PAIRS[:3])
+    store.set_current_dataset(digest)
+    gone = qabot(env, "data", "forget", TINY_PAIRS[1].prompt.upper())
+    assert gone.exit_code == 0 and gone.output.startswith(f"Forgot '{TINY_PAIRS[1].prompt}'")
+    assert store.current_pairs() == [TINY_PAIRS[0], TINY_PAIRS[2]]
+    unknown = qabot(env, "data", "forget", "Who is nobody?")
+    assert unknown.exit_code == 1 and unknown.output.startswith("No pair has the question 'Who is nobody?'")
+    out = tmp_path / "export.json"
+    assert qabot(env, "data", "export", "--out", str(out)).exit_code == 0
+    rows = json.loads(out.read_text())
+    assert [(r["prompt"], r["response"]) for r in rows] == [(p.prompt, p.response) for p in store.current_pairs()]
+    undone = qabot(env, "data", "undo")
+    assert undone.exit_code == 0 and undone.output.startswith(f"Undid the forget of '{TINY_PAIRS[1].prompt}'")
+    assert sorted(store.current_pairs(), key=TINY_PAIRS.index) == TINY_PAIRS[:3]
+    assert qabot(env, "data", "undo").exit_code == 1  # nothing left to undo: the dataset was never edited before
