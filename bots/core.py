@@ -300,7 +300,15 @@ class BotCore:
                 await edit(handle, text)
                 last_text, last_edit = text, time.monotonic()
         assert final is not None
-        await edit(handle, "Training finished." if final.result else "Training stopped.")
+        if final.result:
+            await edit(handle, "Training finished.")
+        else:  # a rejected upload never started training: its problems follow
+            await edit(
+                handle,
+                "Nothing was trained: what is wrong with the file follows."
+                if final.meta.get("problems")
+                else "Training stopped.",
+            )
         if not await asyncio.to_thread(self.client.claim_delivery, job_id):
             return None
         return outcome_of(final)

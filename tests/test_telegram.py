@@ -216,6 +216,8 @@ async def test_a_bad_dataset_gets_its_problems_and_changes_nothing(telegram, sta
     assert "pair 2, 'who guards it': the same question as pair 1 with a different answer" in reply
     assert "pair 3: missing 'response'" in reply
     assert (store.current_name(), [v.name for v in store.list()], store.current_dataset()) == before
+    progress = next(m for m in telegram.replies_to(doc) if m.get("edits"))  # nothing started, so nothing "stopped"
+    assert progress["text"] == "Nothing was trained: what is wrong with the file follows."
 
 
 async def test_hostile_uploads_get_a_clear_reply_and_change_nothing(telegram, stack):
