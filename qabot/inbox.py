@@ -5,8 +5,11 @@ Redis layout:
   seconds), kind ("declined" or "wrong"), answer (the answer it got, for "wrong"), places (JSON
   [[platform, chat, last asked], ...], newest first, at most MAX_PLACES), state ("open", or "dismissed": kept
   DISMISSED_KEEP_S so that a dismissed question does not come straight back).
-- `qabot:inbox:open` sorted set: open records' ids scored by last_asked; when it holds more than the inbox size,
-  the lowest (least recently asked) goes, record and all.
+- `qabot:inbox:open` sorted set: open records' ids scored by count, then last_asked; when it holds more than the
+  inbox size, the lowest (least asked, then least recently asked) goes, record and all, so junk asked once never
+  flushes a question asked fifty times.
+- `qabot:inbox:chat:<platform>:<chat>` sorted set: the questions a chat raised first; past a tenth of the inbox,
+  that chat's oldest one asked only once goes, so one chat cannot fill the inbox.
 - `qabot:notify:<platform>` list of JSON {chat, question, answer, tries}: admins' answers for that platform's bots
   to post in the chats where the question was asked (popping is the claim: one bot delivers each).
 - `qabot:sent:<platform>:<chat>:<message>` hash {question, answer, reports}: an answer a bot sent, for SENT_TTL_S,
@@ -28,6 +31,8 @@ from qabot.shapes import InboxItem, InboxKind, Place
 
 PREFIX = "qabot:inbox:q:"
 OPEN = "qabot:inbox:open"
+CHAT_PREFIX = "qabot:inbox:chat:"  # + platform:chat: sorted set of the open questions a chat raised first, by time
+PER_CHAT_MIN = 10  # a chat keeps at most a tenth of the inbox (this many at least) of questions only it asked
 NOTIFY = "qabot:notify:{}"
 SENT = "qabot:sent:{}:{}:{}"
 REPORTED = "qabot:reported:{}:{}:{}:{}"
@@ -70,10 +75,22 @@ if platform ~= '' then
   end
   redis.call('HSET', key, 'places', cjson.encode(kept))
 end
-redis.call('ZADD', KEYS[1], now, id)
-while redis.call('ZCARD', KEYS[1]) > size do
-  local oldest = redis.call('ZPOPMIN', KEYS[1])
-  redis.call('DEL', prefix .. oldest[1])
+redis.call('ZADD', KEYS[1], count * 1e10 + tonumber(now), id)
+if count == 1 and platform ~= '' then  -- a chat's new questions: past per_chat, its oldest asked once goes
+  local mine = ARGV[12] .. platform .. ':' .. chat
+  redis.call('ZADD', mine, now, id)
+  redis.call('EXPIRE', mine, ARGV[13])
+  while redis.call('ZCARD', mine) > tonumber(ARGV[11]) do
+    local old = redis.call('ZPOPMIN', mine)[1]
+    if redis.call('HGET', prefix .. old, 'count') == '1' and redis.call('HGET', prefix .. old, 'state') == 'open' then
+      redis.call('DEL', prefix .. old)
+      redis.call('ZREM', KEYS[1], old)
+    end
+  end
+end
+while redis.call('ZCARD', KEYS[1]) > size do  -- the least asked, then the least recently asked, goes
+  local lowest = redis.call('ZPOPMIN', KEYS[1])
+  redis.call('DEL', prefix .. lowest[1])
 end
 return {id, count, state}
 """
@@ -129,11 +146,13 @@ def record(
     size: int = 500,
     now: float | None = None,
 ) -> Recorded:
-    """Count one asking of `text` (a new record, or the existing one's count + 1); drop the oldest past `size`."""
+    """Count one asking of `text` (a new record, or the existing one's count + 1); past `size`, drop the least asked
+    (then least recently asked) record, and past a chat's share, that chat's oldest question asked once."""
     question = " ".join(text.split())
     platform, chat = place or ("", "")
     args = (normalize_question(question), question, repr(now or time.time()), str(kind), answer or "", platform, chat)
-    found = connection.eval(_RECORD, 1, OPEN, *args, size, MAX_PLACES, PREFIX)
+    per_chat = max(PER_CHAT_MIN, size // 10)
+    found = connection.eval(_RECORD, 1, OPEN, *args, size, MAX_PLACES, PREFIX, per_chat, CHAT_PREFIX, DISMISSED_KEEP_S)
     return Recorded(_text(found[0]), int(found[1]), _text(found[2]) == "open")
 
 

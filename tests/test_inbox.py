@@ -51,6 +51,28 @@ def test_a_full_inbox_drops_the_least_recently_asked(redis_url):
     assert items[0].text == "Who is Ana?"  # most asked first
 
 
+def test_one_off_junk_never_flushes_a_question_many_people_asked(redis_url):
+    """The audit's case: a question asked 50 times was evicted after about 485 one-off questions."""
+    r = Redis.from_url(redis_url)
+    for n in range(50):
+        inbox.record(r, "When is the next tournament?", place=("telegram", str(n)), now=1000.0 + n)
+    for n in range(600):  # from many chats, so the per-chat share does not catch them first
+        inbox.record(r, f"junk question number {n}?", place=("discord", f"c{n % 60}"), size=500, now=2000.0 + n)
+    items, total = inbox.open_items(r)
+    assert total == 500 and items[0].text == "When is the next tournament?" and items[0].count == 50
+
+
+def test_one_chat_cannot_fill_the_inbox(redis_url):
+    r = Redis.from_url(redis_url)
+    inbox.record(r, "Who runs the raffle?", place=("telegram", "1"), size=100, now=1000.0)
+    for n in range(300):
+        inbox.record(r, f"spam {n}?", place=("telegram", "666"), size=100, now=2000.0 + n)
+    items, total = inbox.open_items(r)
+    spam = [i.text for i in items if i.text.startswith("spam")]
+    assert len(spam) == 10 and spam[-1] == "spam 290?"  # its newest tenth of the inbox stays
+    assert "Who runs the raffle?" in [i.text for i in items] and total == 11
+
+
 def test_two_workers_recording_at_once_count_every_asking(redis_url):
     def ask(times: int) -> None:
         own = Redis.from_url(redis_url)
