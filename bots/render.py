@@ -197,11 +197,16 @@ def ago(epoch_s: float, now: float | None = None) -> str:
     return f"{int(seconds // 86400)} days ago"
 
 
+def _times(n: int) -> str:
+    return "once" if n == 1 else f"{n} times"
+
+
 def _inbox_line(item: InboxItem) -> str:
-    times = "once" if item.count == 1 else f"{item.count} times"
-    line = f'{item.id}: "{_quote(item.text)}", asked {times}, last {ago(item.last_asked)}'
+    counted = [f"asked {_times(item.count)}"] if item.count else []
+    counted += [f"flagged wrong {_times(item.flags)}"] if item.flags else []
+    line = f'{item.id}: "{_quote(item.text)}", {", ".join(counted) or "asked"}, last {ago(item.last_asked)}'
     if item.kind == InboxKind.WRONG:
-        line += f'; flagged wrong, the answer was "{_quote(item.answer or "")}"'
+        line += f'; the answer was "{_quote(item.answer or "")}"'
     return line
 
 

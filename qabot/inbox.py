@@ -1,11 +1,11 @@
 """The unanswered inbox: questions the bot declined or answered wrongly, kept in Redis for the admins. No torch, no rq.
 
 Redis layout:
-- `qabot:inbox:q:<id>` hash: text (as first asked), norm (the key text), count, first_asked, last_asked (epoch
-  seconds), kind ("declined" or "wrong"), answer (the answer it got, for "wrong"), places (JSON
+- `qabot:inbox:q:<id>` hash: text (as first asked), norm (the key text), count (askings), flags ("wrong" flags),
+  first_asked, last_asked (epoch seconds), kind ("declined" or "wrong"), answer (the answer it got, for "wrong"), places (JSON
   [[platform, chat, last asked], ...], newest first, at most MAX_PLACES), state ("open", or "dismissed": kept
   DISMISSED_KEEP_S so that a dismissed question does not come straight back).
-- `qabot:inbox:open` sorted set: open records' ids scored by count, then last_asked; when it holds more than the
+- `qabot:inbox:open` sorted set: open records' ids scored by count and flags, then last_asked; when it holds more than the
   inbox size, the lowest (least asked, then least recently asked) goes, record and all, so junk asked once never
   flushes a question asked fifty times.
 - `qabot:inbox:chat:<platform>:<chat>` sorted set: the questions a chat raised first; past a tenth of the inbox,
@@ -63,9 +63,19 @@ if not state then
              'state', 'open')
   state = 'open'
 end
-local count = redis.call('HINCRBY', key, 'count', 1)
+local count, flags  -- an asking counts as asked; a "wrong" flag counts as a flag, never as an asking
+if kind == 'wrong' then
+  flags = redis.call('HINCRBY', key, 'flags', 1)
+  count = tonumber(redis.call('HGET', key, 'count'))
+else
+  count = redis.call('HINCRBY', key, 'count', 1)
+  flags = tonumber(redis.call('HGET', key, 'flags') or '0')
+end
+local total = count + flags
+local said = count
+if kind == 'wrong' then said = flags end
 redis.call('HSET', key, 'last_asked', now)
-if state ~= 'open' then return {id, count, state} end
+if state ~= 'open' then return {id, said, state} end
 if kind == 'wrong' then redis.call('HSET', key, 'kind', 'wrong', 'answer', answer) end
 if platform ~= '' then
   local kept = {{platform, chat, now}}
@@ -75,14 +85,16 @@ if platform ~= '' then
   end
   redis.call('HSET', key, 'places', cjson.encode(kept))
 end
-redis.call('ZADD', KEYS[1], count * 1e10 + tonumber(now), id)
-if count == 1 and platform ~= '' then  -- a chat's new questions: past per_chat, its oldest asked once goes
+redis.call('ZADD', KEYS[1], total * 1e10 + tonumber(now), id)
+if total == 1 and platform ~= '' then  -- a chat's new questions: past per_chat, its oldest asked once goes
   local mine = ARGV[12] .. platform .. ':' .. chat
   redis.call('ZADD', mine, now, id)
   redis.call('EXPIRE', mine, ARGV[13])
   while redis.call('ZCARD', mine) > tonumber(ARGV[11]) do
     local old = redis.call('ZPOPMIN', mine)[1]
-    if redis.call('HGET', prefix .. old, 'count') == '1' and redis.call('HGET', prefix .. old, 'state') == 'open' then
+    local raised = tonumber(redis.call('HGET', prefix .. old, 'count') or '0')
+    raised = raised + tonumber(redis.call('HGET', prefix .. old, 'flags') or '0')
+    if raised == 1 and redis.call('HGET', prefix .. old, 'state') == 'open' then
       redis.call('DEL', prefix .. old)
       redis.call('ZREM', KEYS[1], old)
     end
@@ -92,7 +104,7 @@ while redis.call('ZCARD', KEYS[1]) > size do  -- the least asked, then the least
   local lowest = redis.call('ZPOPMIN', KEYS[1])
   redis.call('DEL', prefix .. lowest[1])
 end
-return {id, count, state}
+return {id, said, state}
 """
 
 _CLOSE = """
@@ -173,6 +185,7 @@ def _item(item_id: str, fields: dict[bytes, bytes]) -> InboxItem | None:
         id=item_id,
         text=values["text"],
         count=int(values["count"]),
+        flags=int(values.get("flags") or 0),
         first_asked=float(values["first_asked"]),
         last_asked=float(values["last_asked"]),
         kind=InboxKind(values["kind"]),

@@ -129,6 +129,7 @@ class InboxItem:
     kind: InboxKind
     answer: str | None = None  # the answer it got, when someone said it was wrong
     places: tuple[Place, ...] = ()
+    flags: int = 0  # how many people said its answer was wrong (not counted in `count`)
 
 
 @dataclass(frozen=True)

@@ -273,11 +273,12 @@ async def test_people_flag_wrong_answers_on_both_platforms(stack, redis, telegra
         bot_answer = telegram.replies_to(asked)[0]["message_id"]
         assert await say(telegram, -800, 502, "Wrong!", chat_type="group", reply_to=bot_answer) == REPORTED
         (item,) = open_items(redis)
-        assert (item.text, item.kind, item.answer, item.count) == (question, InboxKind.WRONG, answer, 1)
+        # a flag is counted as a flag, not as an asking (the question was answered, never declined)
+        assert (item.text, item.kind, item.answer, item.count, item.flags) == (question, InboxKind.WRONG, answer, 0, 1)
         assert [(p.platform, p.chat) for p in item.places] == [("telegram", "-800")]
         assert await say(telegram, -800, 502, "wrong", chat_type="group", reply_to=bot_answer) == ALREADY_REPORTED
         assert await say(telegram, -800, 503, "WRONG.", chat_type="group", reply_to=bot_answer) == REPORTED
-        assert open_items(redis)[0].count == 2
+        assert open_items(redis)[0].flags == 2
         flag = telegram.send_text(-800, 503, "wrong", chat_type="group", reply_to=bot_answer)
         ack = (await telegram.wait_for(lambda: telegram.replies_to(flag)))[0]["message_id"]  # a bot message, no answer
         assert await say(telegram, -800, 504, "wrong", chat_type="group", reply_to=ack) == NOT_AN_ANSWER
@@ -291,13 +292,13 @@ async def test_people_flag_wrong_answers_on_both_platforms(stack, redis, telegra
         await discord_fake.react(602, reply_id)
         assert await discord_fake.wait_for(lambda: discord_fake.replies_to(reply_id)) == [REPORTED]
         await discord_fake.react(603, reply_id, "\N{THUMBS DOWN SIGN}\N{EMOJI MODIFIER FITZPATRICK TYPE-4}")
-        await discord_fake.wait_for(lambda: any(i.count == 2 for i in open_items(redis)) or None)
+        await discord_fake.wait_for(lambda: any(i.flags == 2 for i in open_items(redis)) or None)
         await asyncio.sleep(0.5)
         assert discord_fake.replies_to(reply_id) == [REPORTED]  # acknowledged once under the answer
         flagged = next(i for i in open_items(redis) if i.text == TINY_PAIRS[4].prompt)
-        assert (flagged.kind, flagged.answer, flagged.count) == (InboxKind.WRONG, TINY_PAIRS[4].response, 2)
+        assert (flagged.kind, flagged.answer, flagged.flags) == (InboxKind.WRONG, TINY_PAIRS[4].response, 2)
         listing = await say(telegram, ADMIN, ADMIN, "/unanswered")
-        assert f'flagged wrong, the answer was "{TINY_PAIRS[4].response}"' in listing
+        assert f'flagged wrong 2 times, last just now; the answer was "{TINY_PAIRS[4].response}"' in listing
 
 
 def run_qabot(stack: Stack, *args: str) -> subprocess.CompletedProcess:
