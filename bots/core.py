@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import defaultdict, deque
@@ -17,6 +18,7 @@ from typing import Any
 from bots.commands import admin_help, help_text
 from bots.feedback import Notify, Reply, deliver_notices
 from bots.render import (
+    CHAT_HINTS,
     render_added,
     render_declined,
     render_forgotten,
@@ -110,6 +112,7 @@ class BotCore:
         self.delivery_poll = DELIVERY_POLL_SECONDS
         self.following: set[str] = set()  # fine-tunes this bot reports itself, live
         self.platform: str | None = None  # set with `alert` by the platform's wiring
+        self.hints = CHAT_HINTS  # Discord's wiring escapes Markdown in user text (bots.render.InboxHints.escape)
         self.alert: Alert | None = None  # tells the admins that no answer worker runs
         self._alerts: set[asyncio.Task] = set()
 
@@ -226,20 +229,27 @@ class BotCore:
 
     async def inbox(self, limit: int = INBOX_SHOWN) -> str:
         """/unanswered: the most-asked open questions with their ids."""
-        return await self._admin(render_inbox, "inbox_list", InboxListRequest(limit))
+        return await self._admin(functools.partial(render_inbox, hints=self.hints), "inbox_list", InboxListRequest(limit))
 
     async def inbox_answer(self, item_id: str, answer: str, reply_to: ReplyTo | None = None) -> str:
         """/answer <id> <answer>: the question becomes a pair; the people who asked it get the answer."""
         if not item_id.strip() or not answer.strip():
             return "Usage: /answer <id> <answer> (/unanswered lists the ids)"
         request = InboxAnswerRequest(item_id.strip(), answer.strip())
-        return await self._admin(render_inbox_answer, "inbox_answer", request, reply_to=reply_to)
+        return await self._admin(
+            functools.partial(render_inbox_answer, hints=self.hints), "inbox_answer", request, reply_to=reply_to
+        )
 
     async def inbox_dismiss(self, item_id: str, reply_to: ReplyTo | None = None) -> str:
         """/dismiss <id>: close a question without answering it."""
         if not item_id.strip():
             return "Usage: /dismiss <id> (/unanswered lists the ids)"
-        return await self._admin(render_inbox_dismiss, "inbox_dismiss", InboxDismissRequest(item_id.strip()), reply_to=reply_to)
+        return await self._admin(
+            functools.partial(render_inbox_dismiss, hints=self.hints),
+            "inbox_dismiss",
+            InboxDismissRequest(item_id.strip()),
+            reply_to=reply_to,
+        )
 
     async def _admin(self, render: Callable[[Any], str], function: str, *args: Any, reply_to: ReplyTo | None = None) -> str:
         """Run admin job `function` and render its result; the admin gets a short message if it fails."""
@@ -338,7 +348,7 @@ class BotCore:
                 logger.warning("could not look for undelivered results", exc_info=True)
             if notify is not None:
                 try:
-                    await deliver_notices(self.client, platform, notify)
+                    await deliver_notices(self.client, platform, notify, self.hints.escape)
                 except Exception:
                     logger.warning("could not look for admins' answers to deliver", exc_info=True)
             await asyncio.sleep(self.delivery_poll)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import io
 import logging
+from dataclasses import replace
 from typing import Literal
 
 import discord
@@ -15,6 +16,7 @@ from discord import app_commands
 from bots.commands import BY_NAME
 from bots.core import ADMIN_HELP, HELP_TEXT, REFUSAL, BotCore, RetrainOutcome
 from bots.feedback import REPORT_APOLOGY, Reply, remember, report_wrong
+from bots.render import CHAT_HINTS
 from bots.split import split_message
 from qabot.settings import Settings
 from qabot.shapes import ReplyTo
@@ -52,6 +54,7 @@ class QabotDiscord(discord.Client):
         self.settings = settings
         self.core = core or BotCore(settings)
         self.core.platform, self.core.alert = PLATFORM, self.alert_admins
+        self.core.hints = replace(CHAT_HINTS, escape=discord.utils.escape_markdown)  # `[verify](https://...)` stays text
         self.tree = app_commands.CommandTree(self)
         self.delivery: asyncio.Task | None = None
         _register(self)

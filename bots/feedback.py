@@ -73,12 +73,12 @@ async def report_wrong(client: QueueClient, platform: str, chat: str, message: s
     return Feedback(REPORTED, number == 1)
 
 
-async def deliver_notices(client: QueueClient, platform: str, notify: Notify) -> int:
+async def deliver_notices(client: QueueClient, platform: str, notify: Notify, escape: Callable[[str], str] = str) -> int:
     """Post admins' answers in the chats of `platform` where the questions were asked; each is taken by one bot."""
     delivered = 0
     for notice in await asyncio.to_thread(client.pop_notices, platform):
         try:
-            await notify(notice.chat, render_notice(notice.question, notice.answer))
+            await notify(notice.chat, render_notice(notice.question, notice.answer, escape))
             delivered += 1
         except Exception:
             again = await asyncio.to_thread(client.retry_notice, platform, notice)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -164,6 +165,7 @@ class InboxHints:
     answer: str = "/answer <id> <answer>"
     dismiss: str = "/dismiss <id>"
     listing: str = "/unanswered"
+    escape: Callable[[str], str] = str  # user text as the platform shows it literally (Discord: Markdown escaped)
 
 
 CHAT_HINTS = InboxHints()
@@ -175,14 +177,14 @@ def render_declined(decline_text: str, passed_on: bool) -> str:
     return f"{decline_text} {PASSED_ON}" if passed_on else decline_text
 
 
-def render_notice(question: str, answer: str) -> str:
-    """An admin's answer, posted where the question was asked."""
-    return f'An admin answered a question asked here: "{question}" — {answer}'
+def render_notice(question: str, answer: str, escape: Callable[[str], str] = str) -> str:
+    """An admin's answer, posted where the question was asked (the asker's words escaped for the platform)."""
+    return f'An admin answered a question asked here: "{escape(question)}" — {answer}'
 
 
-def _quote(text: str) -> str:
+def _quote(text: str, escape: Callable[[str], str] = str) -> str:
     text = " ".join(text.split())
-    return text if len(text) <= QUOTE_CHARS else text[: QUOTE_CHARS - 1] + "…"
+    return escape(text if len(text) <= QUOTE_CHARS else text[: QUOTE_CHARS - 1] + "…")
 
 
 def ago(epoch_s: float, now: float | None = None) -> str:
@@ -201,12 +203,12 @@ def _times(n: int) -> str:
     return "once" if n == 1 else f"{n} times"
 
 
-def _inbox_line(item: InboxItem) -> str:
+def _inbox_line(item: InboxItem, escape: Callable[[str], str] = str) -> str:
     counted = [f"asked {_times(item.count)}"] if item.count else []
     counted += [f"flagged wrong {_times(item.flags)}"] if item.flags else []
-    line = f'{item.id}: "{_quote(item.text)}", {", ".join(counted) or "asked"}, last {ago(item.last_asked)}'
+    line = f'{item.id}: "{_quote(item.text, escape)}", {", ".join(counted) or "asked"}, last {ago(item.last_asked)}'
     if item.kind == InboxKind.WRONG:
-        line += f'; the answer was "{_quote(item.answer or "")}"'
+        line += f'; the answer was "{_quote(item.answer or "", escape)}"'
     return line
 
 
@@ -214,7 +216,7 @@ def render_inbox(result: InboxListResult, hints: InboxHints = CHAT_HINTS) -> str
     if not result.items:
         return "No unanswered questions: the inbox is empty."
     shown = f"the {len(result.items)} most asked" if len(result.items) < result.open else "most asked first"
-    lines = [f"Unanswered questions: {result.open} open ({shown}):", *(_inbox_line(i) for i in result.items)]
+    lines = [f"Unanswered questions: {result.open} open ({shown}):", *(_inbox_line(i, hints.escape) for i in result.items)]
     lines.append(f"Answer one with {hints.answer}, or drop it with {hints.dismiss}.")
     return "\n".join(lines)
 
@@ -228,7 +230,7 @@ def render_inbox_answer(result: InboxAnswerResult, hints: InboxHints = CHAT_HINT
         return _no_such(result.id, hints)
     if result.added is None or not result.added.added:
         problems = result.added.problems if result.added is not None else ()
-        return problems_text(problems, "That answer") + f'\nThe question "{result.question}" stays open.'
+        return problems_text(problems, "That answer") + f'\nThe question "{hints.escape(result.question or "")}" stays open.'
     told = len(result.notified)
     where = f" The answer goes to the {told} chat(s) where it was asked lately." if told else ""
     return f"{render_added(result.added)} The question is closed.{where}"
@@ -237,4 +239,5 @@ def render_inbox_answer(result: InboxAnswerResult, hints: InboxHints = CHAT_HINT
 def render_inbox_dismiss(result: InboxDismissResult, hints: InboxHints = CHAT_HINTS) -> str:
     if not result.found:
         return _no_such(result.id, hints)
-    return f'Dismissed "{result.question}"; it won\'t come back to the inbox for {DISMISSED_KEEP_S // 86400} days.'
+    days = DISMISSED_KEEP_S // 86400
+    return f'Dismissed "{hints.escape(result.question or "")}"; it won\'t come back to the inbox for {days} days.'

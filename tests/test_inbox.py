@@ -142,3 +142,24 @@ def test_an_answer_can_be_flagged_once_per_person(redis_url):
     assert inbox.count_report(r, "telegram", "9", "11", "tg:2") == 2
     stored = b" ".join(k + b" " + (r.get(k) or b"") if r.type(k) == b"string" else k for k in r.keys("qabot:*"))
     assert b"tg:1" not in stored and b"tg:2" not in stored  # who reported is kept as a hash only
+
+
+def test_user_text_in_the_inbox_and_notices_shows_literally_on_discord(redis_url):
+    """The audit's case: a masked link in a question rendered as a link in /unanswered and the public notice."""
+    from dataclasses import replace
+
+    import discord
+
+    from bots.render import CHAT_HINTS, render_inbox, render_notice
+    from qabot.shapes import InboxListResult
+
+    r = Redis.from_url(redis_url)
+    question = "Is this legit? [verify](https://evil.example/login) **now**"
+    inbox.record(r, question)
+    items, total = inbox.open_items(r)
+    hints = replace(CHAT_HINTS, escape=discord.utils.escape_markdown)  # what bots.discord_bot wires into its core
+    listing = render_inbox(InboxListResult(tuple(items), total), hints)
+    assert "legit? \\[verify](https://evil.example/login) \\*\\*now\\*\\*" in listing  # an escaped [ is no link
+    notice = render_notice(question, "Yes, it is.", hints.escape)
+    assert "legit? \\[verify](" in notice and notice.endswith("— Yes, it is.")
+    assert "[verify](https://evil.example/login)" in render_inbox(InboxListResult(tuple(items), total))  # Telegram: plain
