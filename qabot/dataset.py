@@ -29,6 +29,11 @@ class QAPair:
     response: str
 
 
+def pair_key(pair: QAPair) -> str:
+    """A pair's short stable key (a retrieval index row, a provenance record)."""
+    return hashlib.sha256(f"{pair.prompt}\x00{pair.response}".encode()).hexdigest()[:16]
+
+
 def normalize_question(text: str) -> str:
     """Fold case, spaces and trailing punctuation so that trivially different questions compare equal."""
     return re.sub(r"\s+", " ", text).strip().rstrip("?!. ").casefold()

@@ -240,4 +240,6 @@ class FakeTelegram(Watched):
 
 def _public(message: dict[str, Any]) -> dict[str, Any]:
     """The message as the Bot API returns it, without what the fake keeps for the tests."""
-    return {k: v for k, v in message.items() if k not in {"edits", "photo_bytes", "reply_to_message_id", "sent_at"}}
+    return {
+        k: v for k, v in message.items() if k not in {"edits", "photo_bytes", "document_bytes", "reply_to_message_id", "sent_at"}
+    }

@@ -331,6 +331,10 @@ async def test_export_edit_upload_replace_round_trip_changes_exactly_what_was_ed
     doc = telegram.send_document(ADMIN, ADMIN, "edited.json", json.dumps(edited).encode(), caption="/retrain replace force")
     await telegram.wait_for(lambda: any("is now live" in t for t in texts(telegram, doc)), timeout=240)
     assert [(p.prompt, p.response) for p in store.current_pairs()] == expected
+    # provenance survives the round trip: each row's optional fields come back as they were sent
+    asked = telegram.send_text(ADMIN, ADMIN, "/export")
+    again = json.loads((await telegram.wait_for(lambda: telegram.replies_to(asked)))[0]["document_bytes"])
+    assert again == edited
 
 
 async def test_eight_admins_adding_at_once_keep_all_eight_pairs(telegram, stack):

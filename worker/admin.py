@@ -9,12 +9,11 @@ import difflib
 import json
 import logging
 import time
-from pathlib import Path
 
 from engine.textformat import version_counter
-from engine.versions import ModelStore, read_stored
+from engine.versions import ModelStore
 from qabot import inbox
-from qabot.dataset import QAPair, normalize_question, validate_items
+from qabot.dataset import QAPair, normalize_question, pair_key, validate_items
 from qabot.errors import DatasetError, QabotError
 from qabot.merge import merge_pairs
 from qabot.settings import Settings
@@ -127,26 +126,13 @@ def undo_edit() -> EditResult:
     return EditResult(True, what, pairs=len(pairs), dataset=digest)
 
 
-def provenance(store: ModelStore) -> dict[QAPair, dict[str, str]]:
-    """Where each pair came from: the last journaled edit that added it (`added_with`: /addqa, /answer or an undo;
-    `added_by`: platform:admin id; `added_at`), else the file the live version learnt it from (`source`)."""
-    found: dict[QAPair, dict[str, str]] = {}
+def provenance(store: ModelStore, pairs: list[QAPair]) -> dict[QAPair, dict[str, str]]:
+    """Where each pair came from (engine.datastore provenance: the upload's file or fields, or the one-pair edit),
+    else the file the live version learnt it from (`source`)."""
+    known = store.provenance()
     live = store.current()
-    if live is not None and _has_file(live):
-        source = str(live.meta["dataset"].get("source") or "")
-        found = {p: {"source": source} for p in read_stored(Path(live.meta["dataset"]["path"]))} if source else {}
-    for edit in store.edits():
-        who = f"{edit['platform']}:{edit['by']}" if edit.get("platform") and edit.get("by") else ""
-        for question, answer in edit.get("added", []):
-            found[QAPair(question, answer)] = {"added_with": str(edit.get("action", "")), "added_at": str(edit.get("at", ""))}
-            if who:
-                found[QAPair(question, answer)]["added_by"] = who
-    return found
-
-
-def _has_file(info) -> bool:
-    path = info.meta.get("dataset", {}).get("path")
-    return bool(path) and Path(path).is_file()
+    source = str(live.meta.get("dataset", {}).get("source") or "") if live is not None else ""
+    return {p: known.get(pair_key(p)) or ({"source": source} if source else {}) for p in pairs}
 
 
 def export_dataset() -> ExportResult:
@@ -155,7 +141,7 @@ def export_dataset() -> ExportResult:
     store = _store()
     with store.lock():
         pairs, digest = store.current_pairs(), store.current_digest()
-        origin = provenance(store)
+        origin = provenance(store, pairs)
     rows = [{"prompt": p.prompt, "response": p.response, **origin.get(p, {})} for p in pairs]
     data = json.dumps(rows, ensure_ascii=False, indent=1).encode("utf-8")
     return ExportResult(data, len(pairs), f"dataset-{digest or 'none'}.json", digest)

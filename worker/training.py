@@ -51,6 +51,7 @@ def _pairs(settings: Settings, store, request: dict[str, Any], base, connection,
     if data is None:
         raise DatasetError(upload["filename"], ["the upload expired before training started; send the file again"])
     incoming = validate_upload(data, upload["filename"], base, settings.upload_max_bytes)
+    store.note_provenance(upload_provenance(data, incoming, upload["filename"]), keep=True)
     mode = UploadMode(upload.get("mode") or UploadMode.ADD)
     with store.lock():  # the merged dataset is stored, and becomes current only if its version is promoted
         edits_from = len(store.edits())
@@ -72,6 +73,24 @@ def _pairs(settings: Settings, store, request: dict[str, Any], base, connection,
     }
     report(stage="validated", upload=changed)
     return merge.pairs, changed | {"edits_from": edits_from}, upload["filename"]
+
+
+def upload_provenance(data: bytes, pairs: list, filename: str) -> dict:
+    """Where an upload's pairs came from: the optional fields the file carries for them (an export writes them),
+    else the file's name and the time. A pair the store already knows keeps its record (`note_provenance(keep=True)`)."""
+    from datetime import UTC, datetime
+
+    from engine.datastore import PROVENANCE_FIELDS
+    from qabot.dataset import QAPair, parse_text
+
+    rows = parse_text(data.decode("utf-8"), filename)  # validated already: the same safe parser, JSON or JSON Lines
+    carried = {
+        QAPair(r["prompt"].strip(), r["response"].strip()): {k: str(r[k]) for k in PROVENANCE_FIELDS if r.get(k)}
+        for r in rows
+        if isinstance(r, dict) and isinstance(r.get("prompt"), str) and isinstance(r.get("response"), str)
+    }
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    return {p: carried.get(p) or {"source": filename, "added_at": now} for p in pairs}
 
 
 def run_training(settings: Settings, request: dict[str, Any], report, connection=None, guard=None) -> dict[str, Any]:
