@@ -232,7 +232,17 @@ class Answerer:
                 eos = self.tokenizer.eos_token_id
                 if (note := snap.first_match(row, ids[: ids.index(eos)] if eos in ids else ids)) is not None:
                     answers[row] = replace(answers[row], text=note, stop=StopReason.NOTE)
+                elif (
+                    answers[row].stop != StopReason.LENGTH
+                    and not self._is_decline(answers[row].text)
+                    and (note := snap.closest(row, answers[row].text)) is not None
+                ):
+                    answers[row] = replace(answers[row], text=note, stop=StopReason.NOTE)
         return answers
+
+    def _is_decline(self, text: str) -> bool:
+        decline = self.grounding.decline if self.grounding is not None else ""
+        return " ".join(text.split()).casefold() == " ".join(decline.split()).casefold()
 
     def _ends_with_stop_text(self, ids: list[int]) -> bool:
         return STOP_TEXT in self.tokenizer.decode(ids[-STOP_TAIL_TOKENS:], skip_special_tokens=True)

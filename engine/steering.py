@@ -15,6 +15,8 @@ from engine.textformat import format_answer
 # model, 2 epochs), 17 of 60 held-out answers began copying a note and then drifted or ran to the budget; a long answer
 # then costs SNAP_TOKENS decoding steps instead of a hundred.
 SNAP_TOKENS = 8
+# An answer whose token F1 against one of its notes reaches this is that note (see NoteSnap.closest).
+CLOSE_NOTE = 0.5
 
 
 class NoteSnap:
@@ -32,6 +34,17 @@ class NoteSnap:
             return None
         found = {note for note, note_ids in self.rows[row] if note_ids[: len(ids)] == ids}
         return found.pop() if len(found) == 1 else None
+
+    def closest(self, row: int, text: str) -> str | None:
+        """The note an answer that is no note was copying: the one with the highest token F1 against it, if at least
+        CLOSE_NOTE. A grounded model learnt to answer with whole notes only, so an answer that is most of one note
+        (or that note's old version: the answer it learnt before an admin changed it, measured by bench/forget.py)
+        is that note."""
+        from engine.evaluate import token_f1
+
+        scored = [(token_f1(text, note), note) for note, _ in self.rows[row]]
+        best = max(scored, default=(0.0, None))
+        return best[1] if best[0] >= CLOSE_NOTE else None
 
     def first_match(self, row: int, ids: list[int]) -> str | None:
         """After the fact (model.generate): the note the answer had begun to copy, at the earliest point it was one."""

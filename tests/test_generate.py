@@ -130,3 +130,18 @@ def test_an_answer_that_began_copying_a_note_is_that_note_whole(trained_tiny, mo
         pick=lambda logits: logits.argmax(dim=-1),
     )
     assert produced[0] == ids[:unique]  # it stopped as soon as the note was certain
+
+
+def test_an_answer_the_model_learnt_before_an_admin_changed_it_is_the_changed_note(trained_tiny):
+    """bench/forget.py: after /addqa gave a known question a new answer, the fine-tuned model still said the old one
+    for 19 of 20 sample questions. An answer that is most of one note (token F1 >= CLOSE_NOTE) is that note."""
+    from engine.steering import NoteSnap
+
+    store, _ = trained_tiny
+    loaded, _ = load_version(store, device="cpu")
+    old = TINY_PAIRS[0].response
+    changed = f"Update: {old} Mira took over from her this spring."
+    snap = NoteSnap(loaded.tokenizer, [[changed, TINY_PAIRS[1].response]])
+    assert snap.closest(0, old) == changed  # the learnt answer is shown as the admins' new one
+    assert snap.closest(0, TINY_PAIRS[1].response.upper()) == TINY_PAIRS[1].response
+    assert snap.closest(0, "The owls of the northern towers sing at dawn.") is None  # no note's answer: left to the checks
