@@ -19,6 +19,7 @@ from bots.core import APOLOGY, HELP_TEXT, REFUSAL, BotCore
 from bots.telegram_bot import MESSAGE_LIMIT, build_application
 from engine.models import load_model
 from engine.versions import ModelStore
+from qabot.dataset import QAPair
 from qabot.settings import Settings
 from tests.conftest import TINY_CONFIG, TINY_PAIRS, _free_port, qabot_env
 from tests.fake_telegram import BOT_USERNAME, FakeTelegram
@@ -313,6 +314,7 @@ async def test_forget_removes_a_pair_and_undo_brings_it_back(telegram, stack):
 
 async def test_export_edit_upload_replace_round_trip_changes_exactly_what_was_edited(telegram, stack):
     store = store_of(stack)
+    live_before, pairs_before = store.current_name(), store.current_pairs()
     added = telegram.send_text(ADMIN, ADMIN, "/addqa Who bakes the bread? | Hanne bakes the bread.")
     assert (await telegram.wait_for(lambda: texts(telegram, added)))[0].startswith("Added")
     asked = telegram.send_text(ADMIN, ADMIN, "/export")
@@ -335,6 +337,13 @@ async def test_export_edit_upload_replace_round_trip_changes_exactly_what_was_ed
     asked = telegram.send_text(ADMIN, ADMIN, "/export")
     again = json.loads((await telegram.wait_for(lambda: telegram.replies_to(asked)))[0]["document_bytes"])
     assert again == edited
+    # the forced replace is undone by /rollback: the version that was live, its dataset, the admin's /addqa pair kept
+    back = telegram.send_text(ADMIN, ADMIN, "/rollback")
+    reply = (await telegram.wait_for(lambda: texts(telegram, back)))[0]
+    assert reply.startswith(f"Rolled back: {live_before} is live again") and f"({len(pairs_before) + 1} pairs" in reply
+    assert store.current_pairs() == [*pairs_before, QAPair("Who bakes the bread?", "Hanne bakes the bread.")]
+    asked = telegram.send_text(106, 106, rows[0]["prompt"])  # the pair the replace dropped is answered again
+    assert await telegram.wait_for(lambda: texts(telegram, asked), timeout=60) == [rows[0]["response"]]
 
 
 async def test_eight_admins_adding_at_once_keep_all_eight_pairs(telegram, stack):
