@@ -170,7 +170,7 @@ class Answerer:
         answers = []
         for index, (question, found, reason) in enumerate(zip(cleaned, hits, reasons, strict=True)):
             answer = generated.get(index) or Answer(question, decline, 0, StopReason.EOS)
-            if reason is None and " ".join(answer.text.split()).casefold() == decline.casefold():
+            if reason is None and self._is_decline(answer.text):
                 reason = "the model found no answer in its notes"
             elif reason is None and answer.stop == StopReason.LENGTH:  # kept as a runaway in `stop`, never shown
                 reason, answer = "the answer ran to the token limit", replace(answer, text=decline, withheld=answer.text)
