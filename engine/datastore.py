@@ -143,7 +143,7 @@ class DatasetVersions:
                 who = f"{source['platform']}:{source['by']}" if source.get("platform") and source.get("by") else ""
                 origin = {"added_with": source.get("action", ""), "added_by": who, "added_at": source.get("at", "")}
                 self.note_provenance(dict.fromkeys(added, origin), keep=source.get("action") == "undo")
-            write_atomic(self.datasets_dir / "current", digest + "\n")
+            self.set_current_dataset(digest)
             return digest
 
     def notes_for(self, name: str, trained: str, edits_from: int) -> str:
@@ -156,7 +156,7 @@ class DatasetVersions:
             if not path.is_file():
                 raise VersionError(f"{name} was trained on dataset {trained}, which is no longer in the store")
             digest, _ = self.store_dataset(replay(read_stored(path), self.edits()[edits_from:]))
-            write_atomic(self.datasets_dir / "current", digest + "\n")
+            self.set_current_dataset(digest)
             return digest
 
     def store_dataset(self, pairs: list[QAPair]) -> tuple[str, Path]:

@@ -10,6 +10,7 @@ import json
 import logging
 import time
 
+from engine.datastore import replay
 from engine.textformat import version_counter
 from engine.versions import ModelStore
 from qabot import inbox
@@ -116,9 +117,8 @@ def undo_edit() -> EditResult:
         if last is None:
             return EditResult(False, message="there is no edit to undo (/addqa, /answer and /forget are undoable)")
         edit = edits[last]
-        added = {QAPair(q, a) for q, a in edit.get("added", [])}
-        restored = [QAPair(q, a) for q, a in edit.get("removed", [])]
-        pairs = merge_pairs([p for p in store.current_pairs() if p not in added], restored).pairs
+        inverse = {"added": edit.get("removed", []), "removed": edit.get("added", [])}
+        pairs = replay(store.current_pairs(), [inverse])
         digest = store.edit_dataset(pairs, **_who("undo"), undoes=str(last))
     questions = [q for q, _ in edit.get("added", []) or edit.get("removed", [])]
     what = f"{edit.get('action', 'edit')} of '{questions[0] if questions else '?'}'"
