@@ -34,8 +34,11 @@ def _config(overrides: dict[str, Any] | None):
     return TrainConfig(**(overrides or {}))
 
 
-def _pairs(settings: Settings, store, request: dict[str, Any], base, connection, report) -> tuple[list, dict[str, Any], str]:
-    """The pairs to train on (validated once, with the base model's tokenizer), what an upload changed, their source."""
+def _pairs(
+    settings: Settings, store, request: dict[str, Any], base, connection, report
+) -> tuple[list, dict[str, Any], str, int | None]:
+    """The pairs to train on (validated once, with the base model's tokenizer), what an upload changed, their source,
+    and for an upload the admin edits journaled when the dataset was read (later ones carry onto it if promoted)."""
     from engine.pipeline import validate_file, validate_upload
     from qabot.errors import DatasetError, TrainingError
     from qabot.merge import UploadMode, merge_pairs, would_drop
@@ -46,7 +49,7 @@ def _pairs(settings: Settings, store, request: dict[str, Any], base, connection,
         path = store.dataset_file(reference) if reference else store.current_dataset()
         if path is None:  # run_training checked this before loading the base model; the store may have changed since
             raise TrainingError(NOTHING_TO_TRAIN)
-        return validate_file(Path(path), base), {}, Path(path).name
+        return validate_file(Path(path), base), {}, Path(path).name, None
     data = connection.get(UPLOAD_KEY.format(upload["id"]))
     if data is None:
         raise DatasetError(upload["filename"], ["the upload expired before training started; send the file again"])
@@ -72,7 +75,7 @@ def _pairs(settings: Settings, store, request: dict[str, Any], base, connection,
         "dataset": digest,
     }
     report(stage="validated", upload=changed)
-    return merge.pairs, changed | {"edits_from": edits_from}, upload["filename"]
+    return merge.pairs, changed, upload["filename"], edits_from
 
 
 def upload_provenance(data: bytes, pairs: list, filename: str) -> dict:
@@ -116,7 +119,7 @@ def run_training(settings: Settings, request: dict[str, Any], report, connection
     config = _config({k: v for k, v in defaults.items() if v is not None} | (request.get("hyperparameters") or {}))
     report(stage="validating data")
     base = load_base(request.get("base_model") or settings.base_model, settings.cache_dir, config.max_length)
-    pairs, upload, source = _pairs(settings, store, request, base, connection, report)
+    pairs, upload, source, edits_from = _pairs(settings, store, request, base, connection, report)
 
     def progress(p) -> None:
         report(
@@ -130,9 +133,7 @@ def run_training(settings: Settings, request: dict[str, Any], report, connection
         )
 
     eval_data = request.get("eval_data")
-    train_request = TrainRequest(
-        base.name, config, Path(eval_data) if eval_data else None, source=source, edits_from=upload.pop("edits_from", None)
-    )
+    train_request = TrainRequest(base.name, config, Path(eval_data) if eval_data else None, source=source, edits_from=edits_from)
     policy = Policy(
         force=bool(request.get("force")), keep_versions=settings.keep_versions, device=settings.device, dtype=settings.dtype
     )
