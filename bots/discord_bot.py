@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import io
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Literal
 
@@ -178,6 +179,13 @@ def _register(bot: QabotDiscord) -> None:
         await interaction.response.send_message(REFUSAL, ephemeral=True, allowed_mentions=NO_MENTIONS)
         return True
 
+    async def admin_reply(interaction: discord.Interaction, reply: Callable[[], Awaitable[str]]) -> None:
+        """An admin command that answers in text: refused to others, else deferred ("thinking"), then the reply."""
+        if await refuse_unless_admin(interaction):
+            return
+        await interaction.response.defer(thinking=True)
+        await _send(interaction, await reply())
+
     @tree.command(name="ask", description=BY_NAME["ask"].help)
     @app_commands.describe(question="Your question")
     async def ask(interaction: discord.Interaction, question: str) -> None:
@@ -253,10 +261,7 @@ def _register(bot: QabotDiscord) -> None:
     @ADMINS_SEE
     async def addqa(interaction: discord.Interaction, question: str, answer: str) -> None:
         """A new dataset version with one more pair; no training."""
-        if await refuse_unless_admin(interaction):
-            return
-        await interaction.response.defer(thinking=True)
-        await _send(interaction, await bot.core.add_pair(question, answer, _reply_to(interaction)))
+        await admin_reply(interaction, lambda: bot.core.add_pair(question, answer, _reply_to(interaction)))
 
     @tree.command(name="export", description=BY_NAME["export"].help)
     @ADMINS_SEE
@@ -274,75 +279,51 @@ def _register(bot: QabotDiscord) -> None:
     @app_commands.describe(question="The question whose pair to remove, as stored")
     async def forget(interaction: discord.Interaction, question: str) -> None:
         """A new dataset version without that pair; no training."""
-        if await refuse_unless_admin(interaction):
-            return
-        await interaction.response.defer(thinking=True)
-        await _send(interaction, await bot.core.forget(question, _reply_to(interaction)))
+        await admin_reply(interaction, lambda: bot.core.forget(question, _reply_to(interaction)))
 
     @tree.command(name="undo", description=BY_NAME["undo"].help)
     @ADMINS_SEE
     async def undo(interaction: discord.Interaction) -> None:
         """The last one-pair edit taken back."""
-        if await refuse_unless_admin(interaction):
-            return
-        await interaction.response.defer(thinking=True)
-        await _send(interaction, await bot.core.undo(_reply_to(interaction)))
+        await admin_reply(interaction, lambda: bot.core.undo(_reply_to(interaction)))
 
     @tree.command(name="status", description=BY_NAME["status"].help)
     @ADMINS_SEE
     async def status(interaction: discord.Interaction) -> None:
         """What is going on."""
-        if await refuse_unless_admin(interaction):
-            return
-        await interaction.response.defer(thinking=True)
-        await _send(interaction, await bot.core.status())
+        await admin_reply(interaction, bot.core.status)
 
     @tree.command(name="models", description=BY_NAME["models"].help)
     @ADMINS_SEE
     async def models(interaction: discord.Interaction) -> None:
         """The last versions, the live one marked."""
-        if await refuse_unless_admin(interaction):
-            return
-        await interaction.response.defer(thinking=True)
-        await _send(interaction, await bot.core.models())
+        await admin_reply(interaction, bot.core.models)
 
     @tree.command(name="rollback", description=BY_NAME["rollback"].help)
     @ADMINS_SEE
     async def rollback(interaction: discord.Interaction, version: str | None = None) -> None:
         """Switch the live version."""
-        if await refuse_unless_admin(interaction):
-            return
-        await interaction.response.defer(thinking=True)
-        await _send(interaction, await bot.core.rollback(version, _reply_to(interaction)))
+        await admin_reply(interaction, lambda: bot.core.rollback(version, _reply_to(interaction)))
 
     @tree.command(name="unanswered", description=BY_NAME["unanswered"].help)
     @ADMINS_SEE
     async def unanswered(interaction: discord.Interaction) -> None:
         """The open questions of the inbox, with their ids."""
-        if await refuse_unless_admin(interaction):
-            return
-        await interaction.response.defer(thinking=True)
-        await _send(interaction, await bot.core.inbox())
+        await admin_reply(interaction, bot.core.inbox)
 
     @tree.command(name="answer", description=BY_NAME["answer"].help)
     @ADMINS_SEE
     @app_commands.describe(id="The question's id from /unanswered", answer="The answer")
     async def answer(interaction: discord.Interaction, id: str, answer: str) -> None:
         """A new pair; the people who asked get the answer."""
-        if await refuse_unless_admin(interaction):
-            return
-        await interaction.response.defer(thinking=True)
-        await _send(interaction, await bot.core.inbox_answer(id, answer, _reply_to(interaction)))
+        await admin_reply(interaction, lambda: bot.core.inbox_answer(id, answer, _reply_to(interaction)))
 
     @tree.command(name="dismiss", description=BY_NAME["dismiss"].help)
     @ADMINS_SEE
     @app_commands.describe(id="The question's id from /unanswered")
     async def dismiss(interaction: discord.Interaction, id: str) -> None:
         """Close the question."""
-        if await refuse_unless_admin(interaction):
-            return
-        await interaction.response.defer(thinking=True)
-        await _send(interaction, await bot.core.inbox_dismiss(id, _reply_to(interaction)))
+        await admin_reply(interaction, lambda: bot.core.inbox_dismiss(id, _reply_to(interaction)))
 
 
 def main(settings: Settings) -> None:
