@@ -1,13 +1,11 @@
-"""What both bots do, whatever the platform: ask, rate-limit, and render admin jobs' results. Speaks only to Redis.
-
-No torch and nothing of `engine/`: every admin action is a job that a worker runs; this module renders results.
+"""What both bots do, whatever the platform: ask, rate-limit, follow fine-tunes; the admin commands come from
+bots.admin. Speaks only to Redis: no torch and nothing of `engine/`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
 from collections import defaultdict, deque
@@ -15,33 +13,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from bots.admin import AdminCommands
 from bots.commands import admin_help, help_text
 from bots.feedback import Notify, Reply, deliver_notices
-from bots.render import (
-    CHAT_HINTS,
-    render_added,
-    render_declined,
-    render_forgotten,
-    render_inbox,
-    render_inbox_answer,
-    render_inbox_dismiss,
-    render_models,
-    render_progress,
-    render_result,
-    render_status,
-    render_undone,
-)
+from bots.render import CHAT_HINTS, render_declined, render_progress, render_result
 from qabot.errors import AnswerTimeout, JobFailed, QuestionError, ServiceUnavailable, TrainingBusy
 from qabot.questions import check_question
 from qabot.settings import Settings
-from qabot.shapes import (
-    ExportResult,
-    InboxAnswerRequest,
-    InboxDismissRequest,
-    InboxListRequest,
-    ReplyTo,
-    RollbackResult,
-)
+from qabot.shapes import ReplyTo
 from worker.client import QueueClient
 from worker.results import TrainStatus
 
@@ -54,17 +33,12 @@ DELIVERY_POLL_SECONDS = 15.0  # how often a bot looks for finished fine-tunes no
 HELP_TEXT = help_text()  # bots.commands: the one table of commands
 ADMIN_HELP = admin_help()
 APOLOGY = "Sorry, I can't answer right now: the answering service is down or busy. Please try again in a minute."
-ADMIN_APOLOGY = (
-    "Sorry, the admin service did not answer in time (is `qabot worker admin` running?). "
-    "If you asked for a change, check /status before trying again."
-)
 ANSWER_DOWN_ALERT = (
     "Admins: questions are going unanswered because no answer worker is running (start `qabot worker answer`; "
     "`qabot status` shows the workers). People get an apology until one runs again. I say this once per outage."
 )
 REFUSAL = "Sorry, only this bot's admins can do that."
 NO_ANSWER = "I don't know that one yet."
-INBOX_SHOWN = 10  # questions /unanswered lists
 
 
 class RateLimiter:
@@ -100,7 +74,7 @@ Edit = Callable[[Any, str], Awaitable[None]]
 Alert = Callable[[str, str], Awaitable[None]]  # (text, the chat of the question that went unanswered)
 
 
-class BotCore:
+class BotCore(AdminCommands):
     """Platform-independent behaviour shared by the Telegram and Discord bots."""
 
     def __init__(self, settings: Settings, client: QueueClient | None = None) -> None:
@@ -168,102 +142,6 @@ class BotCore:
             logger.warning("could not tell the admins that no answer worker runs", exc_info=True)
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(self.client.release_answer_down_alert, self.platform)
-
-    # -- admins: each action is a job; this only renders ------------------------------------
-    async def add_pair(self, question: str, answer: str, reply_to: ReplyTo | None = None) -> str:
-        """/addqa: one more pair in the dataset (no training)."""
-        if not question.strip() or not answer.strip():
-            return "Usage: /addqa question | answer"
-        return await self._admin(render_added, "add_pair", question, answer, reply_to=reply_to)
-
-    async def forget(self, question: str, reply_to: ReplyTo | None = None) -> str:
-        """/forget: the pair of a question leaves the dataset (no training; /undo brings it back)."""
-        if not question.strip():
-            return "Usage: /forget <question>"
-        return await self._admin(render_forgotten, "forget_pair", question.strip(), reply_to=reply_to)
-
-    async def export(self, limit: int) -> tuple[str, ExportResult | None]:
-        """/export: (the message, the file to attach or None); a file over the platform's `limit` bytes is not sent."""
-        found: list[ExportResult] = []
-
-        def render(result: ExportResult) -> str:
-            if len(result.data) > limit:
-                return (
-                    f"The dataset ({result.pairs} pairs) is {len(result.data)} bytes, over this platform's {limit}-byte "
-                    "limit for a bot's file: run `qabot data export` on the GPU host instead."
-                )
-            found.append(result)
-            return (
-                f"The current dataset: {result.pairs} pairs (dataset {result.dataset}). Edit it and send it back with "
-                "/retrain replace; the fields besides prompt and response say where each pair came from."
-            )
-
-        text = await self._admin(render, "export_dataset")
-        return text, (found[0] if found else None)
-
-    async def undo(self, reply_to: ReplyTo | None = None) -> str:
-        """/undo: the last /addqa, /answer or /forget is taken back."""
-        return await self._admin(render_undone, "undo_edit", reply_to=reply_to)
-
-    async def status(self) -> str:
-        return await self._admin(render_status, "status")
-
-    async def models(self) -> str:
-        return await self._admin(render_models, "list_models")
-
-    async def rollback(self, version: str | None, reply_to: ReplyTo | None = None) -> str:
-        def render(result: RollbackResult) -> str:
-            if not result.ok:
-                return f"Can't roll back: {result.message}."
-            notes = (
-                f" It answers from the dataset it was trained on ({result.pairs} pairs, with pairs added or changed one "
-                "at a time since then kept)."
-                if result.pairs is not None
-                else ""
-            )
-            return (
-                f"Rolled back: {result.version} is live again; the answer workers switch to it before their next batch." + notes
-            )
-
-        return await self._admin(render, "rollback", version, reply_to=reply_to)
-
-    async def inbox(self, limit: int = INBOX_SHOWN) -> str:
-        """/unanswered: the most-asked open questions with their ids."""
-        return await self._admin(functools.partial(render_inbox, hints=self.hints), "inbox_list", InboxListRequest(limit))
-
-    async def inbox_answer(self, item_id: str, answer: str, reply_to: ReplyTo | None = None) -> str:
-        """/answer <id> <answer>: the question becomes a pair; the people who asked it get the answer."""
-        if not item_id.strip() or not answer.strip():
-            return "Usage: /answer <id> <answer> (/unanswered lists the ids)"
-        request = InboxAnswerRequest(item_id.strip(), answer.strip())
-        return await self._admin(
-            functools.partial(render_inbox_answer, hints=self.hints), "inbox_answer", request, reply_to=reply_to
-        )
-
-    async def inbox_dismiss(self, item_id: str, reply_to: ReplyTo | None = None) -> str:
-        """/dismiss <id>: close a question without answering it."""
-        if not item_id.strip():
-            return "Usage: /dismiss <id> (/unanswered lists the ids)"
-        return await self._admin(
-            functools.partial(render_inbox_dismiss, hints=self.hints),
-            "inbox_dismiss",
-            InboxDismissRequest(item_id.strip()),
-            reply_to=reply_to,
-        )
-
-    async def _admin(self, render: Callable[[Any], str], function: str, *args: Any, reply_to: ReplyTo | None = None) -> str:
-        """Run admin job `function` and render its result; the admin gets a short message if it fails."""
-        try:
-            return render(await self.client.ask_admin(function, *args, reply_to=reply_to))
-        except (ServiceUnavailable, AnswerTimeout) as exc:
-            logger.warning("admin job not answered: %s", exc)
-            return ADMIN_APOLOGY
-        except JobFailed as exc:
-            logger.warning("an admin job failed: %s", exc)
-            return f"Sorry, that failed: {exc}"
-        except Exception:  # the edge: the bot keeps running
-            logger.exception("unexpected failure in an admin command")
-            return ADMIN_APOLOGY
 
     async def retrain(
         self,

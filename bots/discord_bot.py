@@ -153,9 +153,9 @@ class QabotDiscord(discord.Client):
         await channel.send(feedback.text, reference=reference, mention_author=False, allowed_mentions=NO_MENTIONS)
 
 
-async def _send(interaction: discord.Interaction, text: str) -> list[discord.WebhookMessage]:
+async def _send(interaction: discord.Interaction, text: str, ephemeral: bool = False) -> list[discord.WebhookMessage]:
     return [
-        await interaction.followup.send(part, wait=True, allowed_mentions=NO_MENTIONS)
+        await interaction.followup.send(part, wait=True, ephemeral=ephemeral, allowed_mentions=NO_MENTIONS)
         for part in split_message(text, MESSAGE_LIMIT)
     ]
 
@@ -179,12 +179,13 @@ def _register(bot: QabotDiscord) -> None:
         await interaction.response.send_message(REFUSAL, ephemeral=True, allowed_mentions=NO_MENTIONS)
         return True
 
-    async def admin_reply(interaction: discord.Interaction, reply: Callable[[], Awaitable[str]]) -> None:
-        """An admin command that answers in text: refused to others, else deferred ("thinking"), then the reply."""
+    async def admin_reply(interaction: discord.Interaction, reply: Callable[[], Awaitable[str]], private: bool = False) -> None:
+        """An admin command that answers in text: refused to others, else deferred ("thinking"), then the reply;
+        `private` (replies that quote people: the inbox, the data) is seen by the admin alone (ephemeral)."""
         if await refuse_unless_admin(interaction):
             return
-        await interaction.response.defer(thinking=True)
-        await _send(interaction, await reply())
+        await interaction.response.defer(thinking=True, ephemeral=private)
+        await _send(interaction, await reply(), ephemeral=private)
 
     @tree.command(name="ask", description=BY_NAME["ask"].help)
     @app_commands.describe(question="Your question")
@@ -274,9 +275,16 @@ def _register(bot: QabotDiscord) -> None:
         extra = {"file": discord.File(io.BytesIO(found.data), found.filename)} if found is not None else {}
         await interaction.followup.send(text, wait=True, ephemeral=True, allowed_mentions=NO_MENTIONS, **extra)
 
+    @tree.command(name="find", description=BY_NAME["find"].help)
+    @ADMINS_SEE
+    @app_commands.describe(query="Words to look for in the questions and answers")
+    async def find(interaction: discord.Interaction, query: str) -> None:
+        """The nearest pairs, numbered, seen by the admin only."""
+        await admin_reply(interaction, lambda: bot.core.find(query), private=True)
+
     @tree.command(name="forget", description=BY_NAME["forget"].help)
     @ADMINS_SEE
-    @app_commands.describe(question="The question whose pair to remove, as stored")
+    @app_commands.describe(question="The question whose pair to remove, as stored, or its number from /find")
     async def forget(interaction: discord.Interaction, question: str) -> None:
         """A new dataset version without that pair; no training."""
         await admin_reply(interaction, lambda: bot.core.forget(question, _reply_to(interaction)))
@@ -307,23 +315,24 @@ def _register(bot: QabotDiscord) -> None:
 
     @tree.command(name="unanswered", description=BY_NAME["unanswered"].help)
     @ADMINS_SEE
-    async def unanswered(interaction: discord.Interaction) -> None:
-        """The open questions of the inbox, with their ids."""
-        await admin_reply(interaction, bot.core.inbox)
+    @app_commands.describe(page="Which page of the list (10 questions a page)")
+    async def unanswered(interaction: discord.Interaction, page: app_commands.Range[int, 1] = 1) -> None:
+        """The open questions of the inbox, with their ids, seen by the admin only."""
+        await admin_reply(interaction, lambda: bot.core.inbox(page), private=True)
 
     @tree.command(name="answer", description=BY_NAME["answer"].help)
     @ADMINS_SEE
     @app_commands.describe(id="The question's id from /unanswered", answer="The answer")
     async def answer(interaction: discord.Interaction, id: str, answer: str) -> None:
         """A new pair; the people who asked get the answer."""
-        await admin_reply(interaction, lambda: bot.core.inbox_answer(id, answer, _reply_to(interaction)))
+        await admin_reply(interaction, lambda: bot.core.inbox_answer(id, answer, _reply_to(interaction)), private=True)
 
     @tree.command(name="dismiss", description=BY_NAME["dismiss"].help)
     @ADMINS_SEE
     @app_commands.describe(id="The question's id from /unanswered")
     async def dismiss(interaction: discord.Interaction, id: str) -> None:
         """Close the question."""
-        await admin_reply(interaction, lambda: bot.core.inbox_dismiss(id, _reply_to(interaction)))
+        await admin_reply(interaction, lambda: bot.core.inbox_dismiss(id, _reply_to(interaction)), private=True)
 
 
 def main(settings: Settings) -> None:

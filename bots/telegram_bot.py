@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 from telegram import Message, Update
 from telegram.constants import ChatAction, ChatType, MessageEntityType
+from telegram.error import BadRequest, Forbidden
 from telegram.ext import Application, ApplicationBuilder, CommandHandler, ContextTypes, MessageHandler, filters
 
 from bots.core import ADMIN_HELP, HELP_TEXT, REFUSAL, BotCore
@@ -37,6 +38,11 @@ RETRAIN_CAPTION = re.compile(r"^/retrain(@\w+)?(\s|$)")
 WRONG = re.compile(r"wrong\s*[.!]*", re.IGNORECASE)  # a reply "wrong" to one of the bot's answers flags it
 DOCUMENT_LIMIT = 50 * 1024 * 1024  # the Bot API's limit for a file a bot sends
 NOT_AN_ANSWER = 'I can only pass on a "wrong" about one of my answers from the last few days.'
+SENT_PRIVATELY = "I've sent you that in our private chat: it quotes people's messages."
+NO_PRIVATE_CHAT = (
+    "That reply quotes people's messages, so it goes to our private chat, but I can't write to you first: open a "
+    "private chat with me, press Start, then ask again."
+)
 
 
 def _core(context: ContextTypes.DEFAULT_TYPE) -> BotCore:
@@ -84,6 +90,29 @@ async def typing(message: Message) -> AsyncIterator[None]:
 async def reply(message: Message, text: str) -> list[Message]:
     """Reply to a message, split at Telegram's length limit; the messages sent."""
     return [await message.reply_text(part, do_quote=True) for part in split_message(text, MESSAGE_LIMIT)]
+
+
+async def reply_privately(message: Message, text: str, document: tuple[bytes, str] | None = None) -> None:
+    """An admin reply that quotes people (the inbox, the data): in the admin's private chat; in a group, only a
+    pointer to it. Telegram lets a bot write first only to someone who started a chat with it."""
+    admin = message.from_user
+    if message.chat.type == ChatType.PRIVATE or admin is None:
+        if document is not None:
+            await message.reply_document(document[0], filename=document[1], caption=text, do_quote=True)
+        else:
+            await reply(message, text)
+        return
+    try:
+        if document is not None:
+            await message.get_bot().send_document(admin.id, document[0], filename=document[1], caption=text)
+        else:
+            for part in split_message(text, MESSAGE_LIMIT):
+                await message.get_bot().send_message(admin.id, part)
+    except (Forbidden, BadRequest) as exc:
+        logger.info("could not write to an admin privately: %s", exc)
+        await reply(message, NO_PRIVATE_CHAT)
+        return
+    await reply(message, SENT_PRIVATELY)
 
 
 async def answer_question(message: Message, context: ContextTypes.DEFAULT_TYPE, question: str) -> None:
@@ -205,13 +234,17 @@ async def forget(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 
 @admins_only
 async def export(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """/export (admins only): the dataset as a JSON document, in the admin's chat."""
+    """/export (admins only): the dataset as a JSON document, in the admin's private chat."""
     message = update.effective_message
     text, found = await _core(context).export(DOCUMENT_LIMIT)
-    if found is None:
-        await reply(message, text)
-        return
-    await message.reply_document(found.data, filename=found.filename, caption=text, do_quote=True)
+    await reply_privately(message, text, (found.data, found.filename) if found is not None else None)
+
+
+@admins_only
+async def find(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """/find <words>: the nearest pairs, numbered, in the admin's private chat (admins only)."""
+    message = update.effective_message
+    await reply_privately(message, await _core(context).find((message.text or "").partition(" ")[2]))
 
 
 @admins_only
@@ -242,8 +275,8 @@ async def rollback(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 
 @admins_only
 async def unanswered(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """/unanswered: the most-asked questions the bot could not answer, with their ids (admins only)."""
-    await reply(update.effective_message, await _core(context).inbox())
+    """/unanswered [page]: the most-asked questions the bot could not answer, with their ids (admins only), privately."""
+    await reply_privately(update.effective_message, await _core(context).inbox((context.args or ["1"])[0]))
 
 
 @admins_only
@@ -252,14 +285,14 @@ async def answer(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     message = update.effective_message
     words = (message.text or "").split(maxsplit=2)
     item_id, text = (words[1] if len(words) > 1 else ""), (words[2] if len(words) > 2 else "")
-    await reply(message, await _core(context).inbox_answer(item_id, text, _reply_to(message)))
+    await reply_privately(message, await _core(context).inbox_answer(item_id, text, _reply_to(message)))
 
 
 @admins_only
 async def dismiss(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """/dismiss <id>: close a question without an answer (admins only)."""
     message = update.effective_message
-    await reply(message, await _core(context).inbox_dismiss((context.args or [""])[0], _reply_to(message)))
+    await reply_privately(message, await _core(context).inbox_dismiss((context.args or [""])[0], _reply_to(message)))
 
 
 def build_application(settings: Settings, core: BotCore | None = None) -> Application:
@@ -289,6 +322,7 @@ def build_application(settings: Settings, core: BotCore | None = None) -> Applic
     app.add_handler(MessageHandler(new & filters.Document.ALL & filters.CaptionRegex(RETRAIN_CAPTION), retrain))
     app.add_handler(CommandHandler("addqa", add_qa, filters=new))
     app.add_handler(CommandHandler("export", export, filters=new))
+    app.add_handler(CommandHandler("find", find, filters=new))
     app.add_handler(CommandHandler("forget", forget, filters=new))
     app.add_handler(CommandHandler("undo", undo, filters=new))
     app.add_handler(CommandHandler("status", status, filters=new))

@@ -9,7 +9,21 @@ import typer
 
 from qabot.setup import console, err
 
-data_app = typer.Typer(help="The current dataset: export it, forget a pair, undo the last one-pair edit.", no_args_is_help=True)
+data_app = typer.Typer(
+    help="The current dataset: find pairs, export it, forget a pair, undo the last one-pair edit.", no_args_is_help=True
+)
+
+
+@data_app.command("find")
+def data_find(
+    words: Annotated[list[str], typer.Argument(help="Words to look for in the questions and answers.")],
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=20, help="Pairs shown.")] = 5,
+) -> None:
+    """The pairs nearest to the words (the index the answers use), numbered as in the dataset, with where each came from."""
+    from bots.render import CLI_HINTS, render_find
+    from worker.admin import find_pairs
+
+    console.print(render_find(find_pairs(" ".join(words), limit), CLI_HINTS), markup=False, soft_wrap=True)
 
 
 @data_app.command("export")
@@ -28,7 +42,9 @@ def data_export(
 
 
 @data_app.command("forget")
-def data_forget(question: Annotated[str, typer.Argument(help="The question whose pair to remove, as stored.")]) -> None:
+def data_forget(
+    question: Annotated[str, typer.Argument(help="The question whose pair to remove, as stored, or its number from find.")],
+) -> None:
     """Remove a pair from the current dataset (no training; `qabot data undo` brings it back)."""
     from bots.render import render_forgotten
     from worker.admin import forget_pair

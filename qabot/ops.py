@@ -161,12 +161,15 @@ def _show(text: str) -> None:
 
 
 @inbox_app.command("list")
-def inbox_list(limit: Annotated[int, typer.Option(help="Most questions shown.")] = 20) -> None:
-    """The most-asked open questions first, then the most recent, with their ids."""
+def inbox_list(
+    limit: Annotated[int, typer.Option(help="Questions (groups of wordings) per page.")] = 20,
+    page: Annotated[int, typer.Option(min=1, help="Which page.")] = 1,
+) -> None:
+    """The most-asked open questions first, then the most recent, with their ids; other wordings grouped."""
     from bots.render import CLI_HINTS, render_inbox
     from qabot.shapes import InboxListRequest
 
-    _show(render_inbox(_inbox_job("inbox_list", InboxListRequest(limit)), CLI_HINTS))
+    _show(render_inbox(_inbox_job("inbox_list", InboxListRequest(limit, page)), CLI_HINTS))
 
 
 @inbox_app.command("answer")

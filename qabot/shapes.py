@@ -56,6 +56,27 @@ class ExportResult:
 
 
 @dataclass(frozen=True)
+class FoundPair:
+    """A pair /find shows: `number` is its place in the current dataset and in /export's file, from 1."""
+
+    number: int
+    question: str
+    answer: str
+    score: float  # cosine similarity to the words looked for, as retrieval ranks notes
+    origin: dict[str, str] = field(default_factory=dict)  # engine.datastore's PROVENANCE_FIELDS that are known
+
+
+@dataclass(frozen=True)
+class FindResult:
+    """/find: the pairs nearest to the words, nearest first."""
+
+    query: str
+    found: tuple[FoundPair, ...]
+    pairs: int
+    dataset: str | None = None
+
+
+@dataclass(frozen=True)
 class ModelRow:
     name: str
     created_at: str
@@ -130,19 +151,32 @@ class InboxItem:
     answer: str | None = None  # the answer it got, when someone said it was wrong
     places: tuple[Place, ...] = ()
     flags: int = 0  # how many people said its answer was wrong (not counted in `count`)
+    also: tuple[InboxItem, ...] = ()  # the same question asked in other words (worker.lookup groups them)
+
+    @property
+    def asked(self) -> int:
+        """Askings of the whole group."""
+        return self.count + sum(i.count for i in self.also)
+
+    @property
+    def flagged(self) -> int:
+        return self.flags + sum(i.flags for i in self.also)
 
 
 @dataclass(frozen=True)
 class InboxListRequest:
-    limit: int = 10
+    limit: int = 10  # questions (groups) per page
+    page: int = 1
 
 
 @dataclass(frozen=True)
 class InboxListResult:
     """The most-asked open questions first, then the most recent; `open` counts them all."""
 
-    items: tuple[InboxItem, ...]
-    open: int
+    items: tuple[InboxItem, ...]  # this page's groups, each led by its most asked wording
+    open: int  # open questions, all wordings counted
+    page: int = 1
+    pages: int = 1
 
 
 @dataclass(frozen=True)
@@ -160,6 +194,7 @@ class InboxAnswerResult:
     question: str = ""
     added: AddPairResult | None = None
     notified: tuple[Place, ...] = ()
+    grouped: int = 0  # other wordings of the question closed with it
 
     @property
     def closed(self) -> bool:
@@ -176,6 +211,7 @@ class InboxDismissResult:
     id: str
     found: bool
     question: str = ""
+    grouped: int = 0  # other wordings of the question dismissed with it
 
 
 @dataclass(frozen=True)

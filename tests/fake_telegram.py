@@ -28,6 +28,7 @@ class FakeTelegram(Watched):
         self.updates: list[dict[str, Any]] = []
         self.files: dict[str, bytes] = {}
         self.menus: dict[str, list[str]] = {}  # command menus by scope (JSON), as setMyCommands set them
+        self.unreachable: set[int] = set()  # users who never started a private chat with the bot: it cannot write first
         self._ids = itertools.count(1)
         self._update_ids = itertools.count(1)
         self._new_update = asyncio.Event()
@@ -69,6 +70,9 @@ class FakeTelegram(Watched):
                     params[key] = value if isinstance(value, str) else value.file.read()
         self.calls.append((method, params))
         handler = getattr(self, f"api_{method}", None)
+        if method.startswith("send") and int(params.get("chat_id") or 0) in self.unreachable:
+            description = "Forbidden: bot can't initiate conversation with a user"
+            return web.json_response({"ok": False, "error_code": 403, "description": description}, status=403)
         if handler is None:
             return web.json_response({"ok": False, "error_code": 404, "description": f"Not Found: {method}"}, status=404)
         result = await handler(params)

@@ -9,6 +9,7 @@ import difflib
 import json
 import logging
 import time
+from dataclasses import replace
 
 from engine.datastore import replay
 from engine.textformat import version_counter
@@ -22,10 +23,12 @@ from qabot.shapes import (
     AddPairResult,
     EditResult,
     ExportResult,
+    FindResult,
     InboxAnswerRequest,
     InboxAnswerResult,
     InboxDismissRequest,
     InboxDismissResult,
+    InboxItem,
     InboxKind,
     InboxListRequest,
     InboxListResult,
@@ -40,6 +43,8 @@ from qabot.shapes import (
 logger = logging.getLogger(__name__)
 
 MODELS_SHOWN = 10
+FIND_SHOWN = 5
+FIND_MAX = 20
 
 
 def _store(settings: Settings | None = None) -> ModelStore:
@@ -91,17 +96,23 @@ def _who(action: str) -> dict[str, str]:
 
 
 def forget_pair(question: str) -> EditResult:
-    """/forget: remove the pair of a question (matched as /addqa matches: case, spaces and end punctuation folded)."""
+    """/forget: remove the pair of a question (matched as /addqa matches: case, spaces and end punctuation folded),
+    or the pair of a number /find showed (its place in the current dataset)."""
     store = _store()
     wanted = normalize_question(question)
     with store.lock():
         current = store.current_pairs()
-        kept = [p for p in current if normalize_question(p.prompt) != wanted]
-        if len(kept) == len(current):
+        removed = next((p for p in current if normalize_question(p.prompt) == wanted), None)
+        number = question.strip().lstrip("#")
+        if removed is None and number.isdigit():  # a number from /find: the pair's place in the dataset
+            if not 1 <= int(number) <= len(current):
+                return EditResult(False, question, message=f"the dataset has pairs 1 to {len(current)}; /find shows numbers")
+            removed = current[int(number) - 1]
+        if removed is None:
             by_folded = {normalize_question(p.prompt): p.prompt for p in current}
             close = difflib.get_close_matches(wanted, list(by_folded), n=3, cutoff=0.6)
-            return EditResult(False, question, suggestions=tuple(by_folded[c] for c in close), message="no such question")
-        removed = next(p for p in current if normalize_question(p.prompt) == wanted)
+            return EditResult(False, question, suggestions=tuple(by_folded[c] for c in close))  # unknown: no message
+        kept = [p for p in current if p != removed]
         digest = store.edit_dataset(kept, **_who("forget"))
     logger.info("pair forgotten: dataset %s, %d pairs", digest, len(kept))
     return EditResult(True, removed.prompt, removed.response, len(kept), digest)
@@ -133,6 +144,17 @@ def provenance(store: ModelStore, pairs: list[QAPair]) -> dict[QAPair, dict[str,
     live = store.current()
     source = str(live.meta.get("dataset", {}).get("source") or "") if live is not None else ""
     return {p: known.get(pair_key(p)) or ({"source": source} if source else {}) for p in pairs}
+
+
+def find_pairs(query: str, limit: int = FIND_SHOWN) -> FindResult:
+    """/find: the pairs nearest to `query` in the index the answers use, with where each came from."""
+    from worker.lookup import current_index, find
+
+    store = _store()
+    index = current_index(store)
+    origin = provenance(store, index.pairs) if index is not None else {}
+    found = find(index, query, max(1, min(limit, FIND_MAX)), origin)
+    return FindResult(query, found, len(index.pairs) if index is not None else 0, store.current_digest())
 
 
 def export_dataset() -> ExportResult:
@@ -196,40 +218,77 @@ def _redis(settings: Settings):
     return job.connection if job is not None else connect(settings.redis_url, socket_timeout=30)
 
 
+def _groups(connection, settings: Settings) -> list[InboxItem]:
+    """The open questions grouped (worker.lookup: the same question in other words), most asked group first, then the
+    most recently asked; each group is its lead item with the others in `also`."""
+    from worker.lookup import current_index, group, same_question_threshold
+
+    items, _ = inbox.open_items(connection)
+    if not items:
+        return []
+    groups = group(items, same_question_threshold(current_index(_store(settings))))
+    leads = [replace(g[0], also=tuple(g[1:])) for g in groups]
+    leads.sort(key=lambda i: (-(i.asked + i.flagged), -max(m.last_asked for m in (i, *i.also))))
+    return leads
+
+
+def _group_of(connection, settings: Settings, item_id: str) -> InboxItem | None:
+    """The open group an id belongs to (as the lead or one of its wordings), led by the item that id names."""
+    item = inbox.get(connection, item_id)
+    if item is None:
+        return None
+    for lead in _groups(connection, settings):
+        members = (lead, *lead.also)
+        if any(m.id == item.id for m in members):
+            return replace(item, also=tuple(m for m in members if m.id != item.id))
+    return item
+
+
 def inbox_list(request: InboxListRequest) -> InboxListResult:
-    """/unanswered: the most-asked open questions first, then the most recent."""
-    items, total = inbox.open_items(_redis(Settings()), max(1, min(request.limit, INBOX_LIST_MAX)))
-    return InboxListResult(tuple(items), total)
+    """/unanswered: one page of the open questions, the same question in other words grouped; most asked first."""
+    settings = Settings()
+    connection = _redis(settings)
+    leads = _groups(connection, settings)
+    size = max(1, min(request.limit, INBOX_LIST_MAX))
+    pages = max(1, -(-len(leads) // size))
+    page = max(1, min(request.page, pages))
+    shown = leads[(page - 1) * size : page * size]
+    return InboxListResult(tuple(shown), sum(1 + len(i.also) for i in leads), page, pages)
 
 
 def inbox_answer(request: InboxAnswerRequest) -> InboxAnswerResult:
-    """/answer: the question and the answer become a pair (validated and stored like /addqa), the question is closed,
-    and the answer goes to the chats where it was asked within `inbox_notify_days`."""
+    """/answer: the question and the answer become a pair (validated and stored like /addqa), the question and its
+    other wordings are closed, and the answer goes to the chats where any of them was asked within
+    `inbox_notify_days`."""
     settings = Settings()
     connection = _redis(settings)
-    item = inbox.get(connection, request.id)
+    item = _group_of(connection, settings, request.id)
     if item is None:
         return InboxAnswerResult(request.id, False)
     added = _add_pair(settings, item.text, request.answer.strip(), "answer")
     if not added.added:
         return InboxAnswerResult(item.id, True, item.text, added)
-    if not inbox.close(connection, item.id):  # another admin closed it meanwhile: they notified the askers
-        return InboxAnswerResult(item.id, True, item.text, added)
+    closed = [m for m in (item, *item.also) if inbox.close(connection, m.id)]  # one closed meanwhile: its closer told them
     days = settings.inbox_notify_days
     since = time.time() - days * 24 * 3600
-    places = [p for p in item.places if p.platform in PLATFORMS_NOTIFIED and p.at >= since] if days else []
+    places = [p for m in closed for p in m.places if p.platform in PLATFORMS_NOTIFIED and p.at >= since] if days else []
+    places = list({(p.platform, p.chat): p for p in places}.values())  # a chat that asked two wordings hears it once
     inbox.push_notices(connection, added.question, request.answer.strip(), places)
-    logger.info("inbox question %s answered; %d chats to tell", item.id, len(places))
-    return InboxAnswerResult(item.id, True, added.question, added, tuple(places))
+    logger.info("inbox question %s answered (%d wordings); %d chats to tell", item.id, len(closed), len(places))
+    return InboxAnswerResult(item.id, True, added.question, added, tuple(places), grouped=len(closed) - 1)
 
 
 def inbox_dismiss(request: InboxDismissRequest) -> InboxDismissResult:
-    """/dismiss: close the question without an answer (it does not come back for a while)."""
-    connection = _redis(Settings())
-    item = inbox.get(connection, request.id)
-    if item is None or not inbox.close(connection, item.id, dismissed=True):
+    """/dismiss: close the question and its other wordings without an answer (they do not come back for a while)."""
+    settings = Settings()
+    connection = _redis(settings)
+    item = _group_of(connection, settings, request.id)
+    if item is None:
         return InboxDismissResult(request.id, False)
-    return InboxDismissResult(item.id, True, item.text)
+    closed = [m for m in (item, *item.also) if inbox.close(connection, m.id, dismissed=True)]
+    if not closed:
+        return InboxDismissResult(request.id, False)
+    return InboxDismissResult(item.id, True, item.text, grouped=len(closed) - 1)
 
 
 def inbox_report(report: WrongReport) -> WrongReportResult:
