@@ -132,8 +132,8 @@ def test_bad_settings_are_reported(env):
     assert "invalid setting QABOT_DEVICE='gpu'" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_data_export_forget_and_undo_on_the_host(env, tmp_path):
-    """`qabot data` does what /export, /forget and /undo do, with no Redis or worker."""
+def test_data_find_export_forget_and_undo_on_the_host(env, tmp_path):
+    """`qabot data` does what /find, /export, /forget and /undo do, with no Redis or worker."""
     import json
 
     from engine.versions import ModelStore
@@ -141,9 +141,16 @@ def test_data_export_forget_and_undo_on_the_host(env, tmp_path):
     store = ModelStore(Path(env["QABOT_HOME"]) / "models")
     digest, _ = store.store_dataset(TINY_PAIRS[:3])
     store.set_current_dataset(digest)
+    found = qabot(env, "data", "find", "where", "is", "the", "stone", "-n", "2").stdout.splitlines()
+    assert found[0] == 'The 2 pairs nearest to "where is the stone", of 3:'
+    assert found[1].startswith(f'#2 "{TINY_PAIRS[1].prompt}" → {TINY_PAIRS[1].response} (similarity 0.')
+    assert found[-1].startswith("qabot data forget NUMBER removes a pair")
     gone = qabot(env, "data", "forget", TINY_PAIRS[1].prompt.upper())
     assert gone.exit_code == 0 and gone.output.startswith(f"Forgot '{TINY_PAIRS[1].prompt}'")
     assert store.current_pairs() == [TINY_PAIRS[0], TINY_PAIRS[2]]
+    by_number = qabot(env, "data", "forget", "#2")
+    assert by_number.exit_code == 0 and by_number.output.startswith(f"Forgot '{TINY_PAIRS[2].prompt}'")
+    assert qabot(env, "data", "undo").output.startswith(f"Undid the forget of '{TINY_PAIRS[2].prompt}'")
     unknown = qabot(env, "data", "forget", "Who is nobody?")
     assert unknown.exit_code == 1 and unknown.output.startswith("No pair has the question 'Who is nobody?'")
     out = tmp_path / "export.json"

@@ -18,7 +18,7 @@ from redis import Redis
 from bots.core import REFUSAL
 from bots.feedback import ALREADY_REPORTED
 from bots.render import PASSED_ON, REPORTED, render_notice
-from bots.telegram_bot import NOT_AN_ANSWER
+from bots.telegram_bot import NO_PRIVATE_CHAT, NOT_AN_ANSWER, SENT_PRIVATELY
 from engine.versions import ModelStore
 from qabot import inbox
 from qabot.settings import Settings
@@ -301,6 +301,84 @@ async def test_people_flag_wrong_answers_on_both_platforms(stack, redis, telegra
         assert (flagged.kind, flagged.answer, flagged.flags) == (InboxKind.WRONG, TINY_PAIRS[4].response, 2)
         listing = await say(telegram, ADMIN, ADMIN, "/unanswered")
         assert f'flagged wrong 2 times, last just now; the answer was "{TINY_PAIRS[4].response}"' in listing
+
+
+SUBJECTS = ("the Ember Vault", "the Glass Sea", "Mount Orrow", "the Salt Road", "the Iron Choir", "the Moon Wells")
+SUBJECTS += ("Harrow Keep", "the Red Fens", "the Bone Bridge", "Lake Tessaly", "the Ninth Gate")
+FLEET, SHIPS = "Where does the Quorvath fleet sail?", "Where do the Quorvath ships sail?"
+WHEN = "When does the Quorvath fleet sail?"
+
+
+def private(fake: FakeTelegram, chat: int, start: str) -> list[str]:
+    """Bot messages in a private chat that begin with `start` (sent there, not as a reply in the group)."""
+    return [m["text"] for m in fake.sent.values() if m["chat"]["id"] == chat and m.get("text", "").startswith(start)]
+
+
+async def test_a_long_inbox_pages_groups_wordings_and_reaches_the_admin_privately(stack, redis, telegram, discord_fake):
+    """/unanswered pages by 10; the same question in other words is one entry (worker.lookup), and answering it tells
+    every wording's chats; the list quotes people, so it goes to the admin's private chat, never to the group."""
+    for n, subject in enumerate(SUBJECTS):
+        inbox.record(redis, f"Who built {subject}?", place=("telegram", str(-910 - n)))
+        inbox.record(redis, f"How deep is {subject}?", place=("telegram", str(-930 - n)))
+    for _ in range(3):
+        inbox.record(redis, FLEET, place=("telegram", "-901"))
+    inbox.record(redis, SHIPS, place=("telegram", "-902"))
+    inbox.record(redis, WHEN, place=("telegram", "-903"))  # close in words, another question: never merged
+    ids = {i.text: i.id for i in open_items(redis)}
+
+    telegram.unreachable.add(ADMIN)  # the admin never opened a private chat with the bot: nothing leaks to the group
+    assert await say(telegram, -950, ADMIN, "/unanswered", chat_type="group") == NO_PRIVATE_CHAT
+    telegram.unreachable.clear()
+    assert await say(telegram, -950, ADMIN, "/unanswered", chat_type="group") == SENT_PRIVATELY
+    (first,) = await telegram.wait_for(lambda: private(telegram, ADMIN, "Unanswered questions"))
+    lines = first.splitlines()
+    assert lines[0] == "Unanswered questions: 25 open, most asked first, page 1 of 3:"
+    assert lines[1].startswith(f'{ids[FLEET]}: "{FLEET}", asked 4 times, last just now; also asked as "{SHIPS}" ({ids[SHIPS]})')
+    assert len(lines) == 1 + 10 + 2 and lines[-1] == "Next page: /unanswered 2."
+    assert not any(FLEET in t for t in texts_in(telegram, -950))
+    last = await say(telegram, ADMIN, ADMIN, "/unanswered 3")
+    assert last.splitlines()[0].endswith("page 3 of 3:") and last.splitlines()[-1] == "Previous page: /unanswered 2."
+    assert len(last.splitlines()) == 1 + 4 + 2 and sum(f'"{WHEN}"' in line for line in (first + last).splitlines()) <= 1
+    assert (await say(telegram, ADMIN, ADMIN, "/unanswered two")).startswith("Usage: /unanswered [page]")
+
+    # Discord: the page option, and the reply is ephemeral (flag 64): only the admin sees it.
+    token = await discord_fake.slash(DISCORD_ADMIN, "unanswered", {"page": 2})
+    (reply,) = await discord_fake.wait_for(lambda: discord_fake.followups(token), timeout=60)
+    assert "page 2 of 3" in reply["content"] and reply["flags"] & 64
+
+    done = await say(telegram, ADMIN, ADMIN, f"/answer {ids[FLEET]} They sail north to the Ice Reach.")
+    assert "The question is closed with its 1 other wording(s)" in done and "2 chat(s)" in done
+    for chat in (-901, -902):
+        assert await telegram.wait_for(lambda chat=chat: notices(telegram, chat))
+    remaining = {i.text for i in open_items(redis)}
+    assert FLEET not in remaining and SHIPS not in remaining and WHEN in remaining and len(remaining) == 23
+    assert notices(telegram, -903) == []
+
+
+def texts_in(fake: FakeTelegram, chat: int) -> list[str]:
+    return [m.get("text", "") for m in fake.sent.values() if m["chat"]["id"] == chat]
+
+
+async def test_admins_find_pairs_and_forget_one_by_number(stack, redis, telegram, discord_fake):
+    """/find lists the nearest pairs with their numbers and origin, privately; /forget takes a number; /undo restores."""
+    before = stack.store.current_pairs()
+    assert await say(telegram, 203, 203, "/find Elara") == REFUSAL
+    assert await slash(discord_fake, 402, "find", {"query": "Elara"}) == REFUSAL
+    number = before.index(TINY_PAIRS[3]) + 1
+    found = (await say(telegram, ADMIN, ADMIN, "/find who taught elara")).splitlines()
+    assert found[0] == f'The 5 pairs nearest to "who taught elara", of {len(before)}:'
+    assert found[1].startswith(f'#{number} "{TINY_PAIRS[3].prompt}" → {TINY_PAIRS[3].response} (similarity 0.')
+    assert "from tiny.json" in found[1] and found[-1].startswith("/forget <number> removes a pair")
+    token = await discord_fake.slash(DISCORD_ADMIN, "find", {"query": "who taught elara"})
+    (reply,) = await discord_fake.wait_for(lambda: discord_fake.followups(token), timeout=60)
+    assert reply["flags"] & 64 and f"#{number} " in reply["content"]
+
+    gone = await say(telegram, ADMIN, ADMIN, f"/forget {number}")
+    assert gone.startswith(f"Forgot '{TINY_PAIRS[3].prompt}'") and TINY_PAIRS[3] not in stack.store.current_pairs()
+    out_of_range = f"Nothing was forgotten: the dataset has pairs 1 to {len(before) - 1}; /find shows numbers."
+    assert await say(telegram, ADMIN, ADMIN, "/forget 99") == out_of_range
+    assert (await slash(discord_fake, DISCORD_ADMIN, "undo")).startswith(f"Undid the forget of '{TINY_PAIRS[3].prompt}'")
+    assert sorted(stack.store.current_pairs(), key=before.index) == before
 
 
 def run_qabot(stack: Stack, *args: str) -> subprocess.CompletedProcess:

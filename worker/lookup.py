@@ -9,12 +9,16 @@ the current dataset are to their nearest neighbour, and never below SAME_FLOOR. 
 the best evidence of how close two different questions get ("Who founded X?" and "When was X founded?" are 0.97
 apart in the sample; the FAQ's nearest different questions reach 0.89), so the bar follows the dataset. Grouping
 is leader-first: the most asked question of a group leads it, and a question joins the first leader it is that close
-to (no chains of "close to something close"). Answering or dismissing a group's id answers or dismisses all of it.
+to (no chains of "close to something close"). Answering or dismissing a group's id answers or dismisses all of it, so
+a wrong merge costs more than a missed one: embeddings barely tell "When does the fleet sail?" from "Where does the
+fleet sail?" (0.96), so two English questions that ask with different question words (who, when, where, ...) are
+never merged. In other languages the embedding alone decides.
 """
 
 from __future__ import annotations
 
 import functools
+import re
 from typing import TYPE_CHECKING
 
 from qabot.dataset import QAPair, pair_key
@@ -28,6 +32,7 @@ SAME_FLOOR = 0.9  # with fewer than MIN_CALIBRATION questions, or a dataset of v
 SAME_QUANTILE = 0.99
 MIN_CALIBRATION = 20
 _VECTORS_KEPT = 5000  # inbox texts whose embeddings stay cached
+QUESTION_WORDS = re.compile(r"\b(who|whom|whose|what|when|where|why|which|how)\b", re.IGNORECASE)
 
 
 @functools.cache
@@ -89,10 +94,14 @@ def group(items: list[InboxItem], threshold: float) -> list[list[InboxItem]]:
         return []
     vectors = _encode([i.text for i in items])
     similar = vectors @ vectors.T
+    asks = [{w.casefold() for w in QUESTION_WORDS.findall(i.text)} for i in items]
     leaders: list[int] = []
     groups: dict[int, list[InboxItem]] = {}
     for n, item in enumerate(items):
-        lead = next((m for m in leaders if float(similar[n, m]) >= threshold), None)
+        lead = next(
+            (m for m in leaders if float(similar[n, m]) >= threshold and (not asks[n] or not asks[m] or asks[n] == asks[m])),
+            None,
+        )
         if lead is None:
             leaders.append(n)
             groups[n] = [item]
