@@ -15,7 +15,7 @@ from typing import Any
 
 from bots.admin import AdminCommands
 from bots.commands import admin_help, help_text
-from bots.feedback import Notify, Reply, deliver_notices
+from bots.feedback import HOW_TO_FLAG, WRONG, Notify, Reply, deliver_notices
 from bots.render import CHAT_HINTS, render_declined, render_progress, render_result
 from qabot.errors import AnswerTimeout, JobFailed, QuestionError, ServiceUnavailable, TrainingBusy
 from qabot.questions import check_question
@@ -88,6 +88,7 @@ class BotCore(AdminCommands):
         self.platform: str | None = None  # set with `alert` by the platform's wiring
         self.hints = CHAT_HINTS  # Discord's wiring escapes Markdown in user text (bots.render.InboxHints.escape)
         self.alert: Alert | None = None  # tells the admins that no answer worker runs
+        self.how_to_flag = HOW_TO_FLAG  # the reply to a bare "wrong" (Discord's wiring: react with 👎)
         self._alerts: set[asyncio.Task] = set()
 
     # -- everyone ---------------------------------------------------------------------------
@@ -95,6 +96,8 @@ class BotCore(AdminCommands):
         """The reply to a question: an answer, the decline, the help text, a limit message, or an apology."""
         if not question.strip():
             return Reply(HELP_TEXT)
+        if WRONG.fullmatch(question.strip()):  # a flag that flags nothing is not a question for the inbox
+            return Reply(self.how_to_flag)
         try:
             text = check_question(question, self.settings.max_question_chars)
         except QuestionError as exc:

@@ -56,6 +56,7 @@ class QabotDiscord(discord.Client):
         self.core = core or BotCore(settings)
         self.core.platform, self.core.alert = PLATFORM, self.alert_admins
         self.core.hints = replace(CHAT_HINTS, escape=discord.utils.escape_markdown)  # `[verify](https://...)` stays text
+        self.core.how_to_flag = f"To tell the admins one of my answers was wrong, react to that answer with {WRONG_EMOJI}."
         self.tree = app_commands.CommandTree(self)
         self.delivery: asyncio.Task | None = None
         _register(self)
@@ -250,8 +251,14 @@ def _register(bot: QabotDiscord) -> None:
                 await handle.edit(content=text)
 
         what = f"with {dataset.filename} ({mode})" if dataset is not None else "on the current dataset"
-        await say(f"Retraining {what}" + (", forced" if force else "") + ".")  # ends "thinking"; the rest goes to the channel
-        outcome = await bot.core.retrain(_reply_to(interaction), upload, say, edit, replace=mode == "replace", force=force)
+
+        async def start(text: str) -> discord.Message | discord.WebhookMessage:
+            """Once the fine-tune is queued: the follow-up that ends "thinking", then the progress message in the channel.
+            A refusal (one is already running) is the only message instead."""
+            await say(f"Retraining {what}" + (", forced" if force else "") + ".")
+            return await say(text)
+
+        outcome = await bot.core.retrain(_reply_to(interaction), upload, start, edit, replace=mode == "replace", force=force)
         if outcome is None:
             return
         parts = split_message(outcome.text, MESSAGE_LIMIT)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +18,9 @@ logger = logging.getLogger(__name__)
 
 ALREADY_REPORTED = "You've already flagged that answer; the admins have it."
 REPORT_APOLOGY = "Sorry, I couldn't pass that on right now; please try again in a minute."
+
+WRONG = re.compile(r"wrong\s*[.!]*", re.IGNORECASE)  # a reply "wrong" to one of the bot's answers flags it (Telegram)
+HOW_TO_FLAG = 'To tell the admins one of my answers was wrong, reply "wrong" to that answer.'
 
 Notify = Callable[[str, str], Awaitable[Any]]  # (chat, text): post in a chat of the bot's platform
 

@@ -95,13 +95,31 @@ def render_result(status: TrainStatus) -> str:
     return "\n".join(lines)
 
 
+def when(iso: str | None, now: float | None = None) -> str:
+    """An ISO time as people read it: '3 h ago'; the text itself when it is not one."""
+    from datetime import datetime
+
+    try:
+        return ago(datetime.fromisoformat(iso or "").timestamp(), now)
+    except ValueError:
+        return iso or "at an unknown time"
+
+
 def render_status(report: StatusReport) -> str:
     live = report.live_version or "none yet"
-    lines = [f"Live model: {live}" + (f", trained {report.trained_at}" if report.trained_at else "")]
+    lines = [f"Live model: {live}" + (f", trained {when(report.trained_at)}." if report.trained_at else ".")]
     if report.live_dataset:
-        lines.append(f"It learnt dataset {report.live_dataset} ({report.live_pairs} pairs).")
+        source = f" from {report.live_source}" if report.live_source else ""
+        lines.append(f"It learnt {report.live_pairs} pairs{source} (dataset {report.live_dataset}).")
     if report.waiting_dataset:
-        lines.append(f"Waiting to be trained: dataset {report.current_dataset} ({report.current_pairs} pairs); /retrain.")
+        edit = report.last_edit
+        changed = ""
+        if edit.get("action"):
+            who = f" by {edit['platform']}:{edit['by']}" if edit.get("platform") and edit.get("by") else ""
+            changed = f", last changed with /{edit['action']}{who} {when(edit.get('at'))}"
+        lines.append(
+            f"Waiting to be trained: {report.current_pairs} pairs (dataset {report.current_dataset}){changed}; /retrain."
+        )
     else:
         lines.append("No newer dataset is waiting to be trained.")
     lines.append(
@@ -125,7 +143,7 @@ def render_models(result: ModelsResult) -> str:
     rows = []
     for row in result.rows:
         accuracy = ", ".join(f"{k} {v:.0%}" for k, v in row.accuracy.items())
-        rows.append(f"{row.name}{' (live)' if row.live else ''}: {row.created_at}, {row.pairs or '?'} pairs, {accuracy}")
+        rows.append(f"{row.name}{' (live)' if row.live else ''}: {when(row.created_at)}, {row.pairs or '?'} pairs, {accuracy}")
     return "\n".join(rows)
 
 
@@ -186,18 +204,13 @@ CLI_HINTS = InboxHints(
 
 def origin_text(origin: dict[str, str], now: float | None = None) -> str:
     """Where a pair came from, in words: 'from faq.json', 'added with /addqa by telegram:42, 3 h ago'."""
-    from datetime import datetime
-
     parts = []
     if origin.get("added_with"):
         parts.append(f"added with /{origin['added_with']}" + (f" by {origin['added_by']}" if origin.get("added_by") else ""))
     elif origin.get("source"):
         parts.append(f"from {origin['source']}")
     if origin.get("added_at"):
-        try:
-            parts.append(ago(datetime.fromisoformat(origin["added_at"]).timestamp(), now))
-        except ValueError:
-            parts.append(origin["added_at"])
+        parts.append(when(origin["added_at"], now))
     return ", ".join(parts) or "origin not recorded"
 
 

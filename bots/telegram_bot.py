@@ -16,7 +16,7 @@ from telegram.error import BadRequest, Forbidden
 from telegram.ext import Application, ApplicationBuilder, CommandHandler, ContextTypes, MessageHandler, filters
 
 from bots.core import ADMIN_HELP, HELP_TEXT, REFUSAL, BotCore
-from bots.feedback import Reply, remember, report_wrong
+from bots.feedback import WRONG, Reply, remember, report_wrong
 from bots.split import split_message
 from bots.telegram_delivery import (
     MESSAGE_LIMIT,
@@ -35,7 +35,6 @@ logger = logging.getLogger(__name__)
 
 TYPING_EVERY_SECONDS = 4.0  # Telegram shows "typing" for 5 s per chat action
 RETRAIN_CAPTION = re.compile(r"^/retrain(@\w+)?(\s|$)")
-WRONG = re.compile(r"wrong\s*[.!]*", re.IGNORECASE)  # a reply "wrong" to one of the bot's answers flags it
 DOCUMENT_LIMIT = 50 * 1024 * 1024  # the Bot API's limit for a file a bot sends
 NOT_AN_ANSWER = 'I can only pass on a "wrong" about one of my answers from the last few days.'
 SENT_PRIVATELY = "I've sent you that in our private chat: it quotes people's messages."

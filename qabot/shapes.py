@@ -114,6 +114,8 @@ class StatusReport:
     workers: list[dict[str, Any]] = field(default_factory=list)
     training: dict[str, Any] | None = None
     unanswered: int | None = None  # open questions in the inbox; None where the count could not be read
+    live_source: str | None = None  # the file the live version learnt from
+    last_edit: dict[str, str] = field(default_factory=dict)  # the latest one-pair edit: action, platform, by, at
 
     @property
     def waiting_dataset(self) -> bool:

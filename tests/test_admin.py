@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -47,7 +48,10 @@ def test_admin_jobs_change_the_store_and_report(admin_worker, home):
     refused = client.admin_call("add_pair", "Who? <|endoftext|>", "Nobody.")
     assert not refused.added and "special token" in refused.problems[0]
     too_long = client.admin_call("add_pair", "Tell me everything?", "word " * 400)  # the live model's token limit
-    assert not too_long.added and "tokens once formatted, the model's limit is" in too_long.problems[0]
+    (problem,) = too_long.problems
+    shorten = r"shorten the answer by about \d+% \(or split it into two questions\)"
+    said = rf"the question and answer come to \d+ tokens, over the \d+ the model reads at once: {shorten}"
+    assert not too_long.added and re.fullmatch(said, problem), problem
     models = client.admin_call("list_models")
     assert isinstance(models, ModelsResult) and [(r.name, r.live) for r in models.rows] == [("v0001", True)]
     status = client.admin_call("status")

@@ -51,6 +51,7 @@ async def test_non_admins_are_refused_every_admin_command(discord_bot, stack):  
     for command in ADMIN_COMMANDS:
         options = {"question": "q?", "answer": "a."} if command.name == "addqa" else {}
         options |= {"question": "q?"} if command.name == "forget" else {}
+        options |= {"query": "q"} if command.name == "find" else {}
         options |= {"id": "x", "answer": "a."} if command.name == "answer" else {}
         options |= {"id": "x"} if command.name == "dismiss" else {}
         token = await discord_bot.slash(307, command.name, options)
@@ -165,3 +166,22 @@ async def test_export_is_an_attachment_only_the_admin_sees(discord_bot, stack): 
     (data,) = message["files"].values()
     pairs = [(p.prompt, p.response) for p in store_of(stack).current_pairs()]
     assert [(r["prompt"], r["response"]) for r in json.loads(data)] == pairs
+
+
+async def test_a_busy_retrain_says_so_once(discord_bot, stack):  # noqa: F811
+    """While a fine-tune holds the training lock, /retrain gets one message: that one is running (no "Retraining...")."""
+    from redis import Redis
+
+    from worker.jobs import TRAIN_LOCK
+    from worker.train_client import LOCK_MARGIN_S
+
+    redis = Redis.from_url(stack.redis_url)
+    redis.set(TRAIN_LOCK, "a-fine-tune-being-enqueued", ex=stack.train_timeout + LOCK_MARGIN_S)
+    try:
+        token = await discord_bot.slash(ADMIN, "retrain")
+        (said,) = await discord_bot.wait_for(lambda: [m["content"] for m in discord_bot.followups(token)], timeout=60)
+        await asyncio.sleep(0.5)
+        assert said.startswith("A training run is already in progress") and len(discord_bot.followups(token)) == 1
+        assert not any(m["content"].startswith("Retraining") for m in discord_bot.messages.values())
+    finally:
+        redis.delete(TRAIN_LOCK)

@@ -16,7 +16,7 @@ import pytest
 from redis import Redis
 
 from bots.core import REFUSAL
-from bots.feedback import ALREADY_REPORTED
+from bots.feedback import ALREADY_REPORTED, HOW_TO_FLAG
 from bots.render import PASSED_ON, REPORTED, render_notice
 from bots.telegram_bot import NO_PRIVATE_CHAT, NOT_AN_ANSWER, SENT_PRIVATELY
 from engine.versions import ModelStore
@@ -203,7 +203,7 @@ async def test_discord_admins_list_refuse_and_dismiss(stack, redis, discord_fake
     assert f'{item.id}: "Where does the Quorvath fleet sail?", asked once' in listing
     too_long = await slash(discord_fake, DISCORD_ADMIN, "answer", {"id": item.id, "answer": "It sails north. " * 100})
     assert too_long.startswith("That answer has 1 problem(s); nothing was changed") and "stays open" in too_long
-    assert "tokens once formatted" in too_long
+    assert "tokens, over the" in too_long and "shorten the answer by about" in too_long and "pair 1" not in too_long
     assert open_items(redis) == [item]
     dismissed = await slash(discord_fake, DISCORD_ADMIN, "dismiss", {"id": item.id})
     assert dismissed.startswith('Dismissed "Where does the Quorvath fleet sail?"')
@@ -284,12 +284,18 @@ async def test_people_flag_wrong_answers_on_both_platforms(stack, redis, telegra
         flag = telegram.send_text(-800, 503, "wrong", chat_type="group", reply_to=bot_answer)
         ack = (await telegram.wait_for(lambda: telegram.replies_to(flag)))[0]["message_id"]  # a bot message, no answer
         assert await say(telegram, -800, 504, "wrong", chat_type="group", reply_to=ack) == NOT_AN_ANSWER
+        # "wrong" replying to nothing (a private chat takes any text as a question) flags nothing and asks nothing
+        assert await say(telegram, 505, 505, "Wrong!") == HOW_TO_FLAG
+        assert [i.text for i in open_items(redis)] == [question]
 
         said = await discord_fake.say(601, TINY_PAIRS[4].prompt, mention=True)
         assert await discord_fake.wait_for(lambda: discord_fake.replies_to(said), timeout=60) == [TINY_PAIRS[4].response]
         reply_id = next(
             m["id"] for m in discord_fake.messages.values() if str((m.get("message_reference") or {}).get("message_id")) == said
         )
+        bare = await discord_fake.say(604, "wrong", mention=True)
+        (how,) = await discord_fake.wait_for(lambda: discord_fake.replies_to(bare), timeout=60)
+        assert how.startswith("To tell the admins one of my answers was wrong, react to that answer with")
         await discord_fake.react(602, reply_id, "\N{THUMBS UP SIGN}")  # not a complaint
         await discord_fake.react(602, reply_id)
         assert await discord_fake.wait_for(lambda: discord_fake.replies_to(reply_id)) == [REPORTED]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import shutil
 import subprocess
 import sys
@@ -262,8 +263,9 @@ async def test_admin_retrains_with_an_attached_dataset_and_the_live_model_switch
     assert f"{new_version} (live)" in (await telegram.wait_for(lambda: texts(telegram, listing)))[0]
     status = telegram.send_text(ADMIN, ADMIN, "/status")
     report = (await telegram.wait_for(lambda: texts(telegram, status)))[0]
-    assert f"Live model: {new_version}" in report and "(9 pairs)" in report and "Training: none running" in report
-    assert "No newer dataset is waiting to be trained." in report
+    assert report.startswith(f"Live model: {new_version}, trained just now.") and "Training: none running" in report
+    assert "It learnt 9 pairs from eldoria.json (dataset " in report and "No newer dataset is waiting to be trained." in report
+    assert "admin 0 waiting, 0 running" in report  # the /status job does not count itself
     back = telegram.send_text(ADMIN, ADMIN, "/rollback")
     assert (await telegram.wait_for(lambda: texts(telegram, back)))[0].startswith(f"Rolled back: {live_before} is live again")
     assert store.current_name() == live_before
@@ -280,7 +282,9 @@ async def test_addqa_stores_a_new_dataset_version(telegram, stack):
     again = telegram.send_text(ADMIN, ADMIN, "/addqa What do dragons eat? | Gold.")
     assert (await telegram.wait_for(lambda: texts(telegram, again)))[0].startswith("Updated the answer to 'What do dragons eat?'")
     status = telegram.send_text(ADMIN, ADMIN, "/status")
-    assert "Waiting to be trained: dataset" in (await telegram.wait_for(lambda: texts(telegram, status)))[0]
+    waiting = (await telegram.wait_for(lambda: texts(telegram, status)))[0]
+    changed = rf"Waiting to be trained: \d+ pairs \(dataset \w+\), last changed with /addqa by telegram:{ADMIN} just now;"
+    assert re.search(changed, waiting), waiting
     usage = telegram.send_text(ADMIN, ADMIN, "/addqa no separator")
     assert (await telegram.wait_for(lambda: texts(telegram, usage)))[0] == "Usage: /addqa question | answer"
     marker = telegram.send_text(ADMIN, ADMIN, "/addqa Who rules? | Answer: the queen")

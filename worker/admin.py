@@ -8,6 +8,7 @@ from __future__ import annotations
 import difflib
 import json
 import logging
+import re
 import time
 from dataclasses import replace
 
@@ -15,7 +16,7 @@ from engine.datastore import replay
 from engine.textformat import version_counter
 from engine.versions import ModelStore
 from qabot import inbox
-from qabot.dataset import QAPair, normalize_question, pair_key, validate_items
+from qabot.dataset import QAPair, normalize_question, pair_key, quote, validate_items
 from qabot.errors import DatasetError, QabotError
 from qabot.merge import merge_pairs
 from qabot.settings import Settings
@@ -76,11 +77,27 @@ def _add_pair(settings: Settings, question: str, answer: str, action: str = "add
         try:
             (pair,) = validate_items([{"prompt": question, "response": answer}], "the new pair", **_rules(store))
         except DatasetError as exc:
-            return AddPairResult(question, False, len(current), problems=tuple(exc.problems))
+            return AddPairResult(question, False, len(current), problems=tuple(_one_pair(p, question) for p in exc.problems))
         merge = merge_pairs(current, [pair])  # a question already there takes the new answer
         digest = store.edit_dataset(merge.pairs, **_who(action))
     logger.info("pair added: dataset %s, %d pairs", digest, len(merge.pairs))
     return AddPairResult(pair.prompt, True, len(merge.pairs), digest, replaced=merge.added == 0)
+
+
+TOO_LONG = re.compile(r"(\d+) tokens once formatted, the model's limit is (\d+); shorten it")
+
+
+def _one_pair(problem: str, question: str) -> str:
+    """A validator's problem about a single pair in an admin's words: no "pair 1, '...':", and a length as a share."""
+    problem = problem.removeprefix(f"pair 1, {quote(question)}: ").removeprefix("pair 1: ")
+    if found := TOO_LONG.fullmatch(problem):
+        length, limit = int(found[1]), int(found[2])
+        cut = -(-(length - limit) * 100 // length)
+        return (
+            f"the question and answer come to {length} tokens, over the {limit} the model reads at once: shorten the "
+            f"answer by about {cut}% (or split it into two questions)"
+        )
+    return problem
 
 
 def _who(action: str) -> dict[str, str]:
@@ -200,7 +217,8 @@ def status() -> StatusReport:
 
     settings = Settings()
     job = get_current_job()
-    return collect(settings, QueueClient(settings, job.connection if job else None), _store(settings))
+    client = QueueClient(settings, job.connection if job else None)
+    return collect(settings, client, _store(settings), inside=job.origin if job else None)
 
 
 # -- the unanswered inbox ------------------------------------------------------------------------

@@ -11,15 +11,19 @@ from qabot.shapes import StatusReport
 from worker.client import QueueClient
 
 
-def collect(settings: Settings, client: QueueClient, store=None) -> StatusReport:
-    """A report for `qabot status`, health checks and the bots' /status; the store part needs the models volume."""
+def collect(settings: Settings, client: QueueClient, store=None, *, inside: str | None = None) -> StatusReport:
+    """A report for `qabot status`, health checks and the bots' /status; the store part needs the models volume.
+
+    `inside`: the queue of the job collecting it (the admin worker's /status), which is not counted as running.
+    """
     queues = {}
     for queue in (client.answers, client.training, client.admin_jobs):
         queues[queue.name] = {
             "waiting": queue.count,
             # ZCARD, not len(): rq's len() runs its cleanup, which would fail a dead answer worker's questions as
             # abandoned before a live worker puts them back
-            "running": client.connection.zcard(StartedJobRegistry(queue.name, connection=client.connection).key),
+            "running": client.connection.zcard(StartedJobRegistry(queue.name, connection=client.connection).key)
+            - (queue.name == inside),
             "failed": len(FailedJobRegistry(queue.name, connection=client.connection)),
         }
     workers = [
@@ -38,6 +42,7 @@ def collect(settings: Settings, client: QueueClient, store=None) -> StatusReport
     live_data = live.meta.get("dataset", {}) if live else {}
     current = store.current_dataset() if store is not None else None
     current_pairs = len(store.current_pairs()) if current is not None else None
+    edits = store.edits() if store is not None else []
     return StatusReport(
         live_version=live.name if live else None,
         trained_at=live.created_at if live else None,
@@ -49,4 +54,6 @@ def collect(settings: Settings, client: QueueClient, store=None) -> StatusReport
         workers=workers,
         training=training,
         unanswered=inbox.open_count(client.connection),
+        live_source=live_data.get("source") or None,
+        last_edit={k: str(v) for k, v in edits[-1].items() if k in ("action", "platform", "by", "at")} if edits else {},
     )
