@@ -185,3 +185,30 @@ async def test_a_busy_retrain_says_so_once(discord_bot, stack):  # noqa: F811
         assert not any(m["content"].startswith("Retraining") for m in discord_bot.messages.values())
     finally:
         redis.delete(TRAIN_LOCK)
+
+
+async def test_a_forced_replace_is_undone_by_rollback_with_its_dataset(discord_bot, stack):  # noqa: F811
+    """Issue 15's case on Discord: `/retrain mode:replace force:True` with a small file goes live with that file's
+    pairs alone; `/rollback` brings back the version that was live and the dataset it answers from."""
+    store = store_of(stack)
+    live_before, pairs_before = store.current_name(), store.current_pairs()
+    old = next(p for p in pairs_before if p in TINY_PAIRS[4:])
+    small = [{"prompt": p.prompt, "response": p.response} for p in TINY_PAIRS[:2]]
+    await discord_bot.slash(
+        ADMIN, "retrain", {"mode": "replace", "force": True}, attachment=("small.json", json.dumps(small).encode())
+    )
+    done = await discord_bot.wait_for(
+        lambda: [m["content"] for m in discord_bot.messages.values() if "Training done" in m["content"]], timeout=240
+    )
+    assert done[0].startswith(f"small.json replaced the dataset: 2 pairs, {len(pairs_before) - 2} dropped.")
+    assert "is now live" in done[0] and [(p.prompt, p.response) for p in store.current_pairs()] == [
+        (r["prompt"], r["response"]) for r in small
+    ]
+    lost = await discord_bot.say(311, old.prompt, mention=True)  # the replace dropped it: the bot no longer knows it
+    assert await discord_bot.wait_for(lambda: discord_bot.replies_to(lost), timeout=60) != [old.response]
+    back = await discord_bot.slash(ADMIN, "rollback")
+    said = (await discord_bot.wait_for(lambda: [m["content"] for m in discord_bot.followups(back)]))[0]
+    assert said.startswith(f"Rolled back: {live_before} is live again") and f"({len(pairs_before)} pairs" in said
+    assert store.current_name() == live_before and store.current_pairs() == pairs_before
+    asked = await discord_bot.say(311, old.prompt, mention=True)  # a pair the replace dropped is answered again
+    assert await discord_bot.wait_for(lambda: discord_bot.replies_to(asked), timeout=60) == [old.response]
