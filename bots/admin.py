@@ -119,7 +119,7 @@ class AdminCommands:
         if not number.isdigit() or int(number) < 1:
             return "Usage: /unanswered [page], for example /unanswered 2"
         request = InboxListRequest(limit, int(number))
-        return await self._admin(functools.partial(render_inbox, hints=self.hints), "inbox_list", request)
+        return await self._admin(functools.partial(render_inbox, hints=self.hints), "inbox_jobs.inbox_list", request)
 
     async def inbox_answer(self, item_id: str, answer: str, reply_to: ReplyTo | None = None) -> str:
         """/answer <id> <answer>: the question becomes a pair; the people who asked it get the answer."""
@@ -127,7 +127,7 @@ class AdminCommands:
             return "Usage: /answer <id> <answer> (/unanswered lists the ids)"
         request = InboxAnswerRequest(item_id.strip(), answer.strip())
         return await self._admin(
-            functools.partial(render_inbox_answer, hints=self.hints), "inbox_answer", request, reply_to=reply_to
+            functools.partial(render_inbox_answer, hints=self.hints), "inbox_jobs.inbox_answer", request, reply_to=reply_to
         )
 
     async def inbox_dismiss(self, item_id: str, reply_to: ReplyTo | None = None) -> str:
@@ -136,7 +136,7 @@ class AdminCommands:
             return "Usage: /dismiss <id> (/unanswered lists the ids)"
         return await self._admin(
             functools.partial(render_inbox_dismiss, hints=self.hints),
-            "inbox_dismiss",
+            "inbox_jobs.inbox_dismiss",
             InboxDismissRequest(item_id.strip()),
             reply_to=reply_to,
         )

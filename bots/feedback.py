@@ -69,7 +69,7 @@ async def report_wrong(client: QueueClient, platform: str, chat: str, message: s
         return Feedback(ALREADY_REPORTED)
     question, answer = sent
     try:
-        await client.ask_admin("inbox_report", WrongReport(question, answer, platform, chat))
+        await client.ask_admin("inbox_jobs.inbox_report", WrongReport(question, answer, platform, chat))
     except Exception:  # the admin worker is away: the person may try again
         logger.warning("could not pass on a report of a wrong answer", exc_info=True)
         await asyncio.to_thread(client.uncount_report, platform, chat, message, reporter)

@@ -169,7 +169,7 @@ def inbox_list(
     from bots.render import CLI_HINTS, render_inbox
     from qabot.shapes import InboxListRequest
 
-    _show(render_inbox(_inbox_job("inbox_list", InboxListRequest(limit, page)), CLI_HINTS))
+    _show(render_inbox(_inbox_job("inbox_jobs.inbox_list", InboxListRequest(limit, page)), CLI_HINTS))
 
 
 @inbox_app.command("answer")
@@ -181,7 +181,7 @@ def inbox_answer(
     from bots.render import CLI_HINTS, render_inbox_answer
     from qabot.shapes import InboxAnswerRequest
 
-    result = _inbox_job("inbox_answer", InboxAnswerRequest(item_id, " ".join(answer)))
+    result = _inbox_job("inbox_jobs.inbox_answer", InboxAnswerRequest(item_id, " ".join(answer)))
     _show(render_inbox_answer(result, CLI_HINTS))
     if not result.closed:
         raise typer.Exit(1)
@@ -195,7 +195,7 @@ def inbox_dismiss(
     from bots.render import CLI_HINTS, render_inbox_dismiss
     from qabot.shapes import InboxDismissRequest
 
-    result = _inbox_job("inbox_dismiss", InboxDismissRequest(item_id))
+    result = _inbox_job("inbox_jobs.inbox_dismiss", InboxDismissRequest(item_id))
     _show(render_inbox_dismiss(result, CLI_HINTS))
     if not result.found:
         raise typer.Exit(1)

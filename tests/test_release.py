@@ -114,7 +114,7 @@ def _release(store, pairs, tiny_gpt2, tmp_path, name, **policy):
 
 
 def _add(store: ModelStore, pair: QAPair) -> None:
-    """What /addqa does to the store (worker.admin._add_pair)."""
+    """What /addqa does to the store (worker.admin.add_pair_as)."""
     with store.lock():
         store.edit_dataset(merge_pairs(store.current_pairs(), [pair]).pairs)
 

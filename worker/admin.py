@@ -9,13 +9,10 @@ import difflib
 import json
 import logging
 import re
-import time
-from dataclasses import replace
 
 from engine.datastore import replay
 from engine.textformat import version_counter
 from engine.versions import ModelStore
-from qabot import inbox
 from qabot.dataset import QAPair, normalize_question, pair_key, quote, validate_items
 from qabot.errors import DatasetError, QabotError
 from qabot.merge import merge_pairs
@@ -25,20 +22,10 @@ from qabot.shapes import (
     EditResult,
     ExportResult,
     FindResult,
-    InboxAnswerRequest,
-    InboxAnswerResult,
-    InboxDismissRequest,
-    InboxDismissResult,
-    InboxItem,
-    InboxKind,
-    InboxListRequest,
-    InboxListResult,
     ModelRow,
     ModelsResult,
     RollbackResult,
     StatusReport,
-    WrongReport,
-    WrongReportResult,
 )
 
 logger = logging.getLogger(__name__)
@@ -48,7 +35,7 @@ FIND_SHOWN = 5
 FIND_MAX = 20
 
 
-def _store(settings: Settings | None = None) -> ModelStore:
+def admin_store(settings: Settings | None = None) -> ModelStore:
     """The store, with a lock wait well inside the admin job's time limit (a bot waits `admin_wait` for the result)."""
     settings = settings or Settings()
     return ModelStore(settings.models_dir, lock_timeout=max(1.0, settings.admin_wait / 2))
@@ -66,12 +53,12 @@ def _rules(store: ModelStore) -> dict:
 
 def add_pair(question: str, answer: str) -> AddPairResult:
     """Add one pair to the current dataset (a question already there gets the new answer); no training."""
-    return _add_pair(Settings(), question, answer)
+    return add_pair_as(Settings(), question, answer)
 
 
-def _add_pair(settings: Settings, question: str, answer: str, action: str = "addqa") -> AddPairResult:
+def add_pair_as(settings: Settings, question: str, answer: str, action: str = "addqa") -> AddPairResult:
     """/addqa and /answer: validate the pair with the live model's rules, merge it, store a new dataset version."""
-    store = _store(settings)
+    store = admin_store(settings)
     with store.lock():
         current = store.current_pairs()  # a deployment with no dataset starts empty: never the sample
         try:
@@ -115,7 +102,7 @@ def _who(action: str) -> dict[str, str]:
 def forget_pair(question: str) -> EditResult:
     """/forget: remove the pair of a question (matched as /addqa matches: case, spaces and end punctuation folded),
     or the pair of a number /find showed (its place in the current dataset)."""
-    store = _store()
+    store = admin_store()
     wanted = normalize_question(question)
     with store.lock():
         current = store.current_pairs()
@@ -137,7 +124,7 @@ def forget_pair(question: str) -> EditResult:
 
 def undo_edit() -> EditResult:
     """/undo: take back the last one-pair edit (/addqa, /answer, /forget, or an undo) not yet undone."""
-    store = _store()
+    store = admin_store()
     with store.lock():
         edits = store.edits()
         undone = {int(e["undoes"]) for e in edits if "undoes" in e}
@@ -167,7 +154,7 @@ def find_pairs(query: str, limit: int = FIND_SHOWN) -> FindResult:
     """/find: the pairs nearest to `query` in the index the answers use, with where each came from."""
     from worker.lookup import current_index, find
 
-    store = _store()
+    store = admin_store()
     index = current_index(store)
     origin = provenance(store, index.pairs) if index is not None else {}
     found = find(index, query, max(1, min(limit, FIND_MAX)), origin)
@@ -177,7 +164,7 @@ def find_pairs(query: str, limit: int = FIND_SHOWN) -> FindResult:
 def export_dataset() -> ExportResult:
     """/export: the current dataset, in the upload format; provenance rides in optional fields that training ignores,
     so export -> edit -> /retrain replace changes exactly what was edited."""
-    store = _store()
+    store = admin_store()
     with store.lock():
         pairs, digest = store.current_pairs(), store.current_digest()
         origin = provenance(store, pairs)
@@ -188,7 +175,7 @@ def export_dataset() -> ExportResult:
 
 def list_models() -> ModelsResult:
     """The last versions, the live one marked."""
-    store = _store()
+    store = admin_store()
     live = store.current_name()
     rows = []
     for info in store.list()[-MODELS_SHOWN:]:
@@ -200,7 +187,7 @@ def list_models() -> ModelsResult:
 
 def rollback(version: str | None = None) -> RollbackResult:
     """Make the previous (or a named) version live again."""
-    store = _store()
+    store = admin_store()
     try:
         info = store.rollback(version or None)
     except QabotError as exc:
@@ -218,106 +205,4 @@ def status() -> StatusReport:
     settings = Settings()
     job = get_current_job()
     client = QueueClient(settings, job.connection if job else None)
-    return collect(settings, client, _store(settings), inside=job.origin if job else None)
-
-
-# -- the unanswered inbox ------------------------------------------------------------------------
-PLATFORMS_NOTIFIED = ("telegram", "discord")
-INBOX_LIST_MAX = 50
-
-
-def _redis(settings: Settings):
-    """The admin worker's own Redis connection inside a job; a new one when called directly."""
-    from rq import get_current_job
-
-    from worker.results import connect
-
-    job = get_current_job()
-    return job.connection if job is not None else connect(settings.redis_url, socket_timeout=30)
-
-
-def _groups(connection, settings: Settings) -> list[InboxItem]:
-    """The open questions grouped (worker.lookup: the same question in other words), most asked group first, then the
-    most recently asked; each group is its lead item with the others in `also`."""
-    from worker.lookup import current_index, group, same_question_threshold
-
-    items, _ = inbox.open_items(connection)
-    if not items:
-        return []
-    groups = group(items, same_question_threshold(current_index(_store(settings))))
-    leads = [replace(g[0], also=tuple(g[1:])) for g in groups]
-    leads.sort(key=lambda i: (-(i.asked + i.flagged), -max(m.last_asked for m in (i, *i.also))))
-    return leads
-
-
-def _group_of(connection, settings: Settings, item_id: str) -> InboxItem | None:
-    """The open group an id belongs to (as the lead or one of its wordings), led by the item that id names."""
-    item = inbox.get(connection, item_id)
-    if item is None:
-        return None
-    for lead in _groups(connection, settings):
-        members = (lead, *lead.also)
-        if any(m.id == item.id for m in members):
-            return replace(item, also=tuple(m for m in members if m.id != item.id))
-    return item
-
-
-def inbox_list(request: InboxListRequest) -> InboxListResult:
-    """/unanswered: one page of the open questions, the same question in other words grouped; most asked first."""
-    settings = Settings()
-    connection = _redis(settings)
-    leads = _groups(connection, settings)
-    size = max(1, min(request.limit, INBOX_LIST_MAX))
-    pages = max(1, -(-len(leads) // size))
-    page = max(1, min(request.page, pages))
-    shown = leads[(page - 1) * size : page * size]
-    return InboxListResult(tuple(shown), sum(1 + len(i.also) for i in leads), page, pages)
-
-
-def inbox_answer(request: InboxAnswerRequest) -> InboxAnswerResult:
-    """/answer: the question and the answer become a pair (validated and stored like /addqa), the question and its
-    other wordings are closed, and the answer goes to the chats where any of them was asked within
-    `inbox_notify_days`."""
-    settings = Settings()
-    connection = _redis(settings)
-    item = _group_of(connection, settings, request.id)
-    if item is None:
-        return InboxAnswerResult(request.id, False)
-    added = _add_pair(settings, item.text, request.answer.strip(), "answer")
-    if not added.added:
-        return InboxAnswerResult(item.id, True, item.text, added)
-    closed = [m for m in (item, *item.also) if inbox.close(connection, m.id)]  # one closed meanwhile: its closer told them
-    days = settings.inbox_notify_days
-    since = time.time() - days * 24 * 3600
-    places = [p for m in closed for p in m.places if p.platform in PLATFORMS_NOTIFIED and p.at >= since] if days else []
-    places = list({(p.platform, p.chat): p for p in places}.values())  # a chat that asked two wordings hears it once
-    inbox.push_notices(connection, added.question, request.answer.strip(), places)
-    logger.info("inbox question %s answered (%d wordings); %d chats to tell", item.id, len(closed), len(places))
-    return InboxAnswerResult(item.id, True, added.question, added, tuple(places), grouped=len(closed) - 1)
-
-
-def inbox_dismiss(request: InboxDismissRequest) -> InboxDismissResult:
-    """/dismiss: close the question and its other wordings without an answer (they do not come back for a while)."""
-    settings = Settings()
-    connection = _redis(settings)
-    item = _group_of(connection, settings, request.id)
-    if item is None:
-        return InboxDismissResult(request.id, False)
-    closed = [m for m in (item, *item.also) if inbox.close(connection, m.id, dismissed=True)]
-    if not closed:
-        return InboxDismissResult(request.id, False)
-    return InboxDismissResult(item.id, True, item.text, grouped=len(closed) - 1)
-
-
-def inbox_report(report: WrongReport) -> WrongReportResult:
-    """Someone said an answer was wrong: the question goes to the inbox with the answer it got."""
-    settings = Settings()
-    recorded = inbox.record(
-        _redis(settings),
-        report.question,
-        kind=InboxKind.WRONG,
-        answer=report.answer,
-        place=(report.platform, report.chat),
-        size=settings.inbox_size,
-    )
-    return WrongReportResult(recorded.id, recorded.count, recorded.open)
+    return collect(settings, client, admin_store(settings), inside=job.origin if job else None)

@@ -143,11 +143,12 @@ class QueueClient(TrainingClient):
 
     # -- admin jobs -------------------------------------------------------------------------
     def admin_call(self, function: str, *args: Any, reply_to: ReplyTo | None = None) -> Any:
-        """Run an admin job (`worker.admin.<function>`) and return its result; ServiceUnavailable if none answers."""
+        """Run an admin job (`worker.admin.<function>`, or `worker.<module>.<function>` for a dotted name) and return
+        its result; ServiceUnavailable if none answers."""
         wait = self.settings.admin_wait
         try:
             job = self.admin_jobs.enqueue(
-                f"worker.admin.{function}",
+                f"worker.{function}" if "." in function else f"worker.admin.{function}",
                 args=args,
                 job_timeout=wait,
                 ttl=wait,
