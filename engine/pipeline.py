@@ -82,15 +82,17 @@ def validate_file(data: Path, base: Base) -> list[QAPair]:
     return read_dataset(data, **_rules(base))
 
 
-def validate_upload(data: bytes, filename: str, base: Base, max_bytes: int) -> list[QAPair]:
-    """Check uploaded bytes by the same rules as a file; raises DatasetError."""
+def validate_upload(data: bytes, filename: str, base: Base, max_bytes: int) -> tuple[list[QAPair], list]:
+    """Check uploaded bytes by the same rules as a file; raises DatasetError. Returns the pairs and the parsed rows
+    (whose optional fields say where each pair came from)."""
     if len(data) > max_bytes:
         raise DatasetError(filename, [f"the file is {len(data)} bytes; the limit is {max_bytes}"])
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise DatasetError(filename, [f"not UTF-8 text (byte {exc.start})"]) from exc
-    return validate_items(parse_text(text, filename), filename, **_rules(base))
+    rows = parse_text(text, filename)
+    return validate_items(rows, filename, **_rules(base)), rows
 
 
 def _run_name(digest: str, request: TrainRequest) -> str:

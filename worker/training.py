@@ -53,8 +53,8 @@ def _pairs(
     data = connection.get(UPLOAD_KEY.format(upload["id"]))
     if data is None:
         raise DatasetError(upload["filename"], ["the upload expired before training started; send the file again"])
-    incoming = validate_upload(data, upload["filename"], base, settings.upload_max_bytes)
-    store.note_provenance(upload_provenance(data, incoming, upload["filename"]), keep=True)
+    incoming, rows = validate_upload(data, upload["filename"], base, settings.upload_max_bytes)
+    store.note_provenance(upload_provenance(rows, incoming, upload["filename"]), keep=True)
     mode = UploadMode(upload.get("mode") or UploadMode.ADD)
     with store.lock():  # the merged dataset is stored, and becomes current only if its version is promoted
         edits_from = len(store.edits())
@@ -78,15 +78,14 @@ def _pairs(
     return merge.pairs, changed, upload["filename"], edits_from
 
 
-def upload_provenance(data: bytes, pairs: list, filename: str) -> dict:
-    """Where an upload's pairs came from: the optional fields the file carries for them (an export writes them),
-    else the file's name and the time. A pair the store already knows keeps its record (`note_provenance(keep=True)`)."""
+def upload_provenance(rows: list, pairs: list, filename: str) -> dict:
+    """Where an upload's pairs came from: the optional fields its rows carry for them (an export writes them), else
+    the file's name and the time. A pair the store already knows keeps its record (`note_provenance(keep=True)`)."""
     from datetime import UTC, datetime
 
     from engine.datastore import PROVENANCE_FIELDS
-    from qabot.dataset import QAPair, parse_text
+    from qabot.dataset import QAPair
 
-    rows = parse_text(data.decode("utf-8"), filename)  # validated already: the same safe parser, JSON or JSON Lines
     carried = {
         QAPair(r["prompt"].strip(), r["response"].strip()): {k: str(r[k]) for k in PROVENANCE_FIELDS if r.get(k)}
         for r in rows
