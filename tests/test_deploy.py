@@ -301,3 +301,24 @@ def test_the_readme_lists_the_commands_of_the_one_command_table():
     assert (HELP_TEXT, ADMIN_HELP) == (help_text(), admin_help())
     assert all(f"/{c.name}" in (ADMIN_HELP if c.admin else HELP_TEXT) for c in COMMANDS)
     assert all(len(c.help) <= 100 for c in COMMANDS)  # Discord's limit for a description
+
+
+WORKER_SIDE = ("worker.train_worker", "worker.answer_worker", "worker.liveness", "worker.metrics", "worker.admin")
+WORKER_SIDE += ("worker.inbox_jobs", "worker.lookup", "worker.training", "worker.dev", "prometheus_client", "torch")
+WORKER_SIDE += ("transformers", "engine", "prctl")
+
+
+def test_the_bots_load_the_client_and_nothing_of_the_workers():
+    """A bot host loads the client modules only: no worker module, no rq Worker subclass of ours, no metrics registry,
+    no torch (issue 16). Checked in a fresh interpreter, as a bot host starts."""
+    code = (
+        "import sys, rq, bots.telegram_bot, bots.discord_bot, bots.core\n"
+        "def subclasses(c): return [s for d in c.__subclasses__() for s in (d, *subclasses(d))]\n"
+        "ours = sorted({f'{c.__module__}.{c.__name__}' for c in subclasses(rq.Worker) if not c.__module__.startswith('rq')})\n"
+        "print(' '.join(sorted(sys.modules))); print(' '.join(ours) or '-')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=Path.cwd())
+    assert done.returncode == 0, done.stderr
+    modules, workers = done.stdout.splitlines()
+    loaded = [m for m in modules.split() if m in WORKER_SIDE or m.split(".")[0] in WORKER_SIDE]
+    assert loaded == [] and workers == "-", (loaded, workers)

@@ -28,7 +28,8 @@ from worker.client import QueueClient
 from worker.dev import MAX_FAST_CRASHES, STABLE_SECONDS, Child
 from worker.jobs import ADMIN_QUEUE, TRAIN_LOCK
 from worker.localredis import free_port, start_redis_server, stop_redis_server
-from worker.train_worker import ALIVE_KEY, DIED, LEASE_TTL_S, LOST, reap_dead_training
+from worker.train_reaper import ALIVE_KEY, DIED, LEASE_TTL_S, reap_dead_training
+from worker.train_worker import LOST
 
 LONG = 3000  # epochs: far more than a test waits for, so each kill lands mid-run
 

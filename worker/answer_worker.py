@@ -236,13 +236,13 @@ class AnswerWorker(LiveWorker):
                     for each, _ in batch:
                         if getattr(each, "outcome", None) is None:
                             each.outcome = exc
-            for each, execution in batch:
-                if self._hand_in(each, queue, execution) and each.func_name == jobs.ANSWER_JOB:
-                    metrics.question_ended(each.outcome, each.enqueued_at)
-            try:
+            try:  # before the answers leave: whoever reads one sees the outage over
                 self.connection.delete(jobs.ANSWER_DOWN_KEY)  # answers flow: the next outage is told to the admins again
             except RedisError:
                 pass
+            for each, execution in batch:
+                if self._hand_in(each, queue, execution) and each.func_name == jobs.ANSWER_JOB:
+                    metrics.question_ended(each.outcome, each.enqueued_at)
         finally:
             for _, execution in batch:
                 self._let_go(execution)

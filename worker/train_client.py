@@ -24,7 +24,7 @@ from qabot.settings import Settings
 from qabot.shapes import ReplyTo
 from worker.jobs import TRAIN_JOB, TRAIN_LOCK, TRAIN_QUEUE, UPLOAD_KEY, release_training_lock
 from worker.results import FINAL_STATES, TrainStatus, failure_text
-from worker.train_worker import ALIVE_KEY, reap_dead_training
+from worker.train_reaper import ALIVE_KEY, reap_dead_training
 
 LOCK_MARGIN_S = 300
 LOCK_GRACE_S = 30

@@ -21,32 +21,26 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from rq import Worker
-from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.exceptions import InvalidJobOperation
 from rq.job import Job, JobStatus
-from rq.job_lifecycle import record_job_failure
-from rq.registry import StartedJobRegistry
 from rq.worker import WorkerStatus
 
 from qabot.errors import TrainingError
 from worker import metrics
-from worker.jobs import TRAIN_LOCK, TRAIN_QUEUE, release_training_lock
+from worker.jobs import TRAIN_LOCK, release_training_lock
 from worker.results import retrying
+from worker.train_reaper import AGAIN, ALIVE_KEY, LEASE_TTL_S, reap_dead_training
 
 logger = logging.getLogger(__name__)
 
-LEASE_TTL_S = 15  # a dead fine-tune's lock is free within this; a Redis outage longer than about this aborts a run
 LEASE_BEAT_S = 3
 MONITOR_S = 5  # how often the parent checks on its horse and heartbeats (rq's default: 30 s)
-ALIVE_KEY = "qabot:train:alive:{}"  # set by a live fine-tune, expires LEASE_TTL_S after its last beat
 PR_SET_PDEATHSIG = 1
-AGAIN = "no new version was made live. Send /retrain to start again."
-DIED = f"the train worker died mid-run (killed, out of memory or restarted); {AGAIN}"
 HORSE_DIED = f"the fine-tune process died mid-run (killed or out of memory); {AGAIN}"
 UNRECORDED = (
     "the fine-tune ended while Redis was unreachable, so its outcome was not recorded; /models shows whether a new "
@@ -104,34 +98,6 @@ class Lease:
         if self.lost or not retrying(self._renew, "training lease", give_up_s=LEASE_TTL_S):
             self.lost = True
             raise TrainingError(LOST)
-
-
-def reap_dead_training(connection) -> list[str]:
-    """Fail every started train job whose fine-tune stopped renewing its lease (older than one TTL); free its lock."""
-    registry = StartedJobRegistry(TRAIN_QUEUE, connection=connection)
-    reaped = []
-    for entry in connection.zrange(registry.key, 0, -1):  # "<job id>:<execution id>"
-        job_id = registry.parse_job_id(entry.decode())
-        if connection.exists(ALIVE_KEY.format(job_id)):
-            continue
-        try:
-            job = Job.fetch(job_id, connection=connection)
-        except NoSuchJobError:
-            connection.zrem(registry.key, entry)
-            continue
-        started = job.started_at.replace(tzinfo=UTC) if job.started_at else None
-        if job.get_status() != JobStatus.STARTED or (started and (datetime.now(UTC) - started).total_seconds() < LEASE_TTL_S):
-            continue
-        job.meta.update(stage="failed", error=DIED, problems=None)
-        job.save_meta()
-        with connection.pipeline() as pipeline:
-            record_job_failure(job, DIED, pipeline)
-            pipeline.zrem(registry.key, entry)
-            pipeline.execute()
-        release_training_lock(connection, job_id)
-        logger.warning("train job %s: its fine-tune died; marked failed", job_id)
-        reaped.append(job_id)
-    return reaped
 
 
 def die_with_parent(parent: int) -> None:
