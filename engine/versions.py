@@ -63,6 +63,13 @@ class ModelStore(DatasetVersions):
         self._lock = FileLock(str(root / ".lock"), timeout=lock_timeout)
         self.lock_timeout = lock_timeout
 
+    @classmethod
+    def of(cls, settings, *, admin: bool = False) -> ModelStore:
+        """The store of a deployment's settings (QABOT_HOME/models); `admin`: a lock wait well inside an admin job's
+        time limit (a bot waits `admin_wait` for the result). The one way every command and worker opens it."""
+        timeout = max(1.0, settings.admin_wait / 2) if admin else LOCK_TIMEOUT_S
+        return cls(settings.models_dir, lock_timeout=timeout)
+
     @contextmanager
     def lock(self) -> Iterator[None]:
         """Hold the store's lock (re-entrant in one process) for a read-modify-write."""

@@ -37,10 +37,10 @@ def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks a
     State.debug = debug
 
 
-def _store(settings: Settings):
+def _store(settings):
     from engine.versions import ModelStore
 
-    return ModelStore(settings.models_dir)
+    return ModelStore.of(settings)
 
 
 def _train_with_bar(settings: Settings, data: Path, request, *, promote: bool = True, force: bool = False) -> object:

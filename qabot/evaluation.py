@@ -29,7 +29,7 @@ def load_answerer(settings: Settings, version: str | None = None):
     from engine.pipeline import load_version, make_answerer, version_grounding
     from engine.versions import ModelStore
 
-    store = ModelStore(settings.models_dir)
+    store = ModelStore.of(settings)
     loaded, info = load_version(store, version, device=settings.device, dtype=settings.dtype)
     answerer = make_answerer(
         loaded,

@@ -16,7 +16,7 @@ models_app = typer.Typer(help="List, promote and roll back model versions.", no_
 def _store(settings):
     from engine.versions import ModelStore
 
-    return ModelStore(settings.models_dir)
+    return ModelStore.of(settings)
 
 
 @models_app.command("list")

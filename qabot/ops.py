@@ -36,7 +36,7 @@ def status(
     try:
         from engine.versions import ModelStore  # torch-free; absent from the bots' image, which has no store
 
-        store = ModelStore(settings.models_dir)
+        store = ModelStore.of(settings)
     except ImportError:
         store = None
     try:
@@ -129,7 +129,7 @@ def worker_train(burst: Annotated[bool, typer.Option(help="Stop when the queue i
     settings = _settings(engine=False)
     start_metrics_server(settings.train_metrics_port, settings.metrics_host)
     connection = connect(settings.redis_url, WORKER_SOCKET_TIMEOUT)
-    store = ModelStore(settings.models_dir)  # what dead runs of this host left (staging folders) goes at start and after each job
+    store = ModelStore.of(settings)  # what dead runs of this host left (staging folders) goes at start and after each job
     TrainWorker([TRAIN_QUEUE], connection=connection, clean_up=store.clean_staging).work(burst=burst)
 
 

@@ -36,9 +36,8 @@ FIND_MAX = 20
 
 
 def admin_store(settings: Settings | None = None) -> ModelStore:
-    """The store, with a lock wait well inside the admin job's time limit (a bot waits `admin_wait` for the result)."""
-    settings = settings or Settings()
-    return ModelStore(settings.models_dir, lock_timeout=max(1.0, settings.admin_wait / 2))
+    """The store, with a lock wait well inside the admin job's time limit."""
+    return ModelStore.of(settings or Settings(), admin=True)
 
 
 def _rules(store: ModelStore) -> dict:

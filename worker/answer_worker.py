@@ -43,7 +43,7 @@ class AnswerWorker(LiveWorker):
 
         self.settings = settings or Settings()
         self.batch_size = self.settings.answer_batch_size
-        self.store = ModelStore(self.settings.models_dir)
+        self.store = ModelStore.of(self.settings)
         self.answerer = None
         self.model_version: str | None = None
         self.batches: deque[int] = deque(maxlen=1000)

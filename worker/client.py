@@ -29,8 +29,8 @@ from worker.jobs import (
     ANSWER_QUEUE,
     TRAIN_QUEUE,
 )
-from worker.results import AnswerResult, connect, return_value
-from worker.train_client import RETRY_MAX_S, TrainingClient
+from worker.results import RETRY_MAX_S, AnswerResult, connect, retrying, return_value
+from worker.train_client import TrainingClient
 
 WAITERS = 256  # questions one client may be waiting on at once, each in its own thread
 POOL_SPARE = 64  # Redis connections beyond the waiters (enqueueing, admin jobs, delivery, status)
@@ -82,23 +82,25 @@ class QueueClient(TrainingClient):
         started = time.monotonic()
         deadline = started + wait
         unanswered = AnswerTimeout(f"no answer within {wait:.0f} s; are the answer workers running?")
-        result, checked, pause = None, self.no_worker_wait is None, 0.5
-        while (left := deadline - time.monotonic()) > 0:
+        result, checked = None, self.no_worker_wait is None
+
+        def block() -> float:
+            left = max(0.0, deadline - time.monotonic())
+            return max(1, math.ceil(left if checked else min(left, self.no_worker_wait or left)))
+
+        while deadline - time.monotonic() > 0:
             try:
-                block = left if checked else min(left, self.no_worker_wait)
-                result = job.latest_result(timeout=max(1, math.ceil(block)))
+                left = deadline - time.monotonic()
+                result = retrying(lambda: job.latest_result(timeout=block()), "waiting for an answer", left, RETRY_MAX_S)
                 if result is not None or checked:
                     break
                 checked = True
-                if self.live_answer_workers() == 0:
+                left = deadline - time.monotonic()
+                if retrying(self.live_answer_workers, "counting answer workers", left, RETRY_MAX_S) == 0:
                     unanswered = AnswerTimeout("no answer worker is running; are the answer workers running?")
                     break
             except RedisError as exc:
-                if time.monotonic() + pause >= deadline:
-                    raise ServiceUnavailable(f"the question queue is unreachable ({exc})") from exc
-                logger.warning("waiting for an answer: Redis unreachable (%s); retrying in %.1f s", exc, pause)
-                time.sleep(pause)
-                pause = min(pause * 2, RETRY_MAX_S)
+                raise ServiceUnavailable(f"the question queue is unreachable ({exc})") from exc
         try:
             value = return_value(job, result, unanswered) or {}
         except RedisError as exc:

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -18,6 +17,15 @@ from redis.exceptions import RedisError
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.results import Result
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_before_delay,
+    stop_never,
+    wait_exponential,
+)
 
 from qabot.errors import JobFailed
 from qabot.shapes import ReplyTo
@@ -116,15 +124,34 @@ def connect(url: str, socket_timeout: float, max_connections: int | None = None)
     )
 
 
+RETRY_MAX_S = 5.0  # the clients' longest pause between tries while Redis is away (following a fine-tune, an answer)
+
+
+def _redis_retry(what: str, give_up_s: float | None, first: float, max_pause: float) -> dict[str, Any]:
+    """tenacity's settings for the one retry policy: Redis errors only, backoff from `first` doubling to `max_pause`,
+    a warning per retry, the last error re-raised after `give_up_s` (never, when None)."""
+
+    def warn(state: RetryCallState) -> None:
+        pause = state.next_action.sleep if state.next_action else 0.0
+        logger.warning("%s: Redis unreachable (%s); retrying in %.1f s", what, state.outcome.exception(), pause)
+
+    return {
+        "retry": retry_if_exception_type(RedisError),
+        "wait": wait_exponential(multiplier=first, min=first, max=max_pause),
+        "stop": stop_never if give_up_s is None else stop_before_delay(give_up_s),
+        "before_sleep": warn,
+        "reraise": True,
+    }
+
+
 def retrying(action: Callable[[], T], what: str, give_up_s: float | None = None, max_pause: float = 10.0) -> T:
-    """Run `action` until Redis answers (backoff 0.5 s doubling to `max_pause`); re-raise after `give_up_s`."""
-    wait, deadline = 0.5, None if give_up_s is None else time.monotonic() + give_up_s
-    while True:
-        try:
-            return action()
-        except RedisError as exc:
-            if deadline is not None and time.monotonic() + wait > deadline:
-                raise
-            logger.warning("%s: Redis unreachable (%s); retrying in %.1f s", what, exc, wait)
-            time.sleep(wait)
-            wait = min(wait * 2, max_pause)
+    """Run `action` until Redis answers (backoff 0.5 s doubling to `max_pause`); re-raise after `give_up_s`.
+    The one retry helper of the workers and the client (tenacity)."""
+    return Retrying(**_redis_retry(what, give_up_s, 0.5, max_pause))(action)
+
+
+async def retrying_async(
+    action: Callable[[], Awaitable[T]], what: str, give_up_s: float | None = None, first: float = 0.5, max_pause: float = 10.0
+) -> T:
+    """`retrying` for a coroutine (the bots' event loop is never blocked while Redis is away)."""
+    return await AsyncRetrying(**_redis_retry(what, give_up_s, first, max_pause))(action)

@@ -23,7 +23,7 @@ from qabot.errors import ServiceUnavailable, TrainingBusy
 from qabot.settings import Settings
 from qabot.shapes import ReplyTo
 from worker.jobs import TRAIN_JOB, TRAIN_LOCK, TRAIN_QUEUE, UPLOAD_KEY, release_training_lock
-from worker.results import FINAL_STATES, TrainStatus, failure_text
+from worker.results import FINAL_STATES, RETRY_MAX_S, TrainStatus, failure_text, retrying_async
 from worker.train_reaper import ALIVE_KEY, reap_dead_training
 
 LOCK_MARGIN_S = 300
@@ -32,7 +32,6 @@ UPLOAD_TTL_S = 3600  # an uploaded dataset waits this long for its train job to 
 DELIVERED_KEY = "qabot:delivered:{}"
 DELIVERED_TTL_S = 8 * 24 * 3600  # longer than train results live (7 days)
 RESULT_KEEP_S = 7 * 24 * 3600
-RETRY_MAX_S = 5.0  # longest pause between tries while Redis is away (following a fine-tune, waiting on an answer)
 TRAIN_TTL_MARGIN_S = 900  # rq drops a train job still queued this long after QABOT_TRAIN_START_WAIT (no bot cancelled it)
 
 logger = logging.getLogger(__name__)
@@ -164,19 +163,17 @@ class TrainingClient:
         """Yield a status whenever the job's progress changes, and the final one. Redis going away is waited out; a job
         Redis lost (a restart without its data) ends as failed."""
         previous = None
-        pause = poll_s
         while True:
             try:
-                status = await asyncio.to_thread(self.training_status, job_id)
+                status = await retrying_async(
+                    lambda: asyncio.to_thread(self.training_status, job_id),
+                    f"following fine-tune {job_id}",
+                    first=poll_s,
+                    max_pause=RETRY_MAX_S,
+                )
             except NoSuchJobError:
                 yield TrainStatus(job_id, JobStatus.FAILED, {}, None, "the request was lost (Redis lost its data); send it again")
                 return
-            except RedisError as exc:
-                logger.warning("following fine-tune %s: Redis unreachable (%s); retrying in %.1f s", job_id, exc, pause)
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, RETRY_MAX_S)
-                continue
-            pause = poll_s
             key = (status.state, tuple(sorted((k, str(v)) for k, v in status.meta.items())))
             if key != previous:
                 previous = key

@@ -105,7 +105,7 @@ def run_training(settings: Settings, request: dict[str, Any], report, connection
     from engine.versions import ModelStore
     from qabot.errors import TrainingError
 
-    store = ModelStore(settings.models_dir)
+    store = ModelStore.of(settings)
     if not request.get("upload") and not request.get("dataset") and store.current_dataset() is None:
         raise TrainingError(NOTHING_TO_TRAIN)  # before the base model loads: the admin hears at once
     defaults = {
@@ -176,7 +176,7 @@ def train_job(request: dict[str, Any]) -> dict[str, Any]:
     try:
         from engine.versions import ModelStore
 
-        ModelStore(settings.models_dir).clean_staging()  # this job holds the lock: anything staged is a dead run's
+        ModelStore.of(settings).clean_staging()  # this job holds the lock: anything staged is a dead run's
         connection = job.connection if job else None
         return run_training(settings, request, report, connection, lease.check if lease else None)
     except Exception as exc:
