@@ -16,6 +16,7 @@ from discord import app_commands
 
 from bots.commands import BY_NAME
 from bots.core import ADMIN_HELP, HELP_TEXT, REFUSAL, BotCore, RetrainOutcome
+from bots.delivery import Delivery
 from bots.feedback import REPORT_APOLOGY, Reply, remember, report_wrong
 from bots.render import CHAT_HINTS
 from bots.split import split_message
@@ -44,6 +45,34 @@ def _file(outcome: RetrainOutcome) -> dict:
     return {"file": discord.File(io.BytesIO(outcome.image), "loss.png")} if outcome.image is not None else {}
 
 
+class DiscordDelivery(Delivery):
+    """bots.delivery on discord.py: outcomes name their requester (pinging only them), the loss curve is attached;
+    an alert that reaches no admin by DM goes to the channel of the question, without pings."""
+
+    platform, limit, alert_in_chat = PLATFORM, MESSAGE_LIMIT, True
+
+    def __init__(self, client: QabotDiscord) -> None:
+        super().__init__(client.settings.discord_admins)
+        self.client = client
+
+    def addressed(self, user: str, text: str) -> str:
+        return f"<@{user}> {text}"
+
+    async def send(
+        self, chat: str, text: str, *, reply_to: str | None = None, image: bytes | None = None, ping: str | None = None
+    ) -> None:
+        channel = self.client.get_channel(int(chat)) or await self.client.fetch_channel(int(chat))
+        mentions = (
+            discord.AllowedMentions(everyone=False, roles=False, users=[discord.Object(int(ping))]) if ping else NO_MENTIONS
+        )
+        extra = {"file": discord.File(io.BytesIO(image), "loss.png")} if image is not None else {}
+        await channel.send(text, allowed_mentions=mentions, **extra)
+
+    async def send_private(self, user: int, text: str) -> None:
+        person = self.client.get_user(user) or await self.client.fetch_user(user)
+        await person.send(text, allowed_mentions=NO_MENTIONS)
+
+
 class QabotDiscord(discord.Client):
     """A client with an app-command tree; commands are synced at start."""
 
@@ -54,7 +83,8 @@ class QabotDiscord(discord.Client):
         use_api(settings.discord_api_url)
         self.settings = settings
         self.core = core or BotCore(settings)
-        self.core.platform, self.core.alert = PLATFORM, self.alert_admins
+        self.outbox = DiscordDelivery(self)
+        self.core.platform, self.core.alert = PLATFORM, self.outbox.alert_admins
         self.core.hints = replace(CHAT_HINTS, escape=discord.utils.escape_markdown)  # `[verify](https://...)` stays text
         self.core.how_to_flag = f"To tell the admins one of my answers was wrong, react to that answer with {WRONG_EMOJI}."
         self.tree = app_commands.CommandTree(self)
@@ -64,44 +94,12 @@ class QabotDiscord(discord.Client):
     async def setup_hook(self) -> None:
         """Sync slash commands when the bot starts; deliver fine-tunes that ended while no bot followed them."""
         await self.tree.sync()
-        self.delivery = asyncio.create_task(self.core.keep_delivering(PLATFORM, self.deliver, self.notify))
+        self.delivery = asyncio.create_task(self.core.keep_delivering(PLATFORM, self.outbox.deliver, self.outbox.notify))
 
     async def close(self) -> None:
         if self.delivery is not None:
             self.delivery.cancel()
         await super().close()
-
-    async def deliver(self, where: ReplyTo, outcome: RetrainOutcome) -> None:
-        """Post a fine-tune's outcome in the channel it was asked from."""
-        channel = self.get_channel(int(where.chat)) or await self.fetch_channel(int(where.chat))
-        parts = split_message(f"<@{where.user}> {outcome.text}", MESSAGE_LIMIT)
-        for index, part in enumerate(parts):
-            last = index == len(parts) - 1
-            only_them = discord.AllowedMentions(everyone=False, roles=False, users=[discord.Object(int(where.user))])
-            await channel.send(part, allowed_mentions=only_them, **(_file(outcome) if last else {}))
-
-    async def notify(self, chat: str, text: str) -> None:
-        """Post an admin's answer in a channel where the question was asked."""
-        channel = self.get_channel(int(chat)) or await self.fetch_channel(int(chat))
-        for part in split_message(text, MESSAGE_LIMIT):
-            await channel.send(part, allowed_mentions=NO_MENTIONS)
-
-    async def alert_admins(self, text: str, chat: str) -> None:
-        """A direct message to each admin of QABOT_DISCORD_ADMINS; when none is listed or none can be reached (DMs
-        closed), the channel where the unanswered question was asked, without pings."""
-        reached = 0
-        for admin in self.settings.discord_admins:
-            try:
-                user = self.get_user(admin) or await self.fetch_user(admin)
-                await user.send(text, allowed_mentions=NO_MENTIONS)
-                reached += 1
-            except discord.DiscordException as exc:
-                logger.warning("could not message admin %s: %s", admin, exc)
-        if reached:
-            return
-        channel_id = int(chat.removeprefix("dc:"))
-        channel = self.get_channel(channel_id) or await self.fetch_channel(channel_id)
-        await channel.send(text, allowed_mentions=NO_MENTIONS)
 
     # -- who may do what --------------------------------------------------------------------
     def allowed_here(self, guild_id: int | None, channel_id: int | None) -> bool:

@@ -21,8 +21,7 @@ from bots.split import split_message
 from bots.telegram_delivery import (
     MESSAGE_LIMIT,
     PLATFORM,
-    alert_admins,
-    deliver,
+    TelegramDelivery,
     on_error,
     set_admin_menu,
     start_delivery,
@@ -209,7 +208,7 @@ async def retrain(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 
     outcome = await core.retrain(_reply_to(message), upload, send, edit, replace="replace" in words, force="force" in words)
     if outcome is not None:
-        await deliver(context.application, _reply_to(message), outcome)
+        await TelegramDelivery(context.application).deliver(_reply_to(message), outcome)
 
 
 @admins_only
@@ -313,7 +312,7 @@ def build_application(settings: Settings, core: BotCore | None = None) -> Applic
         .build()
     )
     core = app.bot_data["core"] = core or BotCore(settings)
-    core.platform, core.alert = PLATFORM, functools.partial(alert_admins, app)
+    core.platform, core.alert = PLATFORM, TelegramDelivery(app).alert_admins
     new = filters.UpdateType.MESSAGE  # an edited message must not ask again or retrain again
     app.add_handler(CommandHandler(["start", "help"], start, filters=new))
     app.add_handler(CommandHandler("ask", ask, filters=new))

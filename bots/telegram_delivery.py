@@ -1,10 +1,9 @@
-"""Telegram messages the bot sends of its own accord (fine-tune outcomes and admins' answers, each delivered once),
+"""Telegram messages the bot sends of its own accord (bots.delivery: fine-tune outcomes, admins' answers, alerts),
 and the command menus it sets at start."""
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 
 from telegram import BotCommand, BotCommandScopeChat, BotCommandScopeDefault
@@ -12,9 +11,8 @@ from telegram.error import TelegramError
 from telegram.ext import Application, ContextTypes
 
 from bots.commands import ADMIN, PUBLIC
-from bots.core import BotCore, RetrainOutcome
-from bots.split import split_message
-from qabot.shapes import ReplyTo
+from bots.core import BotCore
+from bots.delivery import Delivery
 
 logger = logging.getLogger(__name__)
 
@@ -22,33 +20,25 @@ MESSAGE_LIMIT = 4096
 PLATFORM = "telegram"
 
 
-async def deliver(app: Application, where: ReplyTo, outcome: RetrainOutcome) -> None:
-    """A fine-tune's outcome, with the loss curve, as replies to the request (also after a bot restart)."""
-    options = {"reply_to_message_id": int(where.message) if where.message else None, "allow_sending_without_reply": True}
-    for part in split_message(outcome.text, MESSAGE_LIMIT):
-        await app.bot.send_message(int(where.chat), part, **options)
-    if outcome.image is not None:
-        await app.bot.send_photo(int(where.chat), outcome.image, caption="Loss and accuracy during training", **options)
+class TelegramDelivery(Delivery):
+    """bots.delivery on the Bot API: outcomes as replies to the request, the loss curve as a photo after the text."""
 
+    platform, limit = PLATFORM, MESSAGE_LIMIT
 
-async def notify(app: Application, chat: str, text: str) -> None:
-    """Post an admin's answer in a chat where the question was asked."""
-    for part in split_message(text, MESSAGE_LIMIT):
-        await app.bot.send_message(int(chat), part)
+    def __init__(self, app: Application) -> None:
+        super().__init__(app.bot_data["core"].settings.telegram_admins)
+        self.bot = app.bot
 
+    async def send(
+        self, chat: str, text: str, *, reply_to: str | None = None, image: bytes | None = None, ping: str | None = None
+    ) -> None:
+        options = {"reply_to_message_id": int(reply_to), "allow_sending_without_reply": True} if reply_to else {}
+        await self.bot.send_message(int(chat), text, **options)
+        if image is not None:
+            await self.bot.send_photo(int(chat), image, caption="Loss and accuracy during training", **options)
 
-async def alert_admins(app: Application, text: str, chat: str) -> None:
-    """Tell each admin of QABOT_TELEGRAM_ADMINS in their private chat with the bot (one who never opened it misses it)."""
-    core: BotCore = app.bot_data["core"]
-    reached = 0
-    for admin in core.settings.telegram_admins:
-        try:
-            await app.bot.send_message(admin, text)
-            reached += 1
-        except TelegramError as exc:  # blocked, or never started a chat with the bot
-            logger.warning("could not tell admin %s: %s", admin, exc)
-    if core.settings.telegram_admins and not reached:
-        raise RuntimeError("no admin could be reached")
+    async def send_private(self, user: int, text: str) -> None:
+        await self.bot.send_message(user, text)  # a private chat's id is the person's
 
 
 async def set_menus(app: Application) -> None:
@@ -78,8 +68,8 @@ async def start_delivery(app: Application) -> None:
     now and every few seconds."""
     await set_menus(app)
     core: BotCore = app.bot_data["core"]
-    task = core.keep_delivering(PLATFORM, functools.partial(deliver, app), functools.partial(notify, app))
-    app.bot_data["delivery"] = asyncio.create_task(task)
+    delivery = TelegramDelivery(app)
+    app.bot_data["delivery"] = asyncio.create_task(core.keep_delivering(PLATFORM, delivery.deliver, delivery.notify))
 
 
 async def stop_delivery(app: Application) -> None:

@@ -154,4 +154,8 @@ async def retrying_async(
     action: Callable[[], Awaitable[T]], what: str, give_up_s: float | None = None, first: float = 0.5, max_pause: float = 10.0
 ) -> T:
     """`retrying` for a coroutine (the bots' event loop is never blocked while Redis is away)."""
-    return await AsyncRetrying(**_redis_retry(what, give_up_s, first, max_pause))(action)
+
+    async def attempt() -> T:  # a coroutine function: tenacity awaits only those (a lambda's coroutine it would return)
+        return await action()
+
+    return await AsyncRetrying(**_redis_retry(what, give_up_s, first, max_pause))(attempt)
