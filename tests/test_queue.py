@@ -217,3 +217,30 @@ def test_a_question_too_long_in_tokens_fails_alone_with_a_clear_message(home, re
     later = client.enqueue_answer(QUESTIONS[2])
     worker.work(burst=True)
     assert client.wait_answer(later).answer == TINY_PAIRS[2].response  # the worker goes on
+
+
+def test_any_rq_worker_answers_a_question_and_a_failed_one_can_be_requeued(home, redis_url):
+    """The answer job is real (issue 16): a plain `rq worker answer` (rq's own CLI, forking a work horse per job)
+    answers it alone with the live version; a job that failed is requeued with rq's public API and answered again."""
+    settings = make_settings(home, redis_url)
+    client = QueueClient(settings)
+    asked = client.enqueue_answer(QUESTIONS[2], asker="u1", channel="general")
+    env = qabot_env({"QABOT_HOME": str(home), "QABOT_REDIS_URL": redis_url, "QABOT_DEVICE": "cpu", "QABOT_MAX_NEW_TOKENS": "24"})
+    plain = [sys.executable, "-m", "rq.cli", "worker", "--burst", "--url", redis_url, ANSWER_QUEUE]
+    done = subprocess.run(plain, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = client.wait_answer(asked, timeout=5)
+    assert result.answer == TINY_PAIRS[2].response and result.version == "v0001" and result.details["batch_size"] == 1
+
+    pointer = ModelStore(settings.models_dir).pointer
+    live = pointer.read_text()
+    pointer.unlink()  # no live version for a moment: the question fails with the reason
+    try:
+        failed = client.enqueue_answer(QUESTIONS[3], asker="u2", channel="general")
+        subprocess.run(plain, env=env, capture_output=True, text=True, timeout=300, check=True)
+        assert failed.get_status(refresh=True) == JobStatus.FAILED
+    finally:
+        pointer.write_text(live)
+    FailedJobRegistry(ANSWER_QUEUE, connection=client.connection).requeue(failed.id)  # what rq-dashboard's retry does
+    make_worker(settings).work(burst=True)  # the batching worker answers a requeued job like any other
+    assert client.wait_answer(failed, timeout=5).answer == TINY_PAIRS[3].response

@@ -17,7 +17,6 @@ from rq.worker import WorkerStatus
 
 from qabot.settings import Settings
 from worker import jobs, metrics
-from worker.jobs import BatchedJob
 from worker.liveness import RECONNECT_MAX_SECONDS, LiveWorker
 from worker.results import retrying
 
@@ -37,7 +36,6 @@ class AnswerWorker(LiveWorker):
 
     def __init__(self, *args: Any, settings: Settings | None = None, **kwargs: Any) -> None:
         kwargs.setdefault("log_job_description", False)  # questions are people's words: keep them out of logs
-        kwargs.setdefault("job_class", BatchedJob)  # each job carries its share of the batch's answers
         super().__init__(*args, **kwargs)
         from engine.versions import ModelStore
 
@@ -109,8 +107,8 @@ class AnswerWorker(LiveWorker):
                 return
             into.append((found[0], self._hold(found[0], queue)))
 
-    def answer_batch(self, batch: list[BatchedJob]) -> None:
-        """Compute every job's answer (or its error) with one batched pass of the model; each job carries its own."""
+    def answer_batch(self, batch: list[Job], outcomes: dict[str, Any]) -> None:
+        """Compute every job's answer (or its error) with one batched pass of the model, into `outcomes` by job id."""
         from qabot.errors import QabotError, QuestionError
 
         try:
@@ -125,7 +123,7 @@ class AnswerWorker(LiveWorker):
             if self.answerer is None:
                 error = exc if isinstance(exc, QabotError) else RuntimeError(f"the model could not be loaded: {exc}")
                 for job in batch:
-                    job.outcome = error
+                    outcomes[job.id] = error
                 return
         try:
             self.refresh_notes()
@@ -135,15 +133,15 @@ class AnswerWorker(LiveWorker):
         if self.answerer is None:
             error = RuntimeError("no model has been trained yet: an admin must train one first")
             for job in batch:
-                job.outcome = error
+                outcomes[job.id] = error
             return
-        valid: list[tuple[BatchedJob, str]] = []
+        valid: list[tuple[Job, str]] = []
         for job in batch:
             question = job.kwargs.get("question", job.args[0] if job.args else "")
             try:
                 valid.append((job, self.answerer.prepare(question)))
             except QuestionError as exc:
-                job.outcome = exc
+                outcomes[job.id] = exc
         if not valid:
             return
         started = time.monotonic()
@@ -154,9 +152,9 @@ class AnswerWorker(LiveWorker):
         metrics.BATCH_SIZE.observe(len(valid))
         for (job, _), result in zip(valid, results, strict=True):
             if isinstance(result, BaseException):
-                job.outcome = result  # this question fails alone, the others go on
+                outcomes[job.id] = result  # this question fails alone, the others go on
                 continue
-            job.outcome = {
+            outcomes[job.id] = {
                 "answer": result.text,
                 "declined": result.declined,
                 "reason": result.reason,
@@ -168,9 +166,9 @@ class AnswerWorker(LiveWorker):
                 "generate_s": round(elapsed, 4),
                 "queued_s": round(max(0.0, time.time() - job.enqueued_at.timestamp()), 4) if job.enqueued_at else None,
             }
-        self.record_declined(valid)
+        self.record_declined(valid, outcomes)
 
-    def _answer_all(self, items: list[tuple[BatchedJob, str]]) -> list[Any]:
+    def _answer_all(self, items: list[tuple[Job, str]]) -> list[Any]:
         """Each item's answer, or the exception it alone earned. A pass gets the jobs' timeout; a pass that runs
         past it (or fails) is split in halves and each half tried again, so a question times out or fails only alone."""
         limit = _limit(items)
@@ -197,13 +195,13 @@ class AnswerWorker(LiveWorker):
         elif seconds < limit / 4:
             self.take_most = min(self.batch_size, self.take_most * 2)
 
-    def record_declined(self, answered: list[tuple[BatchedJob, str]]) -> None:
+    def record_declined(self, answered: list[tuple[Job, str]], outcomes: dict[str, Any]) -> None:
         """Each declined question goes to the unanswered inbox, with the chat it came from; a failure here never fails
         the answer (the asker is then simply not told that the question was passed on)."""
         from qabot import inbox
 
         for job, question in answered:
-            outcome = job.outcome
+            outcome = outcomes.get(job.id)
             if not isinstance(outcome, dict) or not outcome.get("declined"):
                 continue
             try:
@@ -222,6 +220,7 @@ class AnswerWorker(LiveWorker):
             time.sleep(1)
             return
         self.set_state(WorkerStatus.BUSY)
+        outcomes: dict[str, Any] = {}
         try:
             if job.func_name == jobs.ANSWER_JOB:
                 try:
@@ -229,22 +228,24 @@ class AnswerWorker(LiveWorker):
                     metrics.set_queue_depth([queue])
                 except Exception:  # Redis hiccup: answer the ones in hand
                     self.log.exception("Worker %s: could not take more waiting questions", self.name)
+                questions = [j for j, _ in batch if j.func_name == jobs.ANSWER_JOB]
                 try:
-                    self.answer_batch([j for j, _ in batch if j.func_name == jobs.ANSWER_JOB])
+                    self.answer_batch(questions, outcomes)
                 except Exception as exc:  # every job still ends, failed, with the reason
                     self.log.exception("Worker %s: a batch failed", self.name)
-                    for each, _ in batch:
-                        if getattr(each, "outcome", None) is None:
-                            each.outcome = exc
+                    for each in questions:
+                        outcomes.setdefault(each.id, exc)
+                ANSWERED.update(outcomes)  # the answer job takes its own (answer_job) when rq performs it
             try:  # before the answers leave: whoever reads one sees the outage over
                 self.connection.delete(jobs.ANSWER_DOWN_KEY)  # answers flow: the next outage is told to the admins again
             except RedisError:
                 pass
             for each, execution in batch:
                 if self._hand_in(each, queue, execution) and each.func_name == jobs.ANSWER_JOB:
-                    metrics.question_ended(each.outcome, each.enqueued_at)
+                    metrics.question_ended(outcomes.get(each.id), each.enqueued_at)
         finally:
-            for _, execution in batch:
+            for each, execution in batch:
+                ANSWERED.pop(each.id, None)  # handed in, or dropped with its job
                 self._let_go(execution)
             self.set_state(WorkerStatus.IDLE)
 
@@ -276,6 +277,32 @@ class AnswerWorker(LiveWorker):
             self.log.exception("Worker %s: could not load the live model", self.name)
 
 
+ANSWERED: dict[str, Any] = {}  # outcomes this process's batch computed, by job id, until the job's function takes them
+_alone: AnswerWorker | None = None
+
+
+def answer_job() -> dict[str, Any]:
+    """What the answer job returns (worker.jobs.answer): its share of the batch this worker just answered, or, run by
+    any other rq worker (`rq worker answer`, a retry from rq-dashboard, `rq requeue`), its answer alone with the live
+    version, loaded once per process."""
+    from rq import get_current_job
+
+    global _alone
+    job = get_current_job()
+    if job is None:
+        raise RuntimeError("answer jobs run on an rq worker")
+    outcome = ANSWERED.get(job.id)  # kept until handed in: a hand-in that Redis interrupts performs the job again
+    if outcome is None:
+        if _alone is None:
+            _alone = AnswerWorker([jobs.ANSWER_QUEUE], connection=job.connection)
+        found: dict[str, Any] = {}
+        _alone.answer_batch([job], found)
+        outcome = found[job.id]
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
+
+
 def _empty_device_cache() -> None:
     import torch
 
@@ -296,6 +323,6 @@ def _timed_out(exc: BaseException) -> bool:
     return False
 
 
-def _limit(items: list[tuple[BatchedJob, str]]) -> int:
+def _limit(items: list[tuple[Job, str]]) -> int:
     """A pass's time limit: the jobs' own timeout (QABOT_ANSWER_TIMEOUT of the client that asked), the shortest."""
     return min(job.timeout or Queue.DEFAULT_TIMEOUT for job, _ in items)

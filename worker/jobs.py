@@ -1,10 +1,8 @@
-"""Queue names, job names, and the answer job. Imported by workers and clients alike (no torch)."""
+"""Queue names, job names and the job functions. Imported by workers and clients alike (no torch until a job runs)."""
 
 from __future__ import annotations
 
 from typing import Any
-
-from rq.job import Job
 
 ANSWER_QUEUE = "answer"
 TRAIN_QUEUE = "train"
@@ -17,8 +15,11 @@ ANSWER_DOWN_KEY = "qabot:alert:answer-down"  # platforms whose admins were told 
 
 
 def answer(question: str, asker: str | None = None, channel: str | None = None) -> dict[str, Any]:
-    """Answer job. Only `qabot worker answer` runs these: it answers a batch in one pass and hands each job its share."""
-    raise RuntimeError("answer jobs run on `qabot worker answer`, which batches them; no answer was computed")
+    """Answer job: {answer, declined, sources, version, ...}. `qabot worker answer` answers waiting questions in one
+    batched pass and this hands each job its share; on any other rq worker it answers the question alone."""
+    from worker.answer_worker import answer_job
+
+    return answer_job()
 
 
 def train(request: dict[str, Any]) -> dict[str, Any]:
@@ -26,19 +27,6 @@ def train(request: dict[str, Any]) -> dict[str, Any]:
     from worker.training import train_job
 
     return train_job(request)
-
-
-class BatchedJob(Job):
-    """A job whose outcome was computed before rq performs it (the answer worker's batch): rq records it as usual."""
-
-    outcome: dict[str, Any] | BaseException | None = None
-
-    def _execute(self) -> Any:
-        if self.outcome is None:
-            return super()._execute()
-        if isinstance(self.outcome, BaseException):
-            raise self.outcome
-        return self.outcome
 
 
 _RELEASE_IF_HOLDER = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
