@@ -171,6 +171,15 @@ def release_tiny(store, data: Path, base_model: Path, cache: Path, *, eval_data:
     return release(store, validate_file(data, base), base, request, Policy(device="cpu"))
 
 
+@pytest.fixture(scope="session")
+def bundled_model(tmp_path_factory):
+    """The bundled offline model converted once for the session: (its folder, the cache it lives in)."""
+    from engine.models import ensure_bundled
+
+    cache = tmp_path_factory.mktemp("bundled-cache")
+    return ensure_bundled(cache), cache
+
+
 def _free_port() -> int:
     import socket
 

