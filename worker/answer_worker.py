@@ -23,6 +23,7 @@ from worker.results import retrying
 logger = logging.getLogger(__name__)
 
 RELOAD_RETRY_SECONDS = 60
+OUTAGE_CLEAR_S = 1.0
 
 
 class AnswerWorker(LiveWorker):
@@ -48,6 +49,7 @@ class AnswerWorker(LiveWorker):
         self.notes_digest: str | None = None
         self._failed: tuple[str, int] | None = None
         self.take_most = self.batch_size  # shrinks when batches run slow, grows back when they are quick
+        self._outage_cleared = float("-inf")
 
     # -- model ------------------------------------------------------------------------------
     def refresh_model(self) -> None:
@@ -235,19 +237,27 @@ class AnswerWorker(LiveWorker):
                     self.log.exception("Worker %s: a batch failed", self.name)
                     for each in questions:
                         outcomes.setdefault(each.id, exc)
-                ANSWERED.update(outcomes)  # the answer job takes its own (answer_job) when rq performs it
-            try:  # before the answers leave: whoever reads one sees the outage over
-                self.connection.delete(jobs.ANSWER_DOWN_KEY)  # answers flow: the next outage is told to the admins again
-            except RedisError:
-                pass
+                jobs.ANSWERED.update(outcomes)  # the answer job takes its own (answer_job) when rq performs it
+            self._outage_over()
             for each, execution in batch:
                 if self._hand_in(each, queue, execution) and each.func_name == jobs.ANSWER_JOB:
                     metrics.question_ended(outcomes.get(each.id), each.enqueued_at)
         finally:
             for each, execution in batch:
-                ANSWERED.pop(each.id, None)  # handed in, or dropped with its job
+                jobs.ANSWERED.pop(each.id, None)  # handed in, or dropped with its job
                 self._let_go(execution)
             self.set_state(WorkerStatus.IDLE)
+
+    def _outage_over(self) -> None:
+        """Answers flow: the next outage is told to the admins again. Before the answers leave, so whoever reads one
+        sees the outage over; at most once a second (a round trip less per batch under load)."""
+        if time.monotonic() - self._outage_cleared < OUTAGE_CLEAR_S:
+            return
+        try:
+            self.connection.delete(jobs.ANSWER_DOWN_KEY)
+            self._outage_cleared = time.monotonic()
+        except RedisError:
+            pass
 
     def _hand_in(self, job: Job, queue: Queue, execution: Execution) -> bool:
         """Let rq record the job's outcome; while Redis is away, wait and try again (as long as the asker waits).
@@ -275,32 +285,6 @@ class AnswerWorker(LiveWorker):
             self.refresh_model()
         except Exception:  # the worker still starts; each question then gets the error
             self.log.exception("Worker %s: could not load the live model", self.name)
-
-
-ANSWERED: dict[str, Any] = {}  # outcomes this process's batch computed, by job id, until the job's function takes them
-_alone: AnswerWorker | None = None
-
-
-def answer_job() -> dict[str, Any]:
-    """What the answer job returns (worker.jobs.answer): its share of the batch this worker just answered, or, run by
-    any other rq worker (`rq worker answer`, a retry from rq-dashboard, `rq requeue`), its answer alone with the live
-    version, loaded once per process."""
-    from rq import get_current_job
-
-    global _alone
-    job = get_current_job()
-    if job is None:
-        raise RuntimeError("answer jobs run on an rq worker")
-    outcome = ANSWERED.get(job.id)  # kept until handed in: a hand-in that Redis interrupts performs the job again
-    if outcome is None:
-        if _alone is None:
-            _alone = AnswerWorker([jobs.ANSWER_QUEUE], connection=job.connection)
-        found: dict[str, Any] = {}
-        _alone.answer_batch([job], found)
-        outcome = found[job.id]
-    if isinstance(outcome, BaseException):
-        raise outcome
-    return outcome
 
 
 def _empty_device_cache() -> None:
