@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -114,6 +117,24 @@ def wait_until(predicate, timeout: float, what: str, log: Path | None = None):
 def qabot_env(values: dict[str, str]) -> dict[str, str]:
     """The environment for a `qabot` subprocess: this one's, minus any QABOT_* of the developer's, plus `values`."""
     return {k: v for k, v in os.environ.items() if not k.startswith("QABOT_")} | values
+
+
+@contextlib.contextmanager
+def qabot_workers(env: dict[str, str], home: Path, kinds: tuple[str, ...]):
+    """`qabot worker <kind>` processes for a test stack, each logging to home/<kind>-worker.log; stopped on exit."""
+    logs = [(home / f"{kind}-worker.log").open("w") for kind in kinds]
+    workers = [
+        subprocess.Popen([sys.executable, "-m", "qabot", "worker", kind], env=env, stderr=log)
+        for kind, log in zip(kinds, logs, strict=True)
+    ]
+    try:
+        yield workers
+    finally:
+        for proc in workers:
+            proc.terminate()
+            proc.wait(timeout=30)
+        for log in logs:
+            log.close()
 
 
 def write_pairs(path: Path, pairs: list[QAPair]) -> Path:

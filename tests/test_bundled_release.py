@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import subprocess
-import sys
 
 import pytest
 from redis import Redis
 
 from engine.versions import ModelStore
 from qabot.settings import Settings
-from tests.conftest import TINY_PAIRS, qabot_env, release_tiny, write_pairs
+from tests.conftest import TINY_PAIRS, qabot_env, qabot_workers, release_tiny, write_pairs
 from tests.fake_discord import ADMIN_ROLE_ID, discord_bot_on_fake
 from tests.fake_telegram import FakeTelegram
 from tests.test_telegram import run_bot, stop_bot, texts
@@ -58,11 +56,6 @@ def bundled_stack(bundled_model, redis_server, tmp_path_factory):
             "QABOT_TRAIN_BATCH_SIZE": str(QUICK["batch_size"]),
         }
     )
-    logs = [(home / f"{kind}.log").open("w") for kind in ("answer", "train", "admin")]
-    workers = [
-        subprocess.Popen([sys.executable, "-m", "qabot", "worker", kind], env=env, stderr=log)
-        for kind, log in zip(("answer", "train", "admin"), logs, strict=True)
-    ]
     settings = Settings(
         home=home / "bot-has-no-store",
         redis_url=url,
@@ -74,12 +67,8 @@ def bundled_stack(bundled_model, redis_server, tmp_path_factory):
         answer_wait=120,
         admin_wait=60,
     )
-    yield settings, store, first.version.name
-    for proc in workers:
-        proc.terminate()
-        proc.wait(timeout=30)
-    for log in logs:
-        log.close()
+    with qabot_workers(env, home, ("answer", "train", "admin")):
+        yield settings, store, first.version.name
 
 
 def small_file() -> bytes:

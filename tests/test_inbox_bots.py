@@ -23,7 +23,7 @@ from engine.versions import ModelStore
 from qabot import inbox
 from qabot.settings import Settings
 from qabot.shapes import InboxKind
-from tests.conftest import TINY_PAIRS, qabot_env, release_tiny, write_pairs
+from tests.conftest import TINY_PAIRS, qabot_env, qabot_workers, release_tiny, write_pairs
 from tests.fake_discord import ADMIN_ROLE_ID, CHANNEL_ID, FakeDiscord, discord_bot_on_fake
 from tests.fake_telegram import FakeTelegram
 from tests.test_telegram import run_bot, stop_bot, texts
@@ -57,11 +57,6 @@ def stack(trained_tiny, tiny_gpt2, redis_server, tmp_path_factory):
     url = redis_server.replace("/0", "/4")
     Redis.from_url(url).flushdb()
     env = qabot_env({"QABOT_HOME": str(home), "QABOT_REDIS_URL": url, "QABOT_DEVICE": "cpu", "QABOT_MAX_NEW_TOKENS": "24"})
-    logs = [(home / f"{kind}-worker.log").open("w") for kind in ("answer", "admin")]  # kept in the module's tmp folder
-    workers = [
-        subprocess.Popen([sys.executable, "-m", "qabot", "worker", kind], env=env, stderr=log)
-        for kind, log in zip(("answer", "admin"), logs, strict=True)
-    ]
     settings = Settings(
         home=home / "bot-has-no-store",
         redis_url=url,
@@ -73,12 +68,8 @@ def stack(trained_tiny, tiny_gpt2, redis_server, tmp_path_factory):
         answer_wait=60,
         admin_wait=30,
     )
-    yield Stack(settings, models, env, plain, grounded)
-    for proc in workers:
-        proc.terminate()
-        proc.wait(timeout=30)
-    for log in logs:
-        log.close()
+    with qabot_workers(env, home, ("answer", "admin")):
+        yield Stack(settings, models, env, plain, grounded)
 
 
 @pytest.fixture
