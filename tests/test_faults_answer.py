@@ -5,6 +5,7 @@ the fake Bot API. The tests assert what the askers and the admins see."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,14 +20,17 @@ from rq import Queue
 from bots.core import ANSWER_DOWN_ALERT, APOLOGY, BotCore
 from engine.models import load_model
 from engine.versions import ModelStore
+from qabot import inbox
 from qabot.settings import Settings
 from qabot.shapes import ReplyTo
-from tests.conftest import TINY_PAIRS, qabot_env, wait_until
+from tests.conftest import TINY_PAIRS, qabot_env, release_tiny, wait_until, write_pairs
 from tests.fake_telegram import FakeTelegram
 from tests.test_telegram import run_bot, stop_bot, texts
+from worker.answer_worker import AnswerWorker
 from worker.client import QueueClient
 from worker.jobs import ANSWER_DOWN_KEY, ANSWER_QUEUE
 from worker.localredis import free_port, start_redis_server, stop_redis_server
+from worker.results import AnswerResult
 
 TOKEN = "123456:TEST-secret-token-never-logged"
 ADMIN = 4242
@@ -315,3 +319,46 @@ def test_one_client_waits_on_more_questions_than_redis_pys_default_pool(redis_ur
     with ThreadPoolExecutor(max_workers=150) as pool:
         outcomes = list(pool.map(wait, jobs))
     assert outcomes == ["timed out"] * 150, {o for o in outcomes}
+
+
+@pytest.fixture(scope="module")
+def grounded_home(trained_tiny, tiny_gpt2, tmp_path_factory) -> Path:
+    """A QABOT_HOME whose live version is grounded: it declines names its data never mentions."""
+    store, _ = trained_tiny
+    home = tmp_path_factory.mktemp("grounded-home")
+    shutil.copytree(store.root, home / "models")
+    models = ModelStore(home / "models")
+    data = write_pairs(home / "tiny.json", TINY_PAIRS)
+    models.promote(release_tiny(models, data, tiny_gpt2, home / "cache", grounded=True, epochs=1).version.name)
+    return home
+
+
+def test_declines_reach_the_inbox_when_redis_stops_as_their_batch_ends(grounded_home, own_redis, monkeypatch):
+    """Audit finding: Redis stopped for 5 s just as a batch of declines was answered; each asker is still told the
+    question was passed on, and the inbox holds every one of them."""
+    url, restart = own_redis
+    settings = Settings(home=grounded_home, redis_url=url, answer_wait=60, max_new_tokens=24)
+    client = QueueClient(settings)
+    names = ["Zarnak", "Vossmark", "Quorvath", "Belmuth", "Tervane", "Oskelund"]
+    questions = [f"Who rules the kingdom of {name}?" for name in names]
+    jobs = [client.enqueue_answer(q, asker=f"u{i}", channel=f"tg:{100 + i}") for i, q in enumerate(questions)]
+    results, waiter = ask_in_threads(client, jobs)
+    outage: list[threading.Thread] = []
+
+    class RedisStopsAsTheBatchEnds(AnswerWorker):
+        def _answer_all(self, items):
+            answers = super()._answer_all(items)
+            if not outage:  # once: Redis goes away for 5 s, right after the model answered
+                outage.append(threading.Thread(target=restart, kwargs={"down_s": 5.0}, daemon=True))
+                outage[0].start()
+                time.sleep(0.5)
+            return answers
+
+    monkeypatch.setenv("QABOT_HOME", str(grounded_home))
+    worker = RedisStopsAsTheBatchEnds([ANSWER_QUEUE], connection=client.connection, settings=settings)
+    worker.work(burst=True)
+    waiter.join(timeout=60)
+    assert outage and all(isinstance(r, AnswerResult) for r in results), results
+    assert all(r.details.get("declined") and r.details.get("inboxed") for r in results), [r.details for r in results]
+    recorded = {item.text for item in inbox.open_items(Redis.from_url(url))[0]}
+    assert recorded == set(questions)

@@ -152,7 +152,7 @@ class AnswerWorker(LiveWorker):
         self._pace(len(valid), elapsed, _limit(valid))
         self.batches.append(len(valid))
         metrics.BATCH_SIZE.observe(len(valid))
-        for (job, _), result in zip(valid, results, strict=True):
+        for (job, asked), result in zip(valid, results, strict=True):
             if isinstance(result, BaseException):
                 outcomes[job.id] = result  # this question fails alone, the others go on
                 continue
@@ -168,7 +168,8 @@ class AnswerWorker(LiveWorker):
                 "generate_s": round(elapsed, 4),
                 "queued_s": round(max(0.0, time.time() - job.enqueued_at.timestamp()), 4) if job.enqueued_at else None,
             }
-        self.record_declined(valid, outcomes)
+            if result.declined:
+                outcomes[job.id]["question"] = asked  # as checked: the inbox records it (record_declined)
 
     def _answer_all(self, items: list[tuple[Job, str]]) -> list[Any]:
         """Each item's answer, or the exception it alone earned. A pass gets the jobs' timeout; a pass that runs
@@ -197,21 +198,26 @@ class AnswerWorker(LiveWorker):
         elif seconds < limit / 4:
             self.take_most = min(self.batch_size, self.take_most * 2)
 
-    def record_declined(self, answered: list[tuple[Job, str]], outcomes: dict[str, Any]) -> None:
-        """Each declined question goes to the unanswered inbox, with the chat it came from; a failure here never fails
-        the answer (the asker is then simply not told that the question was passed on)."""
+    def record_declined(self, job: Job, outcome: Any) -> None:
+        """Put a declined question in the unanswered inbox, with the chat it came from, once (`inboxed` marks it done).
+
+        Redis errors propagate, so the caller's retry (the hand-in, or the answer job alone) waits Redis out and the
+        asker is told the question was passed on; any other failure is logged and never fails the answer."""
         from qabot import inbox
 
-        for job, question in answered:
-            outcome = outcomes.get(job.id)
-            if not isinstance(outcome, dict) or not outcome.get("declined"):
-                continue
-            try:
-                place = inbox.place_of(job.kwargs.get("channel"))
-                recorded = inbox.record(self.connection, question, place=place, size=self.settings.inbox_size)
-                outcome["inboxed"] = recorded.open
-            except Exception:  # the answer matters more than the record
-                self.log.warning("Worker %s: could not record a declined question in the inbox", self.name, exc_info=True)
+        if not isinstance(outcome, dict) or not outcome.get("declined") or "inboxed" in outcome:
+            return
+        try:
+            place = inbox.place_of(job.kwargs.get("channel"))
+            question = outcome.get("question") or job.kwargs.get("question", "")
+            recorded = inbox.record(self.connection, question, place=place, size=self.settings.inbox_size)
+        except RedisError:
+            raise
+        except Exception:  # the answer matters more than the record
+            self.log.warning("Worker %s: could not record a declined question in the inbox", self.name, exc_info=True)
+            outcome["inboxed"] = False
+            return
+        outcome["inboxed"] = recorded.open
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         """Take the waiting questions too, answer all at once, then let rq finish each job."""
@@ -268,6 +274,7 @@ class AnswerWorker(LiveWorker):
             if not self.connection.exists(job.key):  # Redis lost it (restart without AOF) or it expired
                 self.log.warning("Worker %s: job %s is gone; its answer is dropped", self.name, job.id)
                 return False
+            self.record_declined(job, jobs.ANSWERED.get(job.id))  # inside the retry: a blip loses no decline
             self.perform_job(job, queue, execution)
             return True
 

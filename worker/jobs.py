@@ -24,6 +24,8 @@ def answer(question: str, asker: str | None = None, channel: str | None = None) 
     rq-dashboard, `rq requeue`) it answers the question alone with the live version."""
     from rq import get_current_job
 
+    from worker.results import retrying
+
     global _alone
     job = get_current_job()
     if job is None:
@@ -37,6 +39,7 @@ def answer(question: str, asker: str | None = None, channel: str | None = None) 
         found: dict[str, Any] = {}
         _alone.answer_batch([job], found)
         outcome = found[job.id]
+        retrying(lambda: _alone.record_declined(job, outcome), "recording a declined question", give_up_s=job.timeout)
     if isinstance(outcome, BaseException):
         raise outcome
     return outcome
