@@ -40,6 +40,10 @@ class ServiceUnavailable(QabotError):
     """The queue (Redis) or the workers cannot be reached."""
 
 
+class Busy(ServiceUnavailable):
+    """The bot already waits on as many questions as it can hold: the asker is told at once, not queued."""
+
+
 class AnswerTimeout(QabotError):
     """No answer arrived in time."""
 

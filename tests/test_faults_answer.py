@@ -15,20 +15,21 @@ from pathlib import Path
 
 import pytest
 from redis import Redis
-from rq import Queue
+from rq import Queue, Worker
 
-from bots.core import ANSWER_DOWN_ALERT, APOLOGY, BotCore
+from bots.admin import ADMIN_APOLOGY
+from bots.core import ANSWER_DOWN_ALERT, APOLOGY, BUSY, BotCore
 from engine.models import load_model
 from engine.versions import ModelStore
 from qabot import inbox
 from qabot.settings import Settings
 from qabot.shapes import ReplyTo
-from tests.conftest import TINY_PAIRS, qabot_env, release_tiny, wait_until, write_pairs
+from tests.conftest import TINY_PAIRS, qabot_env, qabot_workers, release_tiny, wait_until, write_pairs
 from tests.fake_telegram import FakeTelegram
 from tests.test_telegram import run_bot, stop_bot, texts
 from worker.answer_worker import AnswerWorker
-from worker.client import QueueClient
-from worker.jobs import ANSWER_DOWN_KEY, ANSWER_QUEUE
+from worker.client import WAITERS, QueueClient
+from worker.jobs import ADMIN_QUEUE, ANSWER_DOWN_KEY, ANSWER_QUEUE
 from worker.localredis import free_port, start_redis_server, stop_redis_server
 from worker.results import AnswerResult
 
@@ -362,3 +363,29 @@ def test_declines_reach_the_inbox_when_redis_stops_as_their_batch_ends(grounded_
     assert all(r.details.get("declined") and r.details.get("inboxed") for r in results), [r.details for r in results]
     recorded = {item.text for item in inbox.open_items(Redis.from_url(url))[0]}
     assert recorded == set(questions)
+
+
+async def test_admin_commands_never_wait_behind_questions_and_askers_past_capacity_hear_busy_at_once(home, redis_url):
+    """Audit finding: with every waiting thread taken by askers whose answers are slow, /status used to queue behind
+    them (119 s with 400 askers) and the asker past capacity waited for a thread before its own wait began. Now
+    /status answers in seconds and that asker hears "busy" at once."""
+    env = qabot_env({"QABOT_HOME": str(home), "QABOT_REDIS_URL": redis_url, "QABOT_DEVICE": "cpu"})
+    settings = Settings(home=home / "bot", redis_url=redis_url, answer_wait=8, admin_wait=6)
+    core = BotCore(settings, QueueClient(settings))  # waits the whole answer_wait: no answer worker comes
+    client = QueueClient(settings)
+    with qabot_workers(env, home, ("admin",)):
+        await asyncio.to_thread(
+            wait_until, lambda: Worker.all(queue=Queue(ADMIN_QUEUE, connection=client.connection)), 60, "an admin worker"
+        )
+        askers = [asyncio.create_task(core.ask(f"u{i}", f"question {i}?", "tg:1")) for i in range(WAITERS)]
+        await asyncio.sleep(1.0)  # every waiting thread is taken
+        started = time.monotonic()
+        assert (await core.ask("late", "one more question?", "tg:1")).text == BUSY
+        busy_after = time.monotonic() - started
+        started = time.monotonic()
+        status = await core.status()
+        status_after = time.monotonic() - started
+        replies = await asyncio.gather(*askers)
+    assert busy_after < 1.0, f"the asker past capacity waited {busy_after:.1f} s"
+    assert status_after < 4.0 and status != ADMIN_APOLOGY, f"/status took {status_after:.1f} s: {status}"
+    assert {r.text for r in replies} == {APOLOGY}  # the others still get their answer or the apology, in their own time

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
@@ -19,7 +20,7 @@ from rq import Queue, worker_registration
 from rq.job import Job
 
 from qabot import inbox
-from qabot.errors import AnswerTimeout, ServiceUnavailable
+from qabot.errors import AnswerTimeout, Busy, ServiceUnavailable
 from qabot.settings import Settings
 from qabot.shapes import ReplyTo
 from worker.jobs import (
@@ -32,7 +33,8 @@ from worker.jobs import (
 from worker.results import RETRY_MAX_S, AnswerResult, connect, retrying, return_value
 from worker.train_client import TrainingClient
 
-WAITERS = 256  # questions one client may be waiting on at once, each in its own thread
+WAITERS = 256  # questions one client may be waiting on at once, each in its own thread; past that: Busy at once
+ADMIN_WAITERS = 16  # admin commands waiting at once, in threads of their own: they never queue behind questions
 POOL_SPARE = 64  # Redis connections beyond the waiters (enqueueing, admin jobs, delivery, status)
 ANSWER_DOWN_ALERT_TTL_S = 6 * 3600  # an outage nobody ends (no answer comes) is told again after this long
 
@@ -42,18 +44,29 @@ logger = logging.getLogger(__name__)
 class QueueClient(TrainingClient):
     """Enqueues answer and train jobs on Redis and waits for their results (the training half: `TrainingClient`)."""
 
-    def __init__(self, settings: Settings, connection: Redis | None = None, *, no_worker_wait: float | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        connection: Redis | None = None,
+        *,
+        no_worker_wait: float | None = None,
+        waiters: int = WAITERS,
+    ) -> None:
         """`no_worker_wait`: give up on a question after this many seconds when no answer worker is alive (the bots);
-        None waits the whole QABOT_ANSWER_WAIT (the CLI, whose user may be starting a worker)."""
+        None waits the whole QABOT_ANSWER_WAIT (the CLI, whose user may be starting a worker). `waiters`: questions
+        waited on at once; the next one raises Busy at once rather than wait for a thread."""
         self.settings = settings
         self.no_worker_wait = no_worker_wait
         # one connection per waiting question (each blocks on its result) and some to spare: redis-py's default pool
         # of 100 refused questions past that with "Too many connections" (bench.load, 1,000 questions in a minute)
         self.connection = connection or connect(
-            settings.redis_url, socket_timeout=settings.answer_wait + 10, max_connections=WAITERS + POOL_SPARE
+            settings.redis_url, socket_timeout=settings.answer_wait + 10, max_connections=waiters + ADMIN_WAITERS + POOL_SPARE
         )
         self.answers = Queue(ANSWER_QUEUE, connection=self.connection)
-        self._waiters = ThreadPoolExecutor(max_workers=WAITERS, thread_name_prefix="qabot-wait")
+        self._waiters = ThreadPoolExecutor(max_workers=waiters, thread_name_prefix="qabot-wait")
+        self.waiters = waiters
+        self._seats = threading.BoundedSemaphore(waiters)  # a free thread per question in flight, or Busy
+        self._admin_waiters = ThreadPoolExecutor(max_workers=ADMIN_WAITERS, thread_name_prefix="qabot-admin")
         self.training = Queue(TRAIN_QUEUE, connection=self.connection)
         self.admin_jobs = Queue(ADMIN_QUEUE, connection=self.connection)
 
@@ -139,9 +152,18 @@ class QueueClient(TrainingClient):
     async def ask(
         self, question: str, asker: str | None = None, channel: str | None = None, timeout: float | None = None
     ) -> AnswerResult:
-        """Enqueue and await an answer without blocking the event loop."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._waiters, self.ask_sync, question, asker, channel, timeout)
+        """Enqueue and await an answer without blocking the event loop. Each question gets a thread at once, so its wait
+        counts from its enqueue; past `waiters` questions in flight it raises Busy at once."""
+        if not self._seats.acquire(blocking=False):
+            raise Busy(f"already waiting on {self.waiters} questions")
+
+        def seated() -> AnswerResult:
+            try:
+                return self.ask_sync(question, asker, channel, timeout)
+            finally:
+                self._seats.release()
+
+        return await asyncio.get_running_loop().run_in_executor(self._waiters, seated)
 
     # -- admin jobs -------------------------------------------------------------------------
     def admin_call(self, function: str, *args: Any, reply_to: ReplyTo | None = None) -> Any:
@@ -165,9 +187,9 @@ class QueueClient(TrainingClient):
         return return_value(job, result, unanswered)
 
     async def ask_admin(self, function: str, *args: Any, reply_to: ReplyTo | None = None) -> Any:
-        """`admin_call` without blocking the event loop."""
+        """`admin_call` without blocking the event loop, in threads of its own (never behind waiting questions)."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._waiters, lambda: self.admin_call(function, *args, reply_to=reply_to))
+        return await loop.run_in_executor(self._admin_waiters, lambda: self.admin_call(function, *args, reply_to=reply_to))
 
     # -- the unanswered inbox: answers people may flag, admins' answers to deliver ----------
     def remember_answer(self, platform: str, chat: str, messages: list[str], question: str, answer: str) -> None:
