@@ -108,6 +108,12 @@ def when(iso: str | None, now: float | None = None) -> str:
 def render_status(report: StatusReport) -> str:
     live = report.live_version or "none yet"
     lines = [f"Live model: {live}" + (f", trained {when(report.trained_at)}." if report.trained_at else ".")]
+    for worker in report.workers:
+        if worker.get("fallback"):
+            lines.append(
+                f"Warning: {worker['fallback']['live']} does not load ({worker['fallback']['why']}), so answer worker "
+                f"{worker['name']} answers with {worker['model']}: /rollback to a version that loads, or /retrain."
+            )
     if report.live_dataset:
         source = f" from {report.live_source}" if report.live_source else ""
         lines.append(f"It learnt {report.live_pairs} pairs{source} (dataset {report.live_dataset}).")

@@ -24,6 +24,7 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from engine.datastore import DatasetVersions, read_stored, write_atomic
+from engine.loadcheck import check_loadable
 from qabot.errors import VersionError
 
 __all__ = ["METADATA_FILE", "ModelStore", "VersionInfo", "read_stored"]
@@ -178,11 +179,13 @@ class ModelStore(DatasetVersions):
         shutil.rmtree(staging, ignore_errors=True)
 
     def promote(self, name: str, check: Callable[[], None] | None = None) -> VersionInfo:
-        """Make `name` the live version, with its notes (`_go_live`); `check()` may refuse, under the lock."""
+        """Make `name` the live version, with its notes (`_go_live`); `check()` may refuse, under the lock, and so does
+        a version whose files would not load (`check_loadable`): `current` never points at damaged weights."""
         with self.lock():
             if check is not None:
                 check()
             info = self.get(name)
+            check_loadable(info.name, info.path)
             self._go_live(info)
             history = [n for n in self.history() if n != info.name] + [info.name]
             write_atomic(self.history_file, json.dumps(history))
@@ -212,6 +215,7 @@ class ModelStore(DatasetVersions):
             if not history:
                 raise VersionError("nothing to roll back to: no version was live before the current one")
             previous = history[-1]
+            check_loadable(previous, self.versions_dir / previous)
             self._go_live(self.get(previous))
             write_atomic(self.history_file, json.dumps(history))
             return self.get(previous)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import subprocess
 import sys
 
@@ -17,7 +18,7 @@ from engine.generate import Answerer
 from engine.models import load_model
 from engine.pipeline import load_version
 from engine.versions import ModelStore
-from qabot.errors import AnswerTimeout, JobFailed
+from qabot.errors import AnswerTimeout, JobFailed, VersionError
 from qabot.settings import Settings
 from tests.conftest import TINY_PAIRS, qabot_env
 from worker.answer_worker import AnswerWorker
@@ -187,11 +188,21 @@ def test_a_version_that_will_not_load_leaves_the_old_model_serving(home, redis_u
     assert client.wait_answer(first).version == "v0001"
     staging = store.staging_dir()
     (staging / "config.json").write_text("{ this is not a model")
-    store.promote(store.commit(staging, {"note": "broken"}).name)
+    broken = store.commit(staging, {"note": "broken"}).name
+    with pytest.raises(VersionError, match=f"{broken} cannot be loaded: its config.json is missing or damaged"):
+        store.promote(broken)  # promotion checks the files first
+    assert store.current_name() == "v0001"
+    # weights damaged once live (a disk, a hand edit): the running worker keeps serving what it has, and says so
+    staging = store.staging_dir()
+    shutil.copytree(store.get("v0001").path, staging, dirs_exist_ok=True)
+    damaged = store.promote(store.commit(staging, {"note": "a copy of v0001"}).name)
+    weights = damaged.path / "model.safetensors"
+    weights.write_bytes(b"\xff" * 8 + weights.read_bytes()[8:])
     later = client.enqueue_answer(QUESTIONS[1])
     worker.work(burst=True)
     result = client.wait_answer(later)
     assert (result.answer, result.version) == (TINY_PAIRS[1].response, "v0001")
+    assert result.details["fallback_from"] == damaged.name
 
 
 def test_a_question_that_expired_unanswered_is_a_timeout(home, redis_url):

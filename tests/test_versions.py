@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pytest
+from safetensors.numpy import save_file
 
 from engine.versions import ModelStore
 from qabot.errors import VersionError
 
 
+def saved_files(folder: Path) -> Path:
+    """What a saved model holds, as far as promotion checks: a config and a weights file whose header holds."""
+    (folder / "config.json").write_text("{}")
+    save_file({"weight": np.zeros((2, 2), dtype=np.float32)}, str(folder / "model.safetensors"))
+    return folder
+
+
 def make_version(store: ModelStore, note: str) -> str:
-    staging = store.staging_dir()
-    (staging / "weights.bin").write_text(note)
+    staging = saved_files(store.staging_dir())
     return store.commit(staging, {"note": note}).name
 
 
@@ -68,7 +78,7 @@ def version_with_dataset(store: ModelStore, note: str) -> str:
     from qabot.dataset import QAPair
 
     digest, path = store.store_dataset([QAPair(f"Question {note}?", f"Answer {note}.")])
-    staging = store.staging_dir()
+    staging = saved_files(store.staging_dir())
     return store.commit(staging, {"note": note, "dataset": {"hash": digest, "path": str(path), "pairs": 1}}).name
 
 
@@ -127,3 +137,23 @@ def _add_one(args: tuple[str, int]) -> None:
     os.environ["QABOT_HOME"] = str(Path(root).parent)  # the admin job reads its settings from the environment
     result = add_pair(f"Question {i}?", f"Answer {i}.")
     assert result.added, result.problems
+
+
+def test_a_version_whose_weights_would_not_load_is_never_made_live(tmp_path):
+    """Audit finding: promotion switched `current` to damaged weights, and every worker that restarted failed every
+    question. Promote and rollback now check the files first, say what is wrong and change nothing."""
+    store = ModelStore(tmp_path)
+    for note in "ab":
+        store.promote(make_version(store, note))
+    weights = store.get("v0001").path / "model.safetensors"
+    weights.write_bytes(b"\xff" * 8 + weights.read_bytes()[8:])  # "invalid header length" when loaded
+    with pytest.raises(VersionError, match=r"v0001 cannot be loaded: model.safetensors is damaged"):
+        store.rollback()
+    with pytest.raises(VersionError, match="v0001 cannot be loaded"):
+        store.promote("v0001")
+    assert store.current_name() == "v0002"
+    damaged = make_version(store, "c")
+    (store.get(damaged).path / "config.json").unlink()
+    with pytest.raises(VersionError, match=f"{damaged} cannot be loaded: its config.json is missing"):
+        store.promote(damaged)
+    assert store.current_name() == "v0002" and store.history() == ["v0001", "v0002"]

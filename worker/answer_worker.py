@@ -53,16 +53,50 @@ class AnswerWorker(LiveWorker):
 
     # -- model ------------------------------------------------------------------------------
     def refresh_model(self) -> None:
-        """Load the live version if it is not the one loaded (between batches only)."""
-        from engine.pipeline import load_version, make_answerer, version_grounding
+        """Load the live version if it is not the one loaded (between batches only).
 
+        A live version that does not load leaves the loaded one serving; a worker with none in hand serves the newest
+        version that loads (the last live ones first). Either way it says so: in its rq record (/status), the metrics,
+        and each answer's `fallback_from` (the bots tell the admins). It tries the live one again every minute.
+        Raises only when no version loads at all."""
         live = self.store.current_name()
         if live is None or live == self.model_version:
             return
         if self._failed == (live, int(time.monotonic() // RELOAD_RETRY_SECONDS)):
             return  # it failed moments ago: keep serving the loaded model, retry a little later
+        try:
+            self._load(live)
+            return
+        except Exception as exc:  # a version that will not load must not stop the worker
+            self._failed = (live, int(time.monotonic() // RELOAD_RETRY_SECONDS))
+            why = " ".join(str(exc).split())[:200] or type(exc).__name__
+            self.log.exception("Worker %s: could not load the live model %s", self.name, live)
+            if self.answerer is None:
+                self._load_newest_that_loads(live, exc)
+        self.fallback = {"live": live, "why": why}
+        self._publish_model()
+        metrics.MODEL_FALLBACK.set(1)
+        self.log.error("Worker %s: the live model %s does not load; serving %s", self.name, live, self.model_version)
+
+    def _load_newest_that_loads(self, live: str, error: Exception) -> None:
+        """Load the version that was live last before `live`, else the newest other one that loads; re-raise `error`
+        when none does."""
+        recent = [name for name in reversed(self.store.history()) if name != live]
+        others = sorted((v.name for v in self.store.list() if v.name not in recent and v.name != live), reverse=True)
+        for name in recent + others:
+            try:
+                self._load(name)
+                return
+            except Exception:
+                self.log.exception("Worker %s: %s does not load either", self.name, name)
+        raise error
+
+    def _load(self, name: str) -> None:
+        """Load version `name` with the current notes, and make it the one that answers."""
+        from engine.pipeline import load_version, make_answerer, version_grounding
+
         started = time.monotonic()
-        loaded, info = load_version(self.store, live, device=self.settings.device, dtype=self.settings.dtype)
+        loaded, info = load_version(self.store, name, device=self.settings.device, dtype=self.settings.dtype)
         digest = self.store.current_digest()
         answerer = make_answerer(
             loaded,
@@ -78,12 +112,13 @@ class AnswerWorker(LiveWorker):
             ),
         )
         self.notes_digest = digest
-        old, self.answerer, self.model_version = self.answerer, answerer, info.name
+        old, self.answerer, self.model_version, self.fallback = self.answerer, answerer, info.name, None
         del old
         gc.collect()
         _empty_device_cache()
         self._publish_model()
         metrics.set_model_version(info.name)
+        metrics.MODEL_FALLBACK.set(0)
         self.log.info("Worker %s: model %s loaded in %.1f s", self.name, info.name, time.monotonic() - started)
 
     def refresh_notes(self) -> None:
@@ -115,18 +150,12 @@ class AnswerWorker(LiveWorker):
 
         try:
             self.refresh_model()
-        except Exception as exc:  # a version that will not load must not stop the worker
-            self._failed = (self.store.current_name() or "", int(time.monotonic() // RELOAD_RETRY_SECONDS))
-            self.log.exception(
-                "Worker %s: could not load the live model; %s",
-                self.name,
-                f"still serving {self.model_version}" if self.answerer else "no model loaded",
-            )
-            if self.answerer is None:
-                error = exc if isinstance(exc, QabotError) else RuntimeError(f"the model could not be loaded: {exc}")
-                for job in batch:
-                    outcomes[job.id] = error
-                return
+        except Exception as exc:  # no version loads: each question fails with the reason
+            self.log.exception("Worker %s: no model version loads", self.name)
+            error = exc if isinstance(exc, QabotError) else RuntimeError(f"the model could not be loaded: {exc}")
+            for job in batch:
+                outcomes[job.id] = error
+            return
         try:
             self.refresh_notes()
         except Exception:  # keep the notes in hand; try again when the dataset changes
@@ -164,6 +193,7 @@ class AnswerWorker(LiveWorker):
                 "score": result.score,
                 "stop": result.stop.value,
                 "version": self.model_version,
+                "fallback_from": self.fallback["live"] if self.fallback else None,
                 "batch_size": len(valid),
                 "generate_s": round(elapsed, 4),
                 "queued_s": round(max(0.0, time.time() - job.enqueued_at.timestamp()), 4) if job.enqueued_at else None,

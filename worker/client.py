@@ -28,6 +28,7 @@ from worker.jobs import (
     ANSWER_DOWN_KEY,
     ANSWER_JOB,
     ANSWER_QUEUE,
+    FALLBACK_ALERT_KEY,
     TRAIN_QUEUE,
 )
 from worker.results import RETRY_MAX_S, AnswerResult, connect, retrying, return_value
@@ -138,6 +139,13 @@ class QueueClient(TrainingClient):
         if not self.connection.hsetnx(ANSWER_DOWN_KEY, platform, int(time.time())):
             return False
         self.connection.expire(ANSWER_DOWN_KEY, ANSWER_DOWN_ALERT_TTL_S)
+        return True
+
+    def claim_fallback_alert(self, platform: str, live: str) -> bool:
+        """True for the first caller per platform and live version that does not load: that one tells the admins."""
+        if not self.connection.hsetnx(FALLBACK_ALERT_KEY, f"{platform}:{live}", int(time.time())):
+            return False
+        self.connection.expire(FALLBACK_ALERT_KEY, ANSWER_DOWN_ALERT_TTL_S)
         return True
 
     def release_answer_down_alert(self, platform: str) -> None:

@@ -12,6 +12,7 @@ TRAIN_JOB = "worker.jobs.train"
 TRAIN_LOCK = "qabot:train:lock"
 UPLOAD_KEY = "qabot:upload:{}"  # an uploaded dataset's bytes, kept until its train job reads them
 ANSWER_DOWN_KEY = "qabot:alert:answer-down"  # platforms whose admins were told no answer worker runs (this outage)
+FALLBACK_ALERT_KEY = "qabot:alert:fallback"  # "<platform>:<version>": admins told that this live version does not load
 
 
 ANSWERED: dict[str, Any] = {}  # outcomes the answer worker's batch computed in this process, by job id, until handed in

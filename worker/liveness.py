@@ -9,6 +9,7 @@ hands in the batch in hand and registers itself again if Redis lost its record.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -25,6 +26,7 @@ from worker import metrics
 logger = logging.getLogger(__name__)
 
 MODEL_FIELD = "qabot_model"  # in the worker's own rq hash: the version it answers with (the health check reads it)
+FALLBACK_FIELD = "qabot_fallback"  # beside it, while the live version does not load: {"live": ..., "why": ...} (JSON)
 BEAT_SECONDS = 2.0  # the keeper thread refreshes the worker's record and the questions it holds this often
 LIVE_TTL_SECONDS = 10  # a worker that misses beats this long counts as dead (its record expires)
 # A held question's started entry outlives its worker's record (both renewed in one beat): a dead worker's questions are
@@ -38,6 +40,7 @@ class LiveWorker(SimpleWorker):
     """A SimpleWorker whose record and held questions a keeper thread renews, and whose Redis errors are waited out."""
 
     model_version: str | None = None
+    fallback: dict[str, str] | None = None  # {"live", "why"} while it serves another version because the live one fails
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -49,10 +52,17 @@ class LiveWorker(SimpleWorker):
         self._rescue_after = 0.0
 
     def _publish_model(self) -> None:
-        """Say in this worker's rq record which version it answers with (it expires with the worker)."""
+        """Say in this worker's rq record which version it answers with, and why when it is not the live one (both
+        expire with the worker)."""
         try:
             if self.model_version is not None and self.connection.exists(self.key):
-                self.connection.hset(self.key, MODEL_FIELD, self.model_version)
+                with self.connection.pipeline() as pipeline:
+                    pipeline.hset(self.key, MODEL_FIELD, self.model_version)
+                    if self.fallback:
+                        pipeline.hset(self.key, FALLBACK_FIELD, json.dumps(self.fallback))
+                    else:
+                        pipeline.hdel(self.key, FALLBACK_FIELD)
+                    pipeline.execute()
         except RedisError as exc:  # the keeper publishes it again when it registers the worker again
             self.log.warning("Worker %s: could not publish its model (%s)", self.name, exc)
 

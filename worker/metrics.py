@@ -36,6 +36,11 @@ QUEUE_DEPTH = Gauge(
     "qabot_queue_depth", "Jobs waiting in the queue (refreshed every 2 s and at each batch).", ["queue"], registry=REGISTRY
 )
 MODEL_VERSION = Gauge("qabot_model_version", "1 for the model version this answer worker serves.", ["version"], registry=REGISTRY)
+MODEL_FALLBACK = Gauge(
+    "qabot_model_fallback",
+    "1 while this answer worker serves another version because the live one does not load (/status says why).",
+    registry=REGISTRY,
+)
 PUT_BACK = Counter(
     "qabot_questions_put_back", "Questions a dead answer worker held that this worker put back in the queue.", registry=REGISTRY
 )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from rq import Worker
 from rq.registry import FailedJobRegistry, StartedJobRegistry
 
@@ -9,6 +11,7 @@ from qabot import inbox
 from qabot.settings import Settings
 from qabot.shapes import StatusReport
 from worker.client import QueueClient
+from worker.liveness import FALLBACK_FIELD, MODEL_FIELD
 
 
 def collect(settings: Settings, client: QueueClient, store=None, *, inside: str | None = None) -> StatusReport:
@@ -26,9 +29,7 @@ def collect(settings: Settings, client: QueueClient, store=None, *, inside: str 
             - (queue.name == inside),
             "failed": len(FailedJobRegistry(queue.name, connection=client.connection)),
         }
-    workers = [
-        {"name": w.name, "queues": w.queue_names(), "state": str(w.get_state())} for w in Worker.all(connection=client.connection)
-    ]
+    workers = [_worker(client, w) for w in Worker.all(connection=client.connection)]
     training = None
     job_id = client.running_training()
     if job_id:
@@ -57,3 +58,16 @@ def collect(settings: Settings, client: QueueClient, store=None, *, inside: str 
         live_source=live_data.get("source") or None,
         last_edit={k: str(v) for k, v in edits[-1].items() if k in ("action", "platform", "by", "at")} if edits else {},
     )
+
+
+def _worker(client: QueueClient, worker: Worker) -> dict:
+    """A worker's name, queues and state; for an answer worker, the version it serves and, while the live version
+    does not load, which one that is and why (`fallback`)."""
+    model, fallback = client.connection.hmget(worker.key, [MODEL_FIELD, FALLBACK_FIELD])
+    return {
+        "name": worker.name,
+        "queues": worker.queue_names(),
+        "state": str(worker.get_state()),
+        "model": model.decode() if model else None,
+        "fallback": json.loads(fallback) if fallback else None,
+    }
