@@ -18,6 +18,7 @@ from bots.commands import admin_help, help_text
 from bots.feedback import HOW_TO_FLAG, WRONG, Notify, Reply, deliver_notices
 from bots.render import CHAT_HINTS, render_declined, render_progress, render_result
 from qabot.errors import AnswerTimeout, JobFailed, QuestionError, ServiceUnavailable, TrainingBusy
+from qabot.health import BOT_BEAT_TTL_S, beat, bot_service
 from qabot.questions import check_question
 from qabot.settings import Settings
 from qabot.shapes import ReplyTo
@@ -221,8 +222,13 @@ class BotCore(AdminCommands):
     async def keep_delivering(
         self, platform: str, deliver: Callable[[ReplyTo, RetrainOutcome], Awaitable[None]], notify: Notify | None = None
     ) -> None:
-        """Deliver ended fine-tunes and admins' answers now and then every `delivery_poll` seconds, until cancelled."""
+        """Deliver ended fine-tunes and admins' answers now and then every `delivery_poll` seconds, until cancelled;
+        each round also says in Redis that this bot is alive (`qabot health bot <platform>` reads it)."""
         while True:
+            try:
+                await asyncio.to_thread(beat, self.client.connection, bot_service(platform), BOT_BEAT_TTL_S)
+            except Exception:
+                logger.warning("could not say in Redis that this bot is alive", exc_info=True)
             try:
                 await self.deliver_pending(platform, deliver)
             except Exception:

@@ -1,13 +1,18 @@
-"""`qabot` commands for running the service: workers, bots, `dev`, `status` and the inbox. No torch in these processes."""
+"""`qabot` commands for running the service: workers, bots, `dev`, `status`, `health`, the inbox. No torch in these processes."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from qabot.setup import console
 from qabot.setup import settings as _settings
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from redis import Redis
 
 worker_app = typer.Typer(help="Run the RQ workers of a GPU host.", no_args_is_help=True)
 bot_app = typer.Typer(help="Run a chat bot (no torch needed).", no_args_is_help=True)
@@ -15,7 +20,12 @@ inbox_app = typer.Typer(
     help="Questions the bot declined or answered wrongly: list, answer (a new pair), dismiss. Needs `qabot worker admin`.",
     no_args_is_help=True,
 )
-health_app = typer.Typer(help="Health checks that mean more than `qabot status --quiet` (Redis answers).", no_args_is_help=True)
+health_app = typer.Typer(
+    help="Health checks of one service on this host (exit 0: alive; 1: not, with the reason); more than `status --quiet`.",
+    no_args_is_help=True,
+)
+health_bot_app = typer.Typer(help="Whether a bot on this host runs (its delivery loop beats in Redis).", no_args_is_help=True)
+health_app.add_typer(health_bot_app, name="bot")
 
 
 def status(
@@ -47,25 +57,81 @@ def status(
         console.print_json(json.dumps(asdict(report), default=str))
 
 
+HEALTH_TIMEOUT_S = 5  # seconds a health check waits on Redis (compose gives the whole check 10)
+
+
+def _probe(check: Callable[[Redis], bool], failure: str) -> None:
+    """Exit 0 when `check` holds on a Redis connection; else exit 1 with `failure` (or why Redis failed) on stderr."""
+    from redis.exceptions import RedisError
+
+    from qabot.errors import ServiceUnavailable
+    from worker.results import connect, redacted
+
+    url = _settings(engine=False).redis_url
+    try:
+        healthy = check(connect(url, HEALTH_TIMEOUT_S))
+    except RedisError as exc:
+        raise ServiceUnavailable(f"Redis at {redacted(url)} is unreachable ({exc})") from exc
+    if not healthy:
+        raise ServiceUnavailable(failure)
+
+
 @health_app.command("answer")
 def health_answer() -> None:
     """Exit 0 only when an answer worker on this host is registered and has a model loaded (compose's health check)."""
     import socket
 
-    from rq import Worker
-
-    from qabot.errors import ServiceUnavailable
+    from qabot.health import workers_here
     from worker.jobs import ANSWER_QUEUE
     from worker.liveness import MODEL_FIELD
-    from worker.results import WORKER_SOCKET_TIMEOUT, connect
 
-    settings = _settings(engine=False)
-    connection = connect(settings.redis_url, WORKER_SOCKET_TIMEOUT)
-    host = socket.gethostname()
-    for worker in Worker.all(connection=connection):
-        if ANSWER_QUEUE in worker.queue_names() and worker.hostname == host and connection.hget(worker.key, MODEL_FIELD):
-            return
-    raise ServiceUnavailable(f"no answer worker on {host} has a model loaded")
+    def check(connection: Redis) -> bool:
+        return any(connection.hget(w.key, MODEL_FIELD) for w in workers_here(connection, ANSWER_QUEUE))
+
+    _probe(check, f"no answer worker on {socket.gethostname()} has a model loaded")
+
+
+@health_app.command("train")
+def health_train() -> None:
+    """Exit 0 only when a worker of the `train` queue runs on this host with a live rq record (compose's health check)."""
+    import socket
+
+    from qabot.health import workers_here
+    from worker.jobs import TRAIN_QUEUE
+
+    _probe(lambda c: bool(workers_here(c, TRAIN_QUEUE)), f"no train worker runs on {socket.gethostname()}")
+
+
+@health_app.command("admin")
+def health_admin() -> None:
+    """Exit 0 only when a worker of the `admin` queue runs on this host with a live rq record (compose's health check)."""
+    import socket
+
+    from qabot.health import workers_here
+    from worker.jobs import ADMIN_QUEUE
+
+    _probe(lambda c: bool(workers_here(c, ADMIN_QUEUE)), f"no admin worker runs on {socket.gethostname()}")
+
+
+def _health_bot(platform: str) -> None:
+    import socket
+
+    from qabot.health import BOT_BEAT_TTL_S, alive, bot_service
+
+    failure = f"the {platform} bot on {socket.gethostname()} has not said it is alive in the last {BOT_BEAT_TTL_S} s"
+    _probe(lambda c: alive(c, bot_service(platform)), failure)
+
+
+@health_bot_app.command("telegram")
+def health_bot_telegram() -> None:
+    """Exit 0 only when the Telegram bot on this host beat within its TTL (a round of its delivery loop)."""
+    _health_bot("telegram")
+
+
+@health_bot_app.command("discord")
+def health_bot_discord() -> None:
+    """Exit 0 only when the Discord bot on this host beat within its TTL (a round of its delivery loop)."""
+    _health_bot("discord")
 
 
 def dev(

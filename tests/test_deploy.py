@@ -2,21 +2,32 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import re
+import secrets
 import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import typer
 import yaml
 from redis import Redis
+from redis.backoff import NoBackoff
+from redis.exceptions import AuthenticationError, RedisError
+from redis.retry import Retry
+from rq import Queue, Worker
 
+from bots.core import BotCore
+from qabot import health
 from qabot.cli import app
 from qabot.settings import Settings
-from tests.conftest import _free_port, qabot_env
+from tests.conftest import _free_port, qabot_env, qabot_workers, wait_until
 from tests.test_queue import QUESTIONS, make_settings
 from worker.client import QueueClient
 
@@ -98,20 +109,77 @@ def test_env_example_names_every_setting_and_nothing_else():
     assert re.search(r"^REDIS_PASSWORD=$", text, flags=re.MULTILINE), "compose needs REDIS_PASSWORD"
 
 
+def redis_script() -> str:
+    """The shell script of the redis service's command, as the container's shell gets it (compose makes `$$` a `$`)."""
+    argv = as_list(SERVICES["redis"]["command"])
+    assert argv[:2] == ["sh", "-c"] and len(argv) == 3, f"redis: expected `sh -c SCRIPT`, got {argv}"
+    return argv[2].replace("$$", "$")
+
+
 def test_redis_needs_a_password_never_evicts_and_persists():
     redis = SERVICES["redis"]
-    argv = as_list(redis["command"])
-    option = {argv[i]: argv[i + 1] for i in range(1, len(argv) - 1) if argv[i].startswith("--")}
-    assert re.fullmatch(r"\$\{REDIS_PASSWORD:\?[^}]+\}", option["--requirepass"]), "the password must be required"
-    assert option["--maxmemory-policy"] == "noeviction" and option["--appendonly"] == "yes"
+    env = environment(redis)
+    assert re.fullmatch(r"\$\{REDIS_PASSWORD:\?[^}]+\}", env["REDIS_PASSWORD"]), "the password must be required"
+    assert re.fullmatch(r"\$\{REDIS_MAXMEMORY:-\w+\}", env["REDIS_MAXMEMORY"]), "a memory limit, with a default"
+    config = redis_script().split("<<EOF\n", 1)[1].split("\nEOF", 1)[0].splitlines()
+    assert config == [
+        "requirepass $REDIS_PASSWORD",
+        "maxmemory $REDIS_MAXMEMORY",
+        "maxmemory-policy noeviction",
+        "appendonly yes",
+        'save ""',
+    ]
     assert "redis-data:/data" in redis["volumes"]
-    assert "REDISCLI_AUTH" in environment(redis), "the health check must authenticate"
+    assert env["REDISCLI_AUTH"] == env["REDIS_PASSWORD"], "the health check must authenticate"
+    assert re.search(r"^# REDIS_MAXMEMORY=\w+$", (ROOT / ".env.example").read_text(), flags=re.MULTILINE)
     urls = {name: environment(svc)["QABOT_REDIS_URL"] for name, svc in SERVICES.items() if "QABOT_REDIS_URL" in environment(svc)}
     assert set(qabot_services()) <= set(urls)
     urls["rq-dashboard"] = environment(SERVICES["rq-dashboard"])["RQ_DASHBOARD_REDIS_URL"]
     for name, url in urls.items():
         assert PASSWORD_URL.fullmatch(url), f"{name}: {url} does not carry the password"
     assert SERVICES["rq-dashboard"]["profiles"] == ["dashboard"]
+
+
+def test_the_redis_command_caps_memory_and_keeps_the_password_off_every_command_line(tmp_path):
+    """The compose command's own script, run with the local redis-server: the image's entrypoint (which only drops to
+    the redis user) is left out, a free port and tmp_path added; the default REDIS_MAXMEMORY as compose resolves it.
+    Redis rewrites its process title once started, hiding its arguments; `--set-proc-title no` keeps /proc showing the
+    argv the script gave it, as `ps` shows it until that rewrite (and always in `docker inspect`)."""
+    entrypoint = "exec docker-entrypoint.sh redis-server -"
+    assert "${" not in "".join(as_list(SERVICES["redis"]["command"])), "compose would put a value into the argv"
+    script = redis_script()
+    assert script.count(entrypoint) == 1, script
+    port, password = _free_port(), secrets.token_hex(16)
+    local = f"exec redis-server - --port {port} --bind 127.0.0.1 --dir {tmp_path} --set-proc-title no"
+    script = script.replace(entrypoint, local)
+    maxmemory = re.fullmatch(r"\$\{REDIS_MAXMEMORY:-(\w+)\}", environment(SERVICES["redis"])["REDIS_MAXMEMORY"])[1]
+    env = {"PATH": os.environ["PATH"], "REDIS_PASSWORD": password, "REDIS_MAXMEMORY": maxmemory}
+    proc = subprocess.Popen(["sh", "-c", script], env=env, cwd=tmp_path, stdout=subprocess.DEVNULL)
+    try:
+        client = Redis(port=port, password=password, socket_connect_timeout=1, decode_responses=True)
+
+        def answers() -> bool:
+            try:
+                return client.ping()
+            except RedisError:
+                return False
+
+        wait_until(answers, 10, "the compose redis command answers PING")
+        assert client.info("server")["process_id"] == proc.pid, "sh must exec redis-server"
+        config = client.config_get("*")
+        assert int(config["maxmemory"]) == 1024**3 and maxmemory == "1gb"
+        assert (config["maxmemory-policy"], config["appendonly"], config["save"]) == ("noeviction", "yes", "")
+        with pytest.raises(AuthenticationError):
+            Redis(port=port, socket_connect_timeout=1, retry=Retry(NoBackoff(), 0)).ping()
+        commands = {}
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            with contextlib.suppress(OSError):
+                commands[cmdline.parent.name] = cmdline.read_bytes()
+        assert b"redis-server" in commands[str(proc.pid)]
+        assert [pid for pid, argv in commands.items() if password.encode() in argv] == []
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 def test_workers_share_the_models_volume_at_qabot_home():
@@ -173,18 +241,84 @@ def test_bots_need_only_redis():
     assert '".[bots]"' in dockerfile and "torch" not in dockerfile.split("RUN", 1)[1]
 
 
-def test_bots_health_check_runs_without_the_engine(redis_url, tmp_path):
-    """The bots' image has no engine/ and no torch: its health check must not need them."""
-    argv = [as_list(SERVICES[name]["healthcheck"]["test"])[1:] for name in BOTS]
-    assert all(a[0] == "qabot" for a in argv)
-    for args in {tuple(a) for a in argv}:
-        code = (
-            "import sys; sys.modules.update(engine=None, torch=None, transformers=None); "
-            f"sys.argv = {list(args)!r}; from qabot.cli import main; main()"
-        )
-        env = qabot_env({"QABOT_REDIS_URL": redis_url, "QABOT_HOME": str(tmp_path)})
-        result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
-        assert result.returncode == 0, f"`{' '.join(args)}` without engine/: {result.stderr[-2000:]}"
+def test_every_service_but_redis_and_the_dashboard_checks_its_own_health():
+    """`qabot status --quiet` proves only that Redis answers: each qabot service checks itself (`qabot health ...`)."""
+    for name in set(SERVICES) - {"redis", "rq-dashboard"}:
+        check = as_list(SERVICES[name].get("healthcheck", {}).get("test", ["-"]))
+        assert check[:3] == ["CMD", "qabot", "health"], f"{name}: health check {check} is not a `qabot health` command"
+        assert cli_has(check[2:]), f"{name}: `{' '.join(check[1:])}` is not a qabot command"
+        assert all(word in name for word in check[3:]), f"{name}: checks another service ({check[3:]})"
+
+
+def qabot_health(args: list[str], redis_url: str, home: Path, *, engine: bool = True) -> subprocess.CompletedProcess:
+    """`qabot health ARGS` in a fresh process, as compose runs it; `engine=False` as on the bots' image (no engine/,
+    no torch)."""
+    block = "" if engine else "sys.modules.update(engine=None, torch=None, transformers=None); "
+    code = f"import sys; {block}sys.argv = ['qabot', 'health', *{args!r}]; from qabot.cli import main; main()"
+    env = qabot_env({"QABOT_REDIS_URL": redis_url, "QABOT_HOME": str(home)})
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_a_bot_is_healthy_only_once_it_beats_without_the_engine(redis_url, tmp_path):
+    """The bots' image has no engine/ and no torch: their health checks run without them, fail before a beat and pass
+    after one."""
+    connection = Redis.from_url(redis_url)
+    for name in BOTS:
+        argv = as_list(SERVICES[name]["healthcheck"]["test"])[2:]
+        platform = argv[-1]
+        before = qabot_health(argv[1:], redis_url, tmp_path, engine=False)
+        assert before.returncode == 1, before.stderr
+        assert f"the {platform} bot on {socket.gethostname()} has not said it is alive" in before.stderr
+        assert len(before.stderr.strip().splitlines()) == 1, before.stderr
+        health.beat(connection, health.bot_service(platform), health.BOT_BEAT_TTL_S)
+        after = qabot_health(argv[1:], redis_url, tmp_path, engine=False)
+        assert after.returncode == 0, f"`{' '.join(argv)}` without engine/: {after.stderr[-2000:]}"
+    assert 0 < connection.ttl(health.key(health.bot_service("telegram"))) <= health.BOT_BEAT_TTL_S
+
+
+async def test_the_bots_delivery_loop_beats_each_round(redis_url, tmp_path):
+    """A real BotCore's keep_delivering, against the test Redis: its first round makes `qabot health bot` pass."""
+    assert qabot_health(["bot", "discord"], redis_url, tmp_path).returncode == 1
+    settings = make_settings(tmp_path, redis_url)
+    core = BotCore(settings, QueueClient(settings))
+
+    async def deliver(reply_to, outcome) -> None:
+        raise AssertionError("nothing to deliver")
+
+    connection = Redis.from_url(redis_url)
+    task = asyncio.create_task(core.keep_delivering("discord", deliver))
+    try:
+        deadline = time.monotonic() + 5
+        while not health.alive(connection, health.bot_service("discord")) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    beats = {platform: health.alive(connection, health.bot_service(platform)) for platform in ("discord", "telegram")}
+    assert beats == {"discord": True, "telegram": False}
+    done = await asyncio.to_thread(qabot_health, ["bot", "discord"], redis_url, tmp_path)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("kind", ["admin", "train"])
+def test_a_worker_is_healthy_only_while_its_process_runs(kind, redis_url, tmp_path):
+    """`qabot health admin|train`: 1 with no worker, 0 while a real `qabot worker ...` runs on this host, 1 again once
+    it is killed outright (SIGKILL), although rq still lists its record."""
+    queue = Queue(kind, connection=Redis.from_url(redis_url))
+    before = qabot_health([kind], redis_url, tmp_path)
+    assert before.returncode == 1 and f"no {kind} worker runs on {socket.gethostname()}" in before.stderr, before.stderr
+    env = qabot_env({"QABOT_REDIS_URL": redis_url, "QABOT_HOME": str(tmp_path)})
+    with qabot_workers(env, tmp_path, (kind,)) as (proc,):
+        log = tmp_path / f"{kind}-worker.log"
+        wait_until(lambda: [w for w in Worker.all(queue=queue) if w.pid == proc.pid], 20, f"{kind} worker registered", log)
+        running = qabot_health([kind], redis_url, tmp_path)
+        assert running.returncode == 0, running.stderr
+        proc.kill()
+        proc.wait(timeout=10)
+        assert [w.pid for w in Worker.all(queue=queue)] == [proc.pid], "rq keeps a killed worker's record for minutes"
+        killed = qabot_health([kind], redis_url, tmp_path)
+        assert killed.returncode == 1 and f"no {kind} worker runs" in killed.stderr, killed.stderr
 
 
 def start_dev(home: Path, *, ignore_sigint: bool = False) -> tuple[subprocess.Popen, str, str]:
