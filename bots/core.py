@@ -17,7 +17,7 @@ from bots.admin import AdminCommands
 from bots.commands import admin_help, help_text
 from bots.feedback import HOW_TO_FLAG, WRONG, Notify, Reply, deliver_notices
 from bots.render import CHAT_HINTS, render_declined, render_progress, render_result
-from qabot.errors import AnswerTimeout, JobFailed, QuestionError, ServiceUnavailable, TrainingBusy
+from qabot.errors import AnswerTimeout, Busy, JobFailed, QuestionError, ServiceUnavailable, TrainingBusy
 from qabot.health import BOT_BEAT_TTL_S, beat, bot_service
 from qabot.questions import check_question
 from qabot.settings import Settings
@@ -38,6 +38,11 @@ ANSWER_DOWN_ALERT = (
     "Admins: questions are going unanswered because no answer worker is running (start `qabot worker answer`; "
     "`qabot status` shows the workers). People get an apology until one runs again. I say this once per outage."
 )
+FALLBACK_ALERT = (
+    "Admins: the live model {live} does not load, so I answer with {served} until it is fixed: /rollback to a version "
+    "that loads, or /retrain. /status says what is wrong with it. I say this once per version."
+)
+BUSY = "I'm answering a lot of questions right now: please ask again in a minute."
 REFUSAL = "Sorry, only this bot's admins can do that."
 NO_ANSWER = "I don't know that one yet."
 
@@ -108,11 +113,11 @@ class BotCore(AdminCommands):
             return Reply(f"You're asking quickly: please try again in {max(1, round(wait))} s.")
         try:
             result = await self.client.ask(text, asker=user, channel=channel)
+        except Busy:  # more askers than the bot can hold: told at once, not queued behind the others
+            return Reply(BUSY)
         except (ServiceUnavailable, AnswerTimeout) as exc:
             logger.warning("no answer for a question: %s", exc)
-            task = asyncio.create_task(self._answer_down(channel))  # the asker's apology does not wait for it
-            self._alerts.add(task)
-            task.add_done_callback(self._alerts.discard)
+            self._in_background(self._answer_down(channel))  # the asker's apology does not wait for it
             return Reply(APOLOGY)
         except JobFailed as exc:
             if exc.kind == "QuestionError":
@@ -122,11 +127,29 @@ class BotCore(AdminCommands):
         except Exception:  # the edge: never crash the bot over one question
             logger.exception("unexpected failure while answering")
             return Reply(APOLOGY)
+        if result.details.get("fallback_from"):
+            self._in_background(self._fallback_alert(result.details["fallback_from"], result.version or "?", channel))
         if result.details.get("declined"):
             return Reply(render_declined(self.settings.decline_text, bool(result.details.get("inboxed"))))
         if not result.answer:
             return Reply(NO_ANSWER)
         return Reply(result.answer, text, result.answer)
+
+    def _in_background(self, alert: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(alert)
+        self._alerts.add(task)
+        task.add_done_callback(self._alerts.discard)
+
+    async def _fallback_alert(self, live: str, served: str, channel: str) -> None:
+        """The live version does not load and an older one answers: tell the admins, once per platform and version."""
+        if self.alert is None or self.platform is None:
+            return
+        try:
+            if not await asyncio.to_thread(self.client.claim_fallback_alert, self.platform, live):
+                return
+            await self.alert(FALLBACK_ALERT.format(live=live, served=served), channel)
+        except Exception:  # the next answer from the old version does not try again: /status still says it
+            logger.warning("could not tell the admins that the live model does not load", exc_info=True)
 
     async def _answer_down(self, channel: str) -> None:
         """If no answer worker is alive, tell the admins: once per outage and platform, whichever bot sees it first."""

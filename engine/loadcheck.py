@@ -33,5 +33,5 @@ def _check_safetensors(name: str, weights: Path) -> None:
     try:
         with safe_open(str(weights), framework="numpy") as opened:  # reads and checks the header, maps no tensor
             opened.keys()
-    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types for each kind of damage
+    except Exception as exc:  # safetensors raises its own error types for each kind of damage
         raise VersionError(f"{name} cannot be loaded: {weights.name} is damaged ({exc})") from exc

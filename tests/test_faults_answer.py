@@ -18,7 +18,7 @@ from redis import Redis
 from rq import Queue, Worker
 
 from bots.admin import ADMIN_APOLOGY
-from bots.core import ANSWER_DOWN_ALERT, APOLOGY, BUSY, BotCore
+from bots.core import ANSWER_DOWN_ALERT, APOLOGY, BUSY, FALLBACK_ALERT, BotCore
 from engine.models import load_model
 from engine.versions import ModelStore
 from qabot import inbox
@@ -389,3 +389,45 @@ async def test_admin_commands_never_wait_behind_questions_and_askers_past_capaci
     assert busy_after < 1.0, f"the asker past capacity waited {busy_after:.1f} s"
     assert status_after < 4.0 and status != ADMIN_APOLOGY, f"/status took {status_after:.1f} s: {status}"
     assert {r.text for r in replies} == {APOLOGY}  # the others still get their answer or the apology, in their own time
+
+
+async def test_a_worker_started_while_the_live_weights_are_damaged_serves_the_last_version_that_loads(home, redis_url, tmp_path):
+    """Audit finding: a worker restarted while the live version's weights were damaged failed every question
+    ("invalid header length") until someone ran /rollback. Now it answers with the version live before, and says so:
+    /status, the metrics, `qabot health answer`, and one message to the admins."""
+    from tests.test_metrics import scrape
+
+    store = ModelStore(home / "models")
+    staging = store.staging_dir()
+    shutil.copytree(store.get("v0001").path, staging, dirs_exist_ok=True)
+    damaged = store.promote(store.commit(staging, {"note": "a copy of v0001"}).name)
+    weights = damaged.path / "model.safetensors"
+    weights.write_bytes(b"\xff" * 8 + weights.read_bytes()[8:])  # damaged once live: a disk, a copy, a hand edit
+    port = free_port()
+    env = qabot_env({"QABOT_HOME": str(home), "QABOT_REDIS_URL": redis_url, "QABOT_DEVICE": "cpu"})
+    settings = Settings(home=home / "bot", redis_url=redis_url, telegram_token=TOKEN, telegram_admins=[ADMIN])
+    fake = FakeTelegram(TOKEN)
+    await fake.start()
+    app = await run_bot(settings, fake)
+    log = tmp_path / "worker.log"
+    worker = start_worker(home, redis_url, log, max_new_tokens="24", answer_metrics_port=str(port))
+    try:
+        with qabot_workers(env, home, ("admin",)):
+            client = QueueClient(settings)
+            await asyncio.to_thread(wait_until, client.live_answer_workers, 60, "the worker registers", log)
+            asked = [fake.send_text(500 + i, 500 + i, QUESTIONS[i]) for i in range(2)]
+            replies = await fake.wait_for(lambda: all(texts(fake, m) for m in asked) and [texts(fake, m) for m in asked], 60)
+            assert replies == [[TINY_PAIRS[0].response], [TINY_PAIRS[1].response]]
+            told = await fake.wait_for(lambda: [m["text"] for m in fake.sent.values() if m["chat"]["id"] == ADMIN], 10)
+            await asyncio.sleep(1.0)
+            assert told == [FALLBACK_ALERT.format(live=damaged.name, served="v0001")]  # once, not per answer
+            status = fake.send_text(ADMIN, ADMIN, "/status")
+            report = (await fake.wait_for(lambda: texts(fake, status), 30))[0]
+            assert f"Warning: {damaged.name} does not load" in report and "answers with v0001" in report, report
+            assert scrape(port)["qabot_model_fallback"] == 1.0
+            healthy = subprocess.run([sys.executable, "-m", "qabot", "health", "answer"], env=env, timeout=60)
+            assert healthy.returncode == 0
+    finally:
+        stop(worker)
+        await stop_bot(app)
+        await fake.stop()
