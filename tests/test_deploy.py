@@ -456,3 +456,46 @@ def test_the_bots_load_the_client_and_nothing_of_the_workers():
     modules, workers = done.stdout.splitlines()
     loaded = [m for m in modules.split() if m in WORKER_SIDE or m.split(".")[0] in WORKER_SIDE]
     assert loaded == [] and workers == "-", (loaded, workers)
+
+
+# rq attributes and modules that rq's documentation does not describe: only worker/rq_seam.py may use them
+RQ_UNDOCUMENTED = (
+    "dequeue_any perform_job execute_job prepare_for_execution prepare_execution intermediate_queue executions "
+    "main_work_horse wait_for_horse handle_work_horse_killed maintain_heartbeats monitor_work_horse fork_work_horse "
+    "handle_job_failure run_maintenance_tasks clean_registries clean_group_registries get_heartbeat_ttl register_birth "
+    "bootstrap serialize redis_worker_namespace_prefix parse_composite_key push_job_id death_penalty_class set_state "
+    "check_for_suspension heartbeat teardown worker_registration"
+).split()
+RQ_DOCUMENTED_IMPORTS = {
+    "rq": {"Queue", "Worker", "SimpleWorker", "get_current_job", "Retry", "Callback"},
+    "rq.job": {"Job", "JobStatus"},
+    "rq.exceptions": {"NoSuchJobError", "InvalidJobOperation"},
+    "rq.registry": {"StartedJobRegistry", "FailedJobRegistry", "FinishedJobRegistry", "CanceledJobRegistry"},
+    "rq.results": {"Result"},
+}
+
+
+def test_rq_is_used_through_its_documented_api_outside_one_commented_module():
+    """Issue 16: rq can be upgraded by reading one file. Outside worker/rq_seam.py no code names an rq attribute that
+    rq's docs do not describe, nor a private (underscored) one, nor imports anything of rq beyond its documented names."""
+    import ast
+
+    seam = ROOT / "worker" / "rq_seam.py"
+    found = []
+    for path in sorted(p for folder in ("worker", "bots", "qabot", "engine") for p in (ROOT / folder).glob("*.py")):
+        if path == seam:
+            continue
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in ast.walk(tree):
+            where = f"{path.relative_to(ROOT)}:{getattr(node, 'lineno', '?')}"
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "rq":
+                allowed = RQ_DOCUMENTED_IMPORTS.get(node.module, set())
+                found += [f"{where} imports {node.module}.{a.name}" for a in node.names if a.name not in allowed]
+            elif isinstance(node, ast.Import):
+                found += [f"{where} imports {a.name}" for a in node.names if a.name.split(".")[0] == "rq"]
+            elif isinstance(node, ast.Attribute) and (node.attr in RQ_UNDOCUMENTED or node.attr.startswith("_horse")):
+                found.append(f"{where} uses .{node.attr}")
+            elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name in RQ_UNDOCUMENTED:
+                found.append(f"{where} overrides {node.name}")
+    assert not found, "\n".join(found)
+    assert "rq" in seam.read_text().split('"""')[1]  # the seam says what it works around, and why

@@ -10,15 +10,13 @@ from typing import Any
 
 from redis.exceptions import RedisError
 from rq import Queue
-from rq.executions import Execution
 from rq.job import Job
-from rq.timeouts import JobTimeoutException
-from rq.worker import WorkerStatus
 
 from qabot.settings import Settings
 from worker import jobs, metrics
 from worker.liveness import RECONNECT_MAX_SECONDS, LiveWorker
 from worker.results import retrying
+from worker.rq_seam import Execution, JobTimeoutException
 
 logger = logging.getLogger(__name__)
 
@@ -137,12 +135,10 @@ class AnswerWorker(LiveWorker):
     def _take_waiting(self, queue: Queue, most: int, into: list[tuple[Job, Execution]]) -> None:
         """Dequeue and hold up to `most` questions that are already waiting, without blocking, appending as it goes."""
         for _ in range(most):
-            found = self.queue_class.dequeue_any(
-                [queue], None, connection=self.connection, job_class=self.job_class, serializer=self.serializer
-            )
+            found = self.take_waiting(queue)
             if found is None:
                 return
-            into.append((found[0], self._hold(found[0], queue)))
+            into.append((found, self._hold(found, queue)))
 
     def answer_batch(self, batch: list[Job], outcomes: dict[str, Any]) -> None:
         """Compute every job's answer (or its error) with one batched pass of the model, into `outcomes` by job id."""
@@ -206,7 +202,7 @@ class AnswerWorker(LiveWorker):
         past it (or fails) is split in halves and each half tried again, so a question times out or fails only alone."""
         limit = _limit(items)
         try:
-            with self.death_penalty_class(limit, JobTimeoutException, job_id=items[0][0].id):
+            with self.time_limit(limit, items[0][0]):
                 return list(self.answerer.answer([question for _, question in items]))
         except Exception as exc:  # split until the question that times out or fails is alone
             if _timed_out(exc):
@@ -249,7 +245,7 @@ class AnswerWorker(LiveWorker):
             return
         outcome["inboxed"] = recorded.open
 
-    def execute_job(self, job: Job, queue: Queue) -> None:
+    def run_batch(self, job: Job, queue: Queue) -> None:
         """Take the waiting questions too, answer all at once, then let rq finish each job."""
         try:
             batch = [(job, self._hold(job, queue))]
@@ -257,7 +253,6 @@ class AnswerWorker(LiveWorker):
             self.log.warning("Worker %s: could not take a question (%s)", self.name, exc)
             time.sleep(1)
             return
-        self.set_state(WorkerStatus.BUSY)
         outcomes: dict[str, Any] = {}
         try:
             if job.func_name == jobs.ANSWER_JOB:
@@ -282,7 +277,6 @@ class AnswerWorker(LiveWorker):
             for each, execution in batch:
                 jobs.ANSWERED.pop(each.id, None)  # handed in, or dropped with its job
                 self._let_go(execution)
-            self.set_state(WorkerStatus.IDLE)
 
     def _outage_over(self) -> None:
         """Answers flow: the next outage is told to the admins again. Before the answers leave, so whoever reads one
@@ -305,7 +299,7 @@ class AnswerWorker(LiveWorker):
                 self.log.warning("Worker %s: job %s is gone; its answer is dropped", self.name, job.id)
                 return False
             self.record_declined(job, jobs.ANSWERED.get(job.id))  # inside the retry: a blip loses no decline
-            self.perform_job(job, queue, execution)
+            self.finish(job, queue, execution)
             return True
 
         what = f"Worker {self.name}: handing in job {job.id}"
@@ -315,9 +309,8 @@ class AnswerWorker(LiveWorker):
             self.log.error("Worker %s: Redis stayed away; the answer to job %s is dropped", self.name, job.id)
             return False
 
-    def bootstrap(self, *args: Any, **kwargs: Any) -> None:
-        """Register (so askers know a worker is coming), then load the live model before taking the first question."""
-        super().bootstrap(*args, **kwargs)
+    def on_start(self) -> None:
+        """Registered (so askers know a worker is coming): load the live model before taking the first question."""
         try:
             self.refresh_model()
         except Exception:  # the worker still starts; each question then gets the error

@@ -16,7 +16,7 @@ from typing import Any
 
 from redis import Redis
 from redis.exceptions import RedisError
-from rq import Queue, worker_registration
+from rq import Queue, Worker
 from rq.job import Job
 
 from qabot import inbox
@@ -124,14 +124,8 @@ class QueueClient(TrainingClient):
 
     def live_answer_workers(self) -> int:
         """How many answer workers are alive: registered on the answer queue with a record that has not expired (an
-        answer worker's record lapses seconds after its last heartbeat)."""
-        keys = worker_registration.get_keys(queue=self.answers, connection=self.connection)
-        if not keys:
-            return 0
-        with self.connection.pipeline() as pipeline:
-            for key in keys:
-                pipeline.exists(key)
-            return sum(pipeline.execute())
+        answer worker's record lapses seconds after its last heartbeat; `Worker.all` drops lapsed ones)."""
+        return len(Worker.all(queue=self.answers))
 
     def claim_answer_down_alert(self, platform: str) -> bool:
         """True for the first caller per platform and outage: that one tells the admins that no answer worker runs.

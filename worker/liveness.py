@@ -16,12 +16,11 @@ import time
 from typing import Any
 
 from redis.exceptions import RedisError
-from rq import Queue, SimpleWorker, worker_registration
-from rq.executions import Execution
+from rq import Queue
 from rq.job import Job, JobStatus
-from rq.utils import current_timestamp, now, parse_composite_key
 
 from worker import metrics
+from worker.rq_seam import BatchingWorker, Execution, drop_started, put_back, started_entries, stranded, worker_alive
 
 logger = logging.getLogger(__name__)
 
@@ -36,11 +35,13 @@ INTERMEDIATE_GRACE_SECONDS = 5  # a question taken off the queue but never regis
 RECONNECT_MAX_SECONDS = 5.0  # longest pause between tries while Redis is away
 
 
-class LiveWorker(SimpleWorker):
-    """A SimpleWorker whose record and held questions a keeper thread renews, and whose Redis errors are waited out."""
+class LiveWorker(BatchingWorker):
+    """A worker whose record and held questions a keeper thread renews, and whose Redis errors are waited out."""
 
     model_version: str | None = None
     fallback: dict[str, str] | None = None  # {"live", "why"} while it serves another version because the live one fails
+    record_ttl = LIVE_TTL_SECONDS  # a worker that misses beats this long drops out of /status
+    held_ttl = HELD_TTL_SECONDS  # the keeper renews what the worker holds
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -66,8 +67,7 @@ class LiveWorker(SimpleWorker):
         except RedisError as exc:  # the keeper publishes it again when it registers the worker again
             self.log.warning("Worker %s: could not publish its model (%s)", self.name, exc)
 
-    def register_birth(self, *args: Any, **kwargs: Any) -> None:
-        super().register_birth(*args, **kwargs)
+    def on_birth(self) -> None:
         self._publish_model()
         self._start_keeper()
 
@@ -103,96 +103,36 @@ class LiveWorker(SimpleWorker):
 
     def _beat(self) -> None:
         if not self.connection.hexists(self.key, "birth"):
-            self._register_again()
+            self.register_again()  # Redis lost this worker's record (a restart without AOF): /status counts it again
+            self._publish_model()
+            self.log.warning("Worker %s: registered again (Redis had lost its record)", self.name)
         with self._held_lock:
             held = list(self._held.values())
         with self.connection.pipeline() as pipeline:
-            super().heartbeat(LIVE_TTL_SECONDS, pipeline=pipeline)
-            for execution in held:
-                execution.heartbeat(self.queues[0].started_job_registry, HELD_TTL_SECONDS, pipeline=pipeline)
+            self.renew(held, pipeline)
             pipeline.execute()
 
-    def _register_again(self) -> None:
-        """Redis lost this worker's record (a restart without AOF): register as at birth, so /status counts it."""
-        self.last_heartbeat = now()
-        with self.connection.pipeline() as pipeline:
-            pipeline.hset(self.key, mapping=self.serialize())
-            worker_registration.register(self, pipeline)
-            pipeline.expire(self.key, LIVE_TTL_SECONDS)
-            pipeline.execute()
-        self._publish_model()
-        self.log.warning("Worker %s: registered again (Redis had lost its record)", self.name)
-
-    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
-        """A record that expires LIVE_TTL_SECONDS after the last beat: a dead worker drops out of /status within that."""
-        if pipeline is not None:
-            super().heartbeat(LIVE_TTL_SECONDS, pipeline=pipeline)
-            return
-        try:
-            super().heartbeat(LIVE_TTL_SECONDS)
-        except RedisError as exc:  # the keeper and the dequeue loop retry; the worker stays up
-            self.log.warning("Worker %s: heartbeat failed (%s)", self.name, exc)
-
-    def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
-        return HELD_TTL_SECONDS  # the keeper renews what the worker holds
-
-    def set_state(self, state: str, pipeline: Any = None) -> None:
-        if pipeline is not None:
-            super().set_state(state, pipeline=pipeline)
-            return
-        try:
-            super().set_state(state)
-        except RedisError as exc:
-            self.log.warning("Worker %s: could not record its state (%s)", self.name, exc)
-
-    def check_for_suspension(self, burst: bool) -> None:
-        try:
-            super().check_for_suspension(burst)
-        except RedisError as exc:  # the dequeue that follows waits for Redis with backoff
-            self.log.warning("Worker %s: could not check for suspension (%s)", self.name, exc)
-
-    def clean_registries(self) -> None:
+    def before_cleanup(self) -> None:
         """rq's maintenance fails expired started jobs as abandoned: put back dead workers' questions before it looks."""
-        try:
-            rescue_orphans(self.connection, self.queues, self.log)
-            super().clean_registries()
-        except RedisError as exc:
-            self.log.warning("Worker %s: could not clean the registries (%s)", self.name, exc)
+        rescue_orphans(self.connection, self.queues, self.log)
 
-    def clean_group_registries(self) -> None:
-        try:
-            super().clean_group_registries()
-        except RedisError as exc:
-            self.log.warning("Worker %s: could not clean the group registries (%s)", self.name, exc)
-
-    def teardown(self) -> None:
+    def on_teardown(self) -> None:
         self._stop_keeper.set()
         if self._keeper is not None:
             self._keeper.join(timeout=BEAT_SECONDS * 2)
-        try:
-            super().teardown()
-        except RedisError as exc:
-            self.log.warning("Worker %s: could not register its death (%s)", self.name, exc)
 
     # -- holding questions: registered as started the moment they are taken -----------------
     def _hold(self, job: Job, queue: Queue) -> Execution:
-        """Register a taken question as started, with a TTL the keeper renews, and take it off rq's intermediate list."""
-        with self.connection.pipeline() as pipeline:
-            execution = Execution.create(job, HELD_TTL_SECONDS, pipeline=pipeline, worker_name=self.name)
-            job.prepare_for_execution(self.name, pipeline)
-            pipeline.persist(job.key)  # as rq does when a job starts; put back, it expires again
-            pipeline.lrem(queue.intermediate_queue_key, 1, job.id)
-            pipeline.delete(queue.intermediate_queue.get_first_seen_key(job.id))
-            pipeline.execute()
+        """Register a taken question as started (the keeper renews it) and keep it in hand."""
+        execution = self.hold(job, queue)
         with self._held_lock:
             self._held[execution.id] = execution
-        self.executions[execution.id] = execution
         return execution
 
     def _let_go(self, execution: Execution) -> None:
         with self._held_lock:
             self._held.pop(execution.id, None)
-        self.executions.pop(execution.id, None)
+        self.let_go(execution)
 
 
 def rescue_orphans(connection: Any, queues: list[Queue], log: logging.Logger = logger) -> int:
@@ -206,46 +146,21 @@ def rescue_orphans(connection: Any, queues: list[Queue], log: logging.Logger = l
     """
     rescued = 0
     for queue in queues:
-        registry = queue.started_job_registry
         started: set[str] = set()  # the jobs whose entries stay
-        for composite, score in connection.zrange(registry.key, 0, -1, withscores=True):
-            job_id, _ = parse_composite_key(composite.decode())
+        for entry, job_id, expired in started_entries(connection, queue):
             job = queue.fetch_job(job_id)
-            expired = score <= current_timestamp()
             if job is not None and job.get_status(refresh=False) == JobStatus.STARTED:
-                owner = job.worker_name
-                if owner and connection.exists(SimpleWorker.redis_worker_namespace_prefix + owner):
+                if job.worker_name and worker_alive(connection, job.worker_name):
                     started.add(job_id)
                     continue  # its worker lives (even if cut off a moment): it renews or finishes the question
             elif not expired:
                 started.add(job_id)
                 continue  # a job ending right now, or one this code does not own
-            if connection.zrem(registry.key, composite) and job is not None:
-                rescued += _put_back(connection, queue, job)
-        intermediate = queue.intermediate_queue
-        for job_id in intermediate.get_job_ids():
-            if job_id in started or intermediate.set_first_seen(job_id):
-                continue
-            first_seen = intermediate.get_first_seen(job_id)
-            if first_seen is None or (now() - first_seen).total_seconds() < INTERMEDIATE_GRACE_SECONDS:
-                continue
-            if connection.lrem(intermediate.key, 1, job_id):
-                connection.delete(intermediate.get_first_seen_key(job_id))
-                job = queue.fetch_job(job_id)
-                rescued += _put_back(connection, queue, job) if job is not None else 0
+            if drop_started(connection, queue, entry) and job is not None:
+                rescued += put_back(connection, queue, job)
+        for job in stranded(connection, queue, started, INTERMEDIATE_GRACE_SECONDS):
+            rescued += put_back(connection, queue, job)
     if rescued:
         metrics.PUT_BACK.inc(rescued)
         log.warning("put back %d question(s) that a dead answer worker held", rescued)
     return rescued
-
-
-def _put_back(connection: Any, queue: Queue, job: Job) -> int:
-    if job.get_status(refresh=False) not in (JobStatus.STARTED, JobStatus.QUEUED):
-        return 0  # it ended after all
-    with connection.pipeline() as pipeline:
-        job.set_status(JobStatus.QUEUED, pipeline=pipeline)
-        if job.ttl:
-            pipeline.expire(job.key, job.ttl)  # a question nobody takes still expires
-        queue.push_job_id(job.id, pipeline=pipeline, at_front=True)
-        pipeline.execute()
-    return 1

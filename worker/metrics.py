@@ -7,12 +7,12 @@ The train worker counts fine-tunes in its parent (the fine-tune runs in a forked
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, start_http_server
-from rq.timeouts import JobTimeoutException
-from rq.utils import now
+
+from worker.rq_seam import JobTimeoutException
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def question_ended(outcome: dict[str, Any] | BaseException | None, enqueued_at: 
     if isinstance(outcome, dict):
         label = "declined" if outcome.get("declined") else "answered"
         if enqueued_at is not None:
-            ANSWER_LATENCY.observe(max(0.0, (now() - enqueued_at).total_seconds()))
+            ANSWER_LATENCY.observe(max(0.0, (datetime.now(UTC) - enqueued_at).total_seconds()))
     else:
         label = "timed_out" if isinstance(outcome, JobTimeoutException) else "failed"
     QUESTIONS.labels(label).inc()

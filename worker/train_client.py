@@ -9,6 +9,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import asdict
+from datetime import UTC, datetime
 from typing import Any
 
 from redis import Redis
@@ -17,7 +18,6 @@ from rq import Queue
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.registry import CanceledJobRegistry, FailedJobRegistry, FinishedJobRegistry
-from rq.utils import now
 
 from qabot.errors import ServiceUnavailable, TrainingBusy
 from qabot.settings import Settings
@@ -141,7 +141,7 @@ class TrainingClient:
         return TrainStatus(job_id, state, meta, None, error)
 
     def _overdue(self, job: Job) -> bool:
-        waited = (now() - job.enqueued_at).total_seconds() if job.enqueued_at else 0.0
+        waited = (datetime.now(UTC) - job.enqueued_at).total_seconds() if job.enqueued_at else 0.0
         return waited > self.settings.train_start_wait
 
     def _cancel_unstarted(self, job: Job) -> None:

@@ -25,15 +25,14 @@ from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from rq import Worker
 from rq.exceptions import InvalidJobOperation
 from rq.job import Job, JobStatus
-from rq.worker import WorkerStatus
 
 from qabot.errors import TrainingError
 from worker import metrics
 from worker.jobs import TRAIN_LOCK, release_training_lock
 from worker.results import retrying
+from worker.rq_seam import HorseWorker
 from worker.train_reaper import AGAIN, ALIVE_KEY, LEASE_TTL_S, reap_dead_training
 
 logger = logging.getLogger(__name__)
@@ -118,7 +117,7 @@ def die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-class TrainWorker(Worker):
+class TrainWorker(HorseWorker):
     """rq's forking worker for fine-tunes: its horse dies with it, and a Redis restart never stops it or strands a job."""
 
     def __init__(self, *args: Any, clean_up: Callable[[], None] | None = None, **kwargs: Any) -> None:
@@ -126,77 +125,28 @@ class TrainWorker(Worker):
         super().__init__(*args, **kwargs)
         self.clean_up = clean_up or (lambda: None)
         self._parent_pid = os.getpid()
-        self._horse_status: int | None = None  # the last horse's wait status (0: it exited normally)
 
-    # -- the horse ----------------------------------------------------------------------------
-    def main_work_horse(self, job: Job, queue) -> None:
+    def in_horse(self) -> None:
         die_with_parent(self._parent_pid)
-        super().main_work_horse(job, queue)
 
-    # -- the parent: transient Redis errors never end the worker --------------------------
-    def heartbeat(self, timeout: int | None = None, pipeline=None) -> None:
-        try:
-            super().heartbeat(timeout, pipeline)
-        except RedisError as exc:
-            logger.warning("worker heartbeat skipped: %s", exc)
-
-    def maintain_heartbeats(self, job: Job, execution) -> None:
-        try:
-            super().maintain_heartbeats(job, execution)
-        except RedisError as exc:  # the horse keeps training; the next beat tries again
-            logger.warning("job %s: heartbeat skipped: %s", job.id, exc)
-
-    def set_state(self, state: str, pipeline=None) -> None:
-        try:
-            super().set_state(state, pipeline)
-        except RedisError as exc:
-            logger.warning("worker state not saved: %s", exc)
-
-    def check_for_suspension(self, burst: bool) -> None:
-        retrying(lambda: super(TrainWorker, self).check_for_suspension(burst), "suspension check")
-
-    def run_maintenance_tasks(self) -> None:
+    def maintenance(self) -> None:
         # ours first: rq's own cleanup would fail a dead run hours later (job_timeout + 60 s), without a clear message
         retrying(lambda: reap_dead_training(self.connection), "reaping dead fine-tunes")
-        retrying(super().run_maintenance_tasks, "maintenance")
 
-    def bootstrap(self, *args: Any, **kwargs: Any) -> None:
-        retrying(self.connection.ping, "worker start")  # a worker started while Redis restarts waits for it
-        super().bootstrap(*args, **kwargs)
+    def on_start(self) -> None:
         retrying(lambda: reap_dead_training(self.connection), "reaping dead fine-tunes")
         self.clean_up()  # what dead runs left on disk (staging folders)
 
-    def handle_work_horse_killed(self, job: Job, retpid, ret_val, rusage) -> None:
-        super().handle_work_horse_killed(job, retpid, ret_val, rusage)
+    def horse_killed(self, job: Job) -> None:
         job.meta.update(stage="failed", error=HORSE_DIED, problems=None)
         retrying(job.save_meta, "job meta", give_up_s=60)
 
-    def wait_for_horse(self):
-        pid, status, rusage = super().wait_for_horse()
-        if pid is not None:
-            self._horse_status = status
-        return pid, status, rusage
-
-    def execute_job(self, job: Job, queue) -> None:
-        execution = retrying(lambda: self.prepare_execution(job), "job start")
-        self._horse_status = None
+    def run_job(self, job: Job, queue) -> None:
         metrics.FINE_TUNE_RUNNING.set(1)  # an exception out of here ends the worker, and its metrics with it
-        self.fork_work_horse(job, queue)
-        while True:
-            try:
-                self.monitor_work_horse(job, queue, execution)
-                break
-            except RedisError as exc:
-                if not self._horse_pid:
-                    logger.warning("job %s: its end could not be recorded (%s)", job.id, exc)
-                    break
-                logger.warning("job %s: monitoring interrupted (%s); watching on", job.id, exc)
-                time.sleep(1)
-        retrying(lambda: self._settle(job, queue, execution), "job end")
+        super().run_job(job, queue)
         self._count(job)
         metrics.FINE_TUNE_RUNNING.set(0)
         self.clean_up()
-        self.set_state(WorkerStatus.IDLE)
 
     def _count(self, job: Job) -> None:
         """The fine-tune's outcome, counted here in the parent (the horse's counts die with it)."""
@@ -208,13 +158,13 @@ class TrainWorker(Worker):
             status, result = None, None
         metrics.fine_tune_ended(status, result)
 
-    def _settle(self, job: Job, queue, execution) -> None:
+    def job_ended(self, job: Job, queue, execution) -> None:
         """After the horse: the job in a final state (never left started) and the lock free. RedisError: try again."""
         if job.get_status(refresh=True) == JobStatus.STARTED:  # the horse died, or its end could not be recorded
-            why = UNRECORDED if self._horse_status == 0 else HORSE_DIED
+            why = UNRECORDED if self.horse_status == 0 else HORSE_DIED
             job.meta.update(stage="failed", error=why, problems=None)
             job.save_meta()
-            self.handle_job_failure(job, queue=queue, exc_string=why, execution=execution)
+            self.fail(job, queue, execution, why)
             if job.get_status(refresh=True) == JobStatus.STARTED:  # rq logs and swallows a failed write
                 raise RedisConnectionError("the job's failure was not recorded")
         release_training_lock(self.connection, job.id)
