@@ -17,9 +17,8 @@ from bots.admin import AdminCommands
 from bots.commands import admin_help, help_text
 from bots.feedback import HOW_TO_FLAG, WRONG, Notify, Reply, deliver_notices
 from bots.render import CHAT_HINTS, render_declined, render_progress, render_result
-from qabot.errors import AnswerTimeout, Busy, JobFailed, QuestionError, ServiceUnavailable, TrainingBusy
+from qabot.errors import AnswerTimeout, Busy, JobFailed, ServiceUnavailable, TrainingBusy
 from qabot.health import BOT_BEAT_TTL_S, beat, bot_service
-from qabot.questions import check_question
 from qabot.settings import Settings
 from qabot.shapes import ReplyTo
 from worker.client import QueueClient
@@ -104,10 +103,7 @@ class BotCore(AdminCommands):
             return Reply(HELP_TEXT)
         if WRONG.fullmatch(question.strip()):  # a flag that flags nothing is not a question for the inbox
             return Reply(self.how_to_flag)
-        try:
-            text = check_question(question, self.settings.max_question_chars)
-        except QuestionError as exc:
-            return Reply(str(exc))
+        text = " ".join(question.split())  # the answer worker checks the question, once (too long: its message)
         wait = self.limiter.wait_for(user)
         if wait:
             return Reply(f"You're asking quickly: please try again in {max(1, round(wait))} s.")

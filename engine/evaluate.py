@@ -100,14 +100,14 @@ def _batched(seq: Sequence, size: int):
 
 def answer_each(answerer: Answerer, questions: Sequence[str]) -> list[Answer]:
     """Answers in one batched pass; a question the model cannot take (too long for its context) gets an empty answer."""
-    usable = []
+    usable, prepared = [], []
     for question in questions:
         try:
-            answerer.prepare(question)
+            prepared.append(answerer.prepare(question))
             usable.append(True)
         except QuestionError:
             usable.append(False)
-    answers = iter(answerer.answer([q for q, ok in zip(questions, usable, strict=True) if ok]))
+    answers = iter(answerer.answer(prepared, prepared=True))
     refused = Answer(question="", text="", new_tokens=0, stop=StopReason.LENGTH)
     return [next(answers) if ok else refused for ok in usable]
 

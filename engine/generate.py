@@ -146,12 +146,13 @@ class Answerer:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def answer(self, questions: list[str], sampling: Sampling | None = None) -> list[Answer]:
-        """Answer every question; raises QuestionError before any model call if one is unusable."""
+    def answer(self, questions: list[str], sampling: Sampling | None = None, *, prepared: bool = False) -> list[Answer]:
+        """Answer every question; raises QuestionError before any model call if one is unusable. `prepared`: each
+        question is already what `prepare` returned for it (the answer worker checks each one once, as it takes it)."""
         if not questions:
             return []
-        cleaned = []
-        for index, question in enumerate(questions):
+        cleaned = list(questions) if prepared else []
+        for index, question in enumerate(() if prepared else questions):
             try:
                 cleaned.append(self.prepare(question))
             except QuestionError as exc:

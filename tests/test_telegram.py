@@ -131,6 +131,14 @@ async def test_start_help_and_empty_ask(telegram):
     assert "/retrain" in (await telegram.wait_for(lambda: texts(telegram, helped)))[0]
 
 
+async def test_a_question_too_long_gets_the_answer_workers_one_check(telegram, stack):
+    """The answer worker checks each question once, wherever it came from; the bot passes on its message."""
+    limit = stack.max_question_chars
+    long = telegram.send_text(106, 106, "why " * (limit // 4) + "is the sky blue?")
+    reply = (await telegram.wait_for(lambda: texts(telegram, long)))[0]
+    assert re.fullmatch(rf"Your question is \d+ characters long; please keep it under {limit}\.", reply), reply
+
+
 async def test_the_command_menus_show_admin_commands_in_admin_chats_only(telegram):
     """setMyCommands at start: everyone's menu has the public commands, the admin's private chat all of them."""
     public = [c.name for c in PUBLIC]

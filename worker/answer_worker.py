@@ -203,7 +203,7 @@ class AnswerWorker(LiveWorker):
         limit = _limit(items)
         try:
             with self.time_limit(limit, items[0][0]):
-                return list(self.answerer.answer([question for _, question in items]))
+                return list(self.answerer.answer([question for _, question in items], prepared=True))
         except Exception as exc:  # split until the question that times out or fails is alone
             if _timed_out(exc):
                 if len(items) == 1:
