@@ -8,7 +8,9 @@ import time
 from collections import deque
 from typing import Any
 
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Queue
 from rq.job import Job
 
@@ -227,8 +229,9 @@ class AnswerWorker(LiveWorker):
     def record_declined(self, job: Job, outcome: Any) -> None:
         """Put a declined question in the unanswered inbox, with the chat it came from, once (`inboxed` marks it done).
 
-        Redis errors propagate, so the caller's retry (the hand-in, or the answer job alone) waits Redis out and the
-        asker is told the question was passed on; any other failure is logged and never fails the answer."""
+        Redis being away (a connection error or a timeout) propagates, so the caller's retry (the hand-in, or the
+        answer job alone) waits Redis out and the asker is told the question was passed on; any other failure (a
+        damaged inbox key: WRONGTYPE) is logged and never holds up or fails the answer."""
         from qabot import inbox
 
         if not isinstance(outcome, dict) or not outcome.get("declined") or "inboxed" in outcome:
@@ -237,7 +240,7 @@ class AnswerWorker(LiveWorker):
             place = inbox.place_of(job.kwargs.get("channel"))
             question = outcome.get("question") or job.kwargs.get("question", "")
             recorded = inbox.record(self.connection, question, place=place, size=self.settings.inbox_size)
-        except RedisError:
+        except (RedisConnectionError, RedisTimeoutError):
             raise
         except Exception:  # the answer matters more than the record
             self.log.warning("Worker %s: could not record a declined question in the inbox", self.name, exc_info=True)
