@@ -248,7 +248,7 @@ class AnswerWorker(LiveWorker):
             return
         outcome["inboxed"] = recorded.open
 
-    def run_batch(self, job: Job, queue: Queue) -> None:
+    def run_job(self, job: Job, queue: Queue) -> None:
         """Take the waiting questions too, answer all at once, then let rq finish each job."""
         try:
             batch = [(job, self._hold(job, queue))]

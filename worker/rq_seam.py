@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -38,57 +39,64 @@ logger = logging.getLogger(__name__)
 
 
 class SturdyWorker(Worker):
-    """Redis errors in heartbeats, state writes and the suspension check are logged and the worker goes on (rq ends
-    the worker on a ConnectionError there); the next dequeue waits for Redis with rq's own backoff. `record_ttl`: when
-    set, the worker's record expires this many seconds after each heartbeat, whatever rq asks."""
+    """Redis errors in heartbeats, state writes, the suspension check, registry cleanup and teardown are logged and the
+    worker goes on (rq ends the worker on a ConnectionError there); the next dequeue waits for Redis with rq's own
+    backoff. `record_ttl`: when set, the worker's record expires this many seconds after each heartbeat, whatever rq
+    asks. Subclasses implement `run_job` (what to do with a job rq hands them) and may implement the lifecycle hooks."""
 
     record_ttl: int | None = None
+
+    def _ride_out(self, failed: str, call: Callable[[], Any]) -> None:
+        """Run one of rq's bookkeeping calls; a Redis error is logged (`failed`: what went undone) and the worker goes
+        on."""
+        try:
+            call()
+        except RedisError as exc:
+            self.log.warning("Worker %s: %s (%s)", self.name, failed, exc)
 
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
         timeout = self.record_ttl or timeout
         if pipeline is not None:  # queued in a pipeline the caller executes (and retries)
             super().heartbeat(timeout, pipeline=pipeline)
             return
-        try:
-            super().heartbeat(timeout)
-        except RedisError as exc:
-            self.log.warning("Worker %s: heartbeat skipped (%s)", self.name, exc)
+        self._ride_out("heartbeat skipped", lambda: super(SturdyWorker, self).heartbeat(timeout))
 
     def set_state(self, state: str, pipeline: Any = None) -> None:
         if pipeline is not None:
             super().set_state(state, pipeline=pipeline)
             return
-        try:
-            super().set_state(state)
-        except RedisError as exc:
-            self.log.warning("Worker %s: could not record its state (%s)", self.name, exc)
+        self._ride_out("could not record its state", lambda: super(SturdyWorker, self).set_state(state))
 
     def check_for_suspension(self, burst: bool) -> None:
+        self._ride_out("could not check for suspension", lambda: super(SturdyWorker, self).check_for_suspension(burst))
+
+    def run_job(self, job: Job, queue: Queue) -> None:
+        """What the worker does with a job rq handed it."""
+        raise NotImplementedError
+
+    def execute_job(self, job: Job, queue: Queue) -> None:  # rq calls this for each job it dequeues
+        self.set_state(WorkerStatus.BUSY)
         try:
-            super().check_for_suspension(burst)
-        except RedisError as exc:
-            self.log.warning("Worker %s: could not check for suspension (%s)", self.name, exc)
+            self.run_job(job, queue)
+        finally:
+            self.set_state(WorkerStatus.IDLE)
+
+    def on_start(self) -> None:
+        """After rq's start-up (registered, ready), before the first job is taken."""
+
+    def bootstrap(self, *args: Any, **kwargs: Any) -> None:
+        super().bootstrap(*args, **kwargs)
+        self.on_start()
 
 
 class BatchingWorker(SturdyWorker, SimpleWorker):
-    """A SimpleWorker that takes the waiting jobs beside the one rq hands it and runs them together (`run_batch`).
+    """A SimpleWorker that takes the waiting jobs beside the one rq hands it and runs them together (its `run_job`).
     `held_ttl`: the started entry of a job it holds expires this long after its last renewal (`hold`, `renew`)."""
 
     held_ttl = 60
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         return self.held_ttl
-
-    def run_batch(self, job: Job, queue: Queue) -> None:
-        """What the worker does with a job rq handed it: subclasses take more (`take_waiting`), hold, finish."""
-        raise NotImplementedError
-
-    def execute_job(self, job: Job, queue: Queue) -> None:  # rq calls this for each job it dequeues
-        self.set_state(WorkerStatus.BUSY)
-        try:
-            self.run_batch(job, queue)
-        finally:
-            self.set_state(WorkerStatus.IDLE)
 
     def take_waiting(self, queue: Queue) -> Job | None:
         """A job already waiting in `queue`, or None at once (never blocks)."""
@@ -141,13 +149,6 @@ class BatchingWorker(SturdyWorker, SimpleWorker):
     def on_birth(self) -> None:
         """After rq registered the worker."""
 
-    def on_start(self) -> None:
-        """After rq's start-up (registered, ready), before the first job is taken."""
-
-    def bootstrap(self, *args: Any, **kwargs: Any) -> None:
-        super().bootstrap(*args, **kwargs)
-        self.on_start()
-
     def before_cleanup(self) -> None:
         """Before rq's registry maintenance (which fails expired started jobs as abandoned)."""
 
@@ -159,24 +160,18 @@ class BatchingWorker(SturdyWorker, SimpleWorker):
         self.on_birth()
 
     def clean_registries(self) -> None:
-        try:
+        def clean() -> None:
             self.before_cleanup()
-            super().clean_registries()
-        except RedisError as exc:
-            self.log.warning("Worker %s: could not clean the registries (%s)", self.name, exc)
+            super(BatchingWorker, self).clean_registries()
+
+        self._ride_out("could not clean the registries", clean)
 
     def clean_group_registries(self) -> None:
-        try:
-            super().clean_group_registries()
-        except RedisError as exc:
-            self.log.warning("Worker %s: could not clean the group registries (%s)", self.name, exc)
+        self._ride_out("could not clean the group registries", super().clean_group_registries)
 
     def teardown(self) -> None:
         self.on_teardown()
-        try:
-            super().teardown()
-        except RedisError as exc:
-            self.log.warning("Worker %s: could not register its death (%s)", self.name, exc)
+        self._ride_out("could not register its death", super().teardown)
 
 
 # -- a dead answer worker's questions: the started registry's raw entries and rq's intermediate list --------------
@@ -267,15 +262,11 @@ class HorseWorker(SturdyWorker):
         self.maintenance()
         retrying(super().run_maintenance_tasks, "maintenance")
 
-    def on_start(self) -> None:
-        """After rq's start-up, before the first job is taken."""
-
     def bootstrap(self, *args: Any, **kwargs: Any) -> None:
         from worker.results import retrying
 
         retrying(self.connection.ping, "worker start")  # a worker started while Redis restarts waits for it
         super().bootstrap(*args, **kwargs)
-        self.on_start()
 
     def handle_work_horse_killed(self, job: Job, retpid: int, ret_val: int, rusage: Any) -> None:
         super().handle_work_horse_killed(job, retpid, ret_val, rusage)
@@ -286,11 +277,6 @@ class HorseWorker(SturdyWorker):
         if pid is not None:
             self.horse_status = status
         return pid, status, rusage
-
-    def execute_job(self, job: Job, queue: Queue) -> None:  # rq calls this for each job it dequeues
-        self.set_state(WorkerStatus.BUSY)
-        self.run_job(job, queue)
-        self.set_state(WorkerStatus.IDLE)
 
     def run_job(self, job: Job, queue: Queue) -> None:
         """Fork a horse for the job, watch it through Redis errors, then `job_ended` (retried until Redis answers)."""
