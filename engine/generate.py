@@ -130,6 +130,13 @@ class Answerer:
             )
         return text
 
+    def _prepare_one(self, questions: list[str], index: int) -> str:
+        """`prepare` for one of a batch's questions; its error names which one when there are several."""
+        try:
+            return self.prepare(questions[index])
+        except QuestionError as exc:
+            raise QuestionError(f"question {index + 1}: {exc}" if len(questions) > 1 else str(exc)) from exc
+
     def _decline_first_token(self) -> int:
         text = self.grounding.decline
         if self._decline_token is None or self._decline_token[0] != text:
@@ -151,12 +158,7 @@ class Answerer:
         question is already what `prepare` returned for it (the answer worker checks each one once, as it takes it)."""
         if not questions:
             return []
-        cleaned = list(questions) if prepared else []
-        for index, question in enumerate(() if prepared else questions):
-            try:
-                cleaned.append(self.prepare(question))
-            except QuestionError as exc:
-                raise QuestionError(f"question {index + 1}: {exc}" if len(questions) > 1 else str(exc)) from exc
+        cleaned = list(questions) if prepared else [self._prepare_one(questions, i) for i in range(len(questions))]
         sampling = sampling or Sampling()
         if self.grounding is None:
             return self._generate(cleaned, [format_prompt(q) for q in cleaned], sampling)

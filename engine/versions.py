@@ -214,11 +214,11 @@ class ModelStore(DatasetVersions):
                 history.remove(current)
             if not history:
                 raise VersionError("nothing to roll back to: no version was live before the current one")
-            previous = history[-1]
-            check_loadable(previous, self.versions_dir / previous)
-            self._go_live(self.get(previous))
+            previous = self.get(history[-1])
+            check_loadable(previous.name, previous.path)
+            self._go_live(previous)
             write_atomic(self.history_file, json.dumps(history))
-            return self.get(previous)
+            return previous
 
     def prune(self, keep_previous: int) -> list[str]:
         """Keep the live version, the `keep_previous` last live before it, and the newest newer candidate; delete

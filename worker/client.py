@@ -130,16 +130,18 @@ class QueueClient(TrainingClient):
     def claim_answer_down_alert(self, platform: str) -> bool:
         """True for the first caller per platform and outage: that one tells the admins that no answer worker runs.
         An answer worker ends the outage (deletes the key) once it has answered a batch."""
-        if not self.connection.hsetnx(ANSWER_DOWN_KEY, platform, int(time.time())):
-            return False
-        self.connection.expire(ANSWER_DOWN_KEY, ANSWER_DOWN_ALERT_TTL_S)
-        return True
+        return self._claim_once(ANSWER_DOWN_KEY, platform)
 
     def claim_fallback_alert(self, platform: str, live: str) -> bool:
         """True for the first caller per platform and live version that does not load: that one tells the admins."""
-        if not self.connection.hsetnx(FALLBACK_ALERT_KEY, f"{platform}:{live}", int(time.time())):
+        return self._claim_once(FALLBACK_ALERT_KEY, f"{platform}:{live}")
+
+    def _claim_once(self, key: str, field: str) -> bool:
+        """Claim `field` of the alert hash `key` (True for the first caller only); the hash lapses after
+        ANSWER_DOWN_ALERT_TTL_S, so what nobody ends is told again after that long."""
+        if not self.connection.hsetnx(key, field, int(time.time())):
             return False
-        self.connection.expire(FALLBACK_ALERT_KEY, ANSWER_DOWN_ALERT_TTL_S)
+        self.connection.expire(key, ANSWER_DOWN_ALERT_TTL_S)
         return True
 
     def release_answer_down_alert(self, platform: str) -> None:
