@@ -140,9 +140,10 @@ def test_a_slow_batch_is_split_so_no_question_fails_for_its_neighbours(slow_home
     log = tmp_path / "worker.log"
     client = QueueClient(Settings(home=slow_home, redis_url=redis_url, answer_wait=120, answer_timeout=8))
     queue = Queue(ANSWER_QUEUE, connection=client.connection)
-    # 300 tokens: the whole batch takes about 1.5 s here, well inside its 8 s (a single answer stays inside it on a
-    # loaded machine too), so only the stop below makes it late
-    worker = start_worker(slow_home, redis_url, log, max_new_tokens="300")
+    # 600 tokens: the whole batch takes about 3 s here, well inside its 8 s (a single answer stays inside it on a
+    # loaded machine too), so only the stop below makes it late; at 300 (1.5 s) a quick run had ended the batch before
+    # the stop came, and nothing was split
+    worker = start_worker(slow_home, redis_url, log, max_new_tokens="600")
     try:
         wait_until(lambda: client.live_answer_workers(), 60, "the worker registers", log)
         jobs = [client.enqueue_answer(q) for q in QUESTIONS]
