@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
 import torch
 from transformers import LogitsProcessorList, StoppingCriteriaList, StopStringCriteria, TopPLogitsWarper
 
-from engine.decoding import decode, supports_pruned_decoding
+from engine.decoding import RunningBatch, supports_pruned_decoding
 from engine.formatting import STOP_TEXT, format_prompt, longest_answer
 from engine.grounding import decline_token
 from engine.models import context_length
@@ -46,6 +47,27 @@ class Answer:
     score: float | None = None  # cosine similarity of the nearest pair
     reason: str | None = None  # why it declined: the model said so, or the data was judged not to hold the answer
     withheld: str = ""  # what the model said when a check turned its answer into a decline (for evaluation)
+
+
+@dataclass(frozen=True)
+class _Asked:
+    """A question on its way to an answer: its prompt, the pairs given as its notes, and why the data declines it
+    without the model (None: the model answers)."""
+
+    question: str
+    prompt: str
+    hits: list[Any] = field(default_factory=list)
+    reason: str | None = None
+
+
+def _notes(item: _Asked) -> list[str]:
+    return [h.pair.response for h in item.hits]
+
+
+@dataclass(frozen=True)
+class _Steering:
+    gate: DeclineGate | None
+    snap: NoteSnap | None
 
 
 @dataclass(frozen=True)
@@ -155,93 +177,147 @@ class Answerer:
 
     def answer(self, questions: list[str], sampling: Sampling | None = None, *, prepared: bool = False) -> list[Answer]:
         """Answer every question; raises QuestionError before any model call if one is unusable. `prepared`: each
-        question is already what `prepare` returned for it (the answer worker checks each one once, as it takes it)."""
-        if not questions:
-            return []
-        cleaned = list(questions) if prepared else [self._prepare_one(questions, i) for i in range(len(questions))]
-        sampling = sampling or Sampling()
-        if self.grounding is None:
-            return self._generate(cleaned, [format_prompt(q) for q in cleaned], sampling)
-        prompts, hits = self.grounding.prompts(cleaned, fits=self._fits)
-        reasons = [self.grounding.reason_to_decline(q, found) for q, found in zip(cleaned, hits, strict=True)]
-        asked = [i for i, reason in enumerate(reasons) if reason is None]  # the others are declined without the model
-        gate = DeclineGate(self._decline_first_token(), self.grounding.decline_confidence)
-        snap = NoteSnap(self.tokenizer, [[h.pair.response for h in hits[i]] for i in asked])
-        answered = self._generate([cleaned[i] for i in asked], [prompts[i] for i in asked], sampling, gate, snap)
-        generated = dict(zip(asked, answered, strict=True))
-        decline = " ".join(self.grounding.decline.split())
-        answers = []
-        for index, (question, found, reason) in enumerate(zip(cleaned, hits, reasons, strict=True)):
-            answer = generated.get(index) or Answer(question, decline, 0, StopReason.EOS)
-            if reason is None and self._is_decline(answer.text):
-                reason = "the model found no answer in its notes"
-            elif reason is None and answer.stop == StopReason.LENGTH:  # kept as a runaway in `stop`, never shown
-                reason, answer = "the answer ran to the token limit", replace(answer, text=decline, withheld=answer.text)
-            elif (
-                reason is None
-                and (reason := self.grounding.reason_to_reject(question, answer.text, [h.pair.response for h in found]))
-                is not None
-            ):
-                answer = replace(answer, text=decline, withheld=answer.text)
-            answers.append(
-                replace(
-                    answer,
-                    declined=reason is not None,
-                    reason=reason,
-                    sources=tuple(h.pair.prompt for h in found),
-                    score=round(found[0].score, 4) if found else None,
-                )
-            )
-        return answers
+        question is already what `prepare` returned for it."""
+        answers = dict(self.stream(questions, sampling, prepared=prepared))
+        return [answers[index] for index in range(len(questions))]
 
-    def _generate(
+    def stream(
         self,
         questions: list[str],
-        prompts: list[str],
-        sampling: Sampling,
-        gate: DeclineGate | None = None,
-        snap: NoteSnap | None = None,
-    ) -> list[Answer]:
-        """One batched decoding pass over the prompts; with `snap`, an answer that began copying a note is that note."""
-        if not prompts:
-            return []
-        batch = self._encode(prompts).to(self.device)
-        budget = max(1, min(self.max_new_tokens, self.context - batch["input_ids"].shape[1]))
-        if gate is not None:
-            gate.prompt_length = batch["input_ids"].shape[1]
+        sampling: Sampling | None = None,
+        *,
+        prepared: bool = False,
+        more: Callable[[int], list[str]] | None = None,
+    ) -> Iterator[tuple[int, Answer]]:
+        """(index, answer) for each question as its answer ends, the quick ones first. `more(rows)`, called between
+        decoding steps with the number of rows decoding, returns prepared questions that join the running batch at the
+        next step (indices go on after the questions given); the stream ends when no row is left and `more` has none.
+        Raises QuestionError before any model call if a question given is unusable (`prepared`: each already is)."""
+        cleaned = list(questions) if prepared else [self._prepare_one(questions, i) for i in range(len(questions))]
+        sampling = sampling or Sampling()
+        if not self.prune:  # model.generate: one batch, nothing joins it
+            yield from enumerate(self._generate(self._plan(cleaned), sampling))
+            return
+        steer = _Steering(self._decline_gate(), NoteSnap(self.tokenizer, []) if self.grounding is not None else None)
+        pick = self._picker(sampling)
+        batch = RunningBatch(
+            self.model,
+            eos_token_id=self.tokenizer.eos_token_id,
+            should_stop=lambda key, ids: self._ends_with_stop_text(ids) or bool(steer.snap and steer.snap.match(key, ids)),
+            pick=pick,
+        )
+        asked: dict[int, _Asked] = {}
+        waiting, count = self._plan(cleaned), len(cleaned)
         with torch.inference_mode():
-            if self.prune:
-                pick, steps = self._picker(sampling), [0]
+            while True:
+                for index, item in enumerate(waiting, start=count - len(waiting)):
+                    if item.reason is not None:  # declined without the model
+                        yield index, self._settle(item, Answer(item.question, "", 0, StopReason.EOS))
+                    else:
+                        asked[index] = item
+                joining = [index for index in range(count - len(waiting), count) if index in asked]
+                if joining:
+                    for index, ids in self._join(batch, joining, asked, steer):
+                        item = asked.pop(index)
+                        yield index, self._settle(item, self._ended(item, ids, steer, index))
+                waiting = []
+                if more is not None and (len(batch) == 0 or batch.joinable):
+                    waiting = self._plan(more(len(batch)))
+                    count += len(waiting)
+                if not waiting and not len(batch):
+                    return
+                for index, ids in batch.step():
+                    item = asked.pop(index)
+                    yield index, self._settle(item, self._ended(item, ids, steer, index))
 
-                def gated(logits: torch.Tensor) -> torch.Tensor:
-                    steps[0] += 1
-                    return pick(gate.gate(logits) if gate is not None and steps[0] == 1 else logits)
+    def _plan(self, cleaned: list[str]) -> list[_Asked]:
+        """Each question's prompt, its notes and whether the data decides it without the model."""
+        if not cleaned:
+            return []
+        if self.grounding is None:
+            return [_Asked(q, format_prompt(q)) for q in cleaned]
+        prompts, hits = self.grounding.prompts(cleaned, fits=self._fits)
+        return [
+            _Asked(q, prompt, found, self.grounding.reason_to_decline(q, found))
+            for q, prompt, found in zip(cleaned, prompts, hits, strict=True)
+        ]
 
-                new_tokens = decode(
-                    self.model,
-                    batch["input_ids"],
-                    batch["attention_mask"],
-                    max_new_tokens=budget,
-                    eos_token_id=self.tokenizer.eos_token_id,
-                    should_stop=lambda row, ids: self._ends_with_stop_text(ids) or bool(snap and snap.match(row, ids)),
-                    pick=gated,
-                )
-            else:
-                new_tokens = self._hf_generate(batch, sampling, budget, gate)
+    def _decline_gate(self) -> DeclineGate | None:
+        if self.grounding is None:
+            return None
+        return DeclineGate(self._decline_first_token(), self.grounding.decline_confidence)
+
+    def _join(self, batch: RunningBatch, indices: list[int], asked: dict[int, _Asked], steer: _Steering) -> Any:
+        """Prefill these questions' prompts into the running batch; the rows that ended at their first token."""
+        encoded = self._encode([asked[i].prompt for i in indices]).to(self.device)
+        lengths = encoded["attention_mask"].sum(dim=1).tolist()
+        budgets = [max(1, min(self.max_new_tokens, self.context - length)) for length in lengths]
+        if steer.snap is not None:
+            for index in indices:
+                steer.snap.rows[index] = steer.snap.note_ids(_notes(asked[index]))
         self.generate_calls += 1
-        answers = [self._finish(q, ids) for q, ids in zip(questions, new_tokens, strict=True)]
-        if snap is not None:
-            for row, ids in enumerate(new_tokens):
-                eos = self.tokenizer.eos_token_id
-                if (note := snap.first_match(row, ids[: ids.index(eos)] if eos in ids else ids)) is not None:
-                    answers[row] = replace(answers[row], text=note, stop=StopReason.NOTE)
-                elif (
-                    answers[row].stop != StopReason.LENGTH
-                    and not self._is_decline(answers[row].text)
-                    and (note := snap.closest(row, answers[row].text)) is not None
-                ):
-                    answers[row] = replace(answers[row], text=note, stop=StopReason.NOTE)
-        return answers
+        first = steer.gate.gate if steer.gate is not None else None
+        return batch.join(indices, encoded["input_ids"], encoded["attention_mask"], budgets, first)
+
+    def _ended(self, item: _Asked, ids: list[int], steer: _Steering, row: int) -> Answer:
+        """A decoded answer; one that began copying a note, or is most of one, is that note."""
+        answer = self._finish(item.question, ids)
+        snap = steer.snap
+        if snap is None:
+            return answer
+        eos = self.tokenizer.eos_token_id
+        if (note := snap.first_match(row, ids[: ids.index(eos)] if eos in ids else ids)) is not None:
+            answer = replace(answer, text=note, stop=StopReason.NOTE)
+        elif (
+            answer.stop != StopReason.LENGTH
+            and not self._is_decline(answer.text)
+            and (note := snap.closest(row, answer.text)) is not None
+        ):
+            answer = replace(answer, text=note, stop=StopReason.NOTE)
+        snap.rows.pop(row, None)
+        return answer
+
+    def _settle(self, item: _Asked, answer: Answer) -> Answer:
+        """The answer as shown: the data's or the model's decline, a runaway or an answer its notes do not hold turned
+        into the decline (what the model said kept in `withheld`), with its sources and score."""
+        if self.grounding is None:
+            return answer
+        decline = " ".join(self.grounding.decline.split())
+        reason, found = item.reason, item.hits
+        if reason is not None:
+            answer = replace(answer, text=decline)
+        elif self._is_decline(answer.text):
+            reason = "the model found no answer in its notes"
+        elif answer.stop == StopReason.LENGTH:  # kept as a runaway in `stop`, never shown
+            reason, answer = "the answer ran to the token limit", replace(answer, text=decline, withheld=answer.text)
+        elif (reason := self.grounding.reason_to_reject(item.question, answer.text, _notes(item))) is not None:
+            answer = replace(answer, text=decline, withheld=answer.text)
+        return replace(
+            answer,
+            declined=reason is not None,
+            reason=reason,
+            sources=tuple(h.pair.prompt for h in found),
+            score=round(found[0].score, 4) if found else None,
+        )
+
+    def _generate(self, items: list[_Asked], sampling: Sampling) -> list[Answer]:
+        """`model.generate` over the questions the model must answer, in one batch (models the running batch does not
+        support, and GPUs); the others are settled without it."""
+        to_model = [i for i, item in enumerate(items) if item.reason is None]
+        answers = {i: Answer(items[i].question, "", 0, StopReason.EOS) for i in range(len(items)) if i not in to_model}
+        if to_model:
+            snap = NoteSnap(self.tokenizer, [_notes(items[i]) for i in to_model]) if self.grounding is not None else None
+            steer = _Steering(self._decline_gate(), snap)
+            batch = self._encode([items[i].prompt for i in to_model]).to(self.device)
+            budget = max(1, min(self.max_new_tokens, self.context - batch["input_ids"].shape[1]))
+            if steer.gate is not None:
+                steer.gate.prompt_length = batch["input_ids"].shape[1]
+            with torch.inference_mode():
+                new_tokens = self._hf_generate(batch, sampling, budget, steer.gate)
+            self.generate_calls += 1
+            for row, (i, ids) in enumerate(zip(to_model, new_tokens, strict=True)):
+                answers[i] = self._ended(items[i], ids, steer, row)
+        return [self._settle(item, answers[i]) for i, item in enumerate(items)]
 
     def _is_decline(self, text: str) -> bool:
         decline = self.grounding.decline if self.grounding is not None else ""

@@ -23,10 +23,12 @@ class NoteSnap:
     """Each row's notes as answer token ids; `match` names the one note a row's answer has begun to copy."""
 
     def __init__(self, tokenizer: Any, notes: list[list[str]]) -> None:
-        self.rows = [
-            [(note.strip(), tokenizer(format_answer(note), add_special_tokens=False)["input_ids"]) for note in row]
-            for row in notes
-        ]
+        self.tokenizer = tokenizer
+        self.rows: dict[Any, list[tuple[str, list[int]]]] = {row: self.note_ids(each) for row, each in enumerate(notes)}
+
+    def note_ids(self, notes: list[str]) -> list[tuple[str, list[int]]]:
+        """(note, its token ids as an answer) for one row's notes; `rows[key] = note_ids(...)` adds a row."""
+        return [(note.strip(), self.tokenizer(format_answer(note), add_special_tokens=False)["input_ids"]) for note in notes]
 
     def match(self, row: int, ids: list[int]) -> str | None:
         """The note whose first len(ids) tokens are `ids` (at least SNAP_TOKENS of them), when exactly one is."""

@@ -161,6 +161,37 @@ def test_a_slow_batch_is_split_so_no_question_fails_for_its_neighbours(slow_home
     assert all(r.answer for r in results), [r.details for r in results]
 
 
+def test_a_question_asked_while_a_batch_decodes_joins_it_and_the_first_answer_leaves_first(slow_home, redis_url):
+    """Issue 16: a question that arrives while the worker decodes a long answer starts at the next step, beside it
+    (one running batch of 2), instead of waiting for that answer to end; each answer is the one it gets alone, and
+    the first one is handed in the moment it ends, while the second still decodes."""
+    from engine.generate import Answerer
+    from engine.pipeline import load_version
+
+    settings = Settings(home=slow_home, redis_url=redis_url, answer_wait=120, max_new_tokens=800)
+    client = QueueClient(settings)
+    queue = Queue(ANSWER_QUEUE, connection=client.connection)
+    first = client.enqueue_answer(QUESTIONS[0])
+    later: list = []
+
+    def ask_while_it_decodes() -> None:
+        wait_until(lambda: queue.count == 0 and first.get_status(refresh=True) == "started", 120, "the first is taken")
+        later.append(client.enqueue_answer(QUESTIONS[1]))
+
+    asker = threading.Thread(target=ask_while_it_decodes, daemon=True)
+    asker.start()
+    worker = AnswerWorker([queue], connection=client.connection, settings=settings)
+    worker.work(burst=True)  # rq's worker needs the main thread (its signals); burst: it ends once the queue is empty
+    asker.join(timeout=5)
+    assert later, "the second question was never asked"
+    one, two = client.wait_answer(first, timeout=5), client.wait_answer(later[0], timeout=5)
+    assert list(worker.batches) == [2] and two.details["batch_size"] == 2  # it joined the running batch
+    assert first.latest_result().created_at < later[0].latest_result().created_at  # the first left as it ended
+    loaded, _ = load_version(ModelStore(settings.models_dir), device="cpu")
+    alone = Answerer(loaded.model, loaded.tokenizer, max_new_tokens=800)
+    assert [one.answer, two.answer] == [alone.answer([q])[0].text for q in QUESTIONS[:2]]
+
+
 @pytest.fixture
 def own_redis(tmp_path):
     """A redis-server of this test's own (the test restarts it), with its append-only file."""
@@ -348,13 +379,12 @@ def test_declines_reach_the_inbox_when_redis_stops_as_their_batch_ends(grounded_
     outage: list[threading.Thread] = []
 
     class RedisStopsAsTheBatchEnds(AnswerWorker):
-        def _answer_all(self, items):
-            answers = super()._answer_all(items)
-            if not outage:  # once: Redis goes away for 5 s, right after the model answered
+        def _hand_in(self, job, queue, execution):
+            if not outage:  # once: Redis goes away for 5 s, right after the model answered, before any hand-in
                 outage.append(threading.Thread(target=restart, kwargs={"down_s": 5.0}, daemon=True))
                 outage[0].start()
                 time.sleep(0.5)
-            return answers
+            return super()._hand_in(job, queue, execution)
 
     monkeypatch.setenv("QABOT_HOME", str(grounded_home))
     worker = RedisStopsAsTheBatchEnds([ANSWER_QUEUE], connection=client.connection, settings=settings)

@@ -145,3 +145,68 @@ def test_an_answer_the_model_learnt_before_an_admin_changed_it_is_the_changed_no
     assert snap.closest(0, old) == changed  # the learnt answer is shown as the admins' new one
     assert snap.closest(0, TINY_PAIRS[1].response.upper()) == TINY_PAIRS[1].response
     assert snap.closest(0, "The owls of the northern towers sing at dawn.") is None  # no note's answer: left to the checks
+
+
+@pytest.mark.parametrize("which", ["gpt2", "llama"])
+def test_rows_join_a_running_batch_and_leave_as_they_end(which, trained_tiny, tiny_llama):
+    """Issue 16: a question that arrives while a batch decodes joins it at the next step, and an answer that ends
+    leaves at once, however long the others run; every row gets the tokens it gets decoded alone (absolute positions
+    on GPT-2, rotary on Llama; a joining prompt both shorter and longer than the running rows)."""
+    from engine.decoding import RunningBatch, decode
+
+    loaded = load_version(trained_tiny[0], device="cpu")[0] if which == "gpt2" else load_model(str(tiny_llama), device="cpu")
+    model, tokenizer = loaded.model, loaded.tokenizer
+    tokenizer.padding_side = "left"
+    prompts = {
+        "long": "Question: Who guards the Luminary Stone?\nAnswer:",
+        "short": "Question: Why?\nAnswer:",
+        "wide": "Question: What is the name of the river that runs through the old port of Aurelhaven?\nAnswer:",
+    }
+    budgets = {"long": 30, "short": 4, "wide": 12}
+
+    def never(key, ids):
+        return False
+
+    def greedy(logits):
+        return logits.argmax(dim=-1)
+
+    def encoded(keys):
+        return tokenizer([prompts[k] for k in keys], return_tensors="pt", padding=True)
+
+    alone = {}
+    for key in prompts:
+        batch = encoded([key])
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        alone[key] = decode(model, ids, mask, max_new_tokens=budgets[key], eos_token_id=-1, should_stop=never, pick=greedy)[0]
+    running = RunningBatch(model, eos_token_id=-1, should_stop=never, pick=greedy)
+    batch = encoded(["long"])
+    assert running.join(["long"], batch["input_ids"], batch["attention_mask"], [budgets["long"]]) == []
+    ended: list[tuple[int, str, list[int]]] = []
+    for step in range(1, 6):
+        ended += [(step, key, ids) for key, ids in running.step()]
+    assert not ended and len(running) == 1
+    batch = encoded(["short", "wide"])
+    running.join(["short", "wide"], batch["input_ids"], batch["attention_mask"], [budgets["short"], budgets["wide"]])
+    assert running.joinable and len(running) == 3
+    step = 5
+    while len(running):
+        step += 1
+        ended += [(step, key, ids) for key, ids in running.step()]
+    assert [(at, key) for at, key, _ in ended] == [(8, "short"), (16, "wide"), (29, "long")]  # each left as it ended
+    assert {key: ids for _, key, ids in ended} == alone
+
+
+def test_questions_that_join_a_running_batch_get_the_answers_they_get_alone(answerer):
+    """`Answerer.stream`: questions handed in by `more` between steps are answered as if asked alone, and each answer
+    comes out as it ends."""
+    calls = []
+
+    def more(rows: int) -> list[str]:
+        calls.append(rows)
+        return {2: QUESTIONS[2:5], 4: QUESTIONS[5:]}.get(len(calls), [])
+
+    got = list(answerer.stream(QUESTIONS[:2], more=more))
+    assert sorted(index for index, _ in got) == list(range(len(QUESTIONS)))
+    assert calls[1] > 0  # the second call came while the first questions were still decoding
+    by_index = dict(got)
+    assert [by_index[i].text for i in range(len(QUESTIONS))] == [answerer.answer([q])[0].text for q in QUESTIONS]

@@ -57,14 +57,21 @@ def test_waiting_questions_are_answered_in_one_batch_like_one_by_one(home, redis
     assert first["batch_size"] == len(QUESTIONS) and jobs[0].kwargs["asker"] == "user0"
 
 
-def test_batch_size_caps_each_pass(home, redis_url):
+def test_batch_size_caps_the_questions_decoded_together(home, redis_url):
+    """At most 3 at once: the others join the running batch as answers leave it, and get the answers they would get
+    alone."""
     settings = make_settings(home, redis_url, answer_batch_size=3)
     client = QueueClient(settings)
     jobs = [client.enqueue_answer(q) for q in QUESTIONS]
     worker = make_worker(settings)
     worker.work(burst=True)
-    assert list(worker.batches) == [3, 3, 2]
+    assert list(worker.batches) == [3]  # one running batch, never more than 3 rows
+    assert worker.answerer.generate_calls > 1  # the later questions were prefilled as they joined
     assert all(job.get_status(refresh=True) == JobStatus.FINISHED for job in jobs)
+    assert all(job.latest_result().return_value["batch_size"] <= 3 for job in jobs)
+    loaded, _ = load_version(ModelStore(settings.models_dir), device="cpu")
+    alone = Answerer(loaded.model, loaded.tokenizer, max_new_tokens=24)
+    assert [client.wait_answer(job, timeout=2).answer for job in jobs] == [alone.answer([q])[0].text for q in QUESTIONS]
 
 
 def test_a_bad_question_fails_alone(home, redis_url):

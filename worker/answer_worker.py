@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -21,6 +23,8 @@ from worker.results import retrying
 from worker.rq_seam import Execution, JobTimeoutException
 
 logger = logging.getLogger(__name__)
+
+Deliver = Callable[[Job, Any], None]  # hands one job its outcome: the answer's dict, or the exception it earned
 
 RELOAD_RETRY_SECONDS = 60
 OUTAGE_CLEAR_S = 1.0
@@ -134,17 +138,22 @@ class AnswerWorker(LiveWorker):
         self.log.info("Worker %s: notes from dataset %s (%d pairs)", self.name, digest, len(fresh.index.pairs))
 
     # -- batching ---------------------------------------------------------------------------
-    def _take_waiting(self, queue: Queue, most: int, into: list[tuple[Job, Execution]]) -> None:
-        """Dequeue and hold up to `most` questions that are already waiting, without blocking, appending as it goes."""
+    def _take_waiting(self, queue: Queue, most: int, into: list[tuple[Job, Execution]]) -> list[Job]:
+        """Dequeue and hold up to `most` questions that are already waiting, without blocking, appending as it goes;
+        the jobs taken."""
+        taken = []
         for _ in range(most):
             found = self.take_waiting(queue)
             if found is None:
-                return
+                break
             into.append((found, self._hold(found, queue)))
+            taken.append(found)
+        return taken
 
-    def answer_batch(self, batch: list[Job], outcomes: dict[str, Any]) -> None:
-        """Compute every job's answer (or its error) with one batched pass of the model, into `outcomes` by job id."""
-        from qabot.errors import QabotError, QuestionError
+    def answer_batch(self, batch: list[Job], deliver: Deliver, more: Callable[[int], list[Job]] | None = None) -> None:
+        """Answer the jobs in one running batch of the model, and those `more(rows)` brings while it runs (it is asked
+        between decoding steps); `deliver(job, outcome)` hands each job its answer (or its error) as soon as it ends."""
+        from qabot.errors import QabotError
 
         try:
             self.refresh_model()
@@ -152,7 +161,7 @@ class AnswerWorker(LiveWorker):
             self.log.exception("Worker %s: no model version loads", self.name)
             error = exc if isinstance(exc, QabotError) else RuntimeError(f"the model could not be loaded: {exc}")
             for job in batch:
-                outcomes[job.id] = error
+                deliver(job, error)
             return
         try:
             self.refresh_notes()
@@ -162,62 +171,98 @@ class AnswerWorker(LiveWorker):
         if self.answerer is None:
             error = RuntimeError("no model has been trained yet: an admin must train one first")
             for job in batch:
-                outcomes[job.id] = error
+                deliver(job, error)
             return
-        valid: list[tuple[Job, str]] = []
-        for job in batch:
-            question = job.kwargs.get("question", job.args[0] if job.args else "")
-            try:
-                valid.append((job, self.answerer.prepare(question)))
-            except QuestionError as exc:
-                outcomes[job.id] = exc
-        if not valid:
-            return
-        started = time.monotonic()
-        results = self._answer_all(valid)
-        elapsed = time.monotonic() - started
-        self._pace(len(valid), elapsed, _limit(valid))
-        self.batches.append(len(valid))
-        metrics.BATCH_SIZE.observe(len(valid))
-        for (job, asked), result in zip(valid, results, strict=True):
-            if isinstance(result, BaseException):
-                outcomes[job.id] = result  # this question fails alone, the others go on
-                continue
-            outcomes[job.id] = {
-                "answer": result.text,
-                "declined": result.declined,
-                "reason": result.reason,
-                "sources": list(result.sources),
-                "score": result.score,
-                "stop": result.stop.value,
-                "version": self.model_version,
-                "fallback_from": self.fallback["live"] if self.fallback else None,
-                "batch_size": len(valid),
-                "generate_s": round(elapsed, 4),
-                "queued_s": round(max(0.0, time.time() - job.enqueued_at.timestamp()), 4) if job.enqueued_at else None,
-            }
-            if result.declined:
-                outcomes[job.id]["question"] = asked  # as checked: the inbox records it (record_declined)
+        valid = self._prepared(batch, deliver)
+        if valid:
+            self._answer_all(valid, deliver, more)
 
-    def _answer_all(self, items: list[tuple[Job, str]]) -> list[Any]:
-        """Each item's answer, or the exception it alone earned. A pass gets the jobs' timeout; a pass that runs
-        past it (or fails) is split in halves and each half tried again, so a question times out or fails only alone."""
-        limit = _limit(items)
+    def _prepared(self, batch: list[Job], deliver: Deliver) -> list[tuple[Job, str]]:
+        """(job, its question as checked) for each usable question; the others are handed their QuestionError."""
+        from qabot.errors import QuestionError
+
+        valid = []
+        for job in batch:
+            try:
+                valid.append((job, self.answerer.prepare(job.kwargs.get("question", job.args[0] if job.args else ""))))
+            except QuestionError as exc:
+                deliver(job, exc)
+        return valid
+
+    def _answer_all(self, items: list[tuple[Job, str]], deliver: Deliver, more: Callable[[int], list[Job]] | None = None) -> None:
+        """Deliver each item's answer as it ends, or the exception it alone earned. Questions from `more` join while the
+        run is young (its first half of the time limit). The run gets the jobs' timeout (less the time spent handing
+        answers in); a run that goes past it (or fails) is split in halves and each half tried again, so a question
+        times out or fails only alone."""
+        limit, begun = _limit(items), time.monotonic()
+        joined, took, peak = {i: begun for i in range(len(items))}, {}, [len(items)]
+
+        def join(rows: int) -> list[str]:
+            if more is None or time.monotonic() - begun > limit / 2:
+                return []
+            new = self._prepared(more(rows), deliver)
+            for item in new:
+                joined[len(items)] = time.monotonic()
+                items.append(item)
+            peak[0] = max(peak[0], rows + len(new))
+            return [question for _, question in new]
+
+        stream = self.answerer.stream([question for _, question in items], prepared=True, more=join if more else None)
+        deadline = begun + limit
         try:
-            with self.time_limit(limit, items[0][0]):
-                return list(self.answerer.answer([question for _, question in items], prepared=True))
+            while True:
+                with self.time_limit(max(1, math.ceil(deadline - time.monotonic())), items[0][0]):
+                    if time.monotonic() >= deadline:
+                        raise JobTimeoutException(f"the batch ran past {limit} s")
+                    found = next(stream, None)
+                if found is None:
+                    break
+                index, answer = found
+                took[index] = time.monotonic() - joined[index]
+                handing = time.monotonic()
+                job, asked = items[index]
+                deliver(job, self._outcome(job, asked, answer, peak[0], took[index]))
+                deadline += time.monotonic() - handing  # Redis being slow is not the model's time
         except Exception as exc:  # split until the question that times out or fails is alone
+            stream.close()
+            left = [item for i, item in enumerate(items) if i not in took]
             if _timed_out(exc):
-                if len(items) == 1:
-                    return [JobTimeoutException(f"the answer took longer than {limit} s and was stopped")]
-                self.log.warning("Worker %s: a batch of %d ran past %d s; answering it in halves", self.name, len(items), limit)
-                self.take_most = max(1, len(items) // 2)
-            elif len(items) == 1:
-                return [exc]
+                if len(left) == 1:
+                    deliver(left[0][0], JobTimeoutException(f"the answer took longer than {limit} s and was stopped"))
+                    return
+                self.log.warning("Worker %s: a batch of %d ran past %d s; answering it in halves", self.name, len(left), limit)
+                self.take_most = max(1, len(left) // 2)
+            elif len(left) == 1:
+                deliver(left[0][0], exc)
+                return
             else:
-                self.log.exception("Worker %s: a batch of %d failed; answering it in halves", self.name, len(items))
-        half = (len(items) + 1) // 2
-        return self._answer_all(items[:half]) + self._answer_all(items[half:])
+                self.log.exception("Worker %s: a batch of %d failed; answering it in halves", self.name, len(left))
+            half = (len(left) + 1) // 2
+            self._answer_all(left[:half], deliver)
+            self._answer_all(left[half:], deliver)
+            return
+        self._pace(peak[0], max(took.values(), default=0.0), limit)
+        self.batches.append(peak[0])
+        metrics.BATCH_SIZE.observe(peak[0])
+
+    def _outcome(self, job: Job, asked: str, answer: Any, rows: int, seconds: float) -> dict[str, Any]:
+        """What the answer job returns: the answer with how it was made."""
+        outcome = {
+            "answer": answer.text,
+            "declined": answer.declined,
+            "reason": answer.reason,
+            "sources": list(answer.sources),
+            "score": answer.score,
+            "stop": answer.stop.value,
+            "version": self.model_version,
+            "fallback_from": self.fallback["live"] if self.fallback else None,
+            "batch_size": rows,  # the most questions decoded together in its run, up to its end
+            "generate_s": round(seconds, 4),  # from joining the batch to its end
+            "queued_s": round(max(0.0, time.time() - job.enqueued_at.timestamp()), 4) if job.enqueued_at else None,
+        }
+        if answer.declined:
+            outcome["question"] = asked  # as checked: the inbox records it (record_declined)
+        return outcome
 
     def _pace(self, size: int, seconds: float, limit: float) -> None:
         """Take fewer questions next time when a batch used more than half its time limit, more when it was quick."""
@@ -249,33 +294,53 @@ class AnswerWorker(LiveWorker):
         outcome["inboxed"] = recorded.open
 
     def run_job(self, job: Job, queue: Queue) -> None:
-        """Take the waiting questions too, answer all at once, then let rq finish each job."""
+        """Take the waiting questions too and answer them in one running batch, which the questions that arrive
+        meanwhile join; each answer is handed in (rq finishes its job) the moment it ends."""
         try:
             batch = [(job, self._hold(job, queue))]
         except RedisError as exc:  # it stays on the intermediate list: a keeper puts it back once Redis answers
             self.log.warning("Worker %s: could not take a question (%s)", self.name, exc)
             time.sleep(1)
             return
-        outcomes: dict[str, Any] = {}
+        handed: set[str] = set()
+
+        def deliver(each: Job, outcome: Any) -> None:
+            jobs.ANSWERED[each.id] = outcome  # the answer job takes its own (answer_job) when rq performs it
+            self._outage_over()
+            if self._hand_in(each, queue, held[each.id]):
+                metrics.question_ended(outcome, each.enqueued_at)
+            handed.add(each.id)
+            jobs.ANSWERED.pop(each.id, None)
+            self._let_go(held[each.id])
+
+        def more(rows: int) -> list[Job]:
+            try:
+                taken = self._take_waiting(queue, self.take_most - rows, batch)
+            except Exception:  # Redis hiccup: go on with the ones in hand
+                self.log.exception("Worker %s: could not take more waiting questions", self.name)
+                return []
+            held.update((each.id, execution) for each, execution in batch)
+            return [each for each in taken if each.func_name == jobs.ANSWER_JOB]
+
+        held = {each.id: execution for each, execution in batch}
         try:
             if job.func_name == jobs.ANSWER_JOB:
+                questions = [job, *more(1)]
                 try:
-                    self._take_waiting(queue, self.take_most - 1, batch)
                     metrics.set_queue_depth([queue])
-                except Exception:  # Redis hiccup: answer the ones in hand
-                    self.log.exception("Worker %s: could not take more waiting questions", self.name)
-                questions = [j for j, _ in batch if j.func_name == jobs.ANSWER_JOB]
+                except RedisError:
+                    pass  # the gauge waits for the next batch
                 try:
-                    self.answer_batch(questions, outcomes)
+                    self.answer_batch(questions, deliver, more)
                 except Exception as exc:  # every job still ends, failed, with the reason
                     self.log.exception("Worker %s: a batch failed", self.name)
-                    for each in questions:
-                        outcomes.setdefault(each.id, exc)
-                jobs.ANSWERED.update(outcomes)  # the answer job takes its own (answer_job) when rq performs it
+                    for each, _ in batch:
+                        if each.id not in handed and each.func_name == jobs.ANSWER_JOB:
+                            deliver(each, exc)
             self._outage_over()
-            for each, execution in batch:
-                if self._hand_in(each, queue, execution) and each.func_name == jobs.ANSWER_JOB:
-                    metrics.question_ended(outcomes.get(each.id), each.enqueued_at)
+            for each, execution in batch:  # anything else that was in the queue: rq runs it
+                if each.id not in handed:
+                    self._hand_in(each, queue, execution)
         finally:
             for each, execution in batch:
                 jobs.ANSWERED.pop(each.id, None)  # handed in, or dropped with its job

@@ -38,7 +38,7 @@ def answer(question: str, asker: str | None = None, channel: str | None = None) 
 
             _alone = AnswerWorker([ANSWER_QUEUE], connection=job.connection)
         found: dict[str, Any] = {}
-        _alone.answer_batch([job], found)
+        _alone.answer_batch([job], lambda each, outcome: found.__setitem__(each.id, outcome))
         outcome = found[job.id]
         retrying(lambda: _alone.record_declined(job, outcome), "recording a declined question", give_up_s=job.timeout)
     if isinstance(outcome, BaseException):
