@@ -32,3 +32,15 @@ def bundled_folder(settings: Settings) -> Path:
     from engine.models import ensure_bundled
 
     return ensure_bundled(settings.cache_dir)
+
+
+def baseline_tree(rev: str) -> Path:
+    """A checkout of `rev` (a detached git worktree in a temporary folder): the code that a "before" figure runs, in
+    the same run as the "after" one. Run with PYTHONPATH (and cwd) set to it, Python imports qabot from there."""
+    import subprocess
+    import tempfile
+
+    root = Path(__file__).resolve().parent.parent
+    tree = Path(tempfile.mkdtemp(prefix=f"qabot-{rev[:12]}-"))
+    subprocess.run(["git", "-C", str(root), "worktree", "add", "--detach", "-f", str(tree), rev], check=True, capture_output=True)
+    return tree

@@ -9,7 +9,7 @@ from enum import StrEnum
 from typing import Any
 
 import torch
-from transformers import LogitsProcessorList, StoppingCriteriaList, StopStringCriteria, TopPLogitsWarper
+from transformers import BatchEncoding, LogitsProcessorList, StoppingCriteriaList, StopStringCriteria, TopPLogitsWarper
 
 from engine.decoding import RunningBatch, supports_pruned_decoding
 from engine.formatting import STOP_TEXT, format_prompt, longest_answer
@@ -110,6 +110,7 @@ class Answerer:
         self._stopping: StoppingCriteriaList | None = None
         self._decline_token: tuple[str, int] | None = None  # the decline text and its first token, looked up once
         self.context = context_length(model.config)
+        self._ids: dict[str, list[int]] = {}  # prompts tokenised by a check, until their batch is built
 
     @property
     def max_new_tokens(self) -> int:
@@ -131,26 +132,43 @@ class Answerer:
         return self.context - min(self.max_new_tokens, self.context // 2)
 
     def _encode(self, texts: list[str]) -> Any:
-        """Prompts as token ids; special-token strings in a question are plain text, never control tokens."""
-        self.tokenizer.padding_side = "left"
-        return self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=True, split_special_tokens=True)
+        """Prompts as a left-padded batch of token ids (each prompt tokenised once: by the length checks, or here)."""
+        rows = [self._ids.pop(text, None) or self._token_ids(text) for text in texts]
+        width = max(len(row) for row in rows)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        ids = torch.tensor([[pad] * (width - len(row)) + row for row in rows], dtype=torch.long)
+        mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in rows], dtype=torch.long)
+        for text in texts:
+            self._ids.pop(text, None)
+        return BatchEncoding({"input_ids": ids, "attention_mask": mask})
+
+    def _token_ids(self, prompt: str) -> list[int]:
+        """A prompt's token ids, kept until its batch is built; special-token strings in a question are plain text,
+        never control tokens."""
+        if (found := self._ids.get(prompt)) is None:
+            if len(self._ids) >= 4096:  # prompts checked but never asked (a longer variant that did not fit)
+                self._ids.clear()
+            found = self._ids[prompt] = self.tokenizer(prompt, add_special_tokens=True, split_special_tokens=True)["input_ids"]
+        return found
 
     def _fits(self, prompt: str) -> bool:
         """A prompt leaves the answer its budget in the model's context."""
-        return (
-            len(self.tokenizer(prompt, add_special_tokens=True, split_special_tokens=True)["input_ids"]) <= self.question_tokens
-        )
+        return len(self._token_ids(prompt)) <= self.question_tokens
 
     def prepare(self, question: str) -> str:
         """The question as the model will see it, or QuestionError (empty, too long in characters or in tokens)."""
         text = check_question(question, self.max_question_chars)
-        length = len(self.tokenizer(format_prompt(text), add_special_tokens=True, split_special_tokens=True)["input_ids"])
+        length = len(self._token_ids(format_prompt(text)) if self.grounding is None else self._untracked(format_prompt(text)))
         if length > self.question_tokens:
             raise QuestionError(
                 f"Your question is too long for this model ({length} tokens, the limit is {self.question_tokens}); "
                 "please shorten it."
             )
         return text
+
+    def _untracked(self, prompt: str) -> list[int]:
+        """Token ids of a prompt the model will not see (a grounded model sees the question inside its notes' prompt)."""
+        return self.tokenizer(prompt, add_special_tokens=True, split_special_tokens=True)["input_ids"]
 
     def _prepare_one(self, questions: list[str], index: int) -> str:
         """`prepare` for one of a batch's questions; its error names which one when there are several."""
