@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -127,7 +128,9 @@ def main() -> None:
         tree = baseline_tree(args.baseline)
         print(f"-- before: the code of {args.baseline}", flush=True)
         env = os.environ | {"PYTHONPATH": str(tree)}
-        script = [sys.executable, str(Path(__file__).resolve()), "--questions", str(args.questions), "--inner"]
+        # this measurement, as a module of the old tree (run as a file, its folder would shadow the stdlib's `queue`)
+        shutil.copy(Path(__file__), tree / "bench" / "generation_now.py")
+        script = [sys.executable, "-m", "bench.generation_now", "--questions", str(args.questions), "--inner"]
         subprocess.run(script, cwd=tree, env=env, check=True)
         print("-- after: this checkout's code", flush=True)
     measure(args.questions)

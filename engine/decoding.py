@@ -184,3 +184,29 @@ def decode(
     while len(batch):
         produced.update(batch.step())
     return [produced[row] for row in rows]
+
+
+def generate_whole(
+    model: Any, tokenizer: Any, batch: Any, sampling: Any, budget: int, *, stopping: Any, gate: Any = None
+) -> list[list[int]]:
+    """`model.generate` over a left-padded batch that nothing joins (GPUs, where it is faster, and models the running
+    batch does not support); each row's new ids."""
+    from transformers import LogitsProcessorList
+
+    options: dict[str, Any] = {"do_sample": sampling.do_sample}
+    if sampling.do_sample:
+        options.update(temperature=sampling.temperature, top_p=sampling.top_p)
+        if sampling.seed is not None:
+            torch.manual_seed(sampling.seed)
+    else:
+        options.update(temperature=None, top_p=None, top_k=None)
+    output = model.generate(
+        **batch,
+        max_new_tokens=budget,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        stopping_criteria=stopping,
+        logits_processor=LogitsProcessorList([gate] if gate is not None else []),
+        **options,
+    )
+    return output[:, batch["input_ids"].shape[1] :].tolist()

@@ -1,17 +1,18 @@
-"""Answer a batch of questions in one batched decoding pass."""
+"""Answer questions: check them, ground them in their notes, decode them in a running batch, and settle each answer
+(`Answer`, `Sampling` and `StopReason` live in `engine.answers` and are re-exported here)."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from enum import StrEnum
 from typing import Any
 
 import torch
-from transformers import BatchEncoding, LogitsProcessorList, StoppingCriteriaList, StopStringCriteria, TopPLogitsWarper
+from transformers import BatchEncoding, StoppingCriteriaList, StopStringCriteria
 
-from engine.decoding import RunningBatch, supports_pruned_decoding
+from engine.answers import Answer, Sampling, StopReason, picker
+from engine.decoding import RunningBatch, generate_whole, supports_pruned_decoding
 from engine.formatting import STOP_TEXT, format_prompt, longest_answer
 from engine.grounding import decline_token
 from engine.models import context_length
@@ -24,29 +25,7 @@ STOP_TAIL_TOKENS = 12
 
 logger = logging.getLogger(__name__)
 
-
-class StopReason(StrEnum):
-    """Why an answer ended."""
-
-    EOS = "eos"
-    STOP_TEXT = "stop_text"
-    LENGTH = "length"
-    NOTE = "note"  # it began copying one note: the answer is that note, whole (SNAP_TOKENS)
-
-
-@dataclass(frozen=True)
-class Answer:
-    """The bot's answer to one question."""
-
-    question: str
-    text: str
-    new_tokens: int
-    stop: StopReason
-    declined: bool = False  # a grounded model said its notes do not answer the question
-    sources: tuple[str, ...] = ()  # the questions of the pairs it was given as notes, nearest first
-    score: float | None = None  # cosine similarity of the nearest pair
-    reason: str | None = None  # why it declined: the model said so, or the data was judged not to hold the answer
-    withheld: str = ""  # what the model said when a check turned its answer into a decline (for evaluation)
+__all__ = ["Answer", "Answerer", "Sampling", "StopReason"]
 
 
 @dataclass(frozen=True)
@@ -68,16 +47,6 @@ def _notes(item: _Asked) -> list[str]:
 class _Steering:
     gate: DeclineGate | None
     snap: NoteSnap | None
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """Decoding options; greedy unless `do_sample`."""
-
-    do_sample: bool = False
-    temperature: float = 0.7
-    top_p: float = 0.9
-    seed: int | None = None
 
 
 class Answerer:
@@ -217,7 +186,7 @@ class Answerer:
             yield from enumerate(self._generate(self._plan(cleaned), sampling))
             return
         steer = _Steering(self._decline_gate(), NoteSnap(self.tokenizer, []) if self.grounding is not None else None)
-        pick = self._picker(sampling)
+        pick = picker(sampling, self.device)
         batch = RunningBatch(
             self.model,
             eos_token_id=self.tokenizer.eos_token_id,
@@ -331,7 +300,9 @@ class Answerer:
             if steer.gate is not None:
                 steer.gate.prompt_length = batch["input_ids"].shape[1]
             with torch.inference_mode():
-                new_tokens = self._hf_generate(batch, sampling, budget, steer.gate)
+                new_tokens = generate_whole(
+                    self.model, self.tokenizer, batch, sampling, budget, stopping=self._stop_criteria(), gate=steer.gate
+                )
             self.generate_calls += 1
             for row, (i, ids) in enumerate(zip(to_model, new_tokens, strict=True)):
                 answers[i] = self._ended(items[i], ids, steer, row)
@@ -343,43 +314,6 @@ class Answerer:
 
     def _ends_with_stop_text(self, ids: list[int]) -> bool:
         return STOP_TEXT in self.tokenizer.decode(ids[-STOP_TAIL_TOKENS:], skip_special_tokens=True)
-
-    def _picker(self, sampling: Sampling):
-        """Greedy, or temperature and top-p sampling (seeded when asked)."""
-        if not sampling.do_sample:
-            return lambda logits: logits.argmax(dim=-1)
-        generator = torch.Generator(device=self.device)
-        if sampling.seed is not None:
-            generator.manual_seed(sampling.seed)
-        else:
-            generator.seed()
-        top_p = TopPLogitsWarper(sampling.top_p)
-
-        def pick(logits: torch.Tensor) -> torch.Tensor:
-            probs = torch.softmax(top_p(None, logits / max(sampling.temperature, 1e-5)), dim=-1)
-            return torch.multinomial(probs, 1, generator=generator).squeeze(1)
-
-        return pick
-
-    def _hf_generate(self, batch: Any, sampling: Sampling, budget: int, gate: DeclineGate | None = None) -> list[list[int]]:
-        """`model.generate`, for models the pruned loop does not support."""
-        options: dict[str, Any] = {"do_sample": sampling.do_sample}
-        if sampling.do_sample:
-            options.update(temperature=sampling.temperature, top_p=sampling.top_p)
-            if sampling.seed is not None:
-                torch.manual_seed(sampling.seed)
-        else:
-            options.update(temperature=None, top_p=None, top_k=None)
-        output = self.model.generate(
-            **batch,
-            max_new_tokens=budget,
-            eos_token_id=self.tokenizer.eos_token_id,
-            pad_token_id=self.tokenizer.pad_token_id,
-            stopping_criteria=self._stop_criteria(),
-            logits_processor=LogitsProcessorList([gate] if gate is not None else []),
-            **options,
-        )
-        return output[:, batch["input_ids"].shape[1] :].tolist()
 
     def _finish(self, question: str, ids: list[int]) -> Answer:
         eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id

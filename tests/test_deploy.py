@@ -439,7 +439,7 @@ def test_the_readme_lists_the_commands_of_the_one_command_table():
 
 WORKER_SIDE = ("worker.train_worker", "worker.answer_worker", "worker.liveness", "worker.metrics", "worker.admin")
 WORKER_SIDE += ("worker.inbox_jobs", "worker.lookup", "worker.training", "worker.dev", "prometheus_client", "torch")
-WORKER_SIDE += ("transformers", "engine", "prctl")
+WORKER_SIDE += ("transformers", "engine", "prctl", "worker.model_keeper")
 
 
 def test_the_bots_load_the_client_and_nothing_of_the_workers():

@@ -1,8 +1,10 @@
-"""The answer worker: an rq SimpleWorker that keeps the model loaded and answers waiting questions in batches."""
+"""The answer worker: an rq SimpleWorker that keeps the model loaded (`worker.model_keeper`) and answers waiting
+questions in a running batch that later questions join, handing each answer in as it ends."""
 
 from __future__ import annotations
 
-import gc
+import ctypes
+import ctypes.util
 import logging
 import math
 import time
@@ -19,6 +21,7 @@ from rq.job import Job
 from qabot.settings import Settings
 from worker import jobs, metrics
 from worker.liveness import RECONNECT_MAX_SECONDS, LiveWorker
+from worker.model_keeper import ModelKeeper
 from worker.results import retrying
 from worker.rq_seam import Execution, JobTimeoutException
 
@@ -26,7 +29,6 @@ logger = logging.getLogger(__name__)
 
 Deliver = Callable[[Job, Any], None]  # hands one job its outcome: the answer's dict, or the exception it earned
 
-RELOAD_RETRY_SECONDS = 60
 # Questions join a running batch once a quarter of its rows are free (or at once while it has that much room): each
 # join prefills the newcomers together and copies the running KV cache once. Joining one at a time as rows left a full
 # batch of 16 (the FAQ model, 2 CPU cores, bench/load.py) raised the worker's RSS from 1.1 to 1.8 GiB.
@@ -34,11 +36,11 @@ JOIN_SHARE = 4
 OUTAGE_CLEAR_S = 1.0
 
 
-class AnswerWorker(LiveWorker):
-    """Loads the live model once, answers up to `batch_size` waiting questions per pass, hot-swaps versions.
+class AnswerWorker(ModelKeeper, LiveWorker):
+    """Loads the live model once, decodes up to `batch_size` questions at a time, hot-swaps versions between batches.
 
-    Each question stays its own rq job (started/finished/failed registries, result, TTLs); the model
-    runs once per batch, before rq performs each job, and each job hands back its own answer.
+    Each question stays its own rq job (started/finished/failed registries, result, TTLs): the model answers it in
+    the running batch, then rq performs the job at once, and the job hands back that answer.
 
     Nothing taken is lost and Redis going away never stops it: see `worker.liveness`.
     """
@@ -58,88 +60,6 @@ class AnswerWorker(LiveWorker):
         self._failed: tuple[str, int] | None = None
         self.take_most = self.batch_size  # shrinks when batches run slow, grows back when they are quick
         self._outage_cleared = float("-inf")
-
-    # -- model ------------------------------------------------------------------------------
-    def refresh_model(self) -> None:
-        """Load the live version if it is not the one loaded (between batches only).
-
-        A live version that does not load leaves the loaded one serving; a worker with none in hand serves the newest
-        version that loads (the last live ones first). Either way it says so: in its rq record (/status), the metrics,
-        and each answer's `fallback_from` (the bots tell the admins). It tries the live one again every minute.
-        Raises only when no version loads at all."""
-        live = self.store.current_name()
-        if live is None or live == self.model_version:
-            return
-        if self._failed == (live, int(time.monotonic() // RELOAD_RETRY_SECONDS)):
-            return  # it failed moments ago: keep serving the loaded model, retry a little later
-        try:
-            self._load(live)
-            return
-        except Exception as exc:  # a version that will not load must not stop the worker
-            self._failed = (live, int(time.monotonic() // RELOAD_RETRY_SECONDS))
-            why = " ".join(str(exc).split())[:200] or type(exc).__name__
-            self.log.exception("Worker %s: could not load the live model %s", self.name, live)
-            if self.answerer is None:
-                self._load_newest_that_loads(live, exc)
-        self.fallback = {"live": live, "why": why}
-        self._publish_model()
-        metrics.MODEL_FALLBACK.set(1)
-        self.log.error("Worker %s: the live model %s does not load; serving %s", self.name, live, self.model_version)
-
-    def _load_newest_that_loads(self, live: str, error: Exception) -> None:
-        """Load the version that was live last before `live`, else the newest other one that loads; re-raise `error`
-        when none does."""
-        recent = [name for name in reversed(self.store.history()) if name != live]
-        others = sorted((v.name for v in self.store.list() if v.name not in recent and v.name != live), reverse=True)
-        for name in recent + others:
-            try:
-                self._load(name)
-                return
-            except Exception:
-                self.log.exception("Worker %s: %s does not load either", self.name, name)
-        raise error
-
-    def _load(self, name: str) -> None:
-        """Load version `name` with the current notes, and make it the one that answers."""
-        from engine.pipeline import load_version, make_answerer, version_grounding
-
-        started = time.monotonic()
-        loaded, info = load_version(self.store, name, device=self.settings.device, dtype=self.settings.dtype)
-        digest = self.store.current_digest()
-        answerer = make_answerer(
-            loaded,
-            info,
-            max_new_tokens=self.settings.max_new_tokens,
-            max_question_chars=self.settings.max_question_chars,
-            grounding=version_grounding(
-                self.store,
-                info,
-                digest,
-                min_score=self.settings.min_score,
-                decline_confidence=self.settings.decline_confidence,
-            ),
-        )
-        self.notes_digest = digest
-        old, self.answerer, self.model_version, self.fallback = self.answerer, answerer, info.name, None
-        del old
-        gc.collect()
-        _empty_device_cache()
-        self._publish_model()
-        metrics.set_model_version(info.name)
-        metrics.MODEL_FALLBACK.set(0)
-        self.log.info("Worker %s: model %s loaded in %.1f s", self.name, info.name, time.monotonic() - started)
-
-    def refresh_notes(self) -> None:
-        """A grounded model answers from the current dataset: a pair added a moment ago is in its notes."""
-        from engine.pipeline import dataset_grounding
-
-        grounding = self.answerer.grounding if self.answerer is not None else None
-        digest = self.store.current_digest()
-        if grounding is None or digest is None or digest == self.notes_digest:
-            return
-        fresh = dataset_grounding(self.store, digest, grounding.notes, grounding.decline, previous=grounding)
-        self.answerer.grounding, self.notes_digest = fresh, digest
-        self.log.info("Worker %s: notes from dataset %s (%d pairs)", self.name, digest, len(fresh.index.pairs))
 
     # -- batching ---------------------------------------------------------------------------
     def _take_waiting(self, queue: Queue, most: int, into: list[tuple[Job, Execution]]) -> list[Job]:
@@ -345,6 +265,7 @@ class AnswerWorker(LiveWorker):
                         if each.id not in handed and each.func_name == jobs.ANSWER_JOB:
                             deliver(each, exc)
             self._outage_over()
+            _give_back_free_memory()
             for each, execution in batch:  # anything else that was in the queue: rq runs it
                 if each.id not in handed:
                     self._hand_in(each, queue, execution)
@@ -392,11 +313,25 @@ class AnswerWorker(LiveWorker):
             self.log.exception("Worker %s: could not load the live model", self.name)
 
 
-def _empty_device_cache() -> None:
-    import torch
+def _give_back_free_memory() -> None:
+    """Return the heap memory a running batch freed to the OS, between batches. glibc keeps it otherwise, and a running
+    batch allocates caches of ever-changing widths: on the FAQ model (bench/load.py) the worker's RSS grew 18% over 90
+    questions without this."""
+    global _libc, _trimmed
+    if time.monotonic() - _trimmed < 1.0:  # a few ms each: at most once a second
+        return
+    _trimmed = time.monotonic()
+    if _libc is None:
+        try:
+            _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        except OSError:
+            _libc = False
+    if _libc and hasattr(_libc, "malloc_trim"):
+        _libc.malloc_trim(0)
 
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+
+_libc: Any = None  # glibc, loaded on first use (False where there is none)
+_trimmed = float("-inf")
 
 
 def _timed_out(exc: BaseException) -> bool:
