@@ -53,7 +53,7 @@ def main() -> None:
     answerer, info = load_answerer(settings)
     if answerer.grounding is None:
         raise SystemExit(f"{info.name} is not grounded: nothing answers from notes")
-    store = admin._store(settings)
+    store = admin.admin_store(settings)
     pairs = store.current_pairs()
     rng = random.Random(args.seed)
     chosen = rng.sample(pairs, min(len(pairs), 2 * args.count))

@@ -34,7 +34,7 @@ def supports_pruned_decoding(model: Any) -> bool:
     )
 
 
-def _cache_keyword(model: Any) -> str:
+def cache_keyword(model: Any) -> str:
     """Newer transformers call the KV cache argument `cache`; earlier 5.x releases `past_key_values`."""
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
@@ -56,7 +56,7 @@ class RunningBatch:
 
     def __init__(self, model: Any, *, eos_token_id: int, should_stop: Stop, pick: Pick) -> None:
         self.model, self.eos, self.should_stop, self.pick = model, eos_token_id, should_stop, pick
-        self.cache_keyword = _cache_keyword(model)
+        self.cache_keyword = cache_keyword(model)
         self.keys: list[Hashable] = []
         self.produced: dict[Hashable, list[int]] = {}
         self.budgets: dict[Hashable, int] = {}

@@ -16,8 +16,8 @@ from engine.decoding import RunningBatch, generate_whole, supports_pruned_decodi
 from engine.formatting import STOP_TEXT, format_prompt, longest_answer
 from engine.grounding import decline_token
 from engine.models import context_length
-from engine.steering import DeclineGate, NoteSnap
-from engine.textformat import FALLBACK_BUDGET, answer_budget
+from engine.steering import CHOICE_TOKENS, DeclineGate, NoteSnap, choose_notes
+from engine.textformat import FALLBACK_BUDGET, answer_budget, format_answer
 from qabot.errors import QuestionError
 from qabot.questions import check_question
 
@@ -75,6 +75,8 @@ class Answerer:
         # pruned loop wins (bench/generation.py). So the pruned loop runs on the CPU only.
         on_cpu = next(model.parameters()).device.type == "cpu"
         self.prune = prune and on_cpu and supports_pruned_decoding(model)
+        self.choosable = supports_pruned_decoding(model)  # engine.steering.choose_notes runs on it (CPU and GPU)
+        self._notes_ids: dict[str, list[int]] = {}
         self.generate_calls = 0
         self._stopping: StoppingCriteriaList | None = None
         self._decline_token: tuple[str, int] | None = None  # the decline text and its first token, looked up once
@@ -183,25 +185,34 @@ class Answerer:
         cleaned = list(questions) if prepared else [self._prepare_one(questions, i) for i in range(len(questions))]
         sampling = sampling or Sampling()
         if not self.prune:  # model.generate: one batch, nothing joins it
-            yield from enumerate(self._generate(self._plan(cleaned), sampling))
+            plan = self._plan(cleaned)
+            chosen = [(i, item) for i, item in enumerate(plan) if item.reason is None and self._chooses(item, sampling)]
+            if chosen:
+                yield from self._choose(chosen, self._decline_gate())
+            rest = [i for i in range(len(plan)) if i not in dict(chosen)]
+            yield from zip(rest, self._generate([plan[i] for i in rest], sampling), strict=True)
             return
         steer = _Steering(self._decline_gate(), NoteSnap(self.tokenizer, []) if self.grounding is not None else None)
-        pick = picker(sampling, self.device)
         batch = RunningBatch(
             self.model,
             eos_token_id=self.tokenizer.eos_token_id,
             should_stop=lambda key, ids: self._ends_with_stop_text(ids) or bool(steer.snap and steer.snap.match(key, ids)),
-            pick=pick,
+            pick=picker(sampling, self.device),
         )
         asked: dict[int, _Asked] = {}
         waiting, count = self._plan(cleaned), len(cleaned)
         with torch.inference_mode():
             while True:
+                chosen = []
                 for index, item in enumerate(waiting, start=count - len(waiting)):
                     if item.reason is not None:  # declined without the model
                         yield index, self._settle(item, Answer(item.question, "", 0, StopReason.EOS))
+                    elif self._chooses(item, sampling):
+                        chosen.append((index, item))
                     else:
                         asked[index] = item
+                if chosen:
+                    yield from self._choose(chosen, steer.gate)
                 joining = [index for index in range(count - len(waiting), count) if index in asked]
                 if joining:
                     for index, ids in self._join(batch, joining, asked, steer):
@@ -216,6 +227,39 @@ class Answerer:
                 for index, ids in batch.step():
                     item = asked.pop(index)
                     yield index, self._settle(item, self._ended(item, ids, steer, index))
+
+    def _chooses(self, item: _Asked, sampling: Sampling) -> bool:
+        """A greedy answer of a grounded model whose notes are all answers it learnt is chosen among them."""
+        learnt = self.grounding.learnt if self.grounding is not None else None
+        return (
+            learnt is not None
+            and self.choosable
+            and not sampling.do_sample
+            and all(" ".join(note.split()) in learnt for note in _notes(item))
+        )
+
+    def _choose(self, items: list[tuple[int, _Asked]], gate: DeclineGate) -> Iterator[tuple[int, Answer]]:
+        """A grounded model's answers where every note is one it learnt: the decline, or the note the model finds
+        likeliest (engine.steering.choose_notes), whole; no decoding."""
+        decline = " ".join(self.grounding.decline.split())
+        encoded = self._encode([item.prompt for _, item in items]).to(self.device)
+        notes = [[self._answer_ids(note) for note in _notes(item)] for _, item in items]
+        self.generate_calls += 1
+        picks = choose_notes(self.model, encoded["input_ids"], encoded["attention_mask"], notes, gate)
+        for (index, item), pick in zip(items, picks, strict=True):
+            if pick is None:
+                answer = Answer(item.question, decline, 0, StopReason.EOS)
+            else:
+                answer = Answer(item.question, _notes(item)[pick].strip(), CHOICE_TOKENS, StopReason.NOTE)
+            yield index, self._settle(item, answer)
+
+    def _answer_ids(self, note: str) -> list[int]:
+        """A note's token ids as an answer (kept: the same notes come back question after question)."""
+        if (found := self._notes_ids.get(note)) is None:
+            if len(self._notes_ids) >= 16384:
+                self._notes_ids.clear()
+            found = self._notes_ids[note] = self.tokenizer(format_answer(note), add_special_tokens=False)["input_ids"]
+        return found
 
     def _plan(self, cleaned: list[str]) -> list[_Asked]:
         """Each question's prompt, its notes and whether the data decides it without the model."""

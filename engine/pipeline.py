@@ -238,6 +238,7 @@ def dataset_grounding(
         decline=decline,
         min_score=calibration.min_score,
         decline_confidence=calibration.decline_confidence,
+        learnt=previous.learnt if previous is not None else None,
     )
 
 
@@ -260,7 +261,11 @@ def version_grounding(
     if not (store.datasets_dir / f"{digest}.json").is_file():
         raise ModelError(f"{info.name} answers from notes, but dataset {digest} is not in the store; /retrain or roll back")
     calibration = Calibration.from_meta(info.meta.get("calibration")).overridden(min_score, decline_confidence)
-    return dataset_grounding(store, digest, int(meta["notes"]), str(meta["decline"]), calibration=calibration)
+    grounding = dataset_grounding(store, digest, int(meta["notes"]), str(meta["decline"]), calibration=calibration)
+    learnt = store.datasets_dir / f"{info.meta['dataset']['hash']}.json"
+    if learnt.is_file():  # the answers it was fine-tuned on: among those it chooses (engine.grounding.Grounding.learnt)
+        grounding.learnt = frozenset(" ".join(p.response.split()) for p in read_dataset(learnt))
+    return grounding
 
 
 def version_budget(info: VersionInfo, loaded: LoadedModel) -> int:
