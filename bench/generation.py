@@ -48,8 +48,11 @@ def split_of_time(answerer, questions: list[str]) -> str:
         from engine.decoding import RunningBatch
     except ImportError:
         return "prefill/decode split: not measured (no running batch in this code)"
-    spent = {"join": 0.0, "step": 0.0}
-    originals = {name: getattr(RunningBatch, name) for name in spent}
+    import engine.generate
+
+    spent = {"join": 0.0, "step": 0.0, "choose_notes": 0.0}
+    owners = {"join": RunningBatch, "step": RunningBatch, "choose_notes": engine.generate}
+    originals = {name: getattr(owners[name], name, None) for name in spent}
 
     def timed(name):
         def call(*args, **kwargs):
@@ -61,19 +64,23 @@ def split_of_time(answerer, questions: list[str]) -> str:
 
         return call
 
-    for name in spent:
-        setattr(RunningBatch, name, timed(name))
+    for name, original in originals.items():
+        if original is not None:
+            setattr(owners[name], name, timed(name))
     try:
         started = time.monotonic()
         answerer.answer(questions)
         total = time.monotonic() - started
     finally:
         for name, original in originals.items():
-            setattr(RunningBatch, name, original)
-    rest = total - spent["join"] - spent["step"]
+            if original is not None:
+                setattr(owners[name], name, original)
+    rest = total - sum(spent.values())
     return (
-        f"one batch's {total:.1f} s: prefill {spent['join']:.1f} s ({spent['join'] / total:.0%}), decoding "
-        f"{spent['step']:.1f} s ({spent['step'] / total:.0%}), retrieval and the rest {rest:.1f} s ({rest / total:.0%})"
+        f"one batch's {total:.1f} s: choosing among notes (prefill + their first tokens) {spent['choose_notes']:.1f} s "
+        f"({spent['choose_notes'] / total:.0%}), prefill to decode {spent['join']:.1f} s ({spent['join'] / total:.0%}), "
+        f"decoding {spent['step']:.1f} s ({spent['step'] / total:.0%}), retrieval and the rest {rest:.1f} s "
+        f"({rest / total:.0%})"
     )
 
 

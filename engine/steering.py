@@ -81,6 +81,7 @@ class DeclineGate(LogitsProcessor):
 CHOICE_TOKENS = 4
 
 
+@torch.inference_mode()  # whoever calls it: no autograd graph (model.generate's path called it outside one: 24 GB)
 def choose_notes(
     model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, notes: list[list[list[int]]], gate: DeclineGate
 ) -> list[int | None]:
