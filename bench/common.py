@@ -37,10 +37,13 @@ def bundled_folder(settings: Settings) -> Path:
 def baseline_tree(rev: str) -> Path:
     """A checkout of `rev` (a detached git worktree in a temporary folder): the code that a "before" figure runs, in
     the same run as the "after" one. Run with PYTHONPATH (and cwd) set to it, Python imports qabot from there."""
+    import atexit
     import subprocess
     import tempfile
 
     root = Path(__file__).resolve().parent.parent
     tree = Path(tempfile.mkdtemp(prefix=f"qabot-{rev[:12]}-"))
     subprocess.run(["git", "-C", str(root), "worktree", "add", "--detach", "-f", str(tree), rev], check=True, capture_output=True)
+    remove = ["git", "-C", str(root), "worktree", "remove", "--force", str(tree)]
+    atexit.register(subprocess.run, remove, capture_output=True)  # the checkout lives as long as the bench
     return tree
