@@ -16,8 +16,8 @@ from engine.decoding import RunningBatch, generate_whole, supports_pruned_decodi
 from engine.formatting import STOP_TEXT, format_prompt, longest_answer
 from engine.grounding import decline_token
 from engine.models import context_length
-from engine.steering import CHOICE_TOKENS, DeclineGate, NoteSnap, choose_notes
-from engine.textformat import FALLBACK_BUDGET, answer_budget, format_answer
+from engine.steering import CHOICE_TOKENS, DeclineGate, NoteSnap, answer_ids, choose_notes
+from engine.textformat import FALLBACK_BUDGET, answer_budget
 from qabot.errors import QuestionError
 from qabot.questions import check_question
 
@@ -74,8 +74,8 @@ class Answerer:
         # 4.3x (batch 64) faster than the pruned loop, whose per-step work in Python dominates on a GPU; on a CPU the
         # pruned loop wins (bench/generation.py). So the pruned loop runs on the CPU only.
         on_cpu = next(model.parameters()).device.type == "cpu"
-        self.prune = prune and on_cpu and supports_pruned_decoding(model)
         self.choosable = supports_pruned_decoding(model)  # engine.steering.choose_notes runs on it (CPU and GPU)
+        self.prune = prune and on_cpu and self.choosable
         self._notes_ids: dict[str, list[int]] = {}
         self.generate_calls = 0
         self._stopping: StoppingCriteriaList | None = None
@@ -104,22 +104,27 @@ class Answerer:
 
     def _encode(self, texts: list[str]) -> Any:
         """Prompts as a left-padded batch of token ids (each prompt tokenised once: by the length checks, or here)."""
-        rows = [self._ids.pop(text, None) or self._token_ids(text) for text in texts]
+        known: dict[str, list[int]] = {}
+        for text in texts:  # a prompt asked twice in one batch is tokenised once too
+            if text not in known:
+                known[text] = self._ids.pop(text, None) or self._tokenize(text)
+        rows = [known[text] for text in texts]
         width = max(len(row) for row in rows)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         ids = torch.tensor([[pad] * (width - len(row)) + row for row in rows], dtype=torch.long)
         mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in rows], dtype=torch.long)
-        for text in texts:
-            self._ids.pop(text, None)
         return BatchEncoding({"input_ids": ids, "attention_mask": mask})
 
+    def _tokenize(self, prompt: str) -> list[int]:
+        """A prompt's token ids; special-token strings in a question are plain text, never control tokens."""
+        return self.tokenizer(prompt, add_special_tokens=True, split_special_tokens=True)["input_ids"]
+
     def _token_ids(self, prompt: str) -> list[int]:
-        """A prompt's token ids, kept until its batch is built; special-token strings in a question are plain text,
-        never control tokens."""
+        """A prompt's token ids, kept until its batch is built (`_encode` takes them)."""
         if (found := self._ids.get(prompt)) is None:
             if len(self._ids) >= 4096:  # prompts checked but never asked (a longer variant that did not fit)
                 self._ids.clear()
-            found = self._ids[prompt] = self.tokenizer(prompt, add_special_tokens=True, split_special_tokens=True)["input_ids"]
+            found = self._ids[prompt] = self._tokenize(prompt)
         return found
 
     def _fits(self, prompt: str) -> bool:
@@ -129,17 +134,13 @@ class Answerer:
     def prepare(self, question: str) -> str:
         """The question as the model will see it, or QuestionError (empty, too long in characters or in tokens)."""
         text = check_question(question, self.max_question_chars)
-        length = len(self._token_ids(format_prompt(text)) if self.grounding is None else self._untracked(format_prompt(text)))
+        length = len(self._token_ids(format_prompt(text)) if self.grounding is None else self._tokenize(format_prompt(text)))
         if length > self.question_tokens:
             raise QuestionError(
                 f"Your question is too long for this model ({length} tokens, the limit is {self.question_tokens}); "
                 "please shorten it."
             )
         return text
-
-    def _untracked(self, prompt: str) -> list[int]:
-        """Token ids of a prompt the model will not see (a grounded model sees the question inside its notes' prompt)."""
-        return self.tokenizer(prompt, add_special_tokens=True, split_special_tokens=True)["input_ids"]
 
     def _prepare_one(self, questions: list[str], index: int) -> str:
         """`prepare` for one of a batch's questions; its error names which one when there are several."""
@@ -189,10 +190,12 @@ class Answerer:
             chosen = [(i, item) for i, item in enumerate(plan) if item.reason is None and self._chooses(item, sampling)]
             if chosen:
                 yield from self._choose(chosen, self._decline_gate())
-            rest = [i for i in range(len(plan)) if i not in dict(chosen)]
+            picked = {i for i, _ in chosen}
+            rest = [i for i in range(len(plan)) if i not in picked]
             yield from zip(rest, self._generate([plan[i] for i in rest], sampling), strict=True)
             return
-        steer = _Steering(self._decline_gate(), NoteSnap(self.tokenizer, []) if self.grounding is not None else None)
+        snap = NoteSnap(self.tokenizer, [], self._answer_ids) if self.grounding is not None else None
+        steer = _Steering(self._decline_gate(), snap)
         batch = RunningBatch(
             self.model,
             eos_token_id=self.tokenizer.eos_token_id,
@@ -258,7 +261,7 @@ class Answerer:
         if (found := self._notes_ids.get(note)) is None:
             if len(self._notes_ids) >= 16384:
                 self._notes_ids.clear()
-            found = self._notes_ids[note] = self.tokenizer(format_answer(note), add_special_tokens=False)["input_ids"]
+            found = self._notes_ids[note] = answer_ids(self.tokenizer, note)
         return found
 
     def _plan(self, cleaned: list[str]) -> list[_Asked]:
@@ -335,9 +338,10 @@ class Answerer:
         """`model.generate` over the questions the model must answer, in one batch (models the running batch does not
         support, and GPUs); the others are settled without it."""
         to_model = [i for i, item in enumerate(items) if item.reason is None]
-        answers = {i: Answer(items[i].question, "", 0, StopReason.EOS) for i in range(len(items)) if i not in to_model}
+        answers = {i: Answer(item.question, "", 0, StopReason.EOS) for i, item in enumerate(items) if item.reason is not None}
         if to_model:
-            snap = NoteSnap(self.tokenizer, [_notes(items[i]) for i in to_model]) if self.grounding is not None else None
+            notes = [_notes(items[i]) for i in to_model]
+            snap = NoteSnap(self.tokenizer, notes, self._answer_ids) if self.grounding is not None else None
             steer = _Steering(self._decline_gate(), snap)
             batch = self._encode([items[i].prompt for i in to_model]).to(self.device)
             budget = max(1, min(self.max_new_tokens, self.context - batch["input_ids"].shape[1]))

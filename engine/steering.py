@@ -3,6 +3,7 @@ answer that has begun copying one of its notes is that note, whole)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -19,16 +20,21 @@ SNAP_TOKENS = 8
 CLOSE_NOTE = 0.5
 
 
+def answer_ids(tokenizer: Any, note: str) -> list[int]:
+    """A note's token ids as the model produces it after `Answer:` (no special tokens)."""
+    return tokenizer(format_answer(note), add_special_tokens=False)["input_ids"]
+
+
 class NoteSnap:
     """Each row's notes as answer token ids; `match` names the one note a row's answer has begun to copy."""
 
-    def __init__(self, tokenizer: Any, notes: list[list[str]]) -> None:
-        self.tokenizer = tokenizer
+    def __init__(self, tokenizer: Any, notes: list[list[str]], ids_of: Callable[[str], list[int]] | None = None) -> None:
+        self.ids_of = ids_of or (lambda note: answer_ids(tokenizer, note))  # a note's token ids as an answer
         self.rows: dict[Any, list[tuple[str, list[int]]]] = {row: self.note_ids(each) for row, each in enumerate(notes)}
 
     def note_ids(self, notes: list[str]) -> list[tuple[str, list[int]]]:
         """(note, its token ids as an answer) for one row's notes; `rows[key] = note_ids(...)` adds a row."""
-        return [(note.strip(), self.tokenizer(format_answer(note), add_special_tokens=False)["input_ids"]) for note in notes]
+        return [(note.strip(), self.ids_of(note)) for note in notes]
 
     def match(self, row: int, ids: list[int]) -> str | None:
         """The note whose first len(ids) tokens are `ids` (at least SNAP_TOKENS of them), when exactly one is."""

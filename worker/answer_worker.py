@@ -241,12 +241,15 @@ class AnswerWorker(ModelKeeper, LiveWorker):
             room = self.take_most - rows
             if rows and room < max(1, self.take_most // JOIN_SHARE):
                 return []  # a full batch takes newcomers a few at a time: each join copies the running cache once
+            start = len(batch)
             try:
                 taken = self._take_waiting(queue, room, batch)
             except Exception:  # Redis hiccup: go on with the ones in hand
                 self.log.exception("Worker %s: could not take more waiting questions", self.name)
+                taken = []
+            held.update((each.id, execution) for each, execution in batch[start:])  # held even when taking failed midway
+            if not taken:
                 return []
-            held.update((each.id, execution) for each, execution in batch)
             return [each for each in taken if each.func_name == jobs.ANSWER_JOB]
 
         held = {each.id: execution for each, execution in batch}
