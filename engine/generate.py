@@ -271,9 +271,10 @@ class Answerer:
         if self.grounding is None:
             return [_Asked(q, format_prompt(q)) for q in cleaned]
         prompts, hits = self.grounding.prompts(cleaned, fits=self._fits)
+        near = self.grounding.offtopic_closeness(cleaned)
         return [
-            _Asked(q, prompt, found, self.grounding.reason_to_decline(q, found))
-            for q, prompt, found in zip(cleaned, prompts, hits, strict=True)
+            _Asked(q, prompt, found, self.grounding.reason_to_decline(q, found, offtopic))
+            for q, prompt, found, offtopic in zip(cleaned, prompts, hits, near, strict=True)
         ]
 
     def _decline_gate(self) -> DeclineGate | None:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.answer_checks import ANSWER_KINDS, echo_reason
-from engine.offtopic import OFF_TOPIC
+from engine.offtopic import OFF_TOPIC, offtopic_closeness
 from engine.retrieval import Embedder, Hit, PairIndex
 from engine.textformat import format_answer
 from qabot.dataset import QAPair
@@ -87,6 +87,7 @@ class Grounding:
     decline: str = DECLINE
     min_score: float = MIN_SCORE
     decline_confidence: float = DECLINE_CONFIDENCE
+    offtopic_margin: float | None = None  # engine.calibration; None: the off-topic rule is off
     # The answers the version was fine-tuned on (whitespace folded); None: unknown. A question whose notes are all among
     # them is answered by the model's choice among its notes; one with a note added or changed since (/addqa, an
     # edit) is decoded, so a note that begins otherwise than the model learnt still wins (bench/forget.py: a choice
@@ -139,10 +140,19 @@ class Grounding:
                 found.append(word)
         return found
 
-    def reason_to_decline(self, question: str, hits: list[Hit]) -> str | None:
-        """Why the data cannot answer the question, judged before asking the model; None when the model should try."""
+    def offtopic_closeness(self, questions: list[str]) -> list[float | None]:
+        """Each question's similarity to the nearest off-topic message, where the off-topic rule is on."""
+        if self.offtopic_margin is None:
+            return [None] * len(questions)
+        return offtopic_closeness(self.embedder, questions)
+
+    def reason_to_decline(self, question: str, hits: list[Hit], offtopic: float | None = None) -> str | None:
+        """Why the data cannot answer the question, judged before asking the model; None when the model should try.
+        `offtopic` is the question's `offtopic_closeness`."""
         if not hits or hits[0].score < self.min_score:
             return "nothing in the data is close to the question"
+        if offtopic is not None and self.offtopic_margin is not None and offtopic - hits[0].score > self.offtopic_margin:
+            return "the question is nearer a message no community's data is about than to the data"
         names = self.unknown_names(question) if self.rules_that_hold()[0] else []
         if names:
             return f"the data never mentions {', '.join(names)}"

@@ -1,16 +1,20 @@
 """Messages no community's dataset is about, as people send them to a bot: the negatives that calibrate declines.
 
 Scored against a dataset's own index when it is trained, they show how close "nothing to do with us" comes to that
-dataset's questions (engine.calibration). Chit-chat, general knowledge, errands, other software, insults; mostly
+dataset's questions (engine.calibration), and a question nearer one of them than to anything in the data is declined
+(engine.grounding.Grounding.reason_to_decline). Chit-chat, general knowledge, errands, other software, insults; mostly
 English, some in other languages; lower case, fragments and typos as people type. None of them is in the evaluation
 sets under data/ (those must stay unseen).
 """
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 OFF_TOPIC: tuple[str, ...] = (
     # chit-chat
-    "hello there",
+    "hiya bot",
     "hey bot",
     "good morning everyone",
     "how's it going",
@@ -80,7 +84,7 @@ OFF_TOPIC: tuple[str, ...] = (
     # insults and spam
     "you are so slow",
     "this bot is garbage",
-    "shut up",
+    "stop talking",
     "stupid bot lol",
     "nobody asked you",
     "buy cheap followers at my site",
@@ -97,3 +101,15 @@ OFF_TOPIC: tuple[str, ...] = (
     "qual é o melhor time de futebol",
     "hoe laat is het",
 )
+
+
+@functools.cache
+def _vectors(embedder: Any) -> Any:
+    return embedder.encode(list(OFF_TOPIC))
+
+
+def offtopic_closeness(embedder: Any, questions: list[str]) -> list[float]:
+    """Each question's cosine similarity to the nearest of the off-topic messages (embedded once per embedder)."""
+    if not questions:
+        return []
+    return (embedder.encode(questions) @ _vectors(embedder).T).max(dim=1).values.tolist()

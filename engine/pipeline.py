@@ -229,7 +229,11 @@ def dataset_grounding(
     embedder = previous.embedder if previous is not None else Embedder()
     index = ensure_index(store, digest, embedder, previous.index if previous is not None else None)
     if calibration is None and previous is not None:
-        calibration = Calibration(min_score=previous.min_score, decline_confidence=previous.decline_confidence)
+        calibration = Calibration(
+            min_score=previous.min_score,
+            decline_confidence=previous.decline_confidence,
+            offtopic_margin=previous.offtopic_margin,
+        )
     calibration = calibration or Calibration()
     return Grounding(
         index,
@@ -238,6 +242,7 @@ def dataset_grounding(
         decline=decline,
         min_score=calibration.min_score,
         decline_confidence=calibration.decline_confidence,
+        offtopic_margin=calibration.offtopic_margin,
         learnt=previous.learnt if previous is not None else None,
     )
 

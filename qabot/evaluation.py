@@ -68,6 +68,7 @@ def _thresholds(answerer: Any, info: Any) -> str:
         parts += [
             f"floor {grounding.min_score:.3f}",
             f"decline confidence {grounding.decline_confidence:.2f}",
+            "off-topic margin " + ("off" if grounding.offtopic_margin is None else f"{grounding.offtopic_margin:.3f}"),
             f"name rule {'on' if names else 'off'}",
             f"answer kinds {', '.join(kinds) or 'none'}",
         ]
