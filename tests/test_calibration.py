@@ -29,6 +29,30 @@ def test_each_dataset_gets_a_floor_that_lets_its_users_wording_through(embedder,
     assert calibration.min_score <= calibration.offtopic_quantile and calibration.min_score <= calibration.rewrites_floor
 
 
+@pytest.mark.parametrize(
+    ("data", "message"), [("faq", "bitcoin price today"), ("sample", "How many planets are in our solar system?")]
+)
+def test_a_message_nearer_off_topic_chatter_than_the_data_is_declined_before_the_model(embedder, data, message):
+    """Off-topic messages that score above the floor (they share a word or two with the data) are declined when an
+    off-topic message is nearer them than anything in the data; the margin is calibrated so users' wording passes."""
+    pairs = read_dataset(DATA_DIR / f"{data}.json")
+    index = PairIndex.build(pairs, embedder)
+    calibration = calibrate(pairs, index, embedder)
+    assert calibration.offtopic_margin is not None and calibration.offtopic_margin >= 0
+    grounding = Grounding(index, embedder, min_score=calibration.min_score, offtopic_margin=calibration.offtopic_margin)
+    hits = index.search(embedder, [message])[0]
+    assert hits[0].score >= grounding.min_score  # the floor lets it through
+    assert "nearer" in grounding.reason_to_decline(message, hits, grounding.offtopic_closeness([message])[0])
+    heldout = [h.question for h in read_heldout(DATA_DIR / f"{data}.heldout.json")]
+    near = grounding.offtopic_closeness(heldout)
+    turned = [
+        q
+        for q, found, n in zip(heldout, index.search(embedder, heldout), near, strict=True)
+        if "nearer" in (grounding.reason_to_decline(q, found, n) or "")
+    ]
+    assert len(turned) <= 0.02 * len(heldout), turned
+
+
 def test_floors_differ_with_the_data(embedder):
     floors = {}
     for data in ("sample", "faq"):

@@ -35,7 +35,7 @@ def test_paraphrased_questions_find_their_pair(embedder, sample_index):
     assert all(found[0].score >= found[-1].score for found in hits)
 
 
-@pytest.mark.parametrize(("data", "first_share", "three_share"), [("sample", 0.95, 1.0), ("faq", 0.85, 0.95)])
+@pytest.mark.parametrize(("data", "first_share", "three_share"), [("sample", 0.95, 1.0), ("faq", 0.9, 0.98)])
 def test_users_wording_finds_its_pair_among_the_notes(embedder, data, first_share, three_share):
     """Issue 14: the right pair is among the 3 notes for at least 95% of each example dataset's held-out questions
     (pebble's are written as users write: lower case, typos, fragments like "heic support?")."""
@@ -45,6 +45,16 @@ def test_users_wording_finds_its_pair_among_the_notes(embedder, data, first_shar
     first = sum(found[0].pair.response == item.answer for found, item in zip(hits, heldout, strict=True))
     among_three = sum(any(h.pair.response == item.answer for h in found) for found, item in zip(hits, heldout, strict=True))
     assert first >= first_share * len(heldout) and among_three >= three_share * len(heldout), (first, among_three)
+
+
+def test_a_rare_word_of_the_question_finds_the_answer_that_names_it(embedder):
+    """Sentence embeddings alone put the HEIC answer outside the 3 nearest for "heic support?" and the Google Photos
+    answer before the one naming Flickr; the lexical term (engine.lexical) finds both."""
+    pairs = read_dataset(DATA_DIR / "faq.json")
+    index = PairIndex.build(pairs, embedder)
+    heic, flickr = index.search(embedder, ["heic support?", "can i import from flickr"], k=3)
+    assert "HEIC" in heic[0].pair.response and "Flickr" in flickr[0].pair.response
+    assert "Flickr" not in flickr[1].pair.response  # one pair names it: the others are not pulled up with it
 
 
 def test_a_pair_added_is_found_at_once_and_the_others_are_not_embedded_again(embedder, sample_index, tmp_path):
