@@ -126,7 +126,9 @@ def calibrate_decline(
     answerable, _ = grounding.prompts([r.question for r in rewrites], fits)
     hits = grounding.index.search(grounding.embedder, [p.prompt for p in asked], k=grounding.notes + 1)
     unknown = [
-        fitted_prompt(p.prompt, [h.pair.response for h in reversed(found) if h.pair != p][-grounding.notes :], fits)
+        fitted_prompt(
+            p.prompt, [h.pair.response for h in reversed(found) if h.pair != p][-grounding.notes :], fits, grounding.note_words
+        )
         for p, found in zip(asked, hits, strict=True)
     ]
     offtopic, _ = grounding.prompts(rng.sample(OFF_TOPIC, min(GATE_ASKED // 2, len(OFF_TOPIC))), fits)

@@ -41,6 +41,11 @@ MIN_SCORE = 0.25
 # otherwise it answers from its notes. Measured on the sample (bundled model, 4 epochs): paraphrases it declined
 # although their pair was nearest had 0.48-0.93 (median 0.64), unknown facts it declined 0.65-0.98 (median 0.89).
 DECLINE_CONFIDENCE = 0.7
+# A grounded prompt shows each note's first NOTE_WORDS words, and the model learns to answer with its note's first
+# NOTE_WORDS words: the answer shown is the note whole, chosen by its first tokens (engine.steering.choose_notes) or
+# snapped to once decoding has copied its start (NoteSnap). Long FAQ answers (up to 150 tokens, three notes and the
+# answer per example) made each pebble example about 370 tokens against the sample's 83; heads cut it to about 160.
+NOTE_WORDS = 24
 GOLD_NEAREST = 0.8  # share of training examples whose own note sits where retrieval puts the nearest pair
 HARD_NEGATIVES = 0.75  # share of negatives whose notes are the nearest other pairs rather than random ones
 REWRITTEN = 0.3  # share of positives whose question is rewritten as users type it
@@ -59,17 +64,24 @@ def words(text: str) -> list[str]:
     return _WORD.findall(text)
 
 
-def format_grounded(question: str, notes: list[str]) -> str:
-    """Notes, then the question, in the `Question: ...\\nAnswer:` format the model continues."""
-    lines = "".join(f"{NOTE_PREFIX}{' '.join(note.split())}\n" for note in notes)
+def note_head(note: str, note_words: int = 0) -> str:
+    """A note's first `note_words` words (whitespace folded); the whole note for 0."""
+    kept = note.split()
+    return " ".join(kept[:note_words] if note_words else kept)
+
+
+def format_grounded(question: str, notes: list[str], note_words: int = 0) -> str:
+    """Notes (each cut to its head: see NOTE_WORDS), then the question, in the `Question: ...\\nAnswer:` format the
+    model continues."""
+    lines = "".join(f"{NOTE_PREFIX}{note_head(note, note_words)}\n" for note in notes)
     return f"{lines}Question: {question.strip()}\nAnswer:"
 
 
-def fitted_prompt(question: str, notes: list[str], fits=lambda prompt: True) -> str:
+def fitted_prompt(question: str, notes: list[str], fits=lambda prompt: True, note_words: int = 0) -> str:
     """The grounded prompt, its farthest notes (the first ones) dropped until `fits(prompt)`."""
-    while notes and not fits(format_grounded(question, notes)):
+    while notes and not fits(format_grounded(question, notes, note_words)):
         notes = notes[1:]
-    return format_grounded(question, notes)
+    return format_grounded(question, notes, note_words)
 
 
 def decline_token(tokenizer: Any, decline: str) -> int:
@@ -88,6 +100,7 @@ class Grounding:
     min_score: float = MIN_SCORE
     decline_confidence: float = DECLINE_CONFIDENCE
     offtopic_margin: float | None = None  # engine.calibration; None: the off-topic rule is off
+    note_words: int = 0  # words of each note the prompt shows, as the version learnt them (NOTE_WORDS); 0: whole
     # The answers the version was fine-tuned on (whitespace folded); None: unknown. A question whose notes are all among
     # them is answered by the model's choice among its notes; one with a note added or changed since (/addqa, an
     # edit) is decoded, so a note that begins otherwise than the model learnt still wins (bench/forget.py: a choice
@@ -173,7 +186,7 @@ class Grounding:
         prompts = []
         for question, found in zip(questions, hits, strict=True):
             notes = [h.pair.response for h in reversed(found)]  # the nearest note sits next to the question
-            prompts.append(fitted_prompt(question, notes, fits))
+            prompts.append(fitted_prompt(question, notes, fits, self.note_words))
         return prompts, hits
 
 
@@ -186,6 +199,7 @@ def build_examples(
     negative_share: float = 0.25,
     seed: int = 42,
     decline: str = DECLINE,
+    note_words: int = 0,
 ) -> list[tuple[str, str]]:
     """(prompt, answer) training examples: one positive per pair, negatives for a share of the pairs, and off-topic
     messages.
@@ -209,15 +223,15 @@ def build_examples(
         question = pair.prompt
         if rng.random() < REWRITTEN and (forms := rewrite(pair.prompt, rng)):
             question = rng.choice(forms)[1]
-        examples.append((format_grounded(question, positive), pair.response))
+        examples.append((format_grounded(question, positive, note_words), note_head(pair.response, note_words)))
         if len(pairs) > notes and rng.random() < negative_share:
             if rng.random() < HARD_NEGATIVES:
                 negative = list(reversed(others[:notes]))
             else:
                 negative = [p.response for p in rng.sample(pairs, notes + 1) if p.response != pair.response][:notes]
-            examples.append((format_grounded(pair.prompt, negative), decline))
+            examples.append((format_grounded(pair.prompt, negative, note_words), decline))
     count = min(len(OFF_TOPIC), math.ceil(len(pairs) * OFF_TOPIC_SHARE)) if len(pairs) >= notes else 0
     messages = rng.sample(OFF_TOPIC, count)
     for message, found in zip(messages, index.search(embedder, messages, k=notes), strict=True):
-        examples.append((format_grounded(message, [h.pair.response for h in reversed(found)]), decline))
+        examples.append((format_grounded(message, [h.pair.response for h in reversed(found)], note_words), decline))
     return examples

@@ -98,7 +98,7 @@ def validate_upload(data: bytes, filename: str, base: Base, max_bytes: int) -> t
 def _run_name(digest: str, request: TrainRequest) -> str:
     config = asdict(request.config)
     if not request.config.grounded:  # plain runs keep the names they had before grounding existed (--resume)
-        for name in ("grounded", "notes", "negative_share"):
+        for name in ("grounded", "notes", "negative_share", "note_words"):
             config.pop(name)
         if config["trained_share"] == 1:
             config.pop("trained_share")
@@ -127,7 +127,7 @@ def train_version(
     examples, grounding, calibration = None, None, None
     if request.config.grounded:
         report(Progress("indexing the dataset"))
-        grounding = dataset_grounding(store, digest, request.config.notes)
+        grounding = dataset_grounding(store, digest, request.config.notes, note_words=request.config.note_words)
         report(Progress("calibrating declines"))
         calibration = calibrate(pairs, grounding.index, grounding.embedder, seed=request.config.seed)
         grounding.min_score = calibration.min_score  # the fine-tune's own evaluation declines as the version will
@@ -137,6 +137,7 @@ def train_version(
             grounding.embedder,
             notes=request.config.notes,
             negative_share=request.config.negative_share,
+            note_words=request.config.note_words,
             seed=request.config.seed,
         )
     report(Progress("loading base model"))
@@ -185,7 +186,9 @@ def train_version(
                 "train_seconds": round(result.seconds, 1),
                 "epochs_run": result.epochs_run,
                 "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-                "grounding": {"notes": request.config.notes, "decline": DECLINE} if grounding else None,
+                "grounding": {"notes": request.config.notes, "decline": DECLINE, "note_words": request.config.note_words}
+                if grounding
+                else None,
                 "answer_budget": result.budget,
                 "calibration": calibration.to_meta() if calibration else None,
             }
@@ -221,6 +224,7 @@ def dataset_grounding(
     decline: str = DECLINE,
     previous: Grounding | None = None,
     calibration: Calibration | None = None,
+    note_words: int | None = None,
 ) -> Grounding:
     """Notes from stored dataset `digest` (its index loaded, or built and saved beside it, reusing `previous`).
 
@@ -244,6 +248,7 @@ def dataset_grounding(
         decline_confidence=calibration.decline_confidence,
         offtopic_margin=calibration.offtopic_margin,
         learnt=previous.learnt if previous is not None else None,
+        note_words=note_words if note_words is not None else previous.note_words if previous is not None else 0,
     )
 
 
@@ -266,7 +271,10 @@ def version_grounding(
     if not (store.datasets_dir / f"{digest}.json").is_file():
         raise ModelError(f"{info.name} answers from notes, but dataset {digest} is not in the store; /retrain or roll back")
     calibration = Calibration.from_meta(info.meta.get("calibration")).overridden(min_score, decline_confidence)
-    grounding = dataset_grounding(store, digest, int(meta["notes"]), str(meta["decline"]), calibration=calibration)
+    note_words = int(meta.get("note_words", 0))  # a version from before note heads read whole notes
+    grounding = dataset_grounding(
+        store, digest, int(meta["notes"]), str(meta["decline"]), calibration=calibration, note_words=note_words
+    )
     learnt = store.datasets_dir / f"{info.meta['dataset']['hash']}.json"
     if learnt.is_file():  # the answers it was fine-tuned on: among those it chooses (engine.grounding.Grounding.learnt)
         grounding.learnt = frozenset(" ".join(p.response.split()) for p in read_dataset(learnt))

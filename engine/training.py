@@ -15,6 +15,7 @@ from transformers import PrinterCallback, Trainer, TrainingArguments, set_seed
 
 from engine.callbacks import AccuracyCallback, Progress, ProgressCallback, ProgressFn
 from engine.formatting import IGNORE_INDEX, PadCollator, longest_answer, tokenize_example, tokenize_pair
+from engine.grounding import NOTE_WORDS
 from engine.models import blocks, context_length, train_top_layers
 from engine.textformat import FALLBACK_BUDGET, answer_budget
 from qabot.dataset import HeldoutItem, QAPair
@@ -84,6 +85,9 @@ class TrainConfig:
     notes: int = field(default=3, metadata={"help": "Notes (retrieved answers) before each grounded question."})
     negative_share: float = field(
         default=0.4, metadata={"help": "Share of pairs that also get notes without their answer, to learn declining."}
+    )
+    note_words: int = field(
+        default=NOTE_WORDS, metadata={"help": "Words of each note a grounded prompt shows, and of each answer learnt; 0: whole."}
     )
 
     def __post_init__(self) -> None:

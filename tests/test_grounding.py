@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.grounding import DECLINE, NOTE_PREFIX, build_examples, format_grounded
+from engine.grounding import DECLINE, NOTE_PREFIX, NOTE_WORDS, build_examples, format_grounded
 from engine.offtopic import OFF_TOPIC
 from engine.retrieval import Embedder, PairIndex
 from qabot.dataset import QAPair, read_dataset
@@ -68,7 +68,7 @@ def test_a_grounded_model_answers_with_sources_and_declines_and_its_notes_follow
 
     store = ModelStore(tmp_path / "home" / "models")
     release_tiny(store, write_pairs(tmp_path / "tiny.json", TINY_PAIRS), tiny_gpt2, tmp_path / "cache", grounded=True, epochs=60)
-    assert store.current().meta["grounding"] == {"notes": 3, "decline": DECLINE}
+    assert store.current().meta["grounding"] == {"notes": 3, "decline": DECLINE, "note_words": NOTE_WORDS}
     from engine.pipeline import version_grounding
 
     calibration = store.current().meta["calibration"]  # calibrated on this dataset and model, kept with the version
