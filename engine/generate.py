@@ -16,7 +16,7 @@ from engine.decoding import RunningBatch, generate_whole, supports_pruned_decodi
 from engine.formatting import STOP_TEXT, format_prompt, longest_answer
 from engine.grounding import decline_token
 from engine.models import context_length
-from engine.steering import CHOICE_TOKENS, DeclineGate, NoteSnap, answer_ids, choose_notes
+from engine.steering import DeclineGate, NoteSnap, answer_ids, model_declines
 from engine.textformat import FALLBACK_BUDGET, answer_budget
 from qabot.errors import QuestionError
 from qabot.questions import check_question
@@ -74,7 +74,7 @@ class Answerer:
         # 4.3x (batch 64) faster than the pruned loop, whose per-step work in Python dominates on a GPU; on a CPU the
         # pruned loop wins (bench/generation.py). So the pruned loop runs on the CPU only.
         on_cpu = next(model.parameters()).device.type == "cpu"
-        self.choosable = supports_pruned_decoding(model)  # engine.steering.choose_notes runs on it (CPU and GPU)
+        self.choosable = supports_pruned_decoding(model)  # engine.steering.model_declines runs on it (CPU and GPU)
         self.prune = prune and on_cpu and self.choosable
         self._notes_ids: dict[str, list[int]] = {}
         self.generate_calls = 0
@@ -242,18 +242,17 @@ class Answerer:
         )
 
     def _choose(self, items: list[tuple[int, _Asked]], gate: DeclineGate) -> Iterator[tuple[int, Answer]]:
-        """A grounded model's answers where every note is one it learnt: the decline, or the note the model finds
-        likeliest (engine.steering.choose_notes), whole; no decoding."""
+        """A grounded model's answers where every note is one it learnt: the decline where the model declines past the
+        gate (engine.steering.model_declines), else the nearest note, whole; one prefill, no decoding."""
         decline = " ".join(self.grounding.decline.split())
         encoded = self._encode([item.prompt for _, item in items]).to(self.device)
-        notes = [[self._answer_ids(note) for note in _notes(item)] for _, item in items]
         self.generate_calls += 1
-        picks = choose_notes(self.model, encoded["input_ids"], encoded["attention_mask"], notes, gate)
-        for (index, item), pick in zip(items, picks, strict=True):
-            if pick is None:
+        declines = model_declines(self.model, encoded["input_ids"], encoded["attention_mask"], gate)
+        for (index, item), declined in zip(items, declines, strict=True):
+            if declined or not item.hits:
                 answer = Answer(item.question, decline, 0, StopReason.EOS)
             else:
-                answer = Answer(item.question, _notes(item)[pick].strip(), CHOICE_TOKENS, StopReason.NOTE)
+                answer = Answer(item.question, _notes(item)[0].strip(), 1, StopReason.NOTE)
             yield index, self._settle(item, answer)
 
     def _answer_ids(self, note: str) -> list[int]:

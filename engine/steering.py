@@ -90,55 +90,18 @@ class DeclineGate(LogitsProcessor):
         return self.gate(scores) if input_ids.shape[1] == self.prompt_length else scores
 
 
-# How many of a note's first tokens the model's choice between notes reads (see `choose_notes`). Measured on the pebble
-# FAQ's grounded model (bundled model, 2 epochs, its calibrated gate), choosing by the first 4 tokens: 78 of 100
-# held-out questions right against 75 by greedy decoding; 8 and 16 tokens chose no better.
-CHOICE_TOKENS = 4
+# Which note a learnt question gets is retrieval's: its nearest note, whole. Asking the grounded model which note it finds
+# likeliest (the first 4 tokens of each, after the prompt) chose no better on one pebble FAQ model (86 of 98 held-out
+# questions it did not decline, as retrieval's nearest) and worse on another trained the same way (80 of 98 against 86;
+# its training questions 50 of 60 against 54, users' rewrites of them 47 of 60 against 57); the sample's were equal.
+# What the model decides is whether to decline.
 
 
-@torch.inference_mode()  # whoever calls it: no autograd graph (model.generate's path called it outside one: 24 GB)
-def choose_notes(
-    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, notes: list[list[list[int]]], gate: DeclineGate
-) -> list[int | None]:
-    """For each left-padded prompt: None where the model declines (the decline's first token wins its first step, past
-    the gate), else the index of the note (its answer token ids, in `notes`) whose first CHOICE_TOKENS tokens the model
-    finds likeliest after the prompt. A grounded model learnt to answer with one of its notes, whole: this asks it
-    which one, in one prefill and one short pass over every note's first tokens, instead of decoding and matching."""
-    from transformers import DynamicCache
-
-    from engine.decoding import cache_keyword
-
-    cache = DynamicCache(config=model.config)
+@torch.inference_mode()  # whoever calls it: no autograd graph
+def model_declines(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, gate: DeclineGate) -> list[bool]:
+    """For each left-padded prompt, whether the model declines: the decline's first token wins its first step past the
+    gate. One prefill, keeping the last position's logits only."""
     positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-    keyword = cache_keyword(model)
-    prompt = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": positions}
-    out = model(**prompt, **{keyword: cache}, use_cache=True, logits_to_keep=1)
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=False, logits_to_keep=1)
     first = out.logits[:, -1, :].float()
-    declines = gate.gate(first.clone()).argmax(dim=-1) == gate.token_id
-    first = first.log_softmax(dim=-1)
-    pairs = [(row, i) for row in range(len(notes)) if not declines[row] for i in range(len(notes[row])) if notes[row][i]]
-    chosen: list[int | None] = [None] * len(notes)
-    if not pairs:
-        return chosen
-    width = min(CHOICE_TOKENS, max(len(notes[row][i]) for row, i in pairs))
-    tokens = torch.zeros((len(pairs), width), dtype=torch.long, device=input_ids.device)
-    used = torch.zeros((len(pairs), width), dtype=torch.long, device=input_ids.device)
-    for n, (row, i) in enumerate(pairs):
-        ids = notes[row][i][:width]
-        tokens[n, : len(ids)], used[n, : len(ids)] = torch.tensor(ids), 1
-    rows = torch.tensor([row for row, _ in pairs], device=input_ids.device)
-    score = first[rows, tokens[:, 0]]
-    if width > 1:
-        cache.batch_select_indices(rows)  # each prompt's cache once per note (rows repeat)
-        mask = torch.cat([attention_mask[rows], used[:, :-1]], dim=1)
-        steps = positions[rows, -1:] + 1 + torch.arange(width - 1, device=input_ids.device)
-        later = model(input_ids=tokens[:, :-1], attention_mask=mask, position_ids=steps, **{keyword: cache}, use_cache=True)
-        logp = later.logits.float().log_softmax(dim=-1).gather(-1, tokens[:, 1:, None]).squeeze(-1)
-        score = score + (logp * used[:, 1:]).sum(dim=1)
-    best: dict[int, tuple[float, int]] = {}
-    for (row, i), value in zip(pairs, score.tolist(), strict=True):
-        if row not in best or value > best[row][0]:
-            best[row] = (value, i)
-    for row, (_, i) in best.items():
-        chosen[row] = i
-    return chosen
+    return (gate.gate(first).argmax(dim=-1) == gate.token_id).tolist()

@@ -206,38 +206,25 @@ def test_an_answer_without_the_number_or_time_its_question_asks_for_is_a_decline
 
 
 @pytest.mark.parametrize("which", ["gpt2", "llama"])
-def test_the_note_chosen_is_the_one_the_model_finds_likeliest_and_a_sure_decline_wins(which, tiny_gpt2, tiny_llama):
-    """`choose_notes` scores every note's first CHOICE_TOKENS tokens after each prompt in one pass over a shared,
-    repeated cache; the note it picks is the one that scoring each prompt + note alone, with no cache and no padding,
-    finds likeliest (prompts of different lengths in one batch, notes shorter than CHOICE_TOKENS). A decline whose
-    first token wins past the gate is a decline; below the gate's confidence it is not."""
+def test_the_model_declines_only_where_the_declines_first_token_wins_past_the_gate(which, tiny_gpt2, tiny_llama):
+    """`model_declines` reads each left-padded prompt once (prompts of different lengths in one batch): a decline whose
+    first token wins the first step past the gate is a decline, at the row that gives it; below the gate's confidence
+    it never is."""
     import torch
 
     from engine.models import load_model
-    from engine.steering import CHOICE_TOKENS, DeclineGate, choose_notes
+    from engine.steering import DeclineGate, model_declines
 
     loaded = load_model(str(tiny_gpt2 if which == "gpt2" else tiny_llama), device="cpu")
     model, tokenizer = loaded.model, loaded.tokenizer
     prompts = [format_grounded(p.prompt, [q.response for q in TINY_PAIRS[i : i + 3]]) for i, p in enumerate(TINY_PAIRS[:4])]
     prompts[1] = format_grounded("Why?", ["Yes."])
-    notes = [[tokenizer(" " + n, add_special_tokens=False)["input_ids"] for n in notes_of(p)] for p in prompts]
-
-    def alone(prompt: str, ids: list[int]) -> float:
-        ids = ids[:CHOICE_TOKENS]
-        start = tokenizer(prompt, add_special_tokens=True, split_special_tokens=True)["input_ids"]
-        with torch.inference_mode():
-            logp = model(input_ids=torch.tensor([start + ids])).logits[0].float().log_softmax(-1)
-        return sum(float(logp[len(start) - 1 + j, t]) for j, t in enumerate(ids))
-
-    expected = [max(range(len(row)), key=lambda i, p=p, row=row: alone(p, row[i])) for p, row in zip(prompts, notes, strict=True)]
     tokenizer.padding_side = "left"
     batch = tokenizer(prompts, return_tensors="pt", padding=True, split_special_tokens=True)
-    never = DeclineGate(tokenizer.eos_token_id, confidence=1.1)  # the decline may never start
     with torch.inference_mode():
-        assert choose_notes(model, batch["input_ids"], batch["attention_mask"], notes, never) == expected
-        first = model(**batch).logits[:, -1].float().softmax(-1)
-    likeliest = int(first[0].argmax())  # taken as the decline's first token: it wins the first step at any confidence
-    sure = DeclineGate(likeliest, confidence=0.0)
-    with torch.inference_mode():
-        picked = choose_notes(model, batch["input_ids"], batch["attention_mask"], notes, sure)
-    assert picked[0] is None and all((pick is None) == (int(first[row].argmax()) == likeliest) for row, pick in enumerate(picked))
+        alone = [model(**tokenizer(p, return_tensors="pt", split_special_tokens=True)).logits[0, -1].float() for p in prompts]
+    likeliest = int(alone[0].argmax())  # taken as the decline's first token: it wins the first step at any confidence
+    sure, never = DeclineGate(likeliest, confidence=0.0), DeclineGate(likeliest, confidence=1.1)
+    assert model_declines(model, batch["input_ids"], batch["attention_mask"], never) == [False] * len(prompts)
+    picked = model_declines(model, batch["input_ids"], batch["attention_mask"], sure)
+    assert picked[0] and picked == [int(first.argmax()) == likeliest for first in alone]
