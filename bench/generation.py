@@ -50,8 +50,8 @@ def split_of_time(answerer, questions: list[str]) -> str:
         return "prefill/decode split: not measured (no running batch in this code)"
     import engine.generate
 
-    spent = {"join": 0.0, "step": 0.0, "choose_notes": 0.0}
-    owners = {"join": RunningBatch, "step": RunningBatch, "choose_notes": engine.generate}
+    spent = {"join": 0.0, "step": 0.0, "model_declines": 0.0}
+    owners = {"join": RunningBatch, "step": RunningBatch, "model_declines": engine.generate}
     originals = {name: getattr(owners[name], name, None) for name in spent}
 
     def timed(name):
@@ -77,8 +77,8 @@ def split_of_time(answerer, questions: list[str]) -> str:
                 setattr(owners[name], name, original)
     rest = total - sum(spent.values())
     return (
-        f"one batch's {total:.1f} s: choosing among notes (prefill + their first tokens) {spent['choose_notes']:.1f} s "
-        f"({spent['choose_notes'] / total:.0%}), prefill to decode {spent['join']:.1f} s ({spent['join'] / total:.0%}), "
+        f"one batch's {total:.1f} s: the decline (prefill) of answers taken from learnt notes {spent['model_declines']:.1f} s "
+        f"({spent['model_declines'] / total:.0%}), prefill to decode {spent['join']:.1f} s ({spent['join'] / total:.0%}), "
         f"decoding {spent['step']:.1f} s ({spent['step'] / total:.0%}), retrieval and the rest {rest:.1f} s "
         f"({rest / total:.0%})"
     )
