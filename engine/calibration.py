@@ -61,12 +61,16 @@ class Calibration:
     def to_meta(self) -> dict[str, float | None]:
         return {k: None if v is None else round(v, 4) for k, v in asdict(self).items()}
 
-    def overridden(self, min_score: float | None = None, decline_confidence: float | None = None) -> Calibration:
-        """These thresholds with the settings' overrides (QABOT_MIN_SCORE, QABOT_DECLINE_CONFIDENCE) where given."""
+    def overridden(
+        self, min_score: float | None = None, decline_confidence: float | None = None, offtopic_margin: float | None = None
+    ) -> Calibration:
+        """These thresholds with the settings' overrides (QABOT_MIN_SCORE, QABOT_DECLINE_CONFIDENCE,
+        QABOT_OFFTOPIC_MARGIN) where given."""
         return replace(
             self,
             min_score=self.min_score if min_score is None else min_score,
             decline_confidence=self.decline_confidence if decline_confidence is None else decline_confidence,
+            offtopic_margin=self.offtopic_margin if offtopic_margin is None else offtopic_margin,
         )
 
     @classmethod

@@ -259,6 +259,7 @@ def version_grounding(
     *,
     min_score: float | None = None,
     decline_confidence: float | None = None,
+    offtopic_margin: float | None = None,
 ) -> Grounding | None:
     """For a grounded version: notes from `digest` (default: the dataset it learnt); None for a plain version.
 
@@ -270,7 +271,7 @@ def version_grounding(
     digest = digest or info.meta["dataset"]["hash"]
     if not (store.datasets_dir / f"{digest}.json").is_file():
         raise ModelError(f"{info.name} answers from notes, but dataset {digest} is not in the store; /retrain or roll back")
-    calibration = Calibration.from_meta(info.meta.get("calibration")).overridden(min_score, decline_confidence)
+    calibration = Calibration.from_meta(info.meta.get("calibration")).overridden(min_score, decline_confidence, offtopic_margin)
     note_words = int(meta.get("note_words", 0))  # a version from before note heads read whole notes
     grounding = dataset_grounding(
         store, digest, int(meta["notes"]), str(meta["decline"]), calibration=calibration, note_words=note_words

@@ -42,6 +42,7 @@ def load_answerer(settings: Settings, version: str | None = None):
             store.current_digest(),
             min_score=settings.min_score,
             decline_confidence=settings.decline_confidence,
+            offtopic_margin=settings.offtopic_margin,
         ),
     )
     return answerer, info

@@ -58,6 +58,12 @@ class Settings(BaseSettings):
         le=1,
         description="Probability a grounded model must give its decline's first token to decline; unset: the version's.",
     )
+    offtopic_margin: float | None = Field(
+        default=None,
+        ge=0,
+        description="How much nearer an off-topic message than the data a question may be before it is declined; unset: "
+        "the version's, calibrated on its dataset when trained.",
+    )
     decline_text: str = Field(
         default="I don't know that yet: it isn't in what I've been taught.",
         min_length=1,

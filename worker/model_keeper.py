@@ -83,6 +83,7 @@ class ModelKeeper:
                 digest,
                 min_score=self.settings.min_score,
                 decline_confidence=self.settings.decline_confidence,
+                offtopic_margin=self.settings.offtopic_margin,
             ),
         )
         self.notes_digest = digest
