@@ -42,13 +42,13 @@ REWRITES_LOST = 0.01  # the floor may turn away at most this share of users' rew
 REWRITES_ASKED = 400  # rewrites scored at most (a few seconds of embedding)
 GATE_ASKED = 32  # questions of each kind the model reads to calibrate its decline gate (one forward pass each)
 # Users' rewrites the gate reads: the share above the threshold must be measured finely. With 32, the pebble FAQ's gate
-# came out at 0.88, which declined 10 of 180 rewrites (5.6%) and 12 of its 100 held-out questions; with 128, 0.95 and 2.
+# came out at 0.88, which declined 10 of 180 rewrites (5.6%) and 12 of its 100 held-out questions.
 GATE_ANSWERABLE = 128
 # The lowest gate calibration may choose. Users' rewrites (lower case, typos, keywords) are declined far less often than
 # paraphrases in other words, so the gate they choose is too low for the latter: on the sample's heads model a gate of
 # 0.7 declined 1 of 40 rewrites but 8 of its 60 held-out paraphrases (51/60 right); 0.9 declined none of either (58/60
-# right) and 4 fewer of its 48 unanswerable questions. Pebble's whole-note models: 0.88 gave 78/100 held-out right,
-# 0.95 86/100; its heads model declines nothing at 0.7 or above.
+# right) and 2 fewer of its 48 unanswerable questions (41 to 39). Pebble's whole-note models: 0.88 gave 78/100 held-out
+# right, 0.95 86/100; its heads model declines nothing at 0.7 or above.
 GATE_FLOOR = 0.9
 WRONG_DECLINES = 0.03  # share of answerable questions the gate may let the model decline
 
