@@ -92,10 +92,11 @@ def calibrate(pairs: list[QAPair], index: PairIndex, embedder: Embedder, *, seed
         return Calibration()
     offtopic = index.scores(embedder, list(OFF_TOPIC)).max(dim=1).values
     rewrites = [r.question for r in user_rewrites(pairs, limit=REWRITES_ASKED, seed=seed)] or [pairs[0].prompt]
-    answerable = index.scores(embedder, rewrites).max(dim=1).values
+    encoded = embedder.encode(rewrites)  # once: for the index and for the off-topic messages
+    answerable = index.scores(embedder, rewrites, encoded).max(dim=1).values
     high_offtopic = float(offtopic.quantile(FLOOR_QUANTILE))
     low_answerable = float(answerable.quantile(REWRITES_LOST))
-    nearer_offtopic = torch.tensor(offtopic_closeness(embedder, rewrites)) - answerable
+    nearer_offtopic = torch.tensor(offtopic_closeness(embedder, rewrites, encoded)) - answerable
     return Calibration(
         min_score=max(0.0, min(high_offtopic, low_answerable)),
         offtopic_quantile=high_offtopic,

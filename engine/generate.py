@@ -269,8 +269,9 @@ class Answerer:
             return []
         if self.grounding is None:
             return [_Asked(q, format_prompt(q)) for q in cleaned]
-        prompts, hits = self.grounding.prompts(cleaned, fits=self._fits)
-        near = self.grounding.offtopic_closeness(cleaned)
+        encoded = self.grounding.embedder.encode(cleaned)  # once: for the notes and for the off-topic rule
+        prompts, hits = self.grounding.prompts(cleaned, fits=self._fits, encoded=encoded)
+        near = self.grounding.offtopic_closeness(cleaned, encoded)
         return [
             _Asked(q, prompt, found, self.grounding.reason_to_decline(q, found, offtopic))
             for q, prompt, found, offtopic in zip(cleaned, prompts, hits, near, strict=True)

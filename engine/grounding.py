@@ -155,11 +155,12 @@ class Grounding:
                 found.append(word)
         return found
 
-    def offtopic_closeness(self, questions: list[str]) -> list[float | None]:
-        """Each question's similarity to the nearest off-topic message, where the off-topic rule is on."""
+    def offtopic_closeness(self, questions: list[str], encoded: Any = None) -> list[float | None]:
+        """Each question's similarity to the nearest off-topic message, where the off-topic rule is on (`encoded`:
+        the questions as the embedder gave them, when the caller has them)."""
         if self.offtopic_margin is None:
             return [None] * len(questions)
-        return offtopic_closeness(self.embedder, questions)
+        return offtopic_closeness(self.embedder, questions, encoded)
 
     def reason_to_decline(self, question: str, hits: list[Hit], offtopic: float | None = None) -> str | None:
         """Why the data cannot answer the question, judged before asking the model; None when the model should try.
@@ -182,9 +183,12 @@ class Grounding:
                 return f"the question asks for a {kind} and the answer has none"
         return echo_reason(question, answer, notes or [])
 
-    def prompts(self, questions: list[str], fits=lambda prompt: True) -> tuple[list[str], list[list[Hit]]]:
-        """Grounded prompts (the farthest notes dropped until `fits`), and the retrieved pairs each was given."""
-        hits = self.index.search(self.embedder, questions, k=self.notes)
+    def prompts(
+        self, questions: list[str], fits=lambda prompt: True, encoded: Any = None
+    ) -> tuple[list[str], list[list[Hit]]]:
+        """Grounded prompts (the farthest notes dropped until `fits`), and the retrieved pairs each was given
+        (`encoded`: the questions as the embedder gave them, when the caller has them)."""
+        hits = self.index.search(self.embedder, questions, k=self.notes, encoded=encoded)
         prompts = []
         for question, found in zip(questions, hits, strict=True):
             notes = [h.pair.response for h in reversed(found)]  # the nearest note sits next to the question

@@ -108,8 +108,10 @@ def _vectors(embedder: Any) -> Any:
     return embedder.encode(list(OFF_TOPIC))
 
 
-def offtopic_closeness(embedder: Any, questions: list[str]) -> list[float]:
-    """Each question's cosine similarity to the nearest of the off-topic messages (embedded once per embedder)."""
+def offtopic_closeness(embedder: Any, questions: list[str], encoded: Any = None) -> list[float]:
+    """Each question's cosine similarity to the nearest of the off-topic messages (embedded once per embedder).
+    `encoded`: the questions as `embedder.encode` gave them, when the caller has them already."""
     if not questions:
         return []
-    return (embedder.encode(questions) @ _vectors(embedder).T).max(dim=1).values.tolist()
+    encoded = embedder.encode(questions) if encoded is None else encoded
+    return (encoded @ _vectors(embedder).T).max(dim=1).values.tolist()

@@ -114,22 +114,26 @@ class PairIndex:
         vectors = torch.stack(rows) if rows else torch.empty(0, VIEWS, 384)
         return cls(pairs, vectors)
 
-    def scores(self, embedder: Embedder, questions: list[str]) -> torch.Tensor:
+    def scores(self, embedder: Embedder, questions: list[str], encoded: torch.Tensor | None = None) -> torch.Tensor:
         """Questions x pairs: the mean cosine similarity of each question to each pair's views, plus LEXICAL_WEIGHT
-        times the share of the question's rare words the pair holds (engine.lexical)."""
+        times the share of the question's rare words the pair holds (engine.lexical). `encoded`: the questions as
+        `embedder.encode` gave them, when the caller has them already."""
         flat = self.vectors.reshape(-1, self.vectors.shape[-1])
-        dense = (embedder.encode(questions) @ flat.T).reshape(len(questions), len(self.pairs), VIEWS).mean(-1)
+        encoded = embedder.encode(questions) if encoded is None else encoded
+        dense = (encoded @ flat.T).reshape(len(questions), len(self.pairs), VIEWS).mean(-1)
         if self._coverage is None:
             self._coverage = Coverage([f"{p.prompt} {p.response}" for p in self.pairs])
         return dense + LEXICAL_WEIGHT * self._coverage.of(questions)
 
-    def search(self, embedder: Embedder, questions: list[str], k: int = 3) -> list[list[Hit]]:
-        """The `k` nearest pairs for each question, nearest first."""
+    def search(
+        self, embedder: Embedder, questions: list[str], k: int = 3, encoded: torch.Tensor | None = None
+    ) -> list[list[Hit]]:
+        """The `k` nearest pairs for each question, nearest first (`encoded`: see `scores`)."""
         if not questions:
             return []
         if not self.pairs:
             return [[] for _ in questions]
-        scores = self.scores(embedder, questions)
+        scores = self.scores(embedder, questions, encoded)
         top = scores.topk(min(k, len(self.pairs)), dim=1)
         return [
             [Hit(self.pairs[i], float(s)) for s, i in zip(row_scores.tolist(), row_ids.tolist(), strict=True)]

@@ -245,3 +245,20 @@ def test_the_model_declines_only_where_the_declines_first_token_wins_past_the_ga
     assert model_declines(model, batch["input_ids"], batch["attention_mask"], never) == [False] * len(prompts)
     picked = model_declines(model, batch["input_ids"], batch["attention_mask"], sure)
     assert picked[0] and picked == [int(first.argmax()) == likeliest for first in alone]
+
+
+def test_a_batch_of_questions_is_embedded_once_for_its_notes_and_the_off_topic_rule(tiny_gpt2, embedder, monkeypatch):
+    from engine.generate import Answerer
+    from engine.grounding import Grounding
+    from engine.models import load_model
+
+    pairs = read_dataset(DATA_DIR / "sample.json")
+    grounding = Grounding(PairIndex.build(pairs, embedder), embedder, min_score=0.0, offtopic_margin=0.0)
+    loaded = load_model(str(tiny_gpt2), device="cpu")
+    answerer = Answerer(loaded.model, loaded.tokenizer, max_new_tokens=4, grounding=grounding)
+    questions = ["Who guards the Luminary Stone?", "what is the weather like today"]
+    encoded, encode = [], embedder.encode
+    monkeypatch.setattr(embedder, "encode", lambda texts: encoded.append(list(texts)) or encode(texts))
+    answers = answerer.answer(questions)
+    assert [texts for texts in encoded if texts == questions] == [questions]  # not a second time for the rule
+    assert answers[0].sources and "nearer a message" in (answers[1].reason or "")
