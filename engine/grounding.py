@@ -183,9 +183,7 @@ class Grounding:
                 return f"the question asks for a {kind} and the answer has none"
         return echo_reason(question, answer, notes or [])
 
-    def prompts(
-        self, questions: list[str], fits=lambda prompt: True, encoded: Any = None
-    ) -> tuple[list[str], list[list[Hit]]]:
+    def prompts(self, questions: list[str], fits=lambda prompt: True, encoded: Any = None) -> tuple[list[str], list[list[Hit]]]:
         """Grounded prompts (the farthest notes dropped until `fits`), and the retrieved pairs each was given
         (`encoded`: the questions as the embedder gave them, when the caller has them)."""
         hits = self.index.search(self.embedder, questions, k=self.notes, encoded=encoded)
