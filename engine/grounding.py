@@ -12,7 +12,8 @@ training questions and 58/60 paraphrases; so the notes are laid out as at answer
 the question, and the gold note sits there in most examples.
 
 Before the model, `Grounding.reason_to_decline` turns away what the data cannot hold: a question far from
-every pair, or one that names something the data never mentions.
+every pair, one that names something the data never mentions, or one that names something its nearest pair is not
+about.
 """
 
 from __future__ import annotations
@@ -136,24 +137,44 @@ class Grounding:
             self._rules = (english and bool(vocabulary), kinds)
         return self._rules
 
-    def unknown_names(self, question: str) -> list[str]:
-        """Names in the question that the data never mentions: capitalised words past the first, neither a word of
-        the data (nor a near-miss spelling of one) nor, in a Title Case question, a common word of the embedder's
-        English vocabulary. In a question written in sentence case a capitalised common word is a name ("the capital
-        of France"); in Title Case ("Who Protects The Stone?") capitals say nothing, so common words pass."""
-        known, common = self.vocabulary(), self.embedder.vocabulary
+    def names(self, question: str) -> list[str]:
+        """The names in a question: capitalised words past the first (three letters or more). In a question written
+        in sentence case a capitalised common word is a name ("the capital of France"); in Title Case ("Who Protects
+        The Stone?") capitals say nothing, so there only words outside the embedder's common English vocabulary are."""
+        common = self.embedder.vocabulary
         later = words(question)[1:]
         sentence_case = any(w[0].islower() for w in later if len(w) >= 3)
-        found = []
-        for word in later:
-            key = _POSSESSIVE.sub("", word.casefold())
-            if not word[0].isupper() or len(key) < 3 or key in known or word.casefold() in known:
-                continue
-            if key in common and not sentence_case:
-                continue
-            if not difflib.get_close_matches(key, known, n=1, cutoff=CLOSE_NAME):
-                found.append(word)
-        return found
+        return [
+            w
+            for w in later
+            if w[0].isupper()
+            and len(_POSSESSIVE.sub("", w.casefold())) >= 3
+            and (sentence_case or _POSSESSIVE.sub("", w.casefold()) not in common)
+        ]
+
+    def unknown_names(self, question: str) -> list[str]:
+        """Names in the question that the data never mentions: neither a word of the data nor a near-miss spelling of
+        one."""
+        known = self.vocabulary()
+        return [
+            word
+            for word in self.names(question)
+            if _POSSESSIVE.sub("", word.casefold()) not in known
+            and word.casefold() not in known
+            and not difflib.get_close_matches(_POSSESSIVE.sub("", word.casefold()), known, n=1, cutoff=CLOSE_NAME)
+        ]
+
+    def names_elsewhere(self, question: str, pair: QAPair) -> list[str]:
+        """Names in the question that the data knows but `pair` (the nearest) never mentions: the question is about
+        something else than the answer it would get ("How many people live in Port Marrowick?" nearest to "How many
+        people live in Aurelhaven?"). A near-miss spelling of a word of the pair counts as mentioned."""
+        text = {_POSSESSIVE.sub("", w.casefold()) for w in words(f"{pair.prompt} {pair.response}")}
+        return [
+            word
+            for word in self.names(question)
+            if (key := _POSSESSIVE.sub("", word.casefold())) not in text
+            and not difflib.get_close_matches(key, text, n=1, cutoff=CLOSE_NAME)
+        ]
 
     def offtopic_closeness(self, questions: list[str], encoded: Any = None) -> list[float | None]:
         """Each question's similarity to the nearest off-topic message, where the off-topic rule is on (`encoded`:
@@ -169,9 +190,12 @@ class Grounding:
             return "nothing in the data is close to the question"
         if offtopic is not None and self.offtopic_margin is not None and offtopic - hits[0].score > self.offtopic_margin:
             return "the question is nearer a message no community's data is about than to the data"
-        names = self.unknown_names(question) if self.rules_that_hold()[0] else []
-        if names:
+        if not self.rules_that_hold()[0]:
+            return None
+        if names := self.unknown_names(question):
             return f"the data never mentions {', '.join(names)}"
+        if names := self.names_elsewhere(question, hits[0].pair):
+            return f"the nearest answer in the data is not about {', '.join(names)}"
         return None
 
     def reason_to_reject(self, question: str, answer: str, notes: list[str] | None = None) -> str | None:

@@ -262,3 +262,27 @@ def test_a_batch_of_questions_is_embedded_once_for_its_notes_and_the_off_topic_r
     answers = answerer.answer(questions)
     assert [texts for texts in encoded if texts == questions] == [questions]  # not a second time for the rule
     assert answers[0].sources and "nearer a message" in (answers[1].reason or "")
+
+
+def test_a_question_about_something_its_nearest_answer_is_not_about_is_declined_before_the_model(embedder):
+    from engine.grounding import Grounding
+    from engine.retrieval import Hit
+
+    pairs = [
+        QAPair("How many people live in Aurelhaven?", "Aurelhaven is home to about 90,000 people."),
+        QAPair("Where is Port Marrowick?", "Port Marrowick lies on the eastern coast, past the salt flats."),
+        QAPair("Who rules Aurelhaven?", "Queen Isolde rules Aurelhaven from the Sunspire Palace."),
+        QAPair("What does the Ember Lantern do?", "The Ember Lantern lights the way through the Greywood."),
+    ]
+    grounding = Grounding(PairIndex.build(pairs, embedder), embedder, min_score=0.0)
+    questions = [
+        "How many people live in Port Marrowick?",  # Port Marrowick is known, its population is not
+        "How many people live in Aurelhaven?",
+        "how many people live in aurelhaven",  # no capitals: nothing to compare
+        "How many people live in Aurelhavn?",  # a typo of a word of the nearest pair
+        "Who Rules Aurelhaven?",  # Title Case: common words are not names
+    ]
+    nearest = [Hit(pairs[0], 0.8)]  # as in the sample: Aurelhaven's population is the nearest answer to each
+    reasons = [grounding.reason_to_decline(q, nearest) for q in questions]
+    assert "not about Port, Marrowick" in reasons[0]
+    assert reasons[1:] == [None] * 4
