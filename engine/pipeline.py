@@ -14,7 +14,7 @@ from typing import Any
 
 from transformers import AutoConfig
 
-from engine.calibration import Calibration, calibrate, calibrate_decline
+from engine.calibration import GATE_FLOOR, Calibration, calibrate, calibrate_decline
 from engine.formatting import count_tokens, longest_answer
 from engine.generate import Answerer
 from engine.grounding import DECLINE, Grounding, build_examples
@@ -130,7 +130,12 @@ def train_version(
         grounding = dataset_grounding(store, digest, request.config.notes, note_words=request.config.note_words)
         report(Progress("calibrating declines"))
         calibration = calibrate(pairs, grounding.index, grounding.embedder, seed=request.config.seed)
-        grounding.min_score = calibration.min_score  # the fine-tune's own evaluation declines as the version will
+        # The fine-tune's own evaluation answers as the version will: the same floor and off-topic rule, the lowest
+        # decline gate calibration may give it, and each learnt question answered by its nearest note unless the model
+        # declines (one prefill per question, not decoding it)
+        grounding.min_score, grounding.offtopic_margin = calibration.min_score, calibration.offtopic_margin
+        grounding.decline_confidence = GATE_FLOOR
+        grounding.learnt = frozenset(" ".join(p.response.split()) for p in pairs)
         examples = build_examples(
             pairs,
             grounding.index,

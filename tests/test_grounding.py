@@ -286,3 +286,22 @@ def test_a_question_about_something_its_nearest_answer_is_not_about_is_declined_
     reasons = [grounding.reason_to_decline(q, nearest) for q in questions]
     assert "not about Port, Marrowick" in reasons[0]
     assert reasons[1:] == [None] * 4
+
+
+def test_the_fine_tunes_own_evaluation_answers_as_the_released_version_does(tiny_gpt2, tmp_path):
+    """A grounded version answers a learnt question with its nearest note unless the model declines; the accuracy its
+    fine-tune reports (and early-stops on) is measured the same way, not by decoding, which a barely trained model
+    cannot yet do."""
+    from engine.evaluate import evaluate_pairs
+    from engine.pipeline import load_version, make_answerer, version_grounding
+    from engine.versions import ModelStore
+    from tests.conftest import release_tiny
+
+    store = ModelStore(tmp_path / "models")
+    data = write_pairs(tmp_path / "tiny.json", TINY_PAIRS)
+    outcome = release_tiny(store, data, tiny_gpt2, tmp_path / "cache", grounded=True, epochs=1, eval_questions=len(TINY_PAIRS))
+    reported = outcome.trained.result.metrics["recall_accuracy"]
+    info = store.current()
+    loaded, _ = load_version(store, info.name, device="cpu")
+    answerer = make_answerer(loaded, info, max_new_tokens=None, max_question_chars=500, grounding=version_grounding(store, info))
+    assert reported == evaluate_pairs(answerer, TINY_PAIRS).accuracy == 1.0
