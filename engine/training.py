@@ -17,7 +17,7 @@ from engine.callbacks import AccuracyCallback, Progress, ProgressCallback, Progr
 from engine.formatting import IGNORE_INDEX, PadCollator, longest_answer, tokenize_example, tokenize_pair
 from engine.grounding import NOTE_WORDS
 from engine.models import blocks, context_length, train_top_layers
-from engine.textformat import FALLBACK_BUDGET, answer_budget
+from engine.textformat import FALLBACK_BUDGET, answer_budget, format_answer
 from qabot.dataset import HeldoutItem, QAPair
 
 logger = logging.getLogger(__name__)
@@ -33,6 +33,10 @@ GROUNDED_TRAINED_SHARE = 0.4
 # steps, too few to learn to read notes and decline). Counted in answer tokens, not steps: a FAQ whose answers run to
 # 95 tokens learns that much in 2 epochs, where a minimum of 56 steps made it 5 epochs of 256-token examples.
 GROUNDED_MIN_ANSWER_TOKENS = 6000
+# WHOLE_ANSWERS: that minimum counts each pair's answer whole. Note heads (engine.grounding.NOTE_WORDS) cut the pebble
+# FAQ's learnt answers to a quarter, so the minimum gave it 3 epochs instead of 2, yet in two runs (2026-12-03) its
+# best evaluated epoch was the second: the third cost 25% of the fine-tune and gave nothing. Data of short answers
+# (heads are whole answers there) gets the epochs it got before.
 # Each evaluated epoch asks at most `eval_questions` training and held-out questions each, fewer for long answers:
 # generating them is what an evaluation costs (measured: the pebble FAQ's 48 + 100 questions with a 193-token budget took
 # longer than an epoch of training), so the count shrinks as the answer budget grows past EVAL_BUDGET_TOKENS.
@@ -187,6 +191,9 @@ def fine_tune(
         features = [tokenize_pair(p, tokenizer, config.max_length) for p in pairs]
     per_epoch = math.ceil(len(features) / (config.batch_size * config.gradient_accumulation))
     learnt = sum(label != IGNORE_INDEX for f in features for label in f["labels"])  # answer tokens per epoch
+    if examples is not None:  # each pair's answer counts whole, though the model learns its head (see WHOLE_ANSWERS)
+        whole = tokenizer([format_answer(p.response) for p in pairs], add_special_tokens=False)["input_ids"]
+        learnt = max(learnt, sum(len(ids) + 1 for ids in whole))  # EOS included, as in the labels
     if config.min_answer_tokens and learnt * config.epochs < config.min_answer_tokens:
         config = replace(config, epochs=float(math.ceil(config.min_answer_tokens / max(learnt, 1))))
         logger.info("%d answer tokens an epoch: %s epochs, to learn %d at least", learnt, config.epochs, config.min_answer_tokens)

@@ -136,3 +136,24 @@ def test_a_share_of_the_blocks_trains_only_the_top_ones(tiny_gpt2, tmp_path, tin
     assert torch.equal(before.get_input_embeddings().weight, after.get_input_embeddings().weight)
     with pytest.raises(ValueError, match="trained_share"):
         TrainConfig(trained_share=0)
+
+
+def test_long_answers_shown_by_their_heads_train_no_more_epochs_than_their_whole_answers_need(tiny_gpt2, tmp_path):
+    """Grounded defaults give a small dataset more epochs until it has learnt enough answer tokens; each pair's answer
+    counts whole, though the model learns only its head: long answers cut to heads are no reason to train longer."""
+    from engine.grounding import NOTE_WORDS, format_grounded, note_head
+    from engine.models import load_model
+    from engine.training import GROUNDED_EPOCHS, GROUNDED_MIN_ANSWER_TOKENS, fine_tune
+    from qabot.dataset import QAPair
+
+    loaded = load_model(str(tiny_gpt2), device="cpu")
+    tokenizer = loaded.tokenizer
+    long = " ".join(["the tower was built of stone and glass by the river"] * 12)  # well past NOTE_WORDS
+    tokens = len(tokenizer(long, add_special_tokens=False)["input_ids"])
+    pairs = [QAPair(f"What is tower {i}?", f"Tower {i}: {long}") for i in range(GROUNDED_MIN_ANSWER_TOKENS // tokens + 1)]
+    examples = [(format_grounded(p.prompt, [p.response], NOTE_WORDS), note_head(p.response, NOTE_WORDS)) for p in pairs]
+    config = TrainConfig(batch_size=64, checkpoints=False, eval_questions=0)
+    _, result = fine_tune(loaded.model, tokenizer, pairs, config=config, run_dir=tmp_path, examples=examples)
+    assert result.epochs_run == GROUNDED_EPOCHS  # the heads alone would have asked for several times more
+    heads = sum(len(tokenizer(a, add_special_tokens=False)["input_ids"]) + 1 for _, a in examples)
+    assert heads * GROUNDED_EPOCHS < GROUNDED_MIN_ANSWER_TOKENS
