@@ -5,7 +5,10 @@ same union of questions: the held-out questions that belong to the dataset being
 dataset's questions that the new dataset keeps, and the new questions. Each question counts once, so a
 few new questions cannot outvote the held-out paraphrases and the kept knowledge. Where no held-out
 question belongs to the dataset, rewrites of its training questions in users' style (lower case, a
-typo, keywords) stand in for them.
+typo, keywords) stand in for them. A grounded candidate is also asked questions it must decline: users'
+rewrites of some of its questions, with their own pair taken out of the notes (an unknown fact of a known
+subject). A grounded version answers a learnt question with its nearest note unless the model declines, so
+without them an untrained grounded model scored as well as a trained one: only the declines tell them apart.
 """
 
 from __future__ import annotations
@@ -20,17 +23,19 @@ from pathlib import Path
 from typing import Any
 
 from engine.datastore import write_atomic
-from engine.evaluate import accuracy_score, evaluate_heldout, evaluate_pairs
+from engine.evaluate import accuracy_score, evaluate_heldout, evaluate_pairs, evaluate_unanswerable
 from engine.models import free_memory, load_model
 from engine.pipeline import Base, TrainOutcome, TrainRequest, make_answerer, train_version, version_grounding
+from engine.retrieval import PairIndex
 from engine.training import Progress, ProgressFn
 from engine.versions import ModelStore, VersionInfo, read_stored
-from qabot.dataset import MAX_FIELD_CHARS, HeldoutItem, QAPair, normalize_question, read_heldout
-from qabot.rewrites import user_rewrites
+from qabot.dataset import MAX_FIELD_CHARS, HeldoutItem, QAPair, normalize_question, pair_key, read_heldout
+from qabot.rewrites import Rewrite, user_rewrites
 
 logger = logging.getLogger(__name__)
 
 GATE_SAMPLE = 96  # most questions asked from each of the kept and the new pairs, and most rewrites
+GATE_UNKNOWN = 24  # most questions asked with their own pair left out of the notes (a grounded candidate)
 HELDOUT_DIR = "heldout"  # under the store's datasets folder: held-out files narrowed to a dataset
 
 
@@ -55,14 +60,17 @@ class GateQuestions:
     heldout: list[HeldoutItem]
     rewrites: list[QAPair] = field(default_factory=list)
     left_out: int = 0
+    unknown: list[Rewrite] = field(default_factory=list)  # asked with `pair` left out of the notes: right if declined
 
     def __len__(self) -> int:
-        return len(self.kept) + len(self.new) + len(self.heldout) + len(self.rewrites)
+        return len(self.kept) + len(self.new) + len(self.heldout) + len(self.rewrites) + len(self.unknown)
 
     def describe(self) -> str:
         parts = [f"{len(self.kept)} kept", f"{len(self.new)} new", f"{len(self.heldout)} held-out"]
         if self.rewrites:
             parts.append(f"{len(self.rewrites)} rewrites in users' style")
+        if self.unknown:
+            parts.append(f"{len(self.unknown)} to decline, their answer left out of the notes")
         return f"{len(self)} questions ({', '.join(parts)}){left_out_text(self.left_out)}"
 
 
@@ -128,9 +136,12 @@ def heldout_for(pairs: list[QAPair], items: list[HeldoutItem]) -> list[HeldoutIt
     return kept
 
 
-def gate_questions(live_pairs: list[QAPair], new_pairs: list[QAPair], heldout: list[HeldoutItem], seed: int) -> GateQuestions:
+def gate_questions(
+    live_pairs: list[QAPair], new_pairs: list[QAPair], heldout: list[HeldoutItem], seed: int, *, grounded: bool = False
+) -> GateQuestions:
     """The union both models are asked: kept and new questions (sampled), the held-out items the new dataset answers,
-    or, where none does, rewrites of its questions in users' style (sampled)."""
+    or, where none does, rewrites of its questions in users' style (sampled); for a `grounded` candidate, rewrites of
+    some of its questions to be asked with their own pair left out of the notes."""
     live_questions = {normalize_question(p.prompt) for p in live_pairs}
     kept = [p for p in new_pairs if normalize_question(p.prompt) in live_questions]
     new = [p for p in new_pairs if normalize_question(p.prompt) not in live_questions]
@@ -138,6 +149,9 @@ def gate_questions(live_pairs: list[QAPair], new_pairs: list[QAPair], heldout: l
     rewrites = []
     if not belonging:
         rewrites = [QAPair(r.question, r.pair.response) for r in user_rewrites(new_pairs, limit=GATE_SAMPLE, seed=seed)]
+    unknown = []  # a quarter of the pairs at most: the rest of the data still gives each its notes
+    if grounded and (count := min(GATE_UNKNOWN, len(new_pairs) // 4)):
+        unknown = user_rewrites(new_pairs, limit=count, seed=seed + 1)
     rng = random.Random(seed)
     return GateQuestions(
         rng.sample(kept, min(GATE_SAMPLE, len(kept))),
@@ -145,7 +159,16 @@ def gate_questions(live_pairs: list[QAPair], new_pairs: list[QAPair], heldout: l
         belonging,
         rewrites,
         len(heldout) - len(belonging),
+        unknown,
     )
+
+
+def without(grounding: Any, pairs: list[QAPair]) -> Any:
+    """The grounding with these pairs taken out of its notes (its index keeps the other rows)."""
+    gone = {pair_key(p) for p in pairs}
+    rows = [i for i, p in enumerate(grounding.index.pairs) if pair_key(p) not in gone]
+    index = PairIndex([grounding.index.pairs[i] for i in rows], grounding.index.vectors[rows])
+    return replace(grounding, index=index)
 
 
 def score(
@@ -154,22 +177,26 @@ def score(
     """Load a version as the answer workers do and ask it the gate's questions; (share right, per-set accuracy)."""
     info = store.get(name)
     loaded = load_model(str(info.path), device=policy.device, dtype=policy.dtype)
-    answerer = make_answerer(  # each version answers with its own budget and thresholds, as when it is live
-        loaded,
-        info,
-        max_new_tokens=None,
-        max_question_chars=MAX_FIELD_CHARS,
-        grounding=version_grounding(store, info, digest),  # grounded models read the same notes
-    )
+    grounding = version_grounding(store, info, digest)  # grounded models read the same notes
+    answerer = _answerer(loaded, info, grounding)
     reports = [evaluate_pairs(answerer, questions.kept, name="kept"), evaluate_pairs(answerer, questions.new, name="new")]
     reports.append(evaluate_heldout(answerer, questions.heldout, name="heldout"))
     reports.append(evaluate_pairs(answerer, questions.rewrites, name="rewrites"))
+    if questions.unknown:  # a plain version cannot decline: it gets none of them right
+        if grounding is not None:
+            answerer = _answerer(loaded, info, without(grounding, [r.pair for r in questions.unknown]))
+        reports.append(evaluate_unanswerable(answerer, [r.question for r in questions.unknown], name="unknown"))
     del loaded, answerer
     free_memory()
     asked = sum(len(r.items) for r in reports)
     right = sum(sum(i.correct for i in r.items) for r in reports)
     metrics = {f"{r.name}_accuracy": round(r.accuracy, 4) for r in reports if r.items}
     return (right / asked if asked else 0.0), metrics
+
+
+def _answerer(loaded: Any, info: VersionInfo, grounding: Any) -> Any:
+    """A version's answerer with its own budget and thresholds, as when it is live."""
+    return make_answerer(loaded, info, max_new_tokens=None, max_question_chars=MAX_FIELD_CHARS, grounding=grounding)
 
 
 def eval_data_for(request: TrainRequest, live: VersionInfo | None) -> Path | None:
@@ -239,7 +266,7 @@ def release(
     new = trained.version
     report(Progress("comparing"))
     live_pairs = read_stored(Path(live.meta["dataset"]["path"])) if live and _has_dataset(live) else []
-    questions = gate_questions(live_pairs, pairs, items, request.config.seed)
+    questions = gate_questions(live_pairs, pairs, items, request.config.seed, grounded=request.config.grounded)
     digest = new.meta["dataset"]["hash"]
     on = questions.describe()
     if live is None and policy.promote:  # nothing to compare with: the fine-tune's own evaluation is the score

@@ -156,3 +156,26 @@ def test_pairs_added_while_a_candidate_trains_are_carried_onto_its_dataset(tiny_
     _add(store, during)  # as if /addqa ran while the candidate trained
     store.promote(candidate.version.name)
     assert store.current_pairs() == [*TINY_PAIRS[:3], during]
+
+
+def test_a_grounded_candidate_is_also_asked_what_it_must_decline(tiny_gpt2, tiny_data, tmp_path):
+    """A grounded version answers a learnt question with its nearest note unless the model declines, so the gate also
+    asks users' rewrites of some of its questions with their own pair taken out of the notes: right only if declined."""
+    from engine.grounding import Grounding
+    from engine.release import without
+    from engine.retrieval import Embedder, PairIndex
+
+    questions = gate_questions(LIVE, LIVE, [], seed=1, grounded=True)
+    assert len(questions.unknown) == 24 and "24 to decline, their answer left out of the notes" in questions.describe()
+    assert gate_questions(LIVE, LIVE, [], seed=1).unknown == []  # a plain candidate: nothing it could decline
+    embedder = Embedder()
+    left = without(Grounding(PairIndex.build(LIVE[:40], embedder), embedder), [r.pair for r in questions.unknown])
+    asked = [r for r in questions.unknown if r.pair in LIVE[:40]]
+    hits = left.index.search(embedder, [r.question for r in asked], k=3)
+    assert asked and all(r.pair not in [h.pair for h in found] for r, found in zip(asked, hits, strict=True))
+
+    store = ModelStore(tmp_path / "models")
+    release_tiny(store, tiny_data, tiny_gpt2, tmp_path / "cache", grounded=True, epochs=4)
+    second = release_tiny(store, tiny_data, tiny_gpt2, tmp_path / "cache", grounded=True, epochs=4)
+    assert "2 to decline, their answer left out of the notes" in second.reason, second.reason
+    assert "unknown_accuracy" in second.metrics and "unknown_accuracy" in second.live_metrics
