@@ -165,16 +165,20 @@ class Grounding:
         ]
 
     def names_elsewhere(self, question: str, pair: QAPair) -> list[str]:
-        """Names in the question that the data knows but `pair` (the nearest) never mentions: the question is about
-        something else than the answer it would get ("How many people live in Port Marrowick?" nearest to "How many
-        people live in Aurelhaven?"). A near-miss spelling of a word of the pair counts as mentioned."""
+        """The question's names, when `pair` (the nearest) mentions none of them: the question is about something else
+        than the answer it would get ("How many people live in Port Marrowick?" nearest to "How many people live in
+        Aurelhaven?"). A near-miss spelling of a word of the pair counts as mentioned. One name mentioned is enough: a
+        name many pairs share (the world's, the product's: "Eldoria" is in 36 of the sample's 160 pairs) is often
+        added to a question ("In Eldoria, who guards the Luminary Stone?") whose answer does not repeat it."""
         text = {_POSSESSIVE.sub("", w.casefold()) for w in words(f"{pair.prompt} {pair.response}")}
-        return [
+        names = self.names(question)
+        missing = [
             word
-            for word in self.names(question)
+            for word in names
             if (key := _POSSESSIVE.sub("", word.casefold())) not in text
             and not difflib.get_close_matches(key, text, n=1, cutoff=CLOSE_NAME)
         ]
+        return missing if len(missing) == len(names) else []
 
     def offtopic_closeness(self, questions: list[str], encoded: Any = None) -> list[float | None]:
         """Each question's similarity to the nearest off-topic message, where the off-topic rule is on (`encoded`:

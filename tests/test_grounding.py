@@ -273,6 +273,7 @@ def test_a_question_about_something_its_nearest_answer_is_not_about_is_declined_
         QAPair("Where is Port Marrowick?", "Port Marrowick lies on the eastern coast, past the salt flats."),
         QAPair("Who rules Aurelhaven?", "Queen Isolde rules Aurelhaven from the Sunspire Palace."),
         QAPair("What does the Ember Lantern do?", "The Ember Lantern lights the way through the Greywood."),
+        QAPair("How many moons does Eldoria have?", "Eldoria has two moons."),
     ]
     grounding = Grounding(PairIndex.build(pairs, embedder), embedder, min_score=0.0)
     questions = [
@@ -281,11 +282,12 @@ def test_a_question_about_something_its_nearest_answer_is_not_about_is_declined_
         "how many people live in aurelhaven",  # no capitals: nothing to compare
         "How many people live in Aurelhavn?",  # a typo of a word of the nearest pair
         "Who Rules Aurelhaven?",  # Title Case: common words are not names
+        "In Eldoria, how many people live in Aurelhaven?",  # one name its answer holds is enough
     ]
     nearest = [Hit(pairs[0], 0.8)]  # as in the sample: Aurelhaven's population is the nearest answer to each
     reasons = [grounding.reason_to_decline(q, nearest) for q in questions]
     assert "not about Port, Marrowick" in reasons[0]
-    assert reasons[1:] == [None] * 4
+    assert reasons[1:] == [None] * 5
 
 
 def test_the_fine_tunes_own_evaluation_answers_as_the_released_version_does(tiny_gpt2, tmp_path):
