@@ -164,9 +164,11 @@ def gate_questions(
 
 
 def without(grounding: Any, pairs: list[QAPair]) -> Any:
-    """The grounding with these pairs taken out of its notes (its index keeps the other rows)."""
+    """The grounding with these pairs, and any other pair with the same answer, taken out of its notes (its index
+    keeps the other rows)."""
     gone = {pair_key(p) for p in pairs}
-    rows = [i for i, p in enumerate(grounding.index.pairs) if pair_key(p) not in gone]
+    answers = {_fold(p.response) for p in pairs}
+    rows = [i for i, p in enumerate(grounding.index.pairs) if pair_key(p) not in gone and _fold(p.response) not in answers]
     index = PairIndex([grounding.index.pairs[i] for i in rows], grounding.index.vectors[rows])
     return replace(grounding, index=index)
 

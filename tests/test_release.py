@@ -169,10 +169,13 @@ def test_a_grounded_candidate_is_also_asked_what_it_must_decline(tiny_gpt2, tiny
     assert len(questions.unknown) == 24 and "24 to decline, their answer left out of the notes" in questions.describe()
     assert gate_questions(LIVE, LIVE, [], seed=1).unknown == []  # a plain candidate: nothing it could decline
     embedder = Embedder()
-    left = without(Grounding(PairIndex.build(LIVE[:40], embedder), embedder), [r.pair for r in questions.unknown])
+    same_answer = [QAPair(f"Which warden watches gate {i}?", p.response) for i, p in enumerate(LIVE[:40])]  # reworded
+    notes = Grounding(PairIndex.build([*LIVE[:40], *same_answer], embedder), embedder)
+    left = without(notes, [r.pair for r in questions.unknown])
     asked = [r for r in questions.unknown if r.pair in LIVE[:40]]
     hits = left.index.search(embedder, [r.question for r in asked], k=3)
-    assert asked and all(r.pair not in [h.pair for h in found] for r, found in zip(asked, hits, strict=True))
+    given = [[h.pair.response for h in found] for found in hits]
+    assert asked and all(r.pair.response not in answers for r, answers in zip(asked, given, strict=True))
 
     store = ModelStore(tmp_path / "models")
     release_tiny(store, tiny_data, tiny_gpt2, tmp_path / "cache", grounded=True, epochs=4)
