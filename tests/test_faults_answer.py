@@ -140,15 +140,18 @@ def test_a_slow_batch_is_split_so_no_question_fails_for_its_neighbours(slow_home
     log = tmp_path / "worker.log"
     client = QueueClient(Settings(home=slow_home, redis_url=redis_url, answer_wait=120, answer_timeout=8))
     queue = Queue(ANSWER_QUEUE, connection=client.connection)
-    # 600 tokens: the whole batch takes about 3 s here, well inside its 8 s (a single answer stays inside it on a
-    # loaded machine too), so only the stop below makes it late; at 300 (1.5 s) a quick run had ended the batch before
-    # the stop came, and nothing was split
-    worker = start_worker(slow_home, redis_url, log, max_new_tokens="600")
+    # 1200 tokens: the whole batch takes 2 to 6 s on this project's machines, inside its 8 s (a single answer stays
+    # inside it on a loaded machine too), so only the stop below makes it late. The stop waits half a second after
+    # the worker took the questions: stopped at once, it was once stopped before the batch's clock started (the
+    # batch then ran its 1 s after the stop, on time, and nothing was split); at 300 tokens a quick run had ended the
+    # batch before the stop came
+    worker = start_worker(slow_home, redis_url, log, max_new_tokens="1200")
     try:
         wait_until(lambda: client.live_answer_workers(), 60, "the worker registers", log)
         jobs = [client.enqueue_answer(q) for q in QUESTIONS]
         results, waiter = ask_in_threads(client, jobs)
         wait_until(lambda: queue.count == 0, 60, "the worker takes the whole batch", log)
+        time.sleep(0.5)  # the batch is in the model
         worker.send_signal(signal.SIGSTOP)  # as if other work took the CPU: the batch outlives its time limit
         time.sleep(9)
         worker.send_signal(signal.SIGCONT)
