@@ -15,6 +15,7 @@ __all__ = [
     "IGNORE_INDEX",
     "STOP_TEXT",
     "PadCollator",
+    "answer_lengths",
     "count_tokens",
     "format_answer",
     "format_prompt",
@@ -47,13 +48,18 @@ def tokenize_example(prompt: str, answer: str, tokenizer: Any, max_length: int) 
     return {"input_ids": input_ids, "labels": labels, "attention_mask": [1] * len(input_ids)}
 
 
-def longest_answer(tokenizer: Any, answers: Iterable[str], chunk: int = 4096) -> int:
-    """The longest of the answers in tokens as the model produces them (formatted, EOS included); 0 for none."""
-    answers, longest = list(answers), 0
+def answer_lengths(tokenizer: Any, answers: Iterable[str], chunk: int = 4096) -> list[int]:
+    """Each answer's length in tokens as the model produces it (formatted, EOS included)."""
+    answers, lengths = list(answers), []
     for start in range(0, len(answers), chunk):
         ids = tokenizer([format_answer(a) for a in answers[start : start + chunk]], add_special_tokens=False)["input_ids"]
-        longest = max(longest, *(len(i) + 1 for i in ids))
-    return longest
+        lengths += [len(i) + 1 for i in ids]
+    return lengths
+
+
+def longest_answer(tokenizer: Any, answers: Iterable[str], chunk: int = 4096) -> int:
+    """The longest of the answers in tokens as the model produces them (formatted, EOS included); 0 for none."""
+    return max(answer_lengths(tokenizer, answers, chunk), default=0)
 
 
 def count_tokens(tokenizer: Any) -> Any:

@@ -67,6 +67,22 @@ def words(text: str) -> list[str]:
     return _WORD.findall(text)
 
 
+def _key(word: str) -> str:
+    """A word as names are compared: casefolded, without a possessive ending."""
+    return _POSSESSIVE.sub("", word.casefold())
+
+
+def _mentioned(word: str, known: set[str]) -> bool:
+    """A word of `known` (casefolded words), or a near-miss spelling of one."""
+    key = _key(word)
+    return key in known or word.casefold() in known or bool(difflib.get_close_matches(key, known, n=1, cutoff=CLOSE_NAME))
+
+
+def learnt_answers(pairs: list[QAPair]) -> frozenset[str]:
+    """The answers a version was fine-tuned on, whitespace folded (`Grounding.learnt`)."""
+    return frozenset(" ".join(p.response.split()) for p in pairs)
+
+
 def note_head(note: str, note_words: int = 0) -> str:
     """A note's first `note_words` words (whitespace folded); the whole note for 0."""
     kept = note.split()
@@ -144,25 +160,13 @@ class Grounding:
         common = self.embedder.vocabulary
         later = words(question)[1:]
         sentence_case = any(w[0].islower() for w in later if len(w) >= 3)
-        return [
-            w
-            for w in later
-            if w[0].isupper()
-            and len(_POSSESSIVE.sub("", w.casefold())) >= 3
-            and (sentence_case or _POSSESSIVE.sub("", w.casefold()) not in common)
-        ]
+        return [w for w in later if w[0].isupper() and len(key := _key(w)) >= 3 and (sentence_case or key not in common)]
 
     def unknown_names(self, question: str) -> list[str]:
         """Names in the question that the data never mentions: neither a word of the data nor a near-miss spelling of
         one."""
         known = self.vocabulary()
-        return [
-            word
-            for word in self.names(question)
-            if _POSSESSIVE.sub("", word.casefold()) not in known
-            and word.casefold() not in known
-            and not difflib.get_close_matches(_POSSESSIVE.sub("", word.casefold()), known, n=1, cutoff=CLOSE_NAME)
-        ]
+        return [word for word in self.names(question) if not _mentioned(word, known)]
 
     def names_elsewhere(self, question: str, pair: QAPair) -> list[str]:
         """The question's names, when `pair` (the nearest) mentions none of them: the question is about something else
@@ -170,14 +174,9 @@ class Grounding:
         Aurelhaven?"). A near-miss spelling of a word of the pair counts as mentioned. One name mentioned is enough: a
         name many pairs share (the world's, the product's: "Eldoria" is in 36 of the sample's 160 pairs) is often
         added to a question ("In Eldoria, who guards the Luminary Stone?") whose answer does not repeat it."""
-        text = {_POSSESSIVE.sub("", w.casefold()) for w in words(f"{pair.prompt} {pair.response}")}
+        text = {_key(w) for w in words(f"{pair.prompt} {pair.response}")}
         names = self.names(question)
-        missing = [
-            word
-            for word in names
-            if (key := _POSSESSIVE.sub("", word.casefold())) not in text
-            and not difflib.get_close_matches(key, text, n=1, cutoff=CLOSE_NAME)
-        ]
+        missing = [word for word in names if not _mentioned(word, text)]
         return missing if len(missing) == len(names) else []
 
     def offtopic_closeness(self, questions: list[str], encoded: Any = None) -> list[float | None]:

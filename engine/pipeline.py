@@ -17,7 +17,7 @@ from transformers import AutoConfig
 from engine.calibration import GATE_FLOOR, Calibration, calibrate, calibrate_decline
 from engine.formatting import count_tokens, longest_answer
 from engine.generate import Answerer
-from engine.grounding import DECLINE, Grounding, build_examples
+from engine.grounding import DECLINE, Grounding, build_examples, learnt_answers
 from engine.models import LoadedModel, context_length, free_memory, load_model, load_tokenizer, resolve_source, special_tokens
 from engine.plots import plot_training
 from engine.retrieval import Embedder, ensure_index
@@ -135,7 +135,7 @@ def train_version(
         # declines (one prefill per question, not decoding it)
         grounding.min_score, grounding.offtopic_margin = calibration.min_score, calibration.offtopic_margin
         grounding.decline_confidence = GATE_FLOOR
-        grounding.learnt = frozenset(" ".join(p.response.split()) for p in pairs)
+        grounding.learnt = learnt_answers(pairs)
         examples = build_examples(
             pairs,
             grounding.index,
@@ -283,7 +283,7 @@ def version_grounding(
     )
     learnt = store.datasets_dir / f"{info.meta['dataset']['hash']}.json"
     if learnt.is_file():  # the answers it was fine-tuned on: among those it chooses (engine.grounding.Grounding.learnt)
-        grounding.learnt = frozenset(" ".join(p.response.split()) for p in read_dataset(learnt))
+        grounding.learnt = learnt_answers(read_dataset(learnt))
     return grounding
 
 

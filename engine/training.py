@@ -14,10 +14,10 @@ import torch
 from transformers import PrinterCallback, Trainer, TrainingArguments, set_seed
 
 from engine.callbacks import AccuracyCallback, Progress, ProgressCallback, ProgressFn
-from engine.formatting import IGNORE_INDEX, PadCollator, longest_answer, tokenize_example, tokenize_pair
+from engine.formatting import IGNORE_INDEX, PadCollator, answer_lengths, longest_answer, tokenize_example, tokenize_pair
 from engine.grounding import NOTE_WORDS
 from engine.models import blocks, context_length, train_top_layers
-from engine.textformat import FALLBACK_BUDGET, answer_budget, format_answer
+from engine.textformat import FALLBACK_BUDGET, answer_budget
 from qabot.dataset import HeldoutItem, QAPair
 
 logger = logging.getLogger(__name__)
@@ -192,8 +192,7 @@ def fine_tune(
     per_epoch = math.ceil(len(features) / (config.batch_size * config.gradient_accumulation))
     learnt = sum(label != IGNORE_INDEX for f in features for label in f["labels"])  # answer tokens per epoch
     if examples is not None:  # each pair's answer counts whole, though the model learns its head (see WHOLE_ANSWERS)
-        whole = tokenizer([format_answer(p.response) for p in pairs], add_special_tokens=False)["input_ids"]
-        learnt = max(learnt, sum(len(ids) + 1 for ids in whole))  # EOS included, as in the labels
+        learnt = max(learnt, sum(answer_lengths(tokenizer, (p.response for p in pairs))))
     if config.min_answer_tokens and learnt * config.epochs < config.min_answer_tokens:
         config = replace(config, epochs=float(math.ceil(config.min_answer_tokens / max(learnt, 1))))
         logger.info("%d answer tokens an epoch: %s epochs, to learn %d at least", learnt, config.epochs, config.min_answer_tokens)
