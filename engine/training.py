@@ -14,7 +14,15 @@ import torch
 from transformers import PrinterCallback, Trainer, TrainingArguments, set_seed
 
 from engine.callbacks import AccuracyCallback, Progress, ProgressCallback, ProgressFn
-from engine.formatting import IGNORE_INDEX, PadCollator, answer_lengths, longest_answer, tokenize_example, tokenize_pair
+from engine.formatting import (
+    IGNORE_INDEX,
+    AnswerCollator,
+    answer_lengths,
+    longest_answer,
+    tail_loss,
+    tokenize_example,
+    tokenize_pair,
+)
 from engine.grounding import NOTE_WORDS
 from engine.models import blocks, context_length, train_top_layers
 from engine.textformat import FALLBACK_BUDGET, answer_budget
@@ -220,7 +228,8 @@ def fine_tune(
         model=model,
         args=_training_args(config, run_dir / "checkpoints", steps, device),
         train_dataset=features,
-        data_collator=PadCollator(tokenizer.pad_token_id),
+        data_collator=AnswerCollator(tokenizer.pad_token_id),
+        compute_loss_func=tail_loss,
         callbacks=[ProgressCallback(report), accuracy],
     )
     trainer.remove_callback(PrinterCallback)

@@ -157,3 +157,43 @@ def test_long_answers_shown_by_their_heads_train_no_more_epochs_than_their_whole
     assert result.epochs_run == GROUNDED_EPOCHS  # the heads alone would have asked for several times more
     heads = sum(len(tokenizer(a, add_special_tokens=False)["input_ids"]) + 1 for _, a in examples)
     assert heads * GROUNDED_EPOCHS < GROUNDED_MIN_ANSWER_TOKENS
+
+
+def test_training_scores_the_vocabulary_only_where_answers_are_learnt_with_the_models_own_loss(tiny_model):
+    """A batch of unequal prompts and answers: the training batch keeps logits for its last columns only (where every
+    answer lies once padded on the left), and gives the same loss and gradients as the model's own loss on the
+    right-padded batch, on absolute (GPT-2) and rotary (Llama) positions."""
+    import torch
+
+    from engine.formatting import AnswerCollator, PadCollator, tail_loss, tokenize_example
+    from engine.models import load_model
+
+    loaded = load_model(str(tiny_model), device="cpu", dtype="float32")
+    model, tokenizer = loaded.model, loaded.tokenizer
+    model.eval()  # no dropout: both losses see the same network (gradients flow all the same)
+    examples = [
+        ("Note: Elara guards the Luminary Stone in the Sanctum.\nQuestion: Who guards the stone?\nAnswer:", "Elara."),
+        ("Question: Where is it?\nAnswer:", "In the Sanctum of Veyra, below the old tower of the first keepers."),
+        ("Note: Seren is the larger moon.\nQuestion: moon?\nAnswer:", "I don't know."),
+    ]
+    features = [tokenize_example(prompt, answer, tokenizer, 256) for prompt, answer in examples]
+
+    def loss_and_grads(compute):
+        model.zero_grad()
+        loss = compute()
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+    right = PadCollator(tokenizer.pad_token_id)(features)
+    own, own_grads = loss_and_grads(lambda: model(**right).loss)
+    batch = AnswerCollator(tokenizer.pad_token_id)(features)
+    labels = batch.pop("labels")
+    longest = right["input_ids"].shape[1]
+    learnt = max(sum(x != -100 for x in f["labels"]) for f in features)
+    assert batch["logits_to_keep"] == learnt + 1 < longest  # the prompts' columns are not scored
+    outputs = model(**batch)
+    assert outputs.logits.shape[:2] == (3, learnt + 1)
+    tail, tail_grads = loss_and_grads(lambda: tail_loss(model(**batch), labels))
+    assert torch.allclose(tail, own, rtol=1e-4)
+    for a, b in zip(own_grads, tail_grads, strict=True):
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-6)
