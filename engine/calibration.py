@@ -31,6 +31,7 @@ import torch
 from engine.grounding import DECLINE_CONFIDENCE, MIN_SCORE, Grounding, decline_token, fitted_prompt
 from engine.offtopic import OFF_TOPIC, offtopic_closeness
 from engine.retrieval import Embedder, PairIndex
+from engine.steering import first_logits
 from qabot.dataset import QAPair
 from qabot.rewrites import user_rewrites
 
@@ -106,17 +107,15 @@ def calibrate(pairs: list[QAPair], index: PairIndex, embedder: Embedder, *, seed
 
 
 def decline_probabilities(model: Any, tokenizer: Any, prompts: list[str], token_id: int, batch: int = 8) -> list[float]:
-    """The probability a model gives `token_id` as the first token of its answer to each grounded prompt."""
-    import torch
-
+    """The probability a model gives `token_id` as the first token of its answer to each grounded prompt, read as the
+    answer path reads it (engine.steering.first_logits: a left-padded row gets the positions it gets alone)."""
     tokenizer.padding_side = "left"
     device = next(model.parameters()).device
     found: list[float] = []
-    with torch.inference_mode():
-        for start in range(0, len(prompts), batch):
-            encoded = tokenizer(prompts[start : start + batch], return_tensors="pt", padding=True, split_special_tokens=True)
-            logits = model(**encoded.to(device)).logits[:, -1, :].float()
-            found += logits.softmax(-1)[:, token_id].tolist()
+    for start in range(0, len(prompts), batch):
+        encoded = tokenizer(prompts[start : start + batch], return_tensors="pt", padding=True, split_special_tokens=True)
+        logits = first_logits(model, encoded["input_ids"].to(device), encoded["attention_mask"].to(device))
+        found += logits.softmax(-1)[:, token_id].tolist()
     return found
 
 

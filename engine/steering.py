@@ -98,10 +98,15 @@ class DeclineGate(LogitsProcessor):
 
 
 @torch.inference_mode()  # whoever calls it: no autograd graph
-def model_declines(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, gate: DeclineGate) -> list[bool]:
-    """For each left-padded prompt, whether the model declines: the decline's first token wins its first step past the
-    gate. One prefill, keeping the last position's logits only."""
+def first_logits(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The logits of each left-padded prompt's answer's first token: one prefill, positions counted from each prompt's
+    first real token (as when decoding it), the vocabulary scored at the last position only."""
     positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=False, logits_to_keep=1)
-    first = out.logits[:, -1, :].float()
-    return (gate.gate(first).argmax(dim=-1) == gate.token_id).tolist()
+    return out.logits[:, -1, :].float()
+
+
+def model_declines(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, gate: DeclineGate) -> list[bool]:
+    """For each left-padded prompt, whether the model declines: the decline's first token wins its first step past the
+    gate."""
+    return (gate.gate(first_logits(model, input_ids, attention_mask)).argmax(dim=-1) == gate.token_id).tolist()

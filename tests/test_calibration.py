@@ -87,3 +87,22 @@ def test_english_rules_do_not_apply_to_a_german_dataset(embedder):
     question = "Wie lange dauert die Installation auf einem Raspberry?"  # capitalised nouns are not unknown names
     hits = grounding.index.search(embedder, [question])[0]
     assert grounding.reason_to_decline(question, hits) is None
+
+
+def test_the_gate_is_calibrated_on_the_probabilities_the_answer_path_reads(tiny_model):
+    """Calibration reads the decline's probability in left-padded batches: each prompt, batched beside a longer one,
+    must get what it gets alone, as on the answer path (on GPT-2's absolute positions a padded row read shifted
+    positions, so the gate was chosen on probabilities that answering never sees)."""
+    from engine.calibration import decline_probabilities
+    from engine.models import load_model
+
+    loaded = load_model(str(tiny_model), device="cpu", dtype="float32")
+    prompts = [
+        "Note: Elara guards the Luminary Stone.\nQuestion: who guards it\nAnswer:",
+        "Note: The Luminary Stone is kept inside the Sanctum of Veyra, below the old tower.\nNote: Seren is the larger "
+        "moon.\nQuestion: Where is the Luminary Stone kept, and who keeps it?\nAnswer:",
+    ]
+    token = loaded.tokenizer(" I", add_special_tokens=False)["input_ids"][0]
+    together = decline_probabilities(loaded.model, loaded.tokenizer, prompts, token)
+    alone = [decline_probabilities(loaded.model, loaded.tokenizer, [p], token)[0] for p in prompts]
+    assert together == pytest.approx(alone, rel=1e-4, abs=1e-7)
