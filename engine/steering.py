@@ -106,6 +106,7 @@ def first_logits(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tens
     return out.logits[:, -1, :].float()
 
 
+@torch.inference_mode()
 def model_declines(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, gate: DeclineGate) -> list[bool]:
     """For each left-padded prompt, whether the model declines: the decline's first token wins its first step past the
     gate."""
