@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from engine.textformat import STOP_TEXT, format_answer, format_prompt
+from engine.textformat import QUESTION_START, STOP_TEXT, format_answer, format_prompt
 from qabot.dataset import QAPair
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "STOP_TEXT",
     "AnswerCollator",
     "PadCollator",
+    "PromptTokens",
     "answer_lengths",
     "count_tokens",
     "format_answer",
@@ -129,3 +130,81 @@ def tail_loss(outputs: Any, labels: torch.Tensor, num_items_in_batch: Any = None
     loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="sum")
     count = num_items_in_batch if num_items_in_batch is not None else (targets != IGNORE_INDEX).sum()
     return loss / count
+
+
+class PromptTokens:
+    """Prompts' token ids for answering, each question tokenised once: when it is checked (`question`).
+
+    A grounded prompt is its notes' lines, then the question's `Question: ...\nAnswer:`. Its ids are the notes' ids
+    (kept: the same notes come back question after question) followed by the question's, where this tokenizer gives
+    the same ids for the two parts as for the whole text. A new line always ends a byte-level BPE pre-token (GPT-2,
+    SmolLM2), so there it does; a SentencePiece tokenizer puts a space before a text's first word, so there it does
+    not, and each prompt is tokenised whole. Which of the two holds is checked once, on a probe. Special-token strings
+    in a question are plain text, never control tokens. Ids are kept until their batch is built (`batch`).
+    """
+
+    KEPT = 4096  # prompts, questions and notes kept at most (checked but never asked: a longer variant that did not fit)
+    PROBE = ("Note: The stone is kept in the old tower, by the sea.\nNote: x\n", "Question: where's the stone?\nAnswer:")
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self._questions: dict[str, list[int]] = {}  # a question's prompt -> its ids, without special tokens
+        self._notes: dict[str, list[int]] = {}  # notes' lines -> their ids, with the special tokens a text starts with
+        self._ids: dict[str, list[int]] = {}  # prompts tokenised by a check, until their batch is built
+        self.tokenised = 0  # texts given to the tokenizer
+        notes, question = self.PROBE
+        self.joins = all(
+            self._tokenize(lines + question) == self._tokenize(lines) + self._tokenize(question, first=False)
+            for lines in (notes, "")
+        )
+        self.tokenised = 0  # the probe aside
+
+    def _tokenize(self, text: str, *, first: bool = True) -> list[int]:
+        self.tokenised += 1
+        return self.tokenizer(text, add_special_tokens=first, split_special_tokens=True)["input_ids"]
+
+    @staticmethod
+    def _keep(store: dict[str, list[int]], key: str, ids: list[int]) -> list[int]:
+        if len(store) >= PromptTokens.KEPT:
+            store.clear()
+        store[key] = ids
+        return ids
+
+    def question(self, question: str) -> int:
+        """The length in tokens of a question's prompt (`format_prompt`), kept for the grounded prompts built on it."""
+        prompt = format_prompt(question)
+        if not self.joins:
+            return len(self.ids(prompt))
+        ids = self._questions.get(prompt) or self._keep(self._questions, prompt, self._tokenize(prompt, first=False))
+        return len(self._lines("")) + len(ids)
+
+    def _lines(self, lines: str) -> list[int]:
+        return self._notes.get(lines) or self._keep(self._notes, lines, self._tokenize(lines))
+
+    def _joined(self, prompt: str) -> list[int] | None:
+        """A prompt's ids from its notes' and its checked question's, or None (not joinable, or not checked)."""
+        start = prompt.rfind(QUESTION_START) if self.joins else -1
+        while start >= 0:  # a question may itself hold "Question: ": its prompt starts at an earlier one
+            question = self._questions.get(prompt[start:])
+            if question is not None and (start == 0 or prompt[start - 1] == "\n"):
+                return self._lines(prompt[:start]) + question
+            start = prompt.rfind(QUESTION_START, 0, start)
+        return None
+
+    def ids(self, prompt: str) -> list[int]:
+        """A prompt's token ids, kept until its batch is built."""
+        if (found := self._ids.get(prompt)) is None:
+            found = self._keep(self._ids, prompt, self._joined(prompt) or self._tokenize(prompt))
+        return found
+
+    def batch(self, prompts: list[str], pad_token_id: int) -> dict[str, torch.Tensor]:
+        """Prompts as a left-padded batch of token ids (a prompt asked twice in one batch is tokenised once too)."""
+        known: dict[str, list[int]] = {}
+        for text in prompts:
+            if text not in known:
+                known[text] = self._ids.pop(text, None) or self._joined(text) or self._tokenize(text)
+        rows = [known[text] for text in prompts]
+        width = max(len(row) for row in rows)
+        ids = torch.tensor([[pad_token_id] * (width - len(row)) + row for row in rows], dtype=torch.long)
+        mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in rows], dtype=torch.long)
+        return {"input_ids": ids, "attention_mask": mask}

@@ -13,7 +13,7 @@ from transformers import BatchEncoding, StoppingCriteriaList, StopStringCriteria
 
 from engine.answers import Answer, Sampling, StopReason, picker
 from engine.decoding import RunningBatch, generate_whole, supports_pruned_decoding
-from engine.formatting import STOP_TEXT, format_prompt, longest_answer
+from engine.formatting import STOP_TEXT, PromptTokens, format_prompt, longest_answer
 from engine.grounding import decline_token
 from engine.models import context_length
 from engine.steering import DeclineGate, NoteSnap, answer_ids, model_declines
@@ -81,7 +81,7 @@ class Answerer:
         self._stopping: StoppingCriteriaList | None = None
         self._decline_token: tuple[str, int] | None = None  # the decline text and its first token, looked up once
         self.context = context_length(model.config)
-        self._ids: dict[str, list[int]] = {}  # prompts tokenised by a check, until their batch is built
+        self.tokens = PromptTokens(tokenizer)  # prompts' ids, from the length checks to their batch
 
     @property
     def max_new_tokens(self) -> int:
@@ -103,38 +103,18 @@ class Answerer:
         return self.context - min(self.max_new_tokens, self.context // 2)
 
     def _encode(self, texts: list[str]) -> Any:
-        """Prompts as a left-padded batch of token ids (each prompt tokenised once: by the length checks, or here)."""
-        known: dict[str, list[int]] = {}
-        for text in texts:  # a prompt asked twice in one batch is tokenised once too
-            if text not in known:
-                known[text] = self._ids.pop(text, None) or self._tokenize(text)
-        rows = [known[text] for text in texts]
-        width = max(len(row) for row in rows)
+        """Prompts as a left-padded batch of token ids (each question tokenised once: engine.formatting.PromptTokens)."""
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
-        ids = torch.tensor([[pad] * (width - len(row)) + row for row in rows], dtype=torch.long)
-        mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in rows], dtype=torch.long)
-        return BatchEncoding({"input_ids": ids, "attention_mask": mask})
-
-    def _tokenize(self, prompt: str) -> list[int]:
-        """A prompt's token ids; special-token strings in a question are plain text, never control tokens."""
-        return self.tokenizer(prompt, add_special_tokens=True, split_special_tokens=True)["input_ids"]
-
-    def _token_ids(self, prompt: str) -> list[int]:
-        """A prompt's token ids, kept until its batch is built (`_encode` takes them)."""
-        if (found := self._ids.get(prompt)) is None:
-            if len(self._ids) >= 4096:  # prompts checked but never asked (a longer variant that did not fit)
-                self._ids.clear()
-            found = self._ids[prompt] = self._tokenize(prompt)
-        return found
+        return BatchEncoding(self.tokens.batch(texts, pad))
 
     def _fits(self, prompt: str) -> bool:
         """A prompt leaves the answer its budget in the model's context."""
-        return len(self._token_ids(prompt)) <= self.question_tokens
+        return len(self.tokens.ids(prompt)) <= self.question_tokens
 
     def prepare(self, question: str) -> str:
         """The question as the model will see it, or QuestionError (empty, too long in characters or in tokens)."""
         text = check_question(question, self.max_question_chars)
-        length = len(self._token_ids(format_prompt(text)) if self.grounding is None else self._tokenize(format_prompt(text)))
+        length = self.tokens.question(text)
         if length > self.question_tokens:
             raise QuestionError(
                 f"Your question is too long for this model ({length} tokens, the limit is {self.question_tokens}); "

@@ -23,9 +23,12 @@ MIN_BUDGET = 16
 FALLBACK_BUDGET = 64  # for a version trained before budgets were stored, when no dataset is at hand to measure
 
 
+QUESTION_START = "Question: "
+
+
 def format_prompt(question: str) -> str:
     """The text the model sees before it answers."""
-    return f"Question: {question.strip()}\nAnswer:"
+    return f"{QUESTION_START}{question.strip()}\nAnswer:"
 
 
 def format_answer(answer: str) -> str:

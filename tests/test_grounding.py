@@ -307,3 +307,58 @@ def test_the_fine_tunes_own_evaluation_answers_as_the_released_version_does(tiny
     loaded, _ = load_version(store, info.name, device="cpu")
     answerer = make_answerer(loaded, info, max_new_tokens=None, max_question_chars=500, grounding=version_grounding(store, info))
     assert reported == evaluate_pairs(answerer, TINY_PAIRS).accuracy == 1.0
+
+
+def test_each_question_is_tokenised_once_and_its_prompt_gets_the_ids_of_the_whole_text(tiny_model, embedder):
+    """A grounded question is counted for the length check and then given its notes: its text reaches the tokenizer
+    once, and the prompt's ids, built from the notes' and the question's, are those of the whole prompt."""
+    from engine.formatting import PromptTokens
+    from engine.generate import Answerer
+    from engine.grounding import Grounding
+    from engine.models import load_model
+    from qabot.dataset import read_heldout
+    from qabot.questions import clean_question
+
+    loaded = load_model(str(tiny_model), device="cpu")
+    pairs = read_dataset(DATA_DIR / "faq.json")
+    grounding = Grounding(PairIndex.build(pairs, embedder), embedder, min_score=0.0, note_words=NOTE_WORDS)
+    answerer = Answerer(loaded.model, loaded.tokenizer, max_new_tokens=4, grounding=grounding)
+    seen: list[str] = []
+
+    class Counting:
+        def __call__(self, text, **kwargs):
+            seen.append(text)
+            return loaded.tokenizer(text, **kwargs)
+
+    answerer.tokens.tokenizer = Counting()
+    asked = [*(h.question for h in read_heldout(DATA_DIR / "faq.heldout.json")[:6]), "what about Question: x?"]
+    answers = answerer.answer(asked)
+    questions = [clean_question(q) for q in asked]  # as the model reads them (a "Question:" marker is neutralised)
+    assert len(answers) == len(questions) and answerer.tokens.joins
+    for question in questions:
+        assert sum(question in text for text in seen) == 1, question
+    prompts, _ = grounding.prompts(questions)
+    tokens = PromptTokens(loaded.tokenizer)
+    whole = [loaded.tokenizer(p, split_special_tokens=True)["input_ids"] for p in prompts]
+    assert [tokens.question(q) for q in questions] == [
+        len(loaded.tokenizer(f"Question: {q}\nAnswer:", split_special_tokens=True)["input_ids"]) for q in questions
+    ]
+    assert [tokens.ids(p) for p in prompts] == whole
+
+
+def test_a_tokenizer_that_cannot_join_prompt_parts_tokenises_each_prompt_whole():
+    """SentencePiece puts a space before a text's first word: joined parts would differ from the whole prompt."""
+    from tokenizers import SentencePieceBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    from engine.formatting import PromptTokens
+
+    pairs = read_dataset(DATA_DIR / "sample.json")
+    trainer = SentencePieceBPETokenizer()
+    trainer.train_from_iterator([f"{p.prompt} {p.response}" for p in pairs], vocab_size=400, show_progress=False)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=trainer, eos_token="</s>", pad_token="</s>")
+    tokens = PromptTokens(tokenizer)
+    assert not tokens.joins
+    prompt = format_grounded("Who guards the Luminary Stone?", [pairs[0].response, pairs[1].response])
+    tokens.question("Who guards the Luminary Stone?")
+    assert tokens.ids(prompt) == tokenizer(prompt, split_special_tokens=True)["input_ids"]
