@@ -21,6 +21,7 @@ lint:
 
 bench: install  ## benchmarks; figures are printed with their ratio to the baseline
 	$(PYTHON) -m bench.finetune_speed
+	$(PYTHON) -m bench.train_step
 	$(PYTHON) -m bench.quality --home $${QABOT_BENCH_HOME:-/tmp/qabot-bench-home}
 	QABOT_HOME=$${QABOT_BENCH_HOME:-/tmp/qabot-bench-home}/sample $(PYTHON) -m bench.generation
 	QABOT_HOME=$${QABOT_BENCH_HOME:-/tmp/qabot-bench-home}/sample $(PYTHON) -m bench.queue
