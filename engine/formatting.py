@@ -107,9 +107,18 @@ class AnswerCollator:
 
     pad_token_id: int
 
+    @staticmethod
+    def fits(model: Any) -> bool:
+        """Whether a model's forward pass takes `logits_to_keep` and `position_ids` (every causal LM of transformers
+        5; a model of its own code may not, and trains on PadCollator and its own loss)."""
+        import inspect
+
+        params = inspect.signature(model.forward).parameters
+        return "logits_to_keep" in params and "position_ids" in params
+
     def __call__(self, features: list[dict[str, list[int]]]) -> dict[str, Any]:
         longest = max(len(f["input_ids"]) for f in features)
-        learnt = max(len(f["labels"]) - next(i for i, x in enumerate(f["labels"]) if x != IGNORE_INDEX) for f in features)
+        learnt = max(len(f["labels"]) - next((i for i, x in enumerate(f["labels"]) if x != IGNORE_INDEX), 0) for f in features)
         batch: dict[str, list[list[int]]] = {"input_ids": [], "attention_mask": [], "labels": [], "position_ids": []}
         for f in features:
             pad = longest - len(f["input_ids"])

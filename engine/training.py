@@ -17,6 +17,7 @@ from engine.callbacks import AccuracyCallback, Progress, ProgressCallback, Progr
 from engine.formatting import (
     IGNORE_INDEX,
     AnswerCollator,
+    PadCollator,
     answer_lengths,
     longest_answer,
     tail_loss,
@@ -204,6 +205,7 @@ def fine_tune(
     if config.min_answer_tokens and learnt * config.epochs < config.min_answer_tokens:
         config = replace(config, epochs=float(math.ceil(config.min_answer_tokens / max(learnt, 1))))
         logger.info("%d answer tokens an epoch: %s epochs, to learn %d at least", learnt, config.epochs, config.min_answer_tokens)
+    tail = AnswerCollator.fits(model)  # the vocabulary scored only where answers are learnt (see AnswerCollator)
     if config.lora:
         from peft import LoraConfig, get_peft_model
 
@@ -228,8 +230,8 @@ def fine_tune(
         model=model,
         args=_training_args(config, run_dir / "checkpoints", steps, device),
         train_dataset=features,
-        data_collator=AnswerCollator(tokenizer.pad_token_id),
-        compute_loss_func=tail_loss,
+        data_collator=AnswerCollator(tokenizer.pad_token_id) if tail else PadCollator(tokenizer.pad_token_id),
+        compute_loss_func=tail_loss if tail else None,
         callbacks=[ProgressCallback(report), accuracy],
     )
     trainer.remove_callback(PrinterCallback)

@@ -197,3 +197,27 @@ def test_training_scores_the_vocabulary_only_where_answers_are_learnt_with_the_m
     assert torch.allclose(tail, own, rtol=1e-4)
     for a, b in zip(own_grads, tail_grads, strict=True):
         assert torch.allclose(a, b, rtol=1e-3, atol=1e-6)
+
+
+def test_a_model_whose_forward_lacks_logits_to_keep_still_fine_tunes_on_its_own_loss(tiny_gpt2, tmp_path):
+    """Any causal LM: one with its own forward (no `logits_to_keep` or `position_ids`) trains on right-padded batches
+    and the model's own loss, and learns."""
+    from transformers import GPT2LMHeadModel
+
+    from engine.formatting import AnswerCollator
+    from engine.models import load_model
+    from engine.training import fine_tune
+
+    class OwnForward(GPT2LMHeadModel):
+        def forward(self, input_ids=None, attention_mask=None, labels=None, **kwargs):
+            if self.training and {"logits_to_keep", "position_ids"} & kwargs.keys():
+                raise TypeError("forward() got an unexpected keyword argument")  # as a model of its own code would
+            return super().forward(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
+
+    loaded = load_model(str(tiny_gpt2), device="cpu", dtype="float32")
+    model = OwnForward.from_pretrained(str(tiny_gpt2))
+    assert AnswerCollator.fits(loaded.model) and not AnswerCollator.fits(model)
+    config = TrainConfig(**{**TINY_CONFIG, "epochs": 8})
+    _, result = fine_tune(model, loaded.tokenizer, TINY_PAIRS, config=config, run_dir=tmp_path / "run")
+    losses = [e["loss"] for e in result.log_history if "loss" in e]
+    assert losses[-1] < 0.75 * losses[0]
