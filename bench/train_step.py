@@ -49,7 +49,6 @@ def main() -> None:
     starts = [round(i * (len(features) - size) / args.batches) for i in range(args.batches + 1)]  # short to long
     batches = [features[start : start + size] for start in starts]
     right, ours = PadCollator(tokenizer.pad_token_id), AnswerCollator(tokenizer.pad_token_id)
-    torch.manual_seed(0)
 
     def own(chunk) -> torch.Tensor:
         return model(**right(chunk)).loss

@@ -10,7 +10,6 @@ a model with other layers (sliding windows, recurrent state) decodes each batch 
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Hashable
 from typing import Any
 
@@ -18,25 +17,25 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from engine.models import forward_takes
+
 Stop = Callable[[Hashable, list[int]], bool]
 Pick = Callable[[torch.Tensor], torch.Tensor]
 
 
 def supports_pruned_decoding(model: Any) -> bool:
     """Decoder-only models with a standard dynamic KV cache and `logits_to_keep`."""
-    params = inspect.signature(model.forward).parameters
     config = model.config
     return (
         not getattr(config, "is_encoder_decoder", False)
         and not getattr(model, "_is_stateful", False)
-        and "logits_to_keep" in params
-        and "position_ids" in params
+        and forward_takes(model, "logits_to_keep", "position_ids")
     )
 
 
 def cache_keyword(model: Any) -> str:
     """Newer transformers call the KV cache argument `cache`; earlier 5.x releases `past_key_values`."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return "cache" if forward_takes(model, "cache") else "past_key_values"
 
 
 def _pad_left(tensor: torch.Tensor, width: int, dim: int) -> torch.Tensor:

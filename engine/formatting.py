@@ -111,10 +111,9 @@ class AnswerCollator:
     def fits(model: Any) -> bool:
         """Whether a model's forward pass takes `logits_to_keep` and `position_ids` (every causal LM of transformers
         5; a model of its own code may not, and trains on PadCollator and its own loss)."""
-        import inspect
+        from engine.models import forward_takes
 
-        params = inspect.signature(model.forward).parameters
-        return "logits_to_keep" in params and "position_ids" in params
+        return forward_takes(model, "logits_to_keep", "position_ids")
 
     def __call__(self, features: list[dict[str, list[int]]]) -> dict[str, Any]:
         longest = max(len(f["input_ids"]) for f in features)
@@ -160,16 +159,13 @@ class PromptTokens:
         self._questions: dict[str, list[int]] = {}  # a question's prompt -> its ids, without special tokens
         self._notes: dict[str, list[int]] = {}  # notes' lines -> their ids, with the special tokens a text starts with
         self._ids: dict[str, list[int]] = {}  # prompts tokenised by a check, until their batch is built
-        self.tokenised = 0  # texts given to the tokenizer
         notes, question = self.PROBE
         self.joins = all(
             self._tokenize(lines + question) == self._tokenize(lines) + self._tokenize(question, first=False)
             for lines in (notes, "")
         )
-        self.tokenised = 0  # the probe aside
 
     def _tokenize(self, text: str, *, first: bool = True) -> list[int]:
-        self.tokenised += 1
         return self.tokenizer(text, add_special_tokens=first, split_special_tokens=True)["input_ids"]
 
     @staticmethod
@@ -200,10 +196,14 @@ class PromptTokens:
             start = prompt.rfind(QUESTION_START, 0, start)
         return None
 
+    def _fresh(self, prompt: str) -> list[int]:
+        """A prompt's ids not kept by a check: joined where it can be, else the whole prompt tokenised."""
+        return self._joined(prompt) or self._tokenize(prompt)
+
     def ids(self, prompt: str) -> list[int]:
         """A prompt's token ids, kept until its batch is built."""
         if (found := self._ids.get(prompt)) is None:
-            found = self._keep(self._ids, prompt, self._joined(prompt) or self._tokenize(prompt))
+            found = self._keep(self._ids, prompt, self._fresh(prompt))
         return found
 
     def batch(self, prompts: list[str], pad_token_id: int) -> dict[str, torch.Tensor]:
@@ -211,7 +211,7 @@ class PromptTokens:
         known: dict[str, list[int]] = {}
         for text in prompts:
             if text not in known:
-                known[text] = self._ids.pop(text, None) or self._joined(text) or self._tokenize(text)
+                known[text] = self._ids.pop(text, None) or self._fresh(text)
         rows = [known[text] for text in prompts]
         width = max(len(row) for row in rows)
         ids = torch.tensor([[pad_token_id] * (width - len(row)) + row for row in rows], dtype=torch.long)

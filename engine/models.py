@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import logging
 import os
 import shutil
@@ -144,6 +145,12 @@ def free_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def forward_takes(model: Any, *names: str) -> bool:
+    """Whether a model's forward pass takes each of these keyword arguments by name."""
+    params = inspect.signature(model.forward).parameters
+    return all(name in params for name in names)
 
 
 def context_length(config: Any) -> int:
