@@ -12,8 +12,10 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from engine.evaluate import accuracy_score, answer_loss, evaluate_sets
+from engine.evaluate import accuracy_score, answer_loss, evaluate_sets, examples_loss
 from engine.generate import Answerer
+from engine.grounding import note_head
+from engine.models import context_length
 from engine.textformat import FALLBACK_BUDGET
 from qabot.dataset import MAX_FIELD_CHARS, HeldoutItem, QAPair
 
@@ -116,14 +118,23 @@ class AccuracyCallback(TrainerCallback):
         )
         try:
             metrics = evaluate_sets(answerer, self.recall, self.heldout)
-            if self.heldout:
-                with_answers = [QAPair(i.question, i.answer) for i in self.heldout if i.answer]
-                if with_answers:
-                    loss = answer_loss(model, self.tokenizer, with_answers, max_length=self.config.max_length)
-                    metrics["heldout_loss"] = round(loss, 4)
+            with_answers = [QAPair(i.question, i.answer) for i in self.heldout if i.answer]
+            if with_answers:
+                metrics["heldout_loss"] = round(self.heldout_loss(model, with_answers), 4)
         finally:
             model.train(was_training)
         return metrics
+
+    def heldout_loss(self, model: Any, pairs: list[QAPair]) -> float:
+        """The loss on held-out questions' answers as the model learns and gives them: a grounded model's with the notes
+        it is given when answering, on the head of the answer it learnt (plain prompts and whole answers made its
+        held-out curve a loss of something it was never taught, far above its training loss)."""
+        if self.grounding is None:
+            return answer_loss(model, self.tokenizer, pairs, max_length=self.config.max_length)
+        prompts, _ = self.grounding.prompts([p.prompt for p in pairs])
+        learnt = [note_head(p.response, self.grounding.note_words) for p in pairs]
+        limit = max(self.config.max_length, context_length(model.config))  # as its training examples (engine.training)
+        return examples_loss(model, self.tokenizer, list(zip(prompts, learnt, strict=True)), max_length=limit)
 
     def restore_best(self, model: Any) -> dict[str, float]:
         if self.best_state is not None:

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
-from engine.formatting import PadCollator, tokenize_pair
+from engine.formatting import PadCollator, format_prompt, tokenize_example
 from engine.generate import Answer, Answerer, StopReason
 from qabot.dataset import HeldoutItem, QAPair
 from qabot.errors import QuestionError
@@ -162,13 +162,21 @@ def evaluate_unanswerable(
 
 
 def answer_loss(model, tokenizer, pairs: Sequence[QAPair], *, batch_size: int = 16, max_length: int = 256) -> float:
-    """Mean cross-entropy over answer tokens (teacher-forced), the validation loss."""
+    """Mean cross-entropy over answer tokens (teacher-forced) of plain `Question: ...` prompts, the validation loss."""
+    examples = [(format_prompt(p.prompt), p.response) for p in pairs]
+    return examples_loss(model, tokenizer, examples, batch_size=batch_size, max_length=max_length)
+
+
+def examples_loss(model, tokenizer, examples: Sequence[tuple[str, str]], *, batch_size: int = 16, max_length: int = 256) -> float:
+    """Mean cross-entropy over the answer tokens of formatted (prompt, answer) examples, teacher-forced: a grounded
+    version's are its notes and the question, and the answer it learnt (engine.grounding)."""
     collate = PadCollator(tokenizer.pad_token_id)
     device = next(model.parameters()).device
     total, count = 0.0, 0
     with torch.inference_mode():
-        for chunk in _batched(pairs, batch_size):
-            batch = {k: v.to(device) for k, v in collate([tokenize_pair(p, tokenizer, max_length) for p in chunk]).items()}
+        for chunk in _batched(examples, batch_size):
+            features = [tokenize_example(prompt, answer, tokenizer, max_length) for prompt, answer in chunk]
+            batch = {k: v.to(device) for k, v in collate(features).items()}
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
             labels = batch["labels"][:, 1:]
             losses = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), labels, ignore_index=-100, reduction="sum")

@@ -362,3 +362,35 @@ def test_a_tokenizer_that_cannot_join_prompt_parts_tokenises_each_prompt_whole()
     prompt = format_grounded("Who guards the Luminary Stone?", [pairs[0].response, pairs[1].response])
     tokens.question("Who guards the Luminary Stone?")
     assert tokens.ids(prompt) == tokenizer(prompt, split_special_tokens=True)["input_ids"]
+
+
+def test_a_grounded_fine_tunes_held_out_loss_is_the_loss_of_what_it_learnt_given_its_notes(tiny_gpt2, tmp_path, tiny_heldout):
+    """The held-out loss a grounded fine-tune logs (and plots beside its training loss, engine.plots) is measured as the
+    model answers: the notes retrieval gives each held-out question, then the answer head it learnt. It was the loss of
+    whole answers to bare questions, something a grounded model is never taught, so its curve sat above the training
+    loss whatever the model learnt."""
+    from engine.evaluate import answer_loss, examples_loss
+    from engine.grounding import note_head
+    from engine.models import context_length
+    from engine.pipeline import load_version, version_grounding
+    from engine.versions import ModelStore
+    from qabot.dataset import QAPair, read_heldout
+    from tests.conftest import release_tiny
+
+    store = ModelStore(tmp_path / "models")
+    data = write_pairs(tmp_path / "tiny.json", TINY_PAIRS)
+    outcome = release_tiny(
+        store, data, tiny_gpt2, tmp_path / "cache", grounded=True, epochs=60, eval_from_epoch=60, eval_data=tiny_heldout
+    )
+    logged = [e["heldout_loss"] for e in outcome.trained.result.log_history if "heldout_loss" in e]
+    assert len(logged) == 1  # the last epoch's, whose weights are the version's
+    info = store.current()
+    loaded, _ = load_version(store, info.name, device="cpu")
+    grounding = version_grounding(store, info)
+    held = read_heldout(tiny_heldout)
+    prompts, _ = grounding.prompts([h.question for h in held])
+    learnt = [(prompt, note_head(h.answer, grounding.note_words)) for prompt, h in zip(prompts, held, strict=True)]
+    limit = context_length(loaded.model.config)
+    assert logged[0] == pytest.approx(examples_loss(loaded.model, loaded.tokenizer, learnt, max_length=limit), abs=1e-3)
+    bare = answer_loss(loaded.model, loaded.tokenizer, [QAPair(h.question, h.answer) for h in held])
+    assert abs(logged[0] - bare) > 0.05  # what it logged before: whole answers to bare questions
