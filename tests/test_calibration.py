@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.calibration import calibrate
+from engine.calibration import Calibration, calibrate
 from engine.grounding import Grounding
 from engine.retrieval import Embedder, PairIndex
 from qabot.dataset import QAPair, read_dataset, read_heldout
@@ -17,11 +17,24 @@ def embedder() -> Embedder:
     return Embedder()
 
 
+@pytest.fixture(scope="module")
+def calibrated(embedder):
+    """Each example dataset's pairs, index and calibration, built once for the module's tests."""
+    found = {}
+
+    def get(data: str) -> tuple[list[QAPair], PairIndex, Calibration]:
+        if data not in found:
+            pairs = read_dataset(DATA_DIR / f"{data}.json")
+            index = PairIndex.build(pairs, embedder)
+            found[data] = (pairs, index, calibrate(pairs, index, embedder))
+        return found[data]
+
+    return get
+
+
 @pytest.mark.parametrize("data", ["sample", "faq"])
-def test_each_dataset_gets_a_floor_that_lets_its_users_wording_through(embedder, data):
-    pairs = read_dataset(DATA_DIR / f"{data}.json")
-    index = PairIndex.build(pairs, embedder)
-    calibration = calibrate(pairs, index, embedder)
+def test_each_dataset_gets_a_floor_that_lets_its_users_wording_through(embedder, calibrated, data):
+    _, index, calibration = calibrated(data)
     grounding = Grounding(index, embedder, min_score=calibration.min_score)
     heldout = [h.question for h in read_heldout(DATA_DIR / f"{data}.heldout.json")]
     floored = [q for q, hits in zip(heldout, index.search(embedder, heldout), strict=True) if hits[0].score < grounding.min_score]
@@ -32,12 +45,10 @@ def test_each_dataset_gets_a_floor_that_lets_its_users_wording_through(embedder,
 @pytest.mark.parametrize(
     ("data", "message"), [("faq", "bitcoin price today"), ("sample", "How many planets are in our solar system?")]
 )
-def test_a_message_nearer_off_topic_chatter_than_the_data_is_declined_before_the_model(embedder, data, message):
+def test_a_message_nearer_off_topic_chatter_than_the_data_is_declined_before_the_model(embedder, calibrated, data, message):
     """Off-topic messages that score above the floor (they share a word or two with the data) are declined when an
     off-topic message is nearer them than anything in the data; the margin is calibrated so users' wording passes."""
-    pairs = read_dataset(DATA_DIR / f"{data}.json")
-    index = PairIndex.build(pairs, embedder)
-    calibration = calibrate(pairs, index, embedder)
+    _, index, calibration = calibrated(data)
     assert calibration.offtopic_margin is not None and calibration.offtopic_margin >= 0
     grounding = Grounding(index, embedder, min_score=calibration.min_score, offtopic_margin=calibration.offtopic_margin)
     hits = index.search(embedder, [message])[0]
@@ -53,11 +64,8 @@ def test_a_message_nearer_off_topic_chatter_than_the_data_is_declined_before_the
     assert len(turned) <= 0.02 * len(heldout), turned
 
 
-def test_floors_differ_with_the_data(embedder):
-    floors = {}
-    for data in ("sample", "faq"):
-        pairs = read_dataset(DATA_DIR / f"{data}.json")
-        floors[data] = calibrate(pairs, PairIndex.build(pairs, embedder), embedder).min_score
+def test_floors_differ_with_the_data(calibrated):
+    floors = {data: calibrated(data)[2].min_score for data in ("sample", "faq")}
     assert floors["sample"] - floors["faq"] > 0.03, floors  # one constant would fit one of them only
 
 
