@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
-from engine.formatting import PadCollator, format_prompt, tokenize_example
+from engine.formatting import IGNORE_INDEX, AnswerCollator, PadCollator, format_prompt, tail_loss, tokenize_example
 from engine.generate import Answer, Answerer, StopReason
 from qabot.dataset import HeldoutItem, QAPair
 from qabot.errors import QuestionError
@@ -169,19 +169,26 @@ def answer_loss(model, tokenizer, pairs: Sequence[QAPair], *, batch_size: int = 
 
 def examples_loss(model, tokenizer, examples: Sequence[tuple[str, str]], *, batch_size: int = 16, max_length: int = 256) -> float:
     """Mean cross-entropy over the answer tokens of formatted (prompt, answer) examples, teacher-forced: a grounded
-    version's are its notes and the question, and the answer it learnt (engine.grounding)."""
-    collate = PadCollator(tokenizer.pad_token_id)
+    version's are its notes and the question, and the answer it learnt (engine.grounding). The vocabulary is scored
+    only in the answers' columns where the model allows it (engine.formatting.AnswerCollator: a grounded batch's full
+    logits ran to about a gigabyte)."""
+    tail = AnswerCollator.fits(model)
+    collate = AnswerCollator(tokenizer.pad_token_id) if tail else PadCollator(tokenizer.pad_token_id)
     device = next(model.parameters()).device
     total, count = 0.0, 0
     with torch.inference_mode():
         for chunk in _batched(examples, batch_size):
-            features = [tokenize_example(prompt, answer, tokenizer, max_length) for prompt, answer in chunk]
-            batch = {k: v.to(device) for k, v in collate(features).items()}
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
-            labels = batch["labels"][:, 1:]
-            losses = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), labels, ignore_index=-100, reduction="sum")
-            total += losses.item()
-            count += int((labels != -100).sum())
+            batch = collate([tokenize_example(prompt, answer, tokenizer, max_length) for prompt, answer in chunk])
+            labels = batch.pop("labels")
+            outputs = model(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()})
+            if tail:
+                total += tail_loss(outputs, labels, num_items_in_batch=1).item()  # the sum over answer tokens
+            else:
+                logits, targets = outputs.logits[:, :-1].float(), labels[:, 1:].to(device)
+                total += torch.nn.functional.cross_entropy(
+                    logits.transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="sum"
+                ).item()
+            count += int((labels != IGNORE_INDEX).sum())
     return total / max(count, 1)
 
 
