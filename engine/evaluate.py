@@ -172,8 +172,7 @@ def examples_loss(model, tokenizer, examples: Sequence[tuple[str, str]], *, batc
     version's are its notes and the question, and the answer it learnt (engine.grounding). The vocabulary is scored
     only in the answers' columns where the model allows it (engine.formatting.AnswerCollator: a grounded batch's full
     logits ran to about a gigabyte)."""
-    tail = AnswerCollator.fits(model)
-    collate = AnswerCollator(tokenizer.pad_token_id) if tail else PadCollator(tokenizer.pad_token_id)
+    collate = AnswerCollator(tokenizer.pad_token_id) if AnswerCollator.fits(model) else PadCollator(tokenizer.pad_token_id)
     device = next(model.parameters()).device
     total, count = 0.0, 0
     with torch.inference_mode():
@@ -181,13 +180,7 @@ def examples_loss(model, tokenizer, examples: Sequence[tuple[str, str]], *, batc
             batch = collate([tokenize_example(prompt, answer, tokenizer, max_length) for prompt, answer in chunk])
             labels = batch.pop("labels")
             outputs = model(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()})
-            if tail:
-                total += tail_loss(outputs, labels, num_items_in_batch=1).item()  # the sum over answer tokens
-            else:
-                logits, targets = outputs.logits[:, :-1].float(), labels[:, 1:].to(device)
-                total += torch.nn.functional.cross_entropy(
-                    logits.transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="sum"
-                ).item()
+            total += tail_loss(outputs, labels, num_items_in_batch=1).item()  # the sum over answer tokens (any logits kept)
             count += int((labels != IGNORE_INDEX).sum())
     return total / max(count, 1)
 
