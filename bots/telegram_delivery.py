@@ -1,23 +1,40 @@
-"""Telegram messages the bot sends of its own accord (bots.delivery: fine-tune outcomes, admins' answers, alerts),
-and the command menus it sets at start."""
+"""How the Telegram bot sends: replies split at Telegram's limit, the messages it sends of its own accord
+(bots.delivery: fine-tune outcomes, admins' answers, alerts), and the command menus it sets at start."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 
-from telegram import BotCommand, BotCommandScopeChat, BotCommandScopeDefault
+from telegram import BotCommand, BotCommandScopeChat, BotCommandScopeDefault, Message
 from telegram.error import TelegramError
 from telegram.ext import Application, ContextTypes
 
 from bots.commands import ADMIN, PUBLIC
 from bots.core import BotCore
 from bots.delivery import Delivery
+from bots.split import split_message
+from qabot.shapes import ReplyTo
 
 logger = logging.getLogger(__name__)
 
 MESSAGE_LIMIT = 4096
 PLATFORM = "telegram"
+
+
+def core_of(context: ContextTypes.DEFAULT_TYPE) -> BotCore:
+    return context.application.bot_data["core"]
+
+
+async def reply(message: Message, text: str) -> list[Message]:
+    """Reply to a message, split at Telegram's length limit; the messages sent."""
+    return [await message.reply_text(part, do_quote=True) for part in split_message(text, MESSAGE_LIMIT)]
+
+
+def reply_to(message: Message) -> ReplyTo:
+    """Where a job's outcome goes back to: this message, its chat and its sender."""
+    user = message.from_user.id if message.from_user else message.chat_id
+    return ReplyTo(PLATFORM, str(user), str(message.chat_id), str(message.message_id))
 
 
 class TelegramDelivery(Delivery):

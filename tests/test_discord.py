@@ -11,7 +11,7 @@ import pytest
 from bots.commands import ADMIN as ADMIN_COMMANDS
 from bots.commands import COMMANDS
 from bots.core import REFUSAL
-from bots.discord_bot import MESSAGE_LIMIT
+from bots.discord_delivery import MESSAGE_LIMIT
 from tests.conftest import TINY_PAIRS
 from tests.fake_discord import ADMIN_ROLE_ID, CHANNEL_ID, OTHER_CHANNEL_ID, discord_bot_on_fake
 from tests.test_telegram import long_answer_version, stack, store_of  # noqa: F401 - the shared worker stack fixture

@@ -18,7 +18,8 @@ from redis import Redis
 from bots.core import REFUSAL
 from bots.feedback import ALREADY_REPORTED, HOW_TO_FLAG
 from bots.render import PASSED_ON, REPORTED, render_notice
-from bots.telegram_bot import NO_PRIVATE_CHAT, NOT_AN_ANSWER, SENT_PRIVATELY
+from bots.telegram_admin import NO_PRIVATE_CHAT, SENT_PRIVATELY
+from bots.telegram_bot import NOT_AN_ANSWER
 from engine.versions import ModelStore
 from qabot import inbox
 from qabot.settings import Settings

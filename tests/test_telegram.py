@@ -17,7 +17,8 @@ from redis import Redis
 from bots.commands import ADMIN as ADMIN_COMMANDS
 from bots.commands import PUBLIC
 from bots.core import APOLOGY, HELP_TEXT, REFUSAL, BotCore
-from bots.telegram_bot import MESSAGE_LIMIT, build_application
+from bots.telegram_bot import build_application
+from bots.telegram_delivery import MESSAGE_LIMIT
 from engine.models import load_model
 from engine.versions import ModelStore
 from qabot.dataset import QAPair
