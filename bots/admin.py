@@ -11,19 +11,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from bots.render import (
-    CHAT_HINTS,
-    InboxHints,
-    render_added,
-    render_find,
-    render_forgotten,
-    render_inbox,
-    render_inbox_answer,
-    render_inbox_dismiss,
-    render_models,
-    render_status,
-    render_undone,
-)
+from bots.render import render_added, render_forgotten, render_models, render_status, render_undone
+from bots.render_inbox import CHAT_HINTS, InboxHints, render_find, render_inbox, render_inbox_answer, render_inbox_dismiss
 from qabot.errors import AnswerTimeout, JobFailed, ServiceUnavailable
 from qabot.shapes import (
     ExportResult,

@@ -16,7 +16,8 @@ from typing import Any
 from bots.admin import AdminCommands
 from bots.commands import admin_help, help_text
 from bots.feedback import HOW_TO_FLAG, WRONG, Notify, Reply, deliver_notices
-from bots.render import CHAT_HINTS, render_declined, render_progress, render_result
+from bots.render import render_declined, render_progress, render_result
+from bots.render_inbox import CHAT_HINTS
 from qabot.errors import AnswerTimeout, Busy, JobFailed, ServiceUnavailable, TrainingBusy
 from qabot.health import BOT_BEAT_TTL_S, beat, bot_service
 from qabot.settings import Settings
@@ -91,7 +92,7 @@ class BotCore(AdminCommands):
         self.delivery_poll = DELIVERY_POLL_SECONDS
         self.following: set[str] = set()  # fine-tunes this bot reports itself, live
         self.platform: str | None = None  # set with `alert` by the platform's wiring
-        self.hints = CHAT_HINTS  # Discord's wiring escapes Markdown in user text (bots.render.InboxHints.escape)
+        self.hints = CHAT_HINTS  # Discord's wiring escapes Markdown in user text (bots.render_inbox.InboxHints.escape)
         self.alert: Alert | None = None  # tells the admins that no answer worker runs
         self.how_to_flag = HOW_TO_FLAG  # the reply to a bare "wrong" (Discord's wiring: react with 👎)
         self._alerts: set[asyncio.Task] = set()

@@ -16,7 +16,7 @@ from bots.core import ADMIN_HELP, HELP_TEXT, BotCore
 from bots.discord_admin import register_admin
 from bots.discord_delivery import MESSAGE_LIMIT, NO_MENTIONS, PLATFORM, DiscordDelivery, send_followup
 from bots.feedback import REPORT_APOLOGY, Reply, remember, report_wrong
-from bots.render import CHAT_HINTS
+from bots.render_inbox import CHAT_HINTS
 from bots.split import split_message
 from qabot.settings import Settings
 

@@ -20,7 +20,7 @@ def data_find(
     limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=20, help="Pairs shown.")] = 5,
 ) -> None:
     """The pairs nearest to the words (the index the answers use), numbered as in the dataset, with where each came from."""
-    from bots.render import CLI_HINTS, render_find
+    from bots.render_inbox import CLI_HINTS, render_find
     from worker.admin import find_pairs
 
     console.print(render_find(find_pairs(" ".join(words), limit), CLI_HINTS), markup=False, soft_wrap=True)

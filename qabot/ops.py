@@ -232,7 +232,7 @@ def inbox_list(
     page: Annotated[int, typer.Option(min=1, help="Which page.")] = 1,
 ) -> None:
     """The most-asked open questions first, then the most recent, with their ids; other wordings grouped."""
-    from bots.render import CLI_HINTS, render_inbox
+    from bots.render_inbox import CLI_HINTS, render_inbox
     from qabot.shapes import InboxListRequest
 
     _show(render_inbox(_inbox_job("inbox_jobs.inbox_list", InboxListRequest(limit, page)), CLI_HINTS))
@@ -244,7 +244,7 @@ def inbox_answer(
     answer: Annotated[list[str], typer.Argument(metavar="TEXT...", help="The answer (quoted, or as several words).")],
 ) -> None:
     """Answer a question: it becomes a pair of the dataset, and the chats where it was asked get the answer."""
-    from bots.render import CLI_HINTS, render_inbox_answer
+    from bots.render_inbox import CLI_HINTS, render_inbox_answer
     from qabot.shapes import InboxAnswerRequest
 
     result = _inbox_job("inbox_jobs.inbox_answer", InboxAnswerRequest(item_id, " ".join(answer)))
@@ -258,7 +258,7 @@ def inbox_dismiss(
     item_id: Annotated[str, typer.Argument(metavar="ID", help="The question's id from `qabot inbox list`.")],
 ) -> None:
     """Close a question without answering it."""
-    from bots.render import CLI_HINTS, render_inbox_dismiss
+    from bots.render_inbox import CLI_HINTS, render_inbox_dismiss
     from qabot.shapes import InboxDismissRequest
 
     result = _inbox_job("inbox_jobs.inbox_dismiss", InboxDismissRequest(item_id))

@@ -150,7 +150,8 @@ def test_user_text_in_the_inbox_and_notices_shows_literally_on_discord(redis_url
 
     import discord
 
-    from bots.render import CHAT_HINTS, render_inbox, render_notice
+    from bots.render import render_notice
+    from bots.render_inbox import CHAT_HINTS, render_inbox
     from qabot.shapes import InboxListResult
 
     r = Redis.from_url(redis_url)
