@@ -6,6 +6,8 @@ Each returns why the answer must not be shown (it is shown as a decline instead)
   known entity, a grounded model copies another fact of the same entity ("How old is the queen?" -> "The queen lives
   in the palace."). English only: `Grounding.rules_that_hold` turns a kind off where the data's own answers break it.
 - An empty answer, or one of function words only ("It is."), says nothing.
+- Neither of these two applies to an answer that is one of its notes whole: the data's own answer ("No.", "Free." to
+  "Is it free or paid?") is what its writer meant, however short.
 - An echo: the answer only restates its question ("Why is Port Callow well known?" -> "Port Callow well known.";
   "Who is Queen Ysolde's daughter?" -> "Queen Ysolde's daughter is Queen Ysolde's daughter."): every content word of
   the answer is a word of the question.
@@ -63,8 +65,14 @@ def content_words(text: str) -> set[str]:
     return found
 
 
+def _folded(text: str) -> str:
+    return " ".join(text.split()).casefold()
+
+
 def echo_reason(question: str, answer: str, notes: list[str]) -> str | None:
     """Why the answer is an echo of its question or states what none of its notes says; None if neither."""
+    if _folded(answer) in {_folded(note) for note in notes}:
+        return None  # the data's own answer, word for word
     said, asked = content_words(answer), content_words(question)
     if not said:
         return "the answer says nothing"

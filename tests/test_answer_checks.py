@@ -36,6 +36,16 @@ def test_an_answer_none_of_its_notes_says_is_caught():
     assert echo_reason("What does Orlenmoor trade in?", "Orlenmoor trades in silver crescents.", NOTES) is None
 
 
+@pytest.mark.parametrize(
+    ("question", "answer"),
+    [("Is the shop open on Sundays?", "No."), ("Is the app free or paid?", "Free."), ("Windows or Linux?", "Windows and Linux.")],
+)
+def test_a_short_answer_that_is_its_note_word_for_word_is_shown(question, answer):
+    assert echo_reason(question, answer, [*NOTES, answer]) is None
+    assert echo_reason(question, f"  {answer.lower()} ", [*NOTES, answer]) is None  # spacing and case folded
+    assert echo_reason(question, answer, NOTES) is not None  # made up by the model, it is still caught
+
+
 @pytest.mark.parametrize("data", ["sample", "faq"])
 def test_no_answer_of_the_data_fails_the_checks_with_its_own_note(data):
     pairs = read_dataset(DATA_DIR / f"{data}.json")
