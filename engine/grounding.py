@@ -60,6 +60,7 @@ CLOSE_NAME = 0.8  # difflib ratio above which a name counts as a misspelling of 
 ENGLISH_SHARE = 0.6
 _POSSESSIVE = re.compile(r"['’]s?$")
 _WORD = re.compile(r"[^\W\d_][\w'’-]*")
+_SENTENCE_END = re.compile(r"[.!?:;]\s*$|\n\s*$")  # what ends the text before a word that starts a sentence
 
 
 def words(text: str) -> list[str]:
@@ -156,11 +157,21 @@ class Grounding:
     def names(self, question: str) -> list[str]:
         """The names in a question: capitalised words past the first (three letters or more). In a question written
         in sentence case a capitalised common word is a name ("the capital of France"); in Title Case ("Who Protects
-        The Stone?") capitals say nothing, so there only words outside the embedder's common English vocabulary are."""
+        The Stone?") capitals say nothing, so there only words outside the embedder's common English vocabulary are.
+        Nor do they at the start of a later sentence ("Hi! Tell me: ...", "Sorry, new here. Quick question: ..."),
+        and "I'm", "I've", "I'd", "I'll" are never names."""
         common = self.embedder.vocabulary
-        later = words(question)[1:]
-        sentence_case = any(w[0].islower() for w in later if len(w) >= 3)
-        return [w for w in later if w[0].isupper() and len(key := _key(w)) >= 3 and (sentence_case or key not in common)]
+        later = list(_WORD.finditer(question))[1:]
+        sentence_case = any(m.group()[0].islower() for m in later if len(m.group()) >= 3)
+        found = []
+        for match in later:
+            word = match.group()
+            if not word[0].isupper() or len(key := _key(word)) < 3 or key.startswith(("i'", "i’")):
+                continue
+            starts_sentence = _SENTENCE_END.search(question, 0, match.start()) is not None
+            if key not in common or (sentence_case and not starts_sentence):
+                found.append(word)
+        return found
 
     def unknown_names(self, question: str) -> list[str]:
         """Names in the question that the data never mentions: neither a word of the data nor a near-miss spelling of

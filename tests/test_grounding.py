@@ -189,6 +189,24 @@ def test_questions_about_names_the_data_never_mentions_or_far_from_every_pair_ar
     assert answerer.generate_calls == 0 and "Zarnak" in answers[0].reason and answers[0].sources
 
 
+def test_words_that_start_a_sentence_and_i_contractions_are_not_names(embedder):
+    from engine.grounding import Grounding
+
+    pairs = read_dataset(DATA_DIR / "sample.json")
+    grounding = Grounding(PairIndex.build(pairs, embedder), embedder)
+    chatty = [
+        "What is the Luminary Stone, I'm curious?",
+        "who guards the Luminary Stone, I've forgotten",
+        "Hi! Tell me: who guards the Luminary Stone?",
+        "Sorry, new here. Quick question: who guards the Luminary Stone?",
+    ]
+    hits = grounding.index.search(embedder, chatty, k=3)
+    assert [grounding.reason_to_decline(q, found) for q, found in zip(chatty, hits, strict=True)] == [None] * len(chatty)
+    # a name the data lacks is still one at the start of a sentence, and a common word in sentence case mid-sentence
+    assert grounding.names("Hello. Zarnak is where? Tell me.") == ["Zarnak"]
+    assert grounding.names("What is the capital of France?") == ["France"]
+
+
 def test_the_decline_may_start_only_where_the_model_is_sure_of_it():
     import torch
 
