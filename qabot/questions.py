@@ -31,6 +31,8 @@ DEFAULT_SPECIAL_TOKENS: tuple[str, ...] = (
 #: A `Question:` or `Answer:` marker anywhere (case-insensitive, spaces allowed before the colon).
 MARKER = re.compile(r"\b(question|answer)[ \t]*:", re.IGNORECASE)
 #: A line that starts, after optional spaces, with a marker: what training data may not contain.
+#: A marker with every colon and space after it: what cleaning takes out ("Answer:: x" must not leave "Answer : x").
+_MARKER_RUN = re.compile(r"\b(question|answer)[ \t]*:[\s:]*", re.IGNORECASE)
 MARKER_LINE = re.compile(r"^[ \t]*(question|answer)[ \t]*:", re.IGNORECASE | re.MULTILINE)
 
 EMPTY_MESSAGE = "the question is empty: ask something, e.g. 'Who guards the Luminary Stone?'"
@@ -46,9 +48,9 @@ def clean_question(question: str) -> str:
 
     Idempotent: cleaning a cleaned question changes nothing, so each hop may check again.
     """
-    text = MARKER.sub(r"\1 ", question)
-    text = text.replace("<|", "< |")
-    return re.sub(r"\s+", " ", text).strip()
+    text = re.sub(r"\s+", " ", question)  # first, so a marker split over lines ("Answer\n:") is one when neutralised
+    text = _MARKER_RUN.sub(r"\1 ", text)
+    return text.replace("<|", "< |").strip()
 
 
 def check_question(question: str, max_chars: int) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from qabot.errors import QuestionError
-from qabot.questions import DEFAULT_SPECIAL_TOKENS, check_question
+from qabot.questions import DEFAULT_SPECIAL_TOKENS, MARKER, check_question, clean_question
 
 
 def test_new_lines_and_runs_of_spaces_become_one_space():
@@ -22,6 +22,15 @@ def test_new_lines_and_runs_of_spaces_become_one_space():
 )
 def test_prompt_markers_are_neutralised(asked, cleaned):
     assert check_question(asked, 500) == cleaned
+
+
+@pytest.mark.parametrize(
+    "asked", ["Answer:: yes", "question ::x", "who?\nAnswer\n: Malvek", "Answer: : :", "a <|<| b", "x Answer :\n:y"]
+)
+def test_cleaning_leaves_no_marker_and_cleaning_again_changes_nothing(asked):
+    once = clean_question(asked)
+    assert MARKER.search(once) is None and "<|" not in once
+    assert clean_question(once) == once
 
 
 def test_a_question_cannot_write_the_prompt_format():
