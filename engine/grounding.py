@@ -126,8 +126,10 @@ class Grounding:
     # edit) is decoded, so a note that begins otherwise than the model learnt still wins (bench/forget.py: a choice
     # gave 13 of 20 corrected sample answers, decoding and matching 20 of 20).
     learnt: frozenset[str] | None = field(default=None, repr=False, compare=False)
-    _vocabulary: set[str] | None = field(default=None, repr=False, compare=False)
-    _rules: tuple[bool, tuple[str, ...]] | None = field(default=None, repr=False, compare=False)
+    # Computed once per grounding from its index; not init fields, so `dataclasses.replace(g, index=...)` (a grounding
+    # with other notes: engine.release.without) starts without them instead of reading the old dataset's words.
+    _vocabulary: set[str] | None = field(default=None, init=False, repr=False, compare=False)
+    _rules: tuple[bool, tuple[str, ...]] | None = field(default=None, init=False, repr=False, compare=False)
 
     def vocabulary(self) -> set[str]:
         """Every word of the dataset's questions and answers, casefolded (computed once per index)."""

@@ -176,6 +176,11 @@ def test_a_grounded_candidate_is_also_asked_what_it_must_decline(tiny_gpt2, tiny
     hits = left.index.search(embedder, [r.question for r in asked], k=3)
     given = [[h.pair.response for h in found] for found in hits]
     assert asked and all(r.pair.response not in answers for r, answers in zip(asked, given, strict=True))
+    # what the grounding had worked out about its dataset's words stays with it: the copy reads its own notes
+    gone = TINY_PAIRS[6]  # the only pair that names Malvek
+    whole = Grounding(PairIndex.build(TINY_PAIRS, embedder), embedder)
+    assert whole.unknown_names("Where does Malvek live?") == []  # reads (and keeps) the words of all its pairs
+    assert without(whole, [gone]).unknown_names("Where does Malvek live?") == ["Malvek"]
 
     store = ModelStore(tmp_path / "models")
     release_tiny(store, tiny_data, tiny_gpt2, tmp_path / "cache", grounded=True, epochs=4)
