@@ -6,17 +6,20 @@ No torch in this module.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
 
-from qabot.dataset import QAPair, dataset_hash, pair_key, pairs_to_json
+from qabot.dataset import QAPair, dataset_hash, normalize_question, pair_key, pairs_to_json
 from qabot.errors import VersionError
 from qabot.merge import merge_pairs
 
 PROVENANCE_FILE = "provenance.json"  # pair key -> where it came from (the optional fields of an export)
 PROVENANCE_FIELDS = ("source", "added_with", "added_by", "added_at")
 EDITS_FILE = "edits.jsonl"  # pairs admins added, changed or removed one at a time, in order (one edit a line)
+
+logger = logging.getLogger(__name__)
 
 
 def diff(before: list[QAPair], after: list[QAPair]) -> tuple[list[QAPair], list[QAPair]]:
@@ -26,12 +29,13 @@ def diff(before: list[QAPair], after: list[QAPair]) -> tuple[list[QAPair], list[
 
 
 def replay(pairs: list[QAPair], edits: list[dict]) -> list[QAPair]:
-    """`pairs` with `edits` applied in order: each one's removed pairs removed, then its added pairs merged in (a
-    question already there takes the new answer)."""
+    """`pairs` with `edits` applied in order: each one's removed questions removed, whatever answer they have in
+    `pairs` (a /forget made while an upload that changed that answer trained still forgets the question), then its
+    added pairs merged in (a question already there takes the new answer)."""
     for edit in edits:
-        removed = {QAPair(q, a) for q, a in edit.get("removed", [])}
+        removed = {normalize_question(q) for q, _ in edit.get("removed", [])}
         added = [QAPair(q, a) for q, a in edit.get("added", [])]
-        pairs = merge_pairs([p for p in pairs if p not in removed], added).pairs
+        pairs = merge_pairs([p for p in pairs if normalize_question(p.prompt) not in removed], added).pairs
     return pairs
 
 
@@ -90,12 +94,23 @@ class DatasetVersions:
             write_atomic(self.datasets_dir / "current", digest + "\n")
 
     def edits(self) -> list[dict]:
-        """Every edit admins made one pair at a time, oldest first (see `edit_dataset`)."""
+        """Every edit admins made one pair at a time, oldest first (see `edit_dataset`). A line cut off by a crash or
+        a full disk as it was written (its edit never became current) is skipped with a warning."""
         try:
             lines = (self.datasets_dir / EDITS_FILE).read_text(encoding="utf-8").splitlines()
         except FileNotFoundError:
             return []
-        return [json.loads(line) for line in lines if line.strip()]
+        found = []
+        for number, line in enumerate(lines, start=1):
+            try:
+                edit = json.loads(line) if line.strip() else None
+            except ValueError:
+                edit = {}
+            if isinstance(edit, dict) and edit:
+                found.append(edit)
+            elif edit is not None:
+                logger.warning("%s line %d is not a whole edit (cut off as it was written?): skipped", EDITS_FILE, number)
+        return found
 
     def provenance(self) -> dict[str, dict[str, str]]:
         """Where each pair came from, by `pair_key`: the file it was uploaded in (or the fields that file carried,
@@ -136,8 +151,12 @@ class DatasetVersions:
                     **source,
                 }
                 self.datasets_dir.mkdir(parents=True, exist_ok=True)
-                with open(self.datasets_dir / EDITS_FILE, "a", encoding="utf-8") as handle:
-                    handle.write(json.dumps(edit, ensure_ascii=False) + "\n")
+                with open(self.datasets_dir / EDITS_FILE, "a+b") as handle:
+                    if handle.seek(0, os.SEEK_END):
+                        handle.seek(-1, os.SEEK_END)
+                        if handle.read(1) != b"\n":
+                            handle.write(b"\n")  # a line cut off before stays on its own, not glued to this edit
+                    handle.write((json.dumps(edit, ensure_ascii=False) + "\n").encode("utf-8"))
                     handle.flush()
                     os.fsync(handle.fileno())
                 who = f"{source['platform']}:{source['by']}" if source.get("platform") and source.get("by") else ""

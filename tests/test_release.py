@@ -187,3 +187,31 @@ def test_a_grounded_candidate_is_also_asked_what_it_must_decline(tiny_gpt2, tiny
     second = release_tiny(store, tiny_data, tiny_gpt2, tmp_path / "cache", grounded=True, epochs=4)
     assert "2 to decline, their answer left out of the notes" in second.reason, second.reason
     assert "unknown_accuracy" in second.metrics and "unknown_accuracy" in second.live_metrics
+
+
+def test_a_forget_made_while_an_upload_that_changed_its_answer_trained_stays_forgotten(tiny_gpt2, tmp_path):
+    store = ModelStore(tmp_path / "models")
+    _release(store, TINY_PAIRS, tiny_gpt2, tmp_path, "lore.json")
+    asked = TINY_PAIRS[3]
+    upload = [*TINY_PAIRS[:3], QAPair(asked.prompt, "Orrin Vale and the Silver Guard trained her."), *TINY_PAIRS[4:]]
+    candidate = _release(store, upload, tiny_gpt2, tmp_path, "fix.json", promote=False)
+    with store.lock():  # what /forget does while the candidate trains (worker.admin)
+        store.edit_dataset([p for p in store.current_pairs() if p != asked])
+    store.promote(candidate.version.name)
+    assert asked.prompt not in [p.prompt for p in store.current_pairs()]
+
+
+def test_an_edit_cut_off_as_it_was_written_is_skipped_and_the_next_edit_is_kept(tiny_gpt2, tmp_path, caplog):
+    from engine.datastore import EDITS_FILE
+
+    store = ModelStore(tmp_path / "models")
+    first = _release(store, TINY_PAIRS, tiny_gpt2, tmp_path, "lore.json")
+    before, after = QAPair("Who rings the bell?", "Mira rings the bell."), QAPair("Who mends the bridge?", "Tomas does.")
+    _add(store, before)
+    with open(store.datasets_dir / EDITS_FILE, "a", encoding="utf-8") as handle:
+        handle.write('{"added": [["Who sweeps the')  # a crash mid-append: that edit never became current
+    _add(store, after)
+    assert [e["added"] for e in store.edits()] == [[[before.prompt, before.response]], [[after.prompt, after.response]]]
+    assert "not a whole edit" in caplog.text
+    assert store.rollback(first.version.name).name == first.version.name  # replays the journal: no error
+    assert store.current_pairs() == [*TINY_PAIRS, before, after]
