@@ -215,3 +215,22 @@ def test_an_edit_cut_off_as_it_was_written_is_skipped_and_the_next_edit_is_kept(
     assert "not a whole edit" in caplog.text
     assert store.rollback(first.version.name).name == first.version.name  # replays the journal: no error
     assert store.current_pairs() == [*TINY_PAIRS, before, after]
+
+
+def test_a_pair_added_as_a_retrain_job_reads_the_dataset_is_carried_onto_its_version(tiny_gpt2, tmp_path):
+    from engine.pipeline import TrainRequest, load_base
+    from engine.release import Policy, release
+    from engine.training import TrainConfig
+    from tests.conftest import TINY_CONFIG
+    from worker.training import _pairs
+
+    store = ModelStore(tmp_path / "models")
+    _release(store, TINY_PAIRS, tiny_gpt2, tmp_path, "lore.json")
+    config = TrainConfig(**(TINY_CONFIG | {"epochs": 2}))
+    base = load_base(str(tiny_gpt2), tmp_path / "cache", config.max_length)
+    pairs, _, source, edits_from = _pairs(None, store, {}, base, None, None)  # /retrain with no file: the current data
+    during = QAPair("Who rings the bell?", "Mira rings the bell.")
+    _add(store, during)  # an /addqa that lands after the job read the dataset, before its fine-tune starts
+    request = TrainRequest(str(tiny_gpt2), config, source=source, edits_from=edits_from)
+    assert release(store, pairs, base, request, Policy(device="cpu", force=True)).promoted
+    assert store.current_pairs() == [*TINY_PAIRS, during]

@@ -36,9 +36,10 @@ def _config(overrides: dict[str, Any] | None):
 
 def _pairs(
     settings: Settings, store, request: dict[str, Any], base, connection, report
-) -> tuple[list, dict[str, Any], str, int | None]:
+) -> tuple[list, dict[str, Any], str, int]:
     """The pairs to train on (validated once, with the base model's tokenizer), what an upload changed, their source,
-    and for an upload the admin edits journaled when the dataset was read (later ones carry onto it if promoted)."""
+    and the admin edits journaled when the dataset was read (later ones carry onto it if promoted): read together under
+    the store's lock, so an /addqa that lands while the job starts is in one or the other, never lost."""
     from engine.pipeline import validate_file, validate_upload
     from qabot.errors import DatasetError, TrainingError
     from qabot.merge import UploadMode, merge_pairs, would_drop
@@ -46,10 +47,12 @@ def _pairs(
     upload = request.get("upload")
     if upload is None:
         reference = request.get("dataset")
-        path = store.dataset_file(reference) if reference else store.current_dataset()
+        with store.lock():  # a stored dataset's file never changes: reading its path and the journal's length is enough
+            path = store.dataset_file(reference) if reference else store.current_dataset()
+            edits_from = len(store.edits())
         if path is None:  # run_training checked this before loading the base model; the store may have changed since
             raise TrainingError(NOTHING_TO_TRAIN)
-        return validate_file(Path(path), base), {}, Path(path).name, None
+        return validate_file(Path(path), base), {}, Path(path).name, edits_from
     data = connection.get(UPLOAD_KEY.format(upload["id"]))
     if data is None:
         raise DatasetError(upload["filename"], ["the upload expired before training started; send the file again"])
