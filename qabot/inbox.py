@@ -100,9 +100,12 @@ if total == 1 and platform ~= '' then  -- a chat's new questions: past per_chat,
     end
   end
 end
-while redis.call('ZCARD', KEYS[1]) > size do  -- the least asked, then the least recently asked, goes
-  local lowest = redis.call('ZPOPMIN', KEYS[1])
-  redis.call('DEL', prefix .. lowest[1])
+while redis.call('ZCARD', KEYS[1]) > size do  -- the least asked, then the least recently asked, goes; never the
+  local lowest = redis.call('ZRANGE', KEYS[1], 0, 1)  -- question just asked (it could never count up otherwise)
+  local gone = lowest[1]
+  if gone == id and lowest[2] then gone = lowest[2] end
+  redis.call('ZREM', KEYS[1], gone)
+  redis.call('DEL', prefix .. gone)
 end
 return {id, said, state}
 """
@@ -159,7 +162,8 @@ def record(
     now: float | None = None,
 ) -> Recorded:
     """Count one asking of `text` (a new record, or the existing one's count + 1); past `size`, drop the least asked
-    (then least recently asked) record, and past a chat's share, that chat's oldest question asked once."""
+    (then least recently asked) record other than this one, and past a chat's share, that chat's oldest question asked
+    once."""
     question = " ".join(text.split())
     platform, chat = place or ("", "")
     args = (normalize_question(question), question, repr(now or time.time()), str(kind), answer or "", platform, chat)

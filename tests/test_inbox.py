@@ -51,6 +51,17 @@ def test_a_full_inbox_drops_the_least_recently_asked(redis_url):
     assert items[0].text == "Who is Ana?"  # most asked first
 
 
+def test_a_new_question_enters_an_inbox_full_of_questions_asked_more_often(redis_url):
+    r = Redis.from_url(redis_url)
+    for n, text in enumerate(["Who is Ana?", "Who is Bo?", "Who is Cy?"] * 2):
+        inbox.record(r, text, size=3, now=1000.0 + n)
+    first = inbox.record(r, "Who is Dee?", size=3, now=1100.0)
+    assert first.open and first.count == 1  # the asker hears it was passed on: it was
+    assert inbox.record(r, "Who is Dee?", size=3, now=1200.0).count == 2  # and it counts up from there
+    items, total = inbox.open_items(r)
+    assert total == 3 and sorted(i.text for i in items) == ["Who is Bo?", "Who is Cy?", "Who is Dee?"]
+
+
 def test_one_off_junk_never_flushes_a_question_many_people_asked(redis_url):
     """The audit's case: a question asked 50 times was evicted after about 485 one-off questions."""
     r = Redis.from_url(redis_url)
