@@ -148,6 +148,8 @@ def render_models(result: ModelsResult) -> str:
 def render_added(result: AddPairResult) -> str:
     if not result.added:
         return problems_text(result.problems, "That pair")
+    if result.unchanged:
+        return f"'{result.question}' already has that answer: nothing changed ({result.pairs} pairs, dataset {result.dataset})."
     did = "Updated the answer to" if result.replaced else "Added"
     return (
         f"{did} '{result.question}'. The dataset now has {result.pairs} pairs (dataset {result.dataset}); "

@@ -6,6 +6,7 @@ import hashlib
 import json
 import re
 import sys
+import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,8 +36,13 @@ def pair_key(pair: QAPair) -> str:
 
 
 def normalize_question(text: str) -> str:
-    """Fold case, spaces and trailing punctuation so that trivially different questions compare equal."""
-    return re.sub(r"\s+", " ", text).strip().rstrip("?!. ").casefold()
+    """Fold case, spaces, compatibility forms (NFKC: full-width "？" is "?") and trailing punctuation of any script
+    ("？", "؟", "。") so that trivially different questions compare equal."""
+    text = re.sub(r"\s+", " ", unicodedata.normalize("NFKC", text)).strip()
+    end = len(text)
+    while end and (text[end - 1] == " " or unicodedata.category(text[end - 1]).startswith("P")):
+        end -= 1
+    return text[:end].casefold()
 
 
 class _Problems:

@@ -30,6 +30,7 @@ class AddPairResult:
     dataset: str | None = None
     replaced: bool = False  # the question was there with another answer, now replaced
     problems: tuple[str, ...] = ()
+    unchanged: bool = False  # the very pair was there already: nothing stored, nothing journaled
 
 
 @dataclass(frozen=True)

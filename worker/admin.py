@@ -64,10 +64,12 @@ def add_pair_as(settings: Settings, question: str, answer: str, action: str = "a
             (pair,) = validate_items([{"prompt": question, "response": answer}], "the new pair", **_rules(store))
         except DatasetError as exc:
             return AddPairResult(question, False, len(current), problems=tuple(_one_pair(p, question) for p in exc.problems))
+        if pair in current:  # sent again: a new dataset version would only move the pair (and shift /find's numbers)
+            return AddPairResult(pair.prompt, True, len(current), store.current_digest(), unchanged=True)
         merge = merge_pairs(current, [pair])  # a question already there takes the new answer
         digest = store.edit_dataset(merge.pairs, **_who(action))
     logger.info("pair added: dataset %s, %d pairs", digest, len(merge.pairs))
-    return AddPairResult(pair.prompt, True, len(merge.pairs), digest, replaced=merge.added == 0)
+    return AddPairResult(pair.prompt, True, len(merge.pairs), digest, replaced=merge.updated > 0)
 
 
 TOO_LONG = re.compile(r"(\d+) tokens once formatted, the model's limit is (\d+); shorten it")
@@ -115,7 +117,8 @@ def forget_pair(question: str) -> EditResult:
             by_folded = {normalize_question(p.prompt): p.prompt for p in current}
             close = difflib.get_close_matches(wanted, list(by_folded), n=3, cutoff=0.6)
             return EditResult(False, question, suggestions=tuple(by_folded[c] for c in close))  # unknown: no message
-        kept = [p for p in current if p != removed]
+        twins = normalize_question(removed.prompt)  # the same question worded alike ("Who is X?", "who is x") goes too
+        kept = [p for p in current if p != removed and normalize_question(p.prompt) != twins]
         digest = store.edit_dataset(kept, **_who("forget"))
     logger.info("pair forgotten: dataset %s, %d pairs", digest, len(kept))
     return EditResult(True, removed.prompt, removed.response, len(kept), digest)
@@ -131,13 +134,35 @@ def undo_edit() -> EditResult:
         if last is None:
             return EditResult(False, message="there is no edit to undo (/addqa, /answer and /forget are undoable)")
         edit = edits[last]
+        questions = [q for q, _ in edit.get("added", []) or edit.get("removed", [])]
+        what = f"{edit.get('action', 'edit')} of '{questions[0] if questions else '?'}'"
+        current = store.current_pairs()
+        if changed := _changed_since(current, edit):
+            return EditResult(
+                False,
+                what,
+                message=f"the last edit, the {what}, is no longer in effect: '{changed}' was changed since (by an upload or "
+                "a rollback); use /addqa or /forget to set it as it should be",
+            )
         inverse = {"added": edit.get("removed", []), "removed": edit.get("added", [])}
-        pairs = replay(store.current_pairs(), [inverse])
+        pairs = replay(current, [inverse])
         digest = store.edit_dataset(pairs, **_who("undo"), undoes=str(last))
-    questions = [q for q, _ in edit.get("added", []) or edit.get("removed", [])]
-    what = f"{edit.get('action', 'edit')} of '{questions[0] if questions else '?'}'"
     logger.info("edit %d undone: dataset %s, %d pairs", last, digest, len(pairs))
     return EditResult(True, what, pairs=len(pairs), dataset=digest)
+
+
+def _changed_since(current: list[QAPair], edit: dict) -> str | None:
+    """A question of `edit` whose pair is not as the edit left it (an upload or a rollback changed it since), or None:
+    an undo then would overwrite that later change."""
+    now = {normalize_question(p.prompt): p for p in current}
+    for question, answer in edit.get("added", []):
+        if now.get(normalize_question(question)) != QAPair(question, answer):
+            return question
+    added = {normalize_question(q) for q, _ in edit.get("added", [])}
+    for question, _ in edit.get("removed", []):
+        if normalize_question(question) not in added and normalize_question(question) in now:
+            return question
+    return None
 
 
 def provenance(store: ModelStore, pairs: list[QAPair]) -> dict[QAPair, dict[str, str]]:

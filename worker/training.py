@@ -34,9 +34,7 @@ def _config(overrides: dict[str, Any] | None):
     return TrainConfig(**(overrides or {}))
 
 
-def _pairs(
-    settings: Settings, store, request: dict[str, Any], base, connection, report
-) -> tuple[list, dict[str, Any], str, int]:
+def _pairs(settings: Settings, store, request: dict[str, Any], base, connection, report) -> tuple[list, dict[str, Any], str, int]:
     """The pairs to train on (validated once, with the base model's tokenizer), what an upload changed, their source,
     and the admin edits journaled when the dataset was read (later ones carry onto it if promoted): read together under
     the store's lock, so an /addqa that lands while the job starts is in one or the other, never lost."""
