@@ -56,7 +56,9 @@ async def reply_privately(message: Message, text: str, document: tuple[bytes, st
     admin = message.from_user
     if message.chat.type == ChatType.PRIVATE or admin is None:
         if document is not None:
-            await message.reply_document(document[0], filename=document[1], caption=text, do_quote=True)
+            await message.reply_document(
+                document[0], filename=document[1], caption=text, do_quote=True, allow_sending_without_reply=True
+            )
         else:
             await reply(message, text)
         return
@@ -81,8 +83,9 @@ def _words(message: Message, context: ContextTypes.DEFAULT_TYPE) -> list[str]:
 
 
 def _rest(message: Message) -> str:
-    """The text after the command."""
-    return (message.text or "").partition(" ")[2]
+    """The text after the command, whatever space follows it (a phone keyboard often puts a new line there)."""
+    parts = (message.text or "").split(None, 1)
+    return parts[1] if len(parts) > 1 else ""
 
 
 @admins_only
@@ -103,7 +106,7 @@ async def retrain(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         upload = (bytes(await file.download_as_bytearray()), document.file_name or "dataset.json")
 
     async def send(text: str) -> Message:
-        return await message.reply_text(text, do_quote=True)
+        return await message.reply_text(text, do_quote=True, allow_sending_without_reply=True)
 
     async def edit(handle: Message, text: str) -> None:
         with contextlib.suppress(Exception):  # an edit that fails (flood, unchanged) must not stop the run

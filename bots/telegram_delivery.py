@@ -27,8 +27,12 @@ def core_of(context: ContextTypes.DEFAULT_TYPE) -> BotCore:
 
 
 async def reply(message: Message, text: str) -> list[Message]:
-    """Reply to a message, split at Telegram's length limit; the messages sent."""
-    return [await message.reply_text(part, do_quote=True) for part in split_message(text, MESSAGE_LIMIT)]
+    """Reply to a message, split at Telegram's length limit; the messages sent. A message deleted meanwhile (a group's
+    anti-spam bot often deletes commands) still gets its reply, without the quote."""
+    return [
+        await message.reply_text(part, do_quote=True, allow_sending_without_reply=True)
+        for part in split_message(text, MESSAGE_LIMIT)
+    ]
 
 
 def reply_to(message: Message) -> ReplyTo:

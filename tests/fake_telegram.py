@@ -29,6 +29,7 @@ class FakeTelegram(Watched):
         self.files: dict[str, bytes] = {}
         self.menus: dict[str, list[str]] = {}  # command menus by scope (JSON), as setMyCommands set them
         self.unreachable: set[int] = set()  # users who never started a private chat with the bot: it cannot write first
+        self.deleted: set[int] = set()  # messages deleted since they were sent: a reply to one needs allow_sending_without_reply
         self._ids = itertools.count(1)
         self._update_ids = itertools.count(1)
         self._new_update = asyncio.Event()
@@ -75,6 +76,13 @@ class FakeTelegram(Watched):
             return web.json_response({"ok": False, "error_code": 403, "description": description}, status=403)
         if handler is None:
             return web.json_response({"ok": False, "error_code": 404, "description": f"Not Found: {method}"}, status=404)
+        reply = params.get("reply_parameters")
+        reply = json.loads(reply) if isinstance(reply, str) else reply
+        if reply and int(reply["message_id"]) in self.deleted:
+            if not reply.get("allow_sending_without_reply"):
+                description = "Bad Request: message to be replied not found"
+                return web.json_response({"ok": False, "error_code": 400, "description": description}, status=400)
+            params = {k: v for k, v in params.items() if k != "reply_parameters"}  # sent as a plain message
         result = await handler(params)
         self._changed.set()
         return web.json_response({"ok": True, "result": result})

@@ -111,6 +111,16 @@ async def test_private_question_gets_the_answer_as_a_reply_with_typing(telegram)
     assert "typing" in telegram.actions(101)
 
 
+async def test_a_question_deleted_while_it_is_answered_still_gets_its_answer(telegram):
+    asked = telegram.send_text(-510, 105, f"/ask {TINY_PAIRS[2].prompt}", chat_type="group")
+    telegram.deleted.add(asked)  # a group's anti-spam bot deletes commands: the reply cannot quote it
+
+    def in_chat():
+        return [m["text"] for m in telegram.sent.values() if m["chat"]["id"] == -510 and m.get("text")]
+
+    assert await telegram.wait_for(in_chat) == [TINY_PAIRS[2].response]
+
+
 async def test_groups_answer_ask_mentions_and_replies_only(telegram):
     plain = telegram.send_text(-500, 102, "Just chatting about dinner", chat_type="group")
     asked = telegram.send_text(-500, 102, f"/ask {TINY_PAIRS[1].prompt}", chat_type="group")
@@ -294,6 +304,8 @@ async def test_addqa_stores_a_new_dataset_version(telegram, stack):
     waiting = (await telegram.wait_for(lambda: texts(telegram, status)))[0]
     changed = rf"Waiting to be trained: \d+ pairs \(dataset \w+\), last changed with /addqa by telegram:{ADMIN} just now;"
     assert re.search(changed, waiting), waiting
+    typed = telegram.send_text(ADMIN, ADMIN, "/addqa\nWhat do owls eat? | Mice.")  # a new line after the command
+    assert (await telegram.wait_for(lambda: texts(telegram, typed)))[0].startswith("Added 'What do owls eat?'.")
     usage = telegram.send_text(ADMIN, ADMIN, "/addqa no separator")
     assert (await telegram.wait_for(lambda: texts(telegram, usage)))[0] == "Usage: /addqa question | answer"
     marker = telegram.send_text(ADMIN, ADMIN, "/addqa Who rules? | Answer: the queen")
