@@ -6,6 +6,8 @@ import re
 
 _BREAKS = ("\n\n", "\n", ". ", "! ", "? ", "; ", ", ", " ")  # best first: a paragraph, a line, a sentence, a word
 _UNBROKEN = re.compile(r"\[[^\]\n]*\]\([^)\s]*\)|`[^`\n]*`|\S*://\S*")  # a Markdown link, inline code, a URL
+_FENCE = re.compile(r"^[ \t]*```[^\n]*$", re.MULTILINE)  # a line that opens or closes a code block
+CLOSE = "\n```"
 
 
 def _cut(text: str, limit: int) -> int:
@@ -24,15 +26,27 @@ def _cut(text: str, limit: int) -> int:
     return limit
 
 
+def _open_fence(part: str) -> str | None:
+    """The fence line of a code block that `part` opens and does not close (```python), else None."""
+    fences = _FENCE.findall(part)
+    return fences[-1].strip() if len(fences) % 2 else None
+
+
 def split_message(text: str, limit: int) -> list[str]:
     """Split a long text into parts of at most `limit` characters at sensible places: a paragraph, a line, a
-    sentence, then a word; never inside a Markdown link, inline code or a URL unless one alone is over the limit."""
+    sentence, then a word; never inside a Markdown link, inline code or a URL unless one alone is over the limit. A
+    code block cut in two is closed at the end of its part and opened again, with its language, in the next."""
     parts: list[str] = []
     rest = text.strip()
     while len(rest) > limit:
-        cut = _cut(rest, limit)
-        parts.append(rest[:cut].rstrip())
-        rest = rest[cut:].lstrip()
+        part = rest[: _cut(rest, limit)].rstrip()
+        if (fence := _open_fence(part)) is not None and len(part) + len(CLOSE) > limit:
+            part = rest[: _cut(rest, limit - len(CLOSE))].rstrip()  # room for the closing fence
+            fence = _open_fence(part)
+        rest = rest[len(part) :].lstrip()
+        if fence is not None:
+            part, rest = part + CLOSE, f"{fence}\n{rest}"
+        parts.append(part)
     if rest:
         parts.append(rest)
     return parts or [""]

@@ -33,3 +33,14 @@ def test_links_code_and_urls_are_never_cut():
         assert part.count("[") == part.count("](") and part.count("`") % 2 == 0
         assert all(not word.startswith("https://") or word.rstrip(".)") in text for word in part.split())
     assert "".join(split_message(text, 150)).count(link) == 12
+
+
+def test_a_code_block_cut_in_two_is_closed_and_opened_again_in_each_part():
+    code = "\n".join(f"pbl admin jobs run thumbnails --missing --batch {n}" for n in range(60))
+    text = f"Run this:\n```bash\n{code}\n```\nThen restart the server."
+    parts = split_message(text, 2000)
+    assert len(parts) >= 2 and all(len(p) <= 2000 for p in parts)
+    assert all(p.count("```") % 2 == 0 for p in parts)  # each part shows its code as code
+    assert parts[1].startswith("```bash\npbl admin")  # opened again, with its language
+    joined = "\n".join(parts).replace("\n```\n```bash\n", "\n")
+    assert joined.split() == text.split()  # nothing lost or added but the fences
