@@ -73,7 +73,9 @@ def test_the_answer_worker_counts_questions_their_latency_batches_and_serves_its
         assert all(client.wait_answer(job).answer for job in jobs)
         with pytest.raises(JobFailed):
             client.wait_answer(too_long)
-        after = scrape_when(port, lambda s: s[ANSWERED] + s[FAILED] == 4, "all four are counted", log)
+        # a batch's size is recorded once its last answer is handed in: a moment after that answer is counted
+        counted = lambda s: s[ANSWERED] + s[FAILED] == 4 and s["qabot_batch_size_sum"] >= 3  # noqa: E731
+        after = scrape_when(port, counted, "all four are counted and the batch recorded", log)
     finally:
         stop(worker)
     assert (after[ANSWERED], after[FAILED]) == (3, 1)
