@@ -24,7 +24,7 @@ from engine.formatting import (
     tokenize_example,
     tokenize_pair,
 )
-from engine.grounding import NOTE_WORDS
+from engine.grounding import NOTE_WORDS, note_head
 from engine.models import blocks, context_length, train_top_layers
 from engine.textformat import FALLBACK_BUDGET, answer_budget
 from qabot.dataset import HeldoutItem, QAPair
@@ -45,7 +45,10 @@ GROUNDED_MIN_ANSWER_TOKENS = 6000
 # WHOLE_ANSWERS: that minimum counts each pair's answer whole. Note heads (engine.grounding.NOTE_WORDS) cut the pebble
 # FAQ's learnt answers to a quarter, so the minimum gave it 3 epochs instead of 2, yet in two runs (2026-12-03) its
 # best evaluated epoch was the second: the third cost 25% of the fine-tune and gave nothing. Data of short answers
-# (heads are whole answers there) gets the epochs it got before.
+# (heads are whole answers there) gets the epochs it got before. Counted per pair (its one positive as its whole
+# answer, the declines as learnt: whole_answer_tokens), the epochs do not depend on the heads' length: the larger of
+# the heads with the declines and the whole answers alone gave the sample 3 epochs with heads of 8 words, and the
+# third gave nothing (2026-12-04: 158/160 and 57/60 against 159/160 and 57/60 after 2).
 # Each evaluated epoch asks at most `eval_questions` training and held-out questions each, fewer for long answers:
 # generating them is what an evaluation costs (measured: the pebble FAQ's 48 + 100 questions with a 193-token budget took
 # longer than an epoch of training), so the count shrinks as the answer budget grows past EVAL_BUDGET_TOKENS.
@@ -138,6 +141,16 @@ def eval_count(config: TrainConfig, budget: int) -> int:
     return min(config.eval_questions, max(EVAL_MIN_QUESTIONS, scaled))
 
 
+def whole_answer_tokens(learnt: int, tokenizer: Any, pairs: list[QAPair], note_words: int) -> int:
+    """Answer tokens an epoch of grounded examples counts toward the minimum: what it learns, with each pair's one
+    positive counted as its whole answer rather than the head it learns (see WHOLE_ANSWERS), so that the epochs do not
+    depend on the heads' length."""
+    if not note_words:
+        return learnt
+    heads = answer_lengths(tokenizer, (note_head(p.response, note_words) for p in pairs))
+    return learnt + sum(answer_lengths(tokenizer, (p.response for p in pairs))) - sum(heads)
+
+
 def recall_sample(pairs: list[QAPair], config: TrainConfig, count: int | None = None) -> list[QAPair]:
     """The training questions asked back to measure recall (the same ones for every model of a run)."""
     count = config.eval_questions if count is None else count
@@ -200,8 +213,8 @@ def fine_tune(
         features = [tokenize_pair(p, tokenizer, config.max_length) for p in pairs]
     per_epoch = math.ceil(len(features) / (config.batch_size * config.gradient_accumulation))
     learnt = sum(label != IGNORE_INDEX for f in features for label in f["labels"])  # answer tokens per epoch
-    if examples is not None:  # each pair's answer counts whole, though the model learns its head (see WHOLE_ANSWERS)
-        learnt = max(learnt, sum(answer_lengths(tokenizer, (p.response for p in pairs))))
+    if examples is not None:
+        learnt = whole_answer_tokens(learnt, tokenizer, pairs, config.note_words)
     if config.min_answer_tokens and learnt * config.epochs < config.min_answer_tokens:
         config = replace(config, epochs=float(math.ceil(config.min_answer_tokens / max(learnt, 1))))
         logger.info("%d answer tokens an epoch: %s epochs, to learn %d at least", learnt, config.epochs, config.min_answer_tokens)

@@ -159,6 +159,39 @@ def test_long_answers_shown_by_their_heads_train_no_more_epochs_than_their_whole
     assert heads * GROUNDED_EPOCHS < GROUNDED_MIN_ANSWER_TOKENS
 
 
+def test_the_epochs_of_a_grounded_fine_tune_do_not_depend_on_how_long_the_heads_it_learns_are(tiny_gpt2, tmp_path):
+    """Each pair counts its whole answer, and the declines count as learnt: answers just past the head's length, with
+    the declines that make up the minimum, train the default epochs (counting the larger of the heads with declines and
+    the whole answers alone gave them one more epoch, which the sample then spent for nothing)."""
+    from engine.grounding import DECLINE, format_grounded, note_head
+    from engine.models import load_model
+    from engine.training import GROUNDED_EPOCHS, GROUNDED_MIN_ANSWER_TOKENS, fine_tune
+    from qabot.dataset import QAPair
+
+    loaded = load_model(str(tiny_gpt2), device="cpu")
+    tokenizer = loaded.tokenizer
+
+    def count(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"]) + 1  # and the end of text
+
+    words = 4
+    answer = "the tower was built of stone and glass by the river in the old town"
+    per_epoch = GROUNDED_MIN_ANSWER_TOKENS // GROUNDED_EPOCHS
+    pairs, whole = [], 0
+    while whole + count(f"Tower {len(pairs)}: {answer}") < per_epoch:
+        pairs.append(QAPair(f"What is tower {len(pairs)}?", f"Tower {len(pairs)}: {answer}"))
+        whole += count(pairs[-1].response)
+    examples = [(format_grounded(p.prompt, [p.response], words), note_head(p.response, words)) for p in pairs]
+    declines = [(format_grounded(f"What is hill {i}?", [pairs[0].response], words), DECLINE) for i in range(40)]
+    examples += declines[: (per_epoch - whole) // count(DECLINE) + 1]
+    learnt = sum(count(a) for _, a in examples)
+    assert whole < per_epoch <= whole + learnt - sum(count(note_head(p.response, words)) for p in pairs)
+    assert learnt < per_epoch  # the heads with the declines: on their own, also short of the minimum
+    config = TrainConfig(batch_size=64, checkpoints=False, eval_questions=0, note_words=words)
+    _, result = fine_tune(loaded.model, tokenizer, pairs, config=config, run_dir=tmp_path, examples=examples)
+    assert result.epochs_run == GROUNDED_EPOCHS
+
+
 def test_training_scores_the_vocabulary_only_where_answers_are_learnt_with_the_models_own_loss(tiny_model):
     """A batch of unequal prompts and answers: the training batch keeps logits for its last columns only (where every
     answer lies once padded on the left), and gives the same loss and gradients as the model's own loss on the
