@@ -64,9 +64,11 @@ class QabotDiscord(discord.Client):
         await super().close()
 
     # -- who may do what --------------------------------------------------------------------
-    def allowed_here(self, guild_id: int | None, channel_id: int | None) -> bool:
+    def allowed_here(self, guild_id: int | None, channel_id: int | None, parent_id: int | None = None) -> bool:
+        """In an allowed guild and channel; a thread (`parent_id`: its channel) is allowed where its channel is."""
         guilds, channels = self.settings.discord_guilds, self.settings.discord_channels
-        return (not guilds or guild_id in guilds) and (not channels or channel_id in channels)
+        in_channel = not channels or channel_id in channels or (parent_id is not None and parent_id in channels)
+        return (not guilds or guild_id in guilds) and in_channel
 
     def is_admin(self, user: discord.abc.User) -> bool:
         if user.id in self.settings.discord_admins:
@@ -79,7 +81,8 @@ class QabotDiscord(discord.Client):
         """Answer a mention of the bot, or a reply to one of its messages."""
         if message.author.bot or self.user is None:
             return
-        if not self.allowed_here(message.guild.id if message.guild else None, message.channel.id):
+        guild_id = message.guild.id if message.guild else None
+        if not self.allowed_here(guild_id, message.channel.id, getattr(message.channel, "parent_id", None)):
             return
         replied = (
             message.reference is not None
@@ -101,7 +104,10 @@ class QabotDiscord(discord.Client):
         """A 👎 on one of the bot's answers: the question goes to the admins' inbox; the first one is acknowledged."""
         if self.user is None or payload.user_id == self.user.id or not (payload.emoji.name or "").startswith(WRONG_EMOJI):
             return
-        if payload.message_author_id not in (None, self.user.id) or not self.allowed_here(payload.guild_id, payload.channel_id):
+        if payload.message_author_id not in (None, self.user.id):
+            return
+        parent_id = getattr(self.get_channel(payload.channel_id), "parent_id", None)  # a thread's channel, from the cache
+        if not self.allowed_here(payload.guild_id, payload.channel_id, parent_id):
             return
         chat, message = str(payload.channel_id), str(payload.message_id)
         feedback = await report_wrong(self.core.client, PLATFORM, chat, message, f"dc:{payload.user_id}")
@@ -122,7 +128,7 @@ def _register(bot: QabotDiscord) -> None:
     @app_commands.describe(question="Your question")
     async def ask(interaction: discord.Interaction, question: str) -> None:
         """Deferred at once (Discord allows 3 s), answered in a follow-up."""
-        if not bot.allowed_here(interaction.guild_id, interaction.channel_id):
+        if not bot.allowed_here(interaction.guild_id, interaction.channel_id, getattr(interaction.channel, "parent_id", None)):
             await interaction.response.send_message(
                 "I don't answer in this channel.", ephemeral=True, allowed_mentions=NO_MENTIONS
             )

@@ -20,11 +20,32 @@ GUILD_ID = "700000000000000003"
 CHANNEL_ID = "700000000000000004"
 OTHER_CHANNEL_ID = "700000000000000005"
 ADMIN_ROLE_ID = "700000000000000006"
+THREAD_ID = "700000000000000007"  # a thread of CHANNEL_ID
+OTHER_THREAD_ID = "700000000000000008"  # a thread of OTHER_CHANNEL_ID
+THREADS = {THREAD_ID: CHANNEL_ID, OTHER_THREAD_ID: OTHER_CHANNEL_ID}
 BOT_USER = {"id": BOT_ID, "username": "qabot", "discriminator": "0", "global_name": "qabot", "avatar": None, "bot": True}
 
 
 def _now() -> str:
     return datetime.now(UTC).isoformat()
+
+
+def _thread(thread_id: str, parent_id: str) -> dict[str, Any]:
+    """A public thread of a guild channel, as the gateway and interactions describe it."""
+    return {
+        "id": thread_id,
+        "type": 11,
+        "guild_id": GUILD_ID,
+        "parent_id": parent_id,
+        "name": f"thread of {parent_id}",
+        "owner_id": "1",
+        "last_message_id": None,
+        "rate_limit_per_user": 0,
+        "message_count": 0,
+        "member_count": 1,
+        "flags": 0,
+        "thread_metadata": {"archived": False, "auto_archive_duration": 1440, "archive_timestamp": _now(), "locked": False},
+    }
 
 
 def user(user_id: int | str) -> dict[str, Any]:
@@ -249,7 +270,7 @@ class FakeDiscord(Watched):
             "unavailable": False,
             "member_count": 2,
             "voice_states": [],
-            "threads": [],
+            "threads": [_thread(thread_id, parent_id) for thread_id, parent_id in THREADS.items()],
             "presences": [],
             "stage_instances": [],
             "guild_scheduled_events": [],
@@ -373,7 +394,9 @@ class FakeDiscord(Watched):
                 "data": data,
                 "guild_id": GUILD_ID,
                 "channel_id": channel_id,
-                "channel": {
+                "channel": _thread(channel_id, THREADS[channel_id])
+                if channel_id in THREADS
+                else {
                     "id": channel_id,
                     "type": 0,
                     "guild_id": GUILD_ID,

@@ -12,8 +12,16 @@ from bots.commands import ADMIN as ADMIN_COMMANDS
 from bots.commands import COMMANDS
 from bots.core import REFUSAL
 from bots.discord_delivery import MESSAGE_LIMIT
+from bots.render import REPORTED
 from tests.conftest import TINY_PAIRS
-from tests.fake_discord import ADMIN_ROLE_ID, CHANNEL_ID, OTHER_CHANNEL_ID, discord_bot_on_fake
+from tests.fake_discord import (
+    ADMIN_ROLE_ID,
+    CHANNEL_ID,
+    OTHER_CHANNEL_ID,
+    OTHER_THREAD_ID,
+    THREAD_ID,
+    discord_bot_on_fake,
+)
 from tests.test_telegram import long_answer_version, stack, store_of  # noqa: F401 - the shared worker stack fixture
 
 ADMIN = 5151
@@ -80,6 +88,29 @@ async def test_mentions_and_replies_get_answers_with_typing(discord_bot):
     elsewhere = await discord_bot.say(305, TINY_PAIRS[2].prompt, mention=True, channel_id=OTHER_CHANNEL_ID)
     await asyncio.sleep(1.0)
     assert discord_bot.replies_to(ignored) == [] and discord_bot.replies_to(elsewhere) == []
+
+
+async def test_threads_of_an_allowed_channel_are_answered_and_threads_of_other_channels_are_not(discord_bot):
+    """Under a channel allow-list a thread counts as its channel: a mention, /ask and a 👎 on an answer in a thread of
+    an allowed channel work (they were all refused: a thread has its own id); a thread of another channel stays
+    refused."""
+    asked = await discord_bot.say(308, TINY_PAIRS[1].prompt, mention=True, channel_id=THREAD_ID)
+    assert await discord_bot.wait_for(lambda: discord_bot.replies_to(asked)) == [TINY_PAIRS[1].response]
+    token = await discord_bot.slash(308, "ask", {"question": TINY_PAIRS[0].prompt}, channel_id=THREAD_ID)
+    follow = await discord_bot.wait_for(lambda: [m["content"] for m in discord_bot.followups(token)])
+    assert follow == [TINY_PAIRS[0].response]
+    answer = next(
+        m["id"] for m in discord_bot.messages.values() if str((m.get("message_reference") or {}).get("message_id")) == asked
+    )
+    await discord_bot.react(309, answer)
+    assert await discord_bot.wait_for(lambda: discord_bot.replies_to(answer)) == [REPORTED]
+    elsewhere = await discord_bot.say(308, TINY_PAIRS[2].prompt, mention=True, channel_id=OTHER_THREAD_ID)
+    answered = len(discord_bot.callbacks)
+    await discord_bot.slash(308, "ask", {"question": TINY_PAIRS[2].prompt}, channel_id=OTHER_THREAD_ID)
+    (refused,) = await discord_bot.wait_for(lambda: discord_bot.callbacks[answered:])
+    assert refused["data"]["content"] == "I don't answer in this channel."
+    await asyncio.sleep(1.0)
+    assert discord_bot.replies_to(elsewhere) == []
 
 
 async def test_a_long_answer_is_split_under_2000_characters(discord_bot, stack, tiny_llama):  # noqa: F811
