@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -116,7 +117,21 @@ def wait_until(predicate, timeout: float, what: str, log: Path | None = None):
 
 def qabot_env(values: dict[str, str]) -> dict[str, str]:
     """The environment for a `qabot` subprocess: this one's, minus any QABOT_* of the developer's, plus `values`."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("QABOT_")} | values
+    return {k: v for k, v in os.environ.items() if not k.startswith("QABOT_")} | {"PYTHONFAULTHANDLER": "1"} | values
+
+
+def stop_workers(workers: list[subprocess.Popen], logs: list[Path]) -> None:
+    """SIGTERM each worker (rq's warm shutdown) and wait; one still running after 30 s is made to dump its threads'
+    stacks into its log (PYTHONFAULTHANDLER, set by qabot_env) before the test fails, so that the hang can be read."""
+    for proc in workers:
+        proc.terminate()
+    for proc, log in zip(workers, logs, strict=True):
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)
+            proc.wait(timeout=30)
+            pytest.fail(f"{' '.join(proc.args[-2:])} did not stop within 30 s of SIGTERM; its threads: {log}")
 
 
 @contextlib.contextmanager
@@ -130,11 +145,11 @@ def qabot_workers(env: dict[str, str], home: Path, kinds: tuple[str, ...]):
     try:
         yield workers
     finally:
-        for proc in workers:
-            proc.terminate()
-            proc.wait(timeout=30)
-        for log in logs:
-            log.close()
+        try:
+            stop_workers(workers, [Path(log.name) for log in logs])
+        finally:
+            for log in logs:
+                log.close()
 
 
 def write_pairs(path: Path, pairs: list[QAPair]) -> Path:

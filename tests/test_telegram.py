@@ -23,7 +23,7 @@ from engine.models import load_model
 from engine.versions import ModelStore
 from qabot.dataset import QAPair
 from qabot.settings import Settings
-from tests.conftest import TINY_CONFIG, TINY_PAIRS, _free_port, qabot_env
+from tests.conftest import TINY_CONFIG, TINY_PAIRS, _free_port, qabot_env, stop_workers
 from tests.fake_telegram import BOT_USERNAME, FakeTelegram
 
 TOKEN = "123456:TEST-secret-token-never-logged"
@@ -51,19 +51,18 @@ def stack(trained_tiny, redis_server, tmp_path_factory, tiny_gpt2):
             "QABOT_TRAIN_BATCH_SIZE": "4",
         }
     )
-    workers = [  # two admin workers: concurrent admin changes must not be lost between them
-        subprocess.Popen(
-            [sys.executable, "-m", "qabot", "worker", kind], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        for kind in ("answer", "train", "admin", "admin")
-    ]
+    kinds = ("answer", "train", "admin", "admin")  # two admin workers: concurrent admin changes must not be lost between them
+    logs = [home / f"{kind}-{n}-worker.log" for n, kind in enumerate(kinds)]
+    workers = []
+    for kind, log in zip(kinds, logs, strict=True):
+        with log.open("w") as stderr:  # the worker writes to its own copy of the file
+            command = [sys.executable, "-m", "qabot", "worker", kind]
+            workers.append(subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=stderr))
     # The bots' settings name no QABOT_HOME: they never see the store.
     yield Settings(
         home=home / "bot-has-no-store", redis_url=url, telegram_token=TOKEN, telegram_admins=[ADMIN], answer_wait=60, rate_limit=5
     )
-    for proc in workers:
-        proc.terminate()
-        proc.wait(timeout=30)
+    stop_workers(workers, logs)
 
 
 async def run_bot(settings: Settings, fake: FakeTelegram):
