@@ -119,7 +119,7 @@ class Settings(BaseSettings):
     )
     discord_admins: IdList = Field(default_factory=list, description="Discord user ids allowed to retrain.")
     discord_admin_roles: IdList = Field(default_factory=list, description="Discord role ids whose members may retrain.")
-    discord_channels: IdList = Field(default_factory=list, description="If set, answer only in these channels.")
+    discord_channels: IdList = Field(default_factory=list, description="If set, answer only in these channels and their threads.")
     discord_guilds: IdList = Field(default_factory=list, description="If set, answer only in these servers.")
     rate_limit: int = Field(default=5, ge=1, description="Questions one person may ask per rate window.")
     rate_window: int = Field(default=60, ge=1, description="The rate window in seconds.")
