@@ -163,20 +163,36 @@ def worker_answer(burst: Annotated[bool, typer.Option(help="Stop when the queue 
     start_metrics_server(settings.answer_metrics_port, settings.metrics_host)
     connection = connect(settings.redis_url, WORKER_SOCKET_TIMEOUT)
     AnswerWorker([ANSWER_QUEUE], connection=connection, settings=settings).work(burst=burst)
+    _exit_without_finalizing()
+
+
+def _exit_without_finalizing() -> None:
+    """End a worker that holds a model once rq's work loop returned (burst done, or warm shutdown on SIGTERM), skipping
+    the interpreter's finalization. With torch, tokenizers and OpenBLAS threads loaded, that finalization sometimes
+    spun in the garbage collector for minutes (Py_FinalizeEx -> finalize_modules -> gc_collect_main, seen with gdb on a
+    busy 2-core host: the answer worker never exited, and a warm shutdown became a SIGKILL). Everything rq writes is
+    written by now; logs and stdio are flushed here."""
+    import logging
+    import os
+    import sys
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(0)
 
 
 @worker_app.command("admin")
 def worker_admin(burst: Annotated[bool, typer.Option(help="Stop when the queue is empty.")] = False) -> None:
     """Serve admin jobs (/addqa, /answer, /models, /rollback, /status, ...): quick, no torch; the store's writer."""
-    from rq import SimpleWorker
-
     from worker.jobs import ADMIN_QUEUE
     from worker.results import WORKER_SOCKET_TIMEOUT, connect
+    from worker.rq_seam import AdminWorker
 
     settings = _settings(engine=False)
     connection = connect(settings.redis_url, WORKER_SOCKET_TIMEOUT)
     # /addqa carries people's words: keep job arguments out of the logs, as the answer worker does.
-    SimpleWorker([ADMIN_QUEUE], connection=connection, log_job_description=False).work(burst=burst)
+    AdminWorker([ADMIN_QUEUE], connection=connection, log_job_description=False).work(burst=burst)
 
 
 @worker_app.command("train")

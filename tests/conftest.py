@@ -131,7 +131,34 @@ def stop_workers(workers: list[subprocess.Popen], logs: list[Path]) -> None:
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGABRT)
             proc.wait(timeout=30)
-            pytest.fail(f"{' '.join(proc.args[-2:])} did not stop within 30 s of SIGTERM; its threads: {log}")
+            pytest.fail(f"{' '.join(proc.args[-2:])} did not stop within 30 s of SIGTERM; its log ({log}):\n{_tail(log)}")
+
+
+def _tail(log: Path, chars: int = 6000) -> str:
+    return log.read_text(errors="replace")[-chars:] if log.exists() else ""
+
+
+def exit_code(proc: subprocess.Popen, timeout: float, log: Path) -> int:
+    """Wait for a worker logging to `log` to end by itself; its exit code. One still running after `timeout` is made to
+    dump its threads' stacks into its log (PYTHONFAULTHANDLER) and the test fails with the log's tail."""
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        proc.wait(timeout=30)
+        pytest.fail(f"{' '.join(proc.args[-3:])} did not end within {timeout} s; its log:\n{_tail(log)}")
+
+
+def wait_for_exit(proc: subprocess.Popen, timeout: float) -> str:
+    """Wait for a worker started with stdout=PIPE (stderr joined) to end by itself; its output. One still running after
+    `timeout` is made to dump its threads' stacks (PYTHONFAULTHANDLER) and the test fails with them."""
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        out, _ = proc.communicate(timeout=30)
+        pytest.fail(f"{' '.join(proc.args[-3:])} did not end within {timeout} s; its output:\n{out[-6000:]}")
+    return out
 
 
 @contextlib.contextmanager

@@ -21,7 +21,7 @@ from engine.release import Policy, release
 from engine.training import TrainConfig
 from engine.versions import ModelStore
 from qabot.errors import TrainingError
-from tests.conftest import TINY_CONFIG, wait_until
+from tests.conftest import TINY_CONFIG, exit_code, wait_until
 from tests.test_deploy import assert_all_stopped, interrupt, start_dev
 from tests.test_queue import make_settings, settings_env
 from worker.client import QueueClient
@@ -98,7 +98,7 @@ def test_a_worker_killed_whole_frees_the_lock_and_its_job_fails_clearly(running)
     assert render_result(status) == f"Training failed: {DIED}"
     assert client.training_status(job.id).state == "failed"  # once: the next look finds it ended
     again = train_worker(settings, log)  # the next train worker starts cleanly and finds nothing to reap
-    assert again.wait(timeout=60) == 0, log.read_text()[-3000:]
+    assert exit_code(again, 60, log) == 0, log.read_text()[-3000:]
     assert reap_dead_training(client.connection) == []
     assert_nothing_published(ModelStore(settings.models_dir))
 
@@ -124,7 +124,7 @@ def test_dev_backs_off_and_gives_up_only_on_repeated_fast_crashes():
 def test_a_run_that_lost_its_lock_stops_and_publishes_nothing(running):
     settings, client, job, worker, _, log = running
     client.connection.set(TRAIN_LOCK, "someone-else")  # as if it had been declared dead and a new run had started
-    assert worker.wait(timeout=30) == 0, log.read_text()[-3000:]
+    assert exit_code(worker, 30, log) == 0, log.read_text()[-3000:]
     status = client.training_status(job.id)
     assert status.state == "failed" and render_result(status) == f"Training failed: {LOST}"
     assert client.connection.get(TRAIN_LOCK) == b"someone-else"  # the other run's lock is left alone
@@ -162,7 +162,7 @@ def test_the_train_worker_rides_out_a_redis_restart(home, tiny_gpt2, tiny_data, 
         stop_redis_server(redis)  # SIGTERM: the append-only file is flushed, as `docker restart` does
         time.sleep(6)  # longer than the parent's monitoring interval: it meets the outage
         redis = start_redis_server(port, folder, appendonly=True)
-        assert worker.wait(timeout=600) == 0, log.read_text()[-3000:]  # 240 epochs: minutes on a busy 2-core machine
+        assert exit_code(worker, 600, log) == 0, log.read_text()[-3000:]  # 240 epochs: minutes on a busy 2-core machine
         status = client.training_status(job.id)
         assert status.state == "finished", (status.error, log.read_text()[-3000:])
         assert status.result["promoted"] and ModelStore(settings.models_dir).current_name() == "v0002"

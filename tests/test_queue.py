@@ -7,6 +7,8 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 from redis import Redis
@@ -20,10 +22,11 @@ from engine.pipeline import load_version
 from engine.versions import ModelStore
 from qabot.errors import AnswerTimeout, JobFailed, VersionError
 from qabot.settings import Settings
-from tests.conftest import TINY_PAIRS, qabot_env
+from tests.conftest import TINY_PAIRS, qabot_env, wait_for_exit, wait_until
 from worker.answer_worker import AnswerWorker
 from worker.client import QueueClient
-from worker.jobs import ANSWER_QUEUE
+from worker.jobs import ADMIN_QUEUE, ANSWER_QUEUE
+from worker.rq_seam import AdminWorker
 
 QUESTIONS = [p.prompt for p in TINY_PAIRS]
 
@@ -169,7 +172,7 @@ def test_cli_ask_remote_and_status(home, redis_url):
     out, err = asking.communicate(timeout=120)
     assert asking.returncode == 0, err
     assert out.strip() == TINY_PAIRS[3].response
-    worker.wait(timeout=60)
+    wait_for_exit(worker, timeout=60)
 
     status = subprocess.run([sys.executable, "-m", "qabot", "status"], env=env, capture_output=True, text=True, timeout=60)
     report = json.loads(status.stdout)
@@ -262,3 +265,21 @@ def test_any_rq_worker_answers_a_question_and_a_failed_one_can_be_requeued(home,
     FailedJobRegistry(ANSWER_QUEUE, connection=client.connection).requeue(failed.id)  # what rq-dashboard's retry does
     make_worker(settings).work(burst=True)  # the batching worker answers a requeued job like any other
     assert client.wait_answer(failed, timeout=5).answer == TINY_PAIRS[3].response
+
+
+@pytest.mark.parametrize("kind", ["answer", "admin"])
+def test_a_worker_stops_at_once_even_when_its_pubsub_thread_has_gone_back_to_waiting(home, redis_url, kind):
+    """rq's teardown stops its pub/sub thread; redis-py 8.2 waits for that thread, which rq runs with a 60 s wait: when
+    the thread had read the unsubscribe reply before it was told to stop, a burst end or a SIGTERM hung for a minute."""
+    settings = make_settings(home, redis_url)
+    connection = Redis.from_url(settings.redis_url)
+    worker = make_worker(settings) if kind == "answer" else AdminWorker([ADMIN_QUEUE], connection=connection)
+    worker.subscribe()
+    wait_until(lambda: worker.pubsub.subscribed, 5, "the worker subscribed")
+    worker.pubsub.unsubscribe()  # the thread reads the reply and waits for a subscription again, as in the race
+    wait_until(lambda: not worker.pubsub.subscribed, 5, "the thread read the unsubscribe reply")
+    time.sleep(0.2)
+    stopping = threading.Thread(target=worker.unsubscribe, daemon=True)
+    stopping.start()
+    stopping.join(timeout=10)
+    assert not stopping.is_alive(), "the worker's teardown waited for its pub/sub thread"

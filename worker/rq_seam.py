@@ -13,13 +13,18 @@ against the new version:
    or stop: heartbeats, state writes, the suspension check, registry cleanup, start and teardown.
 3. Putting back the questions of an answer worker that died: the started registry's raw entries with their expiry
    (ZRANGE/ZREM on its key) and rq's intermediate list.
-4. Watching a forking worker's horse: whether it still runs (`_horse_pid`), its wait status (`wait_for_horse`), a hook
+4. Stopping promptly (`Worker.unsubscribe`, every worker here): rq 3.0 runs its pub/sub thread with a 60 s wait and
+   redis-py 8.2's `PubSubWorkerThread.stop()` now waits for that thread with no limit, so a burst end or a warm
+   shutdown sometimes hung up to 60 s in rq's teardown (when the thread read the unsubscribe reply before it was told
+   to stop, it went back to waiting for a subscription). Ours waits 1 s, as rq meant to.
+5. Watching a forking worker's horse: whether it still runs (`_horse_pid`), its wait status (`wait_for_horse`), a hook
    in the horse before the job (`main_work_horse`) and after rq saw it killed (`handle_work_horse_killed`), and failing
    a job whose horse ended without recording it (`handle_job_failure`).
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from collections.abc import Callable
@@ -33,12 +38,38 @@ from rq.timeouts import JobTimeoutException
 from rq.utils import current_timestamp, now, parse_composite_key
 from rq.worker import WorkerStatus
 
-__all__ = ["BatchingWorker", "Execution", "HorseWorker", "JobTimeoutException", "SturdyWorker"]
+__all__ = ["AdminWorker", "BatchingWorker", "Execution", "HorseWorker", "JobTimeoutException", "SturdyWorker"]
 
 logger = logging.getLogger(__name__)
 
+PUBSUB_STOP_S = 1.0  # how long teardown waits for rq's pub/sub thread to end (rq 3.0's own join)
 
-class SturdyWorker(Worker):
+
+class PromptWorker(Worker):
+    """A worker whose teardown waits at most PUBSUB_STOP_S for rq's pub/sub thread (see 4. above)."""
+
+    def unsubscribe(self) -> None:
+        thread = self.pubsub_thread
+        if not thread:
+            return
+        self.log.info("Worker %s: unsubscribing from channel %s", self.name, self.pubsub_channel_name)
+        try:
+            self.pubsub.unsubscribe()
+        except RedisError as exc:  # the connection closes below either way
+            self.log.warning("Worker %s: could not unsubscribe (%s)", self.name, exc)
+        if "timeout" in inspect.signature(thread.stop).parameters:  # redis-py >= 8.2 waits for the thread
+            thread.stop(timeout=PUBSUB_STOP_S)
+        else:
+            thread.stop()
+            thread.join(timeout=PUBSUB_STOP_S)
+        self.pubsub.close()
+
+
+class AdminWorker(PromptWorker, SimpleWorker):
+    """rq's SimpleWorker, stopping promptly: the admin worker."""
+
+
+class SturdyWorker(PromptWorker):
     """Redis errors in heartbeats, state writes, the suspension check, registry cleanup and teardown are logged and the
     worker goes on (rq ends the worker on a ConnectionError there); the next dequeue waits for Redis with rq's own
     backoff. `record_ttl`: when set, the worker's record expires this many seconds after each heartbeat, whatever rq
