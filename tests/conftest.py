@@ -115,9 +115,17 @@ def wait_until(predicate, timeout: float, what: str, log: Path | None = None):
     raise AssertionError(f"not within {timeout} s: {what}\n{tail}")
 
 
+# A `qabot` subprocess runs torch on one thread. The suite runs several processes with torch at once on a CI host of
+# few cores; with torch's default (a thread per core) a busy neighbour made decoding about 10x slower (OpenMP waits at
+# each step for its descheduled thread): a 1200-token answer of the tiny llama took 9.2 s instead of 0.9 s beside one
+# busy process on 2 cores, and 1.0 s on one thread, so timing-bound tests failed on loaded hosts.
+SUBPROCESS_THREADS = {"OMP_NUM_THREADS": "1"}
+
+
 def qabot_env(values: dict[str, str]) -> dict[str, str]:
     """The environment for a `qabot` subprocess: this one's, minus any QABOT_* of the developer's, plus `values`."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("QABOT_")} | {"PYTHONFAULTHANDLER": "1"} | values
+    kept = {k: v for k, v in os.environ.items() if not k.startswith("QABOT_")}
+    return kept | SUBPROCESS_THREADS | {"PYTHONFAULTHANDLER": "1"} | values
 
 
 def stop_workers(workers: list[subprocess.Popen], logs: list[Path]) -> None:
