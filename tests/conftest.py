@@ -134,12 +134,7 @@ def stop_workers(workers: list[subprocess.Popen], logs: list[Path]) -> None:
     for proc in workers:
         proc.terminate()
     for proc, log in zip(workers, logs, strict=True):
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGABRT)
-            proc.wait(timeout=30)
-            pytest.fail(f"{' '.join(proc.args[-2:])} did not stop within 30 s of SIGTERM; its log ({log}):\n{_tail(log)}")
+        exit_code(proc, 30, log)
 
 
 def _tail(log: Path, chars: int = 6000) -> str:
@@ -154,7 +149,7 @@ def exit_code(proc: subprocess.Popen, timeout: float, log: Path) -> int:
     except subprocess.TimeoutExpired:
         proc.send_signal(signal.SIGABRT)
         proc.wait(timeout=30)
-        pytest.fail(f"{' '.join(proc.args[-3:])} did not end within {timeout} s; its log:\n{_tail(log)}")
+        pytest.fail(f"{' '.join(proc.args[-3:])} did not end within {timeout} s; its log ({log}):\n{_tail(log)}")
 
 
 def wait_for_exit(proc: subprocess.Popen, timeout: float) -> str:
@@ -171,8 +166,10 @@ def wait_for_exit(proc: subprocess.Popen, timeout: float) -> str:
 
 @contextlib.contextmanager
 def qabot_workers(env: dict[str, str], home: Path, kinds: tuple[str, ...]):
-    """`qabot worker <kind>` processes for a test stack, each logging to home/<kind>-worker.log; stopped on exit."""
-    logs = [(home / f"{kind}-worker.log").open("w") for kind in kinds]
+    """`qabot worker <kind>` processes for a test stack, each logging to home/<kind>-worker.log (<kind>-<n>-worker.log
+    where a kind runs more than once); stopped on exit."""
+    names = [f"{kind}-{n}" if kinds.count(kind) > 1 else kind for n, kind in enumerate(kinds)]
+    logs = [(home / f"{name}-worker.log").open("w") for name in names]
     workers = [
         subprocess.Popen([sys.executable, "-m", "qabot", "worker", kind], env=env, stderr=log)
         for kind, log in zip(kinds, logs, strict=True)

@@ -23,7 +23,7 @@ from engine.models import load_model
 from engine.versions import ModelStore
 from qabot.dataset import QAPair
 from qabot.settings import Settings
-from tests.conftest import TINY_CONFIG, TINY_PAIRS, _free_port, qabot_env, stop_workers
+from tests.conftest import TINY_CONFIG, TINY_PAIRS, _free_port, qabot_env, qabot_workers
 from tests.fake_telegram import BOT_USERNAME, FakeTelegram
 
 TOKEN = "123456:TEST-secret-token-never-logged"
@@ -51,18 +51,17 @@ def stack(trained_tiny, redis_server, tmp_path_factory, tiny_gpt2):
             "QABOT_TRAIN_BATCH_SIZE": "4",
         }
     )
-    kinds = ("answer", "train", "admin", "admin")  # two admin workers: concurrent admin changes must not be lost between them
-    logs = [home / f"{kind}-{n}-worker.log" for n, kind in enumerate(kinds)]
-    workers = []
-    for kind, log in zip(kinds, logs, strict=True):
-        with log.open("w") as stderr:  # the worker writes to its own copy of the file
-            command = [sys.executable, "-m", "qabot", "worker", kind]
-            workers.append(subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=stderr))
-    # The bots' settings name no QABOT_HOME: they never see the store.
-    yield Settings(
-        home=home / "bot-has-no-store", redis_url=url, telegram_token=TOKEN, telegram_admins=[ADMIN], answer_wait=60, rate_limit=5
-    )
-    stop_workers(workers, logs)
+    # The bots' settings name no QABOT_HOME: they never see the store. Two admin workers: concurrent admin changes must
+    # not be lost between them.
+    with qabot_workers(env, home, ("answer", "train", "admin", "admin")):
+        yield Settings(
+            home=home / "bot-has-no-store",
+            redis_url=url,
+            telegram_token=TOKEN,
+            telegram_admins=[ADMIN],
+            answer_wait=60,
+            rate_limit=5,
+        )
 
 
 async def run_bot(settings: Settings, fake: FakeTelegram):
