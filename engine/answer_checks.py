@@ -2,9 +2,10 @@
 
 Each returns why the answer must not be shown (it is shown as a decline instead), or None.
 
-- An answer kind: "how many / much / old / ...", "what year" need a number, "when" a time. Asked an unknown fact of a
-  known entity, a grounded model copies another fact of the same entity ("How old is the queen?" -> "The queen lives
-  in the palace."). English only: `Grounding.rules_that_hold` turns a kind off where the data's own answers break it.
+- An answer kind: "how many / much / old / ...", "what year" need a number, "when" a time, "what colour" a colour.
+  Asked an unknown fact of a known entity, a grounded model copies another fact of the same entity ("How old is the
+  queen?" -> "The queen lives in the palace."). English only: `Grounding.rules_that_hold` turns a kind off where the
+  data's own answers break it.
 - An empty answer, or one of function words only ("It is."), says nothing.
 - Neither of these two applies to an answer that is one of its notes whole: the data's own answer ("No.", "Free." to
   "Is it free or paid?") is what its writer meant, however short.
@@ -32,8 +33,16 @@ _TIME = (
     r"january|february|march|april|may|june|july|august|september|october|november|december|"
     r"yesterday|today|tomorrow|now|never|always|every|each|reign|birth|death|war)\b"
 )
-# A question of these kinds asks for a number or a time: an answer without one answers another question (the model
-# copied a note about the same thing: "How old is the queen?" -> "The queen lives in the palace."). English only.
+_COLOUR = (
+    r"\b(?:colou?r\w*|hues?|shades?|tint\w*|red(?:dish|der)?|orange|yellow\w*|green\w*|blue\w*|indigo|violet|purple|pink\w*|"
+    r"brown|black|white|gr[ae]y\w*|silver\w*|gold\w*|amber|crimson|scarlet|azure|emerald|jade|ivory|bronze|copper\w*|"
+    r"teal|turquoise|cyan|magenta|maroon|navy|beige|tan|ruby|sapphire|opal\w*|pale|dark\w*|bright|pearl\w*|"
+    r"rust\w*|ash(?:en)?|ochre|cream|lilac|lavender|rose|rosy|blood|snow|jet|ebony|obsidian|sable|charcoal)\b"
+)
+# A question of these kinds asks for a number, a time or a colour: an answer without one answers another question (the
+# model copied a note about the same thing: "How old is the queen?" -> "The queen lives in the palace."; "What colour
+# are the dragon's scales?" -> "The dragon has slept for 800 years."). English only. Colour words are matched leniently
+# (shades, gems, metals, "dark", any word of "colour"): a miss only lets an answer through.
 ANSWER_KINDS = (
     (
         re.compile(r"^(?:how\s+(?:many|much|old|long|tall|far|deep|high|heavy)|(?:in\s+)?what\s+(?:year|age))\b", re.I),
@@ -41,6 +50,11 @@ ANSWER_KINDS = (
         "number",
     ),
     (re.compile(r"^(?:when|in\s+which\s+year)\b", re.I), re.compile(_TIME, re.I), "time"),
+    (
+        re.compile(r"^(?:what|which)(?:'s|\s+is|\s+are|\s+was|\s+were)?\s+(?:the\s+)?colou?rs?\b", re.I),
+        re.compile(_COLOUR, re.I),
+        "colour",
+    ),
 )
 
 # Words that carry no content of their own: dropped before comparing an answer with its question and notes.

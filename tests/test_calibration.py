@@ -78,7 +78,7 @@ def test_a_rule_its_own_answers_break_does_not_apply(embedder):
     ]
     grounding = Grounding(PairIndex.build(pairs, embedder), embedder)
     names, kinds = grounding.rules_that_hold()
-    assert names and kinds == ("time",)  # "how much" answered without a number: the number rule is off
+    assert names and "time" in kinds and "number" not in kinds  # "how much" answered without a number: that rule is off
     assert grounding.reason_to_reject("how much does it cost", pairs[0].response) is None
     assert grounding.reason_to_reject("When does it ship?", "Pebble ships from the Foundation.") is not None
 

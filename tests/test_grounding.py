@@ -221,7 +221,7 @@ def test_the_decline_may_start_only_where_the_model_is_sure_of_it():
     assert later.argmax(-1).item() == 0  # later steps are untouched
 
 
-def test_an_answer_without_the_number_or_time_its_question_asks_for_is_a_decline(embedder):
+def test_an_answer_without_the_number_time_or_colour_its_question_asks_for_is_a_decline(embedder):
     from engine.grounding import Grounding
 
     pairs = read_dataset(DATA_DIR / "sample.json")
@@ -229,7 +229,13 @@ def test_an_answer_without_the_number_or_time_its_question_asks_for_is_a_decline
     # the model copied a note about the same queen: it answers another question
     assert "number" in grounding.reason_to_reject("How old is Queen Isolde?", "Queen Isolde lives in the Sunspire Palace.")
     assert "time" in grounding.reason_to_reject("When did the rebellion happen?", "It is remembered as the Tidewater Rebellion.")
+    scales = grounding.reason_to_reject(
+        "What color are the dragon Ignatharax's scales?", "The dragon Ignatharax has slept for 800 years."
+    )
+    assert "colour" in scales
     right = [
+        ("What colour are the dragon's scales?", "Its scales are a deep copper."),
+        ("Which color is the banner of Stormhold?", "Stormhold flies a grey-green banner."),
         ("How old is Queen Isolde?", "She is forty-two years old."),
         ("How many moons does Eldoria have?", "Eldoria has two moons."),
         ("When did the war end?", "It ended after the Siege of Aurelhaven."),
