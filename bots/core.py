@@ -68,6 +68,11 @@ class RateLimiter:
         times.append(now)
         return 0.0
 
+    def refund(self, user: str) -> None:
+        """Uncount `user`'s latest question: it failed on our side, and the reply asks them to try again."""
+        if times := self.asked.get(user):
+            times.pop()
+
 
 @dataclass(frozen=True)
 class RetrainOutcome:
@@ -111,18 +116,22 @@ class BotCore(AdminCommands):
         try:
             result = await self.client.ask(text, asker=user, channel=channel)
         except Busy:  # more askers than the bot can hold: told at once, not queued behind the others
+            self.limiter.refund(user)  # each failure on our side asks them to try again: the try does not count
             return Reply(BUSY)
         except (ServiceUnavailable, AnswerTimeout) as exc:
             logger.warning("no answer for a question: %s", exc)
+            self.limiter.refund(user)
             self._in_background(self._answer_down(channel))  # the asker's apology does not wait for it
             return Reply(APOLOGY)
         except JobFailed as exc:
             if exc.kind == "QuestionError":
                 return Reply(str(exc))
             logger.warning("an answer job failed: %s", exc)
+            self.limiter.refund(user)
             return Reply("Sorry, something went wrong while answering that. Please try again.")
         except Exception:  # the edge: never crash the bot over one question
             logger.exception("unexpected failure while answering")
+            self.limiter.refund(user)
             return Reply(APOLOGY)
         if result.details.get("fallback_from"):
             self._in_background(self._fallback_alert(result.details["fallback_from"], result.version or "?", channel))

@@ -271,8 +271,9 @@ async def test_the_follow_loop_survives_a_restart_and_a_request_nobody_takes_is_
 
 async def test_no_answer_worker_gives_the_apology_at_once_and_tells_the_admin_once(home, redis_url, tmp_path):
     """Point 5: nobody answers; each asker gets the apology in seconds, the admin hears of it once; a worker that
-    answers again ends the outage (the next one is told again)."""
-    settings = Settings(home=home / "bot", redis_url=redis_url, telegram_token=TOKEN, telegram_admins=[ADMIN])
+    answers again ends the outage (the next one is told again). A question that failed on our side does not count
+    against its asker's rate limit: they are asked to try again, and may."""
+    settings = Settings(home=home / "bot", redis_url=redis_url, telegram_token=TOKEN, telegram_admins=[ADMIN], rate_limit=1)
     fake = FakeTelegram(TOKEN)
     await fake.start()
     app = await run_bot(settings, fake)
@@ -285,6 +286,8 @@ async def test_no_answer_worker_gives_the_apology_at_once_and_tells_the_admin_on
         told = await fake.wait_for(lambda: [m["text"] for m in fake.sent.values() if m["chat"]["id"] == ADMIN], 10)
         await asyncio.sleep(1.0)
         assert [m["text"] for m in fake.sent.values() if m["chat"]["id"] == ADMIN] == told == [ANSWER_DOWN_ALERT]
+        again = fake.send_text(300, 300, QUESTIONS[0])  # at once, with a limit of one question a minute
+        assert await fake.wait_for(lambda: texts(fake, again), 30) == [APOLOGY]
 
         log = tmp_path / "worker.log"
         worker = start_worker(home, redis_url, log, max_new_tokens="24")
