@@ -258,11 +258,12 @@ def retry_notice(connection: Any, platform: str, notice: Notice) -> bool:
 
 # -- answers a bot sent, so that people can say one was wrong -------------------------------------
 def remember_answer(connection: Any, platform: str, chat: str, messages: list[str], question: str, answer: str) -> None:
-    """Remember, for SENT_TTL_S, which question and answer each of these bot messages carried."""
+    """Remember, for SENT_TTL_S, which question and answer each of these bot messages carried (the parts of a long
+    answer name its first message, where its reports are counted)."""
     with connection.pipeline(transaction=False) as pipe:
         for message in messages:
             key = SENT.format(platform, chat, message)
-            pipe.hset(key, mapping={"question": question, "answer": answer})
+            pipe.hset(key, mapping={"question": question, "answer": answer, "lead": messages[0]})
             pipe.expire(key, SENT_TTL_S)
         pipe.execute()
 
@@ -278,8 +279,15 @@ def _reporter_key(platform: str, chat: str, message: str, reporter: str) -> str:
     return REPORTED.format(platform, chat, message, who)
 
 
+def _lead(connection: Any, platform: str, chat: str, message: str) -> str:
+    """The first message of the answer `message` is part of (itself for a one-message answer)."""
+    return _text(connection.hget(SENT.format(platform, chat, message), "lead") or message)
+
+
 def count_report(connection: Any, platform: str, chat: str, message: str, reporter: str) -> int:
-    """Which report of this answer this one is (1 for the first), or 0 if this person reported it already."""
+    """Which report of this answer this one is (1 for the first), or 0 if this person reported it already, from
+    whichever of the answer's messages."""
+    message = _lead(connection, platform, chat, message)
     if not connection.set(_reporter_key(platform, chat, message, reporter), 1, nx=True, ex=SENT_TTL_S):
         return 0
     return int(connection.hincrby(SENT.format(platform, chat, message), "reports", 1))
@@ -287,5 +295,6 @@ def count_report(connection: Any, platform: str, chat: str, message: str, report
 
 def uncount_report(connection: Any, platform: str, chat: str, message: str, reporter: str) -> None:
     """Take back a report that could not be passed on, so that the person can try again."""
+    message = _lead(connection, platform, chat, message)
     if connection.delete(_reporter_key(platform, chat, message, reporter)):
         connection.hincrby(SENT.format(platform, chat, message), "reports", -1)

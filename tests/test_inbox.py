@@ -141,7 +141,7 @@ def test_notices_are_taken_once_and_put_back_a_few_times(redis_url):
     assert [n.chat for n in inbox.pop_notices(r, "discord")] == ["2"]
 
 
-def test_an_answer_can_be_flagged_once_per_person(redis_url):
+def test_an_answer_can_be_flagged_once_per_person_whichever_of_its_messages_they_flag(redis_url):
     r = Redis.from_url(redis_url)
     inbox.remember_answer(r, "telegram", "9", ["11", "12"], "Who?", "Ana.")
     assert inbox.recall_answer(r, "telegram", "9", "12") == ("Who?", "Ana.")
@@ -151,6 +151,11 @@ def test_an_answer_can_be_flagged_once_per_person(redis_url):
     assert inbox.count_report(r, "telegram", "9", "11", "tg:2") == 2
     inbox.uncount_report(r, "telegram", "9", "11", "tg:2")
     assert inbox.count_report(r, "telegram", "9", "11", "tg:2") == 2
+    # a long answer split over two messages is one answer: its second part flags the same answer
+    assert inbox.count_report(r, "telegram", "9", "12", "tg:1") == 0
+    assert inbox.count_report(r, "telegram", "9", "12", "tg:3") == 3
+    inbox.uncount_report(r, "telegram", "9", "12", "tg:3")
+    assert inbox.count_report(r, "telegram", "9", "11", "tg:3") == 3
     stored = b" ".join(k + b" " + (r.get(k) or b"") if r.type(k) == b"string" else k for k in r.keys("qabot:*"))
     assert b"tg:1" not in stored and b"tg:2" not in stored  # who reported is kept as a hash only
 
