@@ -14,7 +14,7 @@ from transformers import BatchEncoding, StoppingCriteriaList, StopStringCriteria
 from engine.answers import Answer, Sampling, StopReason, picker
 from engine.decoding import RunningBatch, generate_whole, supports_pruned_decoding
 from engine.formatting import STOP_TEXT, PromptTokens, format_prompt, longest_answer
-from engine.grounding import decline_token
+from engine.grounding import decline_token, notes_shown
 from engine.models import context_length
 from engine.steering import DeclineGate, NoteSnap, answer_ids, model_declines
 from engine.textformat import FALLBACK_BUDGET, answer_budget
@@ -30,8 +30,8 @@ __all__ = ["Answer", "Answerer", "Sampling", "StopReason"]
 
 @dataclass(frozen=True)
 class _Asked:
-    """A question on its way to an answer: its prompt, the pairs given as its notes, and why the data declines it
-    without the model (None: the model answers)."""
+    """A question on its way to an answer: its prompt, the pairs its prompt shows as notes (nearest first), and why
+    the data declines it without the model (None: the model answers)."""
 
     question: str
     prompt: str
@@ -252,8 +252,9 @@ class Answerer:
         encoded = self.grounding.embedder.encode(cleaned)  # once: for the notes and for the off-topic rule
         prompts, hits = self.grounding.prompts(cleaned, fits=self._fits, encoded=encoded)
         near = self.grounding.offtopic_closeness(cleaned, encoded)
-        return [
-            _Asked(q, prompt, found, self.grounding.reason_to_decline(q, found, offtopic))
+        words = self.grounding.note_words
+        return [  # the data's reasons read every hit; the answer's notes and sources are the ones its prompt shows
+            _Asked(q, prompt, notes_shown(q, found, prompt, words), self.grounding.reason_to_decline(q, found, offtopic))
             for q, prompt, found, offtopic in zip(cleaned, prompts, hits, near, strict=True)
         ]
 

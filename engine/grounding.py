@@ -110,6 +110,15 @@ def fitted_prompt(question: str, notes: list[str], fits=lambda prompt: True, not
     return format_grounded(question, notes, note_words)
 
 
+def notes_shown(question: str, found: list[Hit], prompt: str, note_words: int = 0) -> list[Hit]:
+    """The hits a grounded prompt shows as notes: the nearest ones, once `fitted_prompt` dropped the farthest."""
+    notes = [h.pair.response for h in reversed(found)]
+    for count in range(len(found), 0, -1):
+        if format_grounded(question, notes[-count:], note_words) == prompt:
+            return found[:count]
+    return []
+
+
 def decline_token(tokenizer: Any, decline: str) -> int:
     """The first token of the decline as the model produces it after `Answer:`: what the decline gate watches."""
     return tokenizer(format_answer(decline), add_special_tokens=False)["input_ids"][0]

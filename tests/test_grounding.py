@@ -157,12 +157,15 @@ def test_a_long_grounded_example_keeps_its_answer_and_long_notes_never_overflow_
     answer_ids = loaded.tokenizer(" Very tall.", add_special_tokens=False)["input_ids"]
     assert len(features["input_ids"]) <= 64
     assert [t for t in features["labels"] if t != IGNORE_INDEX] == [*answer_ids, loaded.tokenizer.eos_token_id]
-    pairs = [QAPair(f"How tall is the {n} tower?", note) for n, note in zip(("north", "south", "east"), long_notes, strict=True)]
-    answerer = Answerer(
-        loaded.model, loaded.tokenizer, max_new_tokens=128, grounding=Grounding(PairIndex.build(pairs, embedder), embedder)
-    )
-    (answer,) = answerer.answer(["How tall is the north tower?"])  # 3 notes would pass 256 positions: the farthest go
-    assert answer.sources[0] == pairs[0].prompt and answer.new_tokens <= 128
+    for very, shown in ((25, 1), (60, 0)):  # a note of about 90 tokens, then of about 190
+        notes = [f"The {n} tower of Eldoria is {' very' * very} tall." for n in ("north", "south", "east")]
+        pairs = [QAPair(f"How tall is the {n} tower?", note) for n, note in zip(("north", "south", "east"), notes, strict=True)]
+        grounding = Grounding(PairIndex.build(pairs, embedder), embedder)
+        answerer = Answerer(loaded.model, loaded.tokenizer, max_new_tokens=128, grounding=grounding)
+        (answer,) = answerer.answer(["How tall is the north tower?"])  # 128 positions for the prompt: the farthest go
+        assert answer.new_tokens <= 128
+        # its sources are the notes the model was shown (the nearest that fit), not the ones dropped
+        assert answer.sources == tuple(p.prompt for p in pairs[:shown])
 
 
 def test_questions_about_names_the_data_never_mentions_or_far_from_every_pair_are_declined_without_the_model(tiny_gpt2, embedder):
