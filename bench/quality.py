@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from bench.common import machine
+from qabot.evaluation import companions
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 DATASETS = ("sample", "faq")
@@ -40,11 +41,6 @@ def qabot(env: dict[str, str], *args: str) -> str:
     return result.stdout
 
 
-def companion(data: Path, kind: str) -> Path:
-    """X.heldout.json or X.unanswerable.json beside X.json."""
-    return data.with_name(f"{data.stem}.{kind}.json")
-
-
 def retrieval(data: Path) -> tuple[int, int, int]:
     """(right pair nearest, among the 3 notes, questions) for a dataset's held-out questions."""
     from engine.retrieval import Embedder, PairIndex
@@ -52,7 +48,7 @@ def retrieval(data: Path) -> tuple[int, int, int]:
 
     embedder = Embedder()
     index = PairIndex.build(read_dataset(data), embedder)
-    heldout = read_heldout(companion(data, "heldout"))
+    heldout = read_heldout(companions(data)[0])
     hits = index.search(embedder, [h.question for h in heldout], k=3)
     first = sum(found[0].pair.response == h.answer for found, h in zip(hits, heldout, strict=True))
     three = sum(any(x.pair.response == h.answer for x in found) for found, h in zip(hits, heldout, strict=True))
@@ -62,7 +58,7 @@ def retrieval(data: Path) -> tuple[int, int, int]:
 def measure(data: Path, home: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("QABOT_") or k == "QABOT_LOG_LEVEL"}
     env["QABOT_HOME"] = str(home)
-    name, heldout = data.stem, companion(data, "heldout")
+    name, heldout = data.stem, companions(data)[0]
     if not (home / "models" / "current").exists():
         default_cache = Path.home() / ".qabot" / "cache"  # reuse the converted bundled model
         if default_cache.is_dir() and not (home / "cache").exists():
