@@ -28,7 +28,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel, AutoTokenizer
 
-from engine.lexical import LEXICAL_WEIGHT, Coverage
+from engine.lexical import KIND_PENALTY, LEXICAL_WEIGHT, Coverage, Kinds
 from qabot.dataset import QAPair, pair_key  # what an index row stands for: rows are reused when pairs stay
 from qabot.errors import ModelError
 
@@ -101,6 +101,7 @@ class PairIndex:
             raise ValueError(f"{len(pairs)} pairs but vectors of shape {tuple(vectors.shape)}")
         self.pairs, self.vectors = list(pairs), vectors
         self._coverage: Coverage | None = None
+        self._kinds: Kinds | None = None
 
     @classmethod
     def build(cls, pairs: list[QAPair], embedder: Embedder, reuse: PairIndex | None = None) -> PairIndex:
@@ -116,14 +117,17 @@ class PairIndex:
 
     def scores(self, embedder: Embedder, questions: list[str], encoded: torch.Tensor | None = None) -> torch.Tensor:
         """Questions x pairs: the mean cosine similarity of each question to each pair's views, plus LEXICAL_WEIGHT
-        times the share of the question's rare words the pair holds (engine.lexical). `encoded`: the questions as
-        `embedder.encode` gave them, when the caller has them already."""
+        times the share of the question's rare words the pair holds, less KIND_PENALTY where the pair's stored question
+        asks for another kind of thing (engine.lexical). `encoded`: the questions as `embedder.encode` gave them, when
+        the caller has them already."""
         flat = self.vectors.reshape(-1, self.vectors.shape[-1])
         encoded = embedder.encode(questions) if encoded is None else encoded
         dense = (encoded @ flat.T).reshape(len(questions), len(self.pairs), VIEWS).mean(-1)
-        if self._coverage is None:
+        if self._coverage is None or self._kinds is None:
             self._coverage = Coverage([f"{p.prompt} {p.response}" for p in self.pairs])
-        return dense + LEXICAL_WEIGHT * self._coverage.of(questions)
+            self._kinds = Kinds([p.prompt for p in self.pairs])
+        lexical = LEXICAL_WEIGHT * self._coverage.of(questions)
+        return dense + lexical - KIND_PENALTY * self._kinds.conflicts(questions)
 
     def search(
         self, embedder: Embedder, questions: list[str], k: int = 3, encoded: torch.Tensor | None = None
