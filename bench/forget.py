@@ -2,7 +2,7 @@
 
 On a copy of a trained home (--home DIR, its live grounded version; the copy's files are hard links, so the bench
 never edits the real store), through the admin jobs' own functions (worker.admin: /forget and /addqa on a known
-question) and the answer worker's own notes refresh (engine.pipeline.dataset_grounding with the previous index):
+question) and the answer worker's own notes refresh (engine.serving.dataset_grounding with the previous index):
 - COUNT pairs are removed one at a time; each removed question is then asked: the share still answered with the
   removed answer (target 0%), and how the rest went (declined, or another pair's answer);
 - COUNT other pairs get a new answer ("Update: " before the old one, so that the model must start it otherwise than it
@@ -44,7 +44,7 @@ def main() -> None:
         os.symlink((args.home / "cache").resolve(), home / "cache")
     os.environ["QABOT_HOME"] = str(home)
 
-    from engine.pipeline import dataset_grounding
+    from engine.serving import dataset_grounding
     from qabot.evaluation import load_answerer
     from qabot.settings import Settings
     from worker import admin

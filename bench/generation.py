@@ -26,7 +26,7 @@ def answerer_of(s, store: ModelStore):
     """The answer worker's answerer for the live version (grounded when it was trained so), or the bundled model's."""
     from engine.generate import Answerer
     from engine.models import load_model
-    from engine.pipeline import load_version, make_answerer, version_grounding
+    from engine.serving import load_version, make_answerer, version_grounding
 
     if store.current() is None:
         loaded = load_model(str(bundled_folder(s)), device=s.device, dtype=s.dtype)

@@ -24,7 +24,8 @@ from tempfile import TemporaryDirectory
 from bench.common import machine, quiet, settings
 from engine.evaluate import evaluate_heldout, evaluate_pairs, evaluate_unanswerable
 from engine.models import load_model
-from engine.pipeline import TrainRequest, load_base, make_answerer, train_version, validate_file, version_grounding
+from engine.pipeline import TrainRequest, load_base, train_version, validate_file
+from engine.serving import make_answerer, version_grounding
 from engine.training import GROUNDED_EPOCHS, TrainConfig
 from engine.versions import ModelStore
 from qabot.dataset import read_heldout

@@ -1,4 +1,4 @@
-"""From a dataset file to a new, saved (and usually live) model version; and back to a loaded model."""
+"""From a dataset file to a new, saved (and usually live) model version (engine.serving: back to a loaded one)."""
 
 from __future__ import annotations
 
@@ -14,18 +14,16 @@ from typing import Any
 
 from transformers import AutoConfig
 
-from engine.calibration import GATE_FLOOR, Calibration, calibrate, calibrate_decline
-from engine.formatting import count_tokens, longest_answer
-from engine.generate import Answerer
-from engine.grounding import DECLINE, Grounding, build_examples, learnt_answers
-from engine.models import LoadedModel, context_length, free_memory, load_model, load_tokenizer, resolve_source, special_tokens
+from engine.calibration import GATE_FLOOR, calibrate, calibrate_decline
+from engine.formatting import count_tokens
+from engine.grounding import DECLINE, build_examples, learnt_answers
+from engine.models import context_length, free_memory, load_model, load_tokenizer, resolve_source, special_tokens
 from engine.plots import plot_training
-from engine.retrieval import Embedder, ensure_index
-from engine.textformat import FALLBACK_BUDGET, answer_budget
+from engine.serving import dataset_grounding
 from engine.training import Progress, ProgressFn, TrainConfig, TrainResult, fine_tune
-from engine.versions import ModelStore, VersionInfo, read_stored
+from engine.versions import ModelStore, VersionInfo
 from qabot.dataset import QAPair, parse_text, read_dataset, read_heldout, validate_items
-from qabot.errors import DatasetError, ModelError, TrainingError
+from qabot.errors import DatasetError, ModelError
 
 logger = logging.getLogger(__name__)
 
@@ -210,113 +208,3 @@ def train_version(
     free_memory()
     report(Progress("saved", metrics=result.metrics))
     return TrainOutcome(info, result)
-
-
-def load_version(
-    store: ModelStore, name: str | None = None, *, device: str = "auto", dtype: str = "auto"
-) -> tuple[LoadedModel, VersionInfo]:
-    """Load a saved version (the live one by default) for answering."""
-    info = store.get(name) if name else store.current()
-    if info is None:
-        raise TrainingError("no model has been trained yet: run `qabot train` (or `qabot chat`, which trains one)")
-    return load_model(str(info.path), device=device, dtype=dtype), info
-
-
-def dataset_grounding(
-    store: ModelStore,
-    digest: str,
-    notes: int,
-    decline: str = DECLINE,
-    previous: Grounding | None = None,
-    calibration: Calibration | None = None,
-    note_words: int | None = None,
-) -> Grounding:
-    """Notes from stored dataset `digest` (its index loaded, or built and saved beside it, reusing `previous`).
-
-    The thresholds are `calibration`'s, else `previous`'s (the notes changed, the version did not), else the defaults.
-    """
-    embedder = previous.embedder if previous is not None else Embedder()
-    index = ensure_index(store, digest, embedder, previous.index if previous is not None else None)
-    if calibration is None and previous is not None:
-        calibration = Calibration(
-            min_score=previous.min_score,
-            decline_confidence=previous.decline_confidence,
-            offtopic_margin=previous.offtopic_margin,
-        )
-    calibration = calibration or Calibration()
-    return Grounding(
-        index,
-        embedder,
-        notes=notes,
-        decline=decline,
-        min_score=calibration.min_score,
-        decline_confidence=calibration.decline_confidence,
-        offtopic_margin=calibration.offtopic_margin,
-        learnt=previous.learnt if previous is not None else None,
-        note_words=note_words if note_words is not None else previous.note_words if previous is not None else 0,
-    )
-
-
-def version_grounding(
-    store: ModelStore,
-    info: VersionInfo,
-    digest: str | None = None,
-    *,
-    min_score: float | None = None,
-    decline_confidence: float | None = None,
-    offtopic_margin: float | None = None,
-) -> Grounding | None:
-    """For a grounded version: notes from `digest` (default: the dataset it learnt); None for a plain version.
-
-    `min_score` and `decline_confidence` override the version's calibrated thresholds (QABOT_MIN_SCORE,
-    QABOT_DECLINE_CONFIDENCE)."""
-    meta = info.meta.get("grounding")
-    if not meta:
-        return None
-    digest = digest or info.meta["dataset"]["hash"]
-    if not (store.datasets_dir / f"{digest}.json").is_file():
-        raise ModelError(f"{info.name} answers from notes, but dataset {digest} is not in the store; /retrain or roll back")
-    calibration = Calibration.from_meta(info.meta.get("calibration")).overridden(min_score, decline_confidence, offtopic_margin)
-    note_words = int(meta.get("note_words", 0))  # a version from before note heads read whole notes
-    grounding = dataset_grounding(
-        store, digest, int(meta["notes"]), str(meta["decline"]), calibration=calibration, note_words=note_words
-    )
-    learnt = store.datasets_dir / f"{info.meta['dataset']['hash']}.json"
-    if learnt.is_file():  # the answers it was fine-tuned on: among those it chooses (engine.grounding.Grounding.learnt)
-        grounding.learnt = learnt_answers(read_dataset(learnt))
-    return grounding
-
-
-def version_budget(info: VersionInfo, loaded: LoadedModel) -> int:
-    """The answer budget a version was released with; for an older version, measured on the dataset it learnt."""
-    stored = info.meta.get("answer_budget")
-    if stored:
-        return int(stored)
-    path = info.meta.get("dataset", {}).get("path")
-    if not path or not Path(path).is_file():
-        return FALLBACK_BUDGET
-    return data_budget(loaded.tokenizer, read_stored(Path(path)), context_length(loaded.model.config))
-
-
-def data_budget(tokenizer: Any, pairs: list[QAPair], context: int) -> int:
-    """The answer budget of a dataset: its longest answer in tokens plus a margin (engine.textformat.answer_budget)."""
-    return answer_budget(longest_answer(tokenizer, (p.response for p in pairs)), context)
-
-
-def make_answerer(
-    loaded: LoadedModel,
-    info: VersionInfo | None = None,
-    *,
-    max_new_tokens: int | None,
-    max_question_chars: int,
-    grounding: Grounding | None = None,
-) -> Answerer:
-    """An answerer for a loaded version; `max_new_tokens=None` sizes answers by the version's data."""
-    return Answerer(
-        loaded.model,
-        loaded.tokenizer,
-        max_new_tokens=max_new_tokens,
-        max_question_chars=max_question_chars,
-        grounding=grounding,
-        data_budget=version_budget(info, loaded) if info is not None else FALLBACK_BUDGET,
-    )

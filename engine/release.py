@@ -25,8 +25,9 @@ from typing import Any
 from engine.datastore import write_atomic
 from engine.evaluate import accuracy_score, evaluate_heldout, evaluate_pairs, evaluate_unanswerable
 from engine.models import free_memory, load_model
-from engine.pipeline import Base, TrainOutcome, TrainRequest, make_answerer, train_version, version_grounding
+from engine.pipeline import Base, TrainOutcome, TrainRequest, train_version
 from engine.retrieval import PairIndex
+from engine.serving import make_answerer, version_grounding
 from engine.training import Progress, ProgressFn
 from engine.versions import ModelStore, VersionInfo, read_stored
 from qabot.dataset import MAX_FIELD_CHARS, HeldoutItem, QAPair, normalize_question, pair_key, read_heldout

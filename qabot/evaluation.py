@@ -26,7 +26,7 @@ def companions(dataset: Path) -> tuple[Path, Path]:
 
 def load_answerer(settings: Settings, version: str | None = None):
     """The live (or a named) version, as the answer worker serves it: its budget, notes and thresholds."""
-    from engine.pipeline import load_version, make_answerer, version_grounding
+    from engine.serving import load_version, make_answerer, version_grounding
     from engine.versions import ModelStore
 
     store = ModelStore.of(settings)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from engine.formatting import longest_answer
 from engine.generate import StopReason
 from engine.models import load_model
-from engine.pipeline import make_answerer
+from engine.serving import make_answerer
 from engine.textformat import FALLBACK_BUDGET, answer_budget
 from engine.versions import ModelStore
 from qabot.dataset import QAPair, read_dataset

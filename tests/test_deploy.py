@@ -458,6 +458,26 @@ def test_the_bots_load_the_client_and_nothing_of_the_workers():
     assert loaded == [] and workers == "-", (loaded, workers)
 
 
+def test_an_answer_worker_loads_nothing_of_fine_tuning():
+    """What answers (the answer worker's model keeper, `qabot chat`, `qabot eval`) loads the serving half of the
+    engine: no Trainer, no fine-tuning module, no training pipeline. Checked in a fresh interpreter, where a keeper
+    loads a version (there is none: it gets as far as looking for it)."""
+    code = (
+        "import sys, tempfile, pathlib, worker.answer_worker\n"
+        "from engine.versions import ModelStore\n"
+        "from qabot.settings import Settings\n"
+        "from worker.model_keeper import ModelKeeper\n"
+        "keeper = ModelKeeper()\n"
+        "keeper.settings, keeper.store = Settings(), ModelStore(pathlib.Path(tempfile.mkdtemp()) / 'models')\n"
+        "try:\n    keeper._load('v0001')\nexcept Exception as exc:\n    print(type(exc).__name__, file=sys.stderr)\n"
+        "print(' '.join(sorted(sys.modules)))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=Path.cwd())
+    assert done.returncode == 0, done.stderr
+    training = {"transformers.trainer", "engine.training", "engine.pipeline", "engine.callbacks", "peft"}
+    assert training.isdisjoint(done.stdout.split()), sorted(training & set(done.stdout.split()))
+
+
 # rq attributes and modules that rq's documentation does not describe: only worker/rq_seam.py may use them
 RQ_UNDOCUMENTED = (
     "dequeue_any perform_job execute_job prepare_for_execution prepare_execution intermediate_queue executions "

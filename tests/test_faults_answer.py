@@ -169,7 +169,7 @@ def test_a_question_asked_while_a_batch_decodes_joins_it_and_the_first_answer_le
     (one running batch of 2), instead of waiting for that answer to end; each answer is the one it gets alone, and
     the first one is handed in the moment it ends, while the second still decodes."""
     from engine.generate import Answerer
-    from engine.pipeline import load_version
+    from engine.serving import load_version
 
     settings = Settings(home=slow_home, redis_url=redis_url, answer_wait=120, max_new_tokens=800)
     client = QueueClient(settings)

@@ -6,7 +6,7 @@ import pytest
 
 from engine.generate import Answerer, Sampling, StopReason
 from engine.models import load_model
-from engine.pipeline import load_version
+from engine.serving import load_version
 from qabot.errors import QuestionError
 from tests.conftest import TINY_PAIRS
 

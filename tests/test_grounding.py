@@ -86,7 +86,7 @@ def test_a_grounded_model_answers_with_sources_and_declines_and_its_notes_follow
     store = ModelStore(tmp_path / "home" / "models")
     release_tiny(store, write_pairs(tmp_path / "tiny.json", TINY_PAIRS), tiny_gpt2, tmp_path / "cache", grounded=True, epochs=60)
     assert store.current().meta["grounding"] == {"notes": 3, "decline": DECLINE, "note_words": NOTE_WORDS}
-    from engine.pipeline import version_grounding
+    from engine.serving import version_grounding
 
     calibration = store.current().meta["calibration"]  # calibrated on this dataset and model, kept with the version
     assert 0 <= calibration["min_score"] <= calibration["offtopic_quantile"] and calibration["decline_confidence"] >= 0.7
@@ -122,7 +122,7 @@ def test_a_grounded_model_answers_with_sources_and_declines_and_its_notes_follow
 
 def test_plain_versions_stay_plain(trained_tiny):
     store, _ = trained_tiny
-    from engine.pipeline import version_grounding
+    from engine.serving import version_grounding
 
     assert version_grounding(store, store.current()) is None
 
@@ -322,7 +322,7 @@ def test_the_fine_tunes_own_evaluation_answers_as_the_released_version_does(tiny
     fine-tune reports (and early-stops on) is measured the same way, not by decoding, which a barely trained model
     cannot yet do."""
     from engine.evaluate import evaluate_pairs
-    from engine.pipeline import load_version, make_answerer, version_grounding
+    from engine.serving import load_version, make_answerer, version_grounding
     from engine.versions import ModelStore
     from tests.conftest import release_tiny
 
@@ -399,7 +399,7 @@ def test_a_grounded_fine_tunes_held_out_loss_is_the_loss_of_what_it_learnt_given
     from engine.evaluate import answer_loss, examples_loss
     from engine.grounding import note_head
     from engine.models import context_length
-    from engine.pipeline import load_version, version_grounding
+    from engine.serving import load_version, version_grounding
     from engine.versions import ModelStore
     from qabot.dataset import QAPair, read_heldout
     from tests.conftest import release_tiny

@@ -18,7 +18,7 @@ from rq.registry import FailedJobRegistry, FinishedJobRegistry
 
 from engine.generate import Answerer
 from engine.models import load_model
-from engine.pipeline import load_version
+from engine.serving import load_version
 from engine.versions import ModelStore
 from qabot.errors import AnswerTimeout, JobFailed, VersionError
 from qabot.settings import Settings

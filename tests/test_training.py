@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from engine.pipeline import TrainRequest, load_base, load_version, train_version, validate_file
+from engine.pipeline import TrainRequest, load_base, train_version, validate_file
+from engine.serving import load_version
 from engine.training import TrainConfig
 from engine.versions import ModelStore
 from qabot.errors import DatasetError

@@ -67,7 +67,7 @@ class ModelKeeper:
 
     def _load(self, name: str) -> None:
         """Load version `name` with the current notes, and make it the one that answers."""
-        from engine.pipeline import load_version, make_answerer, version_grounding
+        from engine.serving import load_version, make_answerer, version_grounding
 
         started = time.monotonic()
         loaded, info = load_version(self.store, name, device=self.settings.device, dtype=self.settings.dtype)
@@ -98,7 +98,7 @@ class ModelKeeper:
 
     def refresh_notes(self) -> None:
         """A grounded model answers from the current dataset: a pair added a moment ago is in its notes."""
-        from engine.pipeline import dataset_grounding
+        from engine.serving import dataset_grounding
 
         grounding = self.answerer.grounding if self.answerer is not None else None
         digest = self.store.current_digest()
