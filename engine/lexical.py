@@ -70,13 +70,15 @@ class Kinds:
     for a kind and the kinds differ, else 0."""
 
     def __init__(self, prompts: list[str]) -> None:
-        self.kinds = [asked_kind(prompt) for prompt in prompts]
+        self.names = sorted(set(_KINDS.values()))
+        codes = [self.names.index(kind) if (kind := asked_kind(prompt)) else -1 for prompt in prompts]
+        self.codes = torch.tensor(codes, dtype=torch.long)  # -1: asks for no kind
 
     def conflicts(self, questions: list[str]) -> torch.Tensor:
-        found = torch.zeros(len(questions), len(self.kinds))
+        found = torch.zeros(len(questions), len(self.codes))
         for row, question in enumerate(questions):
             if (kind := asked_kind(question)) is not None:
-                found[row] = torch.tensor([float(other is not None and other != kind) for other in self.kinds])
+                found[row] = ((self.codes >= 0) & (self.codes != self.names.index(kind))).float()
         return found
 
 
