@@ -3,8 +3,11 @@
 Scored against a dataset's own index when it is trained, they show how close "nothing to do with us" comes to that
 dataset's questions (engine.calibration), and a question nearer one of them than to anything in the data is declined
 (engine.grounding.Grounding.reason_to_decline). Chit-chat, general knowledge, errands, other software, insults; mostly
-English, some in other languages; lower case, fragments and typos as people type. None of them is in the evaluation
-sets under data/ (those must stay unseen).
+English, some in other languages; lower case, fragments and typos as people type. None of them may be a question the bot
+is measured on: each stays below 0.7 cosine (the retrieval embedder) of every question of data/ and bench/fresh/
+(tests/test_calibration.py checks it). Until 2026-12-04, 16 of them were such questions or close to them ("who painted
+the mona lisa", "what is the speed of light", "my wifi router keeps dropping, help"), which taught the bot the answers
+it was then scored on; they were replaced by messages of the same kinds.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ OFF_TOPIC: tuple[str, ...] = (
     # chit-chat
     "hiya bot",
     "hey bot",
-    "good morning everyone",
+    "morning folks",
     "how's it going",
     "what's up",
     "are you a real person?",
@@ -24,8 +27,8 @@ OFF_TOPIC: tuple[str, ...] = (
     "tell me a joke",
     "i'm bored",
     "thanks a lot!",
-    "ok cool",
-    "haha nice",
+    "alright then",
+    "that's hilarious",
     "what is your favourite colour",
     "can you sing a song",
     "who made you?",
@@ -35,21 +38,21 @@ OFF_TOPIC: tuple[str, ...] = (
     "what's the meaning of life",
     "do you dream",
     # general knowledge and other topics
-    "what is the capital of canada",
+    "which is the longest river in africa",
     "how tall is mount everest",
     "who won the world cup in 2010",
-    "what's the boiling point of water in fahrenheit",
+    "how many bones are in the human body",
     "explain quantum entanglement simply",
     "how many moons does jupiter have",
-    "who painted the mona lisa",
+    "who composed the four seasons",
     "what year did the titanic sink",
     "how do vaccines work",
-    "best way to learn spanish?",
-    "what is the speed of light",
+    "any tips for learning the guitar?",
+    "how far is the moon from earth",
     "why is the sky blue",
-    "how do i bake sourdough bread",
+    "how do i make fresh pasta",
     "recipe for pancakes pls",
-    "how long should i boil an egg",
+    "how do i cook rice properly",
     "what should i name my cat",
     "is coffee bad for you",
     "how do i lose weight fast",
@@ -58,9 +61,9 @@ OFF_TOPIC: tuple[str, ...] = (
     "how does the stock market work",
     "should i buy bitcoin",
     "what's the exchange rate euro to dollar",
-    "how do i fix a flat bike tyre",
+    "how do i clean my keyboard",
     "how to tie a tie",
-    "translate 'good luck' into japanese",
+    "how do you say cheers in german",
     "what is 17 times 23",
     "solve x^2 - 4 = 0",
     "who is the president of france",
@@ -69,17 +72,17 @@ OFF_TOPIC: tuple[str, ...] = (
     "book me a table for two at 8pm",
     "order a pizza",
     "can you book a flight to madrid",
-    "what's the weather tomorrow in london",
+    "will it rain this weekend",
     "set an alarm for 7am",
     "remind me to call mum",
     "where is the nearest pharmacy",
     "track my parcel",
     "how do i cancel my phone contract",
-    "my wifi router keeps dropping, help",
+    "my printer says offline, help",
     "how do i reset my iphone",
-    "how do i install windows 11",
+    "how do i connect a second monitor",
     "excel formula for vlookup",
-    "write my homework essay about ww2",
+    "can you do my chemistry homework",
     "give me the lottery numbers",
     # insults and spam
     "you are so slow",

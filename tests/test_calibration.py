@@ -64,6 +64,23 @@ def test_a_message_nearer_off_topic_chatter_than_the_data_is_declined_before_the
     assert len(turned) <= 0.02 * len(heldout), turned
 
 
+def test_the_off_topic_messages_are_none_of_the_questions_the_bot_is_measured_on(embedder):
+    """engine.offtopic's messages calibrate the floor, teach the model to decline and turn messages away before it: one
+    that is an evaluation question reworded ("who painted the mona lisa" for the sample's "Who painted the Mona Lisa?")
+    would score the bot on what it was taught. None comes within 0.7 cosine of any question of data/ or bench/fresh/
+    (their training, held-out and unanswerable questions); greetings and insults of the same kind stay below it."""
+    import json
+
+    from engine.offtopic import OFF_TOPIC
+
+    files = sorted([*DATA_DIR.glob("*.json"), *(DATA_DIR.parent / "bench" / "fresh").glob("*.json")])
+    assert len(files) >= 12, files
+    asked = [item.get("question") or item["prompt"] for path in files for item in json.loads(path.read_text("utf-8"))]
+    nearest = (embedder.encode(list(OFF_TOPIC)) @ embedder.encode(asked).T).max(dim=1)
+    close = [(m, asked[i], round(float(s), 2)) for m, s, i in zip(OFF_TOPIC, *nearest, strict=True) if s >= 0.7]
+    assert close == [], close
+
+
 def test_floors_differ_with_the_data(calibrated):
     floors = {data: calibrated(data)[1].min_score for data in ("sample", "faq")}
     assert floors["sample"] - floors["faq"] > 0.03, floors  # one constant would fit one of them only
