@@ -133,7 +133,7 @@ def calibrate_decline(
         return len(tokenizer(prompt, split_special_tokens=True)["input_ids"]) <= prompt_tokens
 
     rewrites = user_rewrites(pairs, limit=GATE_ANSWERABLE, seed=seed)
-    answerable, _ = grounding.prompts([r.question for r in rewrites], fits)
+    answerable, _, _ = grounding.prompts([r.question for r in rewrites], fits)
     hits = grounding.index.search(grounding.embedder, [p.prompt for p in asked], k=grounding.notes + 1)
     unknown = [
         fitted_prompt(
@@ -141,7 +141,7 @@ def calibrate_decline(
         )
         for p, found in zip(asked, hits, strict=True)
     ]
-    offtopic, _ = grounding.prompts(rng.sample(OFF_TOPIC, min(GATE_ASKED // 2, len(OFF_TOPIC))), fits)
+    offtopic, _, _ = grounding.prompts(rng.sample(OFF_TOPIC, min(GATE_ASKED // 2, len(OFF_TOPIC))), fits)
     token = decline_token(tokenizer, grounding.decline)
     model.eval()
     keep = decline_probabilities(model, tokenizer, answerable, token)

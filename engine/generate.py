@@ -14,7 +14,7 @@ from transformers import BatchEncoding, StoppingCriteriaList, StopStringCriteria
 from engine.answers import Answer, Sampling, StopReason, picker
 from engine.decoding import RunningBatch, generate_whole, supports_pruned_decoding
 from engine.formatting import STOP_TEXT, PromptTokens, format_prompt, longest_answer
-from engine.grounding import decline_token, notes_shown
+from engine.grounding import decline_token
 from engine.models import context_length
 from engine.steering import DeclineGate, NoteSnap, answer_ids, model_declines
 from engine.textformat import FALLBACK_BUDGET, answer_budget
@@ -250,12 +250,11 @@ class Answerer:
         if self.grounding is None:
             return [_Asked(q, format_prompt(q)) for q in cleaned]
         encoded = self.grounding.embedder.encode(cleaned)  # once: for the notes and for the off-topic rule
-        prompts, hits = self.grounding.prompts(cleaned, fits=self._fits, encoded=encoded)
+        prompts, hits, shown = self.grounding.prompts(cleaned, fits=self._fits, encoded=encoded)
         near = self.grounding.offtopic_closeness(cleaned, encoded)
-        words = self.grounding.note_words
         return [  # the data's reasons read every hit; the answer's notes and sources are the ones its prompt shows
-            _Asked(q, prompt, notes_shown(q, found, prompt, words), self.grounding.reason_to_decline(q, found, offtopic))
-            for q, prompt, found, offtopic in zip(cleaned, prompts, hits, near, strict=True)
+            _Asked(q, prompt, notes, self.grounding.reason_to_decline(q, found, offtopic))
+            for q, prompt, found, notes, offtopic in zip(cleaned, prompts, hits, shown, near, strict=True)
         ]
 
     def _decline_gate(self) -> DeclineGate | None:

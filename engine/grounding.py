@@ -103,20 +103,16 @@ def format_grounded(question: str, notes: list[str], note_words: int = 0) -> str
     return f"{lines}Question: {question.strip()}\nAnswer:"
 
 
-def fitted_prompt(question: str, notes: list[str], fits=lambda prompt: True, note_words: int = 0) -> str:
-    """The grounded prompt, its farthest notes (the first ones) dropped until `fits(prompt)`."""
+def fitted_notes(question: str, notes: list[str], fits=lambda prompt: True, note_words: int = 0) -> list[str]:
+    """The notes a grounded prompt shows: `notes` (farthest first) less the farthest ones, dropped until `fits(prompt)`."""
     while notes and not fits(format_grounded(question, notes, note_words)):
         notes = notes[1:]
-    return format_grounded(question, notes, note_words)
+    return notes
 
 
-def notes_shown(question: str, found: list[Hit], prompt: str, note_words: int = 0) -> list[Hit]:
-    """The hits a grounded prompt shows as notes: the nearest ones, once `fitted_prompt` dropped the farthest."""
-    notes = [h.pair.response for h in reversed(found)]
-    for count in range(len(found), 0, -1):
-        if format_grounded(question, notes[-count:], note_words) == prompt:
-            return found[:count]
-    return []
+def fitted_prompt(question: str, notes: list[str], fits=lambda prompt: True, note_words: int = 0) -> str:
+    """The grounded prompt, its farthest notes (the first ones) dropped until `fits(prompt)`."""
+    return format_grounded(question, fitted_notes(question, notes, fits, note_words), note_words)
 
 
 def decline_token(tokenizer: Any, decline: str) -> int:
@@ -238,15 +234,20 @@ class Grounding:
                 return f"the question asks for a {kind} and the answer has none"
         return echo_reason(question, answer, notes or [])
 
-    def prompts(self, questions: list[str], fits=lambda prompt: True, encoded: Any = None) -> tuple[list[str], list[list[Hit]]]:
-        """Grounded prompts (the farthest notes dropped until `fits`), and the retrieved pairs each was given
-        (`encoded`: the questions as the embedder gave them, when the caller has them)."""
+    def prompts(
+        self, questions: list[str], fits=lambda prompt: True, encoded: Any = None
+    ) -> tuple[list[str], list[list[Hit]], list[list[Hit]]]:
+        """Grounded prompts (the farthest notes dropped until `fits`), the retrieved pairs each was given, and those
+        its prompt shows as notes, nearest first (`encoded`: the questions as the embedder gave them, when the caller
+        has them)."""
         hits = self.index.search(self.embedder, questions, k=self.notes, encoded=encoded)
-        prompts = []
+        prompts, shown = [], []
         for question, found in zip(questions, hits, strict=True):
             notes = [h.pair.response for h in reversed(found)]  # the nearest note sits next to the question
-            prompts.append(fitted_prompt(question, notes, fits, self.note_words))
-        return prompts, hits
+            kept = fitted_notes(question, notes, fits, self.note_words)
+            prompts.append(format_grounded(question, kept, self.note_words))
+            shown.append(found[: len(kept)])
+        return prompts, hits, shown
 
 
 def build_examples(

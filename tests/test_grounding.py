@@ -364,7 +364,7 @@ def test_each_question_is_tokenised_once_and_its_prompt_gets_the_ids_of_the_whol
     assert len(answers) == len(questions) and answerer.tokens.joins
     for question in questions:
         assert sum(question in text for text in seen) == 1, question
-    prompts, _ = grounding.prompts(questions)
+    prompts, _, _ = grounding.prompts(questions)
     tokens = PromptTokens(loaded.tokenizer)
     whole = [loaded.tokenizer(p, split_special_tokens=True)["input_ids"] for p in prompts]
     assert [tokens.question(q) for q in questions] == [
@@ -415,7 +415,7 @@ def test_a_grounded_fine_tunes_held_out_loss_is_the_loss_of_what_it_learnt_given
     loaded, _ = load_version(store, info.name, device="cpu")
     grounding = version_grounding(store, info)
     held = read_heldout(tiny_heldout)
-    prompts, _ = grounding.prompts([h.question for h in held])
+    prompts, _, _ = grounding.prompts([h.question for h in held])
     learnt = [(prompt, note_head(h.answer, grounding.note_words)) for prompt, h in zip(prompts, held, strict=True)]
     limit = context_length(loaded.model.config)
     assert logged[0] == pytest.approx(examples_loss(loaded.model, loaded.tokenizer, learnt, max_length=limit), abs=1e-3)
