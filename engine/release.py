@@ -13,8 +13,6 @@ without them an untrained grounded model scored as well as a trained one: only t
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import random
 from collections.abc import Callable
@@ -22,8 +20,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from engine.datastore import write_atomic
 from engine.evaluate import accuracy_score, evaluate_heldout, evaluate_pairs, evaluate_unanswerable
+from engine.heldout import eval_data_for, fold, heldout_file, heldout_for, prune_heldout
 from engine.models import free_memory, load_model
 from engine.pipeline import Base, TrainOutcome, TrainRequest, train_version
 from engine.retrieval import PairIndex
@@ -37,7 +35,6 @@ logger = logging.getLogger(__name__)
 
 GATE_SAMPLE = 96  # most questions asked from each of the kept and the new pairs, and most rewrites
 GATE_UNKNOWN = 24  # most questions asked with their own pair left out of the notes (a grounded candidate)
-HELDOUT_DIR = "heldout"  # under the store's datasets folder: held-out files narrowed to a dataset
 
 
 @dataclass(frozen=True)
@@ -112,31 +109,6 @@ class Release:
         }
 
 
-def _fold(text: str) -> str:
-    return " ".join(text.casefold().split())
-
-
-def heldout_for(pairs: list[QAPair], items: list[HeldoutItem]) -> list[HeldoutItem]:
-    """The held-out items this dataset holds the answer to; items about removed pairs or another world drop out.
-
-    An item with an `answer` belongs when one pair's response is that answer or contains all its facts; an item
-    without one when each of its facts appears in some pair's response (case and spacing ignored).
-    """
-    responses = [_fold(p.response) for p in pairs]
-    exact = set(responses)
-    joined = "\n".join(responses)  # folded texts hold no newline, so no fact matches across two responses
-    kept = []
-    for item in items:
-        facts = [_fold(f) for f in item.facts]
-        if item.answer is not None:
-            holds = _fold(item.answer) in exact or any(all(f in r for f in facts) for r in responses)
-        else:
-            holds = all(f in joined for f in facts)
-        if holds:
-            kept.append(item)
-    return kept
-
-
 def gate_questions(
     live_pairs: list[QAPair], new_pairs: list[QAPair], heldout: list[HeldoutItem], seed: int, *, grounded: bool = False
 ) -> GateQuestions:
@@ -168,8 +140,8 @@ def without(grounding: Any, pairs: list[QAPair]) -> Any:
     """The grounding with these pairs, and any other pair with the same answer, taken out of its notes (its index
     keeps the other rows)."""
     gone = {pair_key(p) for p in pairs}
-    answers = {_fold(p.response) for p in pairs}
-    rows = [i for i, p in enumerate(grounding.index.pairs) if pair_key(p) not in gone and _fold(p.response) not in answers]
+    answers = {fold(p.response) for p in pairs}
+    rows = [i for i, p in enumerate(grounding.index.pairs) if pair_key(p) not in gone and fold(p.response) not in answers]
     index = PairIndex([grounding.index.pairs[i] for i in rows], grounding.index.vectors[rows])
     return replace(grounding, index=index)
 
@@ -200,46 +172,6 @@ def score(
 def _answerer(loaded: Any, info: VersionInfo, grounding: Any) -> Any:
     """A version's answerer with its own budget and thresholds, as when it is live."""
     return make_answerer(loaded, info, max_new_tokens=None, max_question_chars=MAX_FIELD_CHARS, grounding=grounding)
-
-
-def eval_data_for(request: TrainRequest, live: VersionInfo | None) -> Path | None:
-    """The request's held-out file, else the one the live model was measured with (if it still exists)."""
-    if request.eval_data is not None:
-        return request.eval_data
-    previous = live.meta.get("eval_data") if live is not None else None
-    return Path(previous) if previous and Path(previous).is_file() else None
-
-
-def heldout_file(store: ModelStore, source: Path | None, items: list[HeldoutItem], kept: list[HeldoutItem]) -> Path | None:
-    """The held-out file the fine-tune's early stopping reads, which the version records and the next release carries
-    forward: `source` itself when all its items belong to the dataset, None when none does, else a copy of the kept
-    items in the store (datasets/heldout/<hash of its text>.json: never overwritten, removed once no version names it).
-
-    A copy holds only what belonged then: a pair removed and added back later comes back without its held-out items.
-    """
-    if not kept:
-        return None
-    if len(kept) == len(items):
-        return source
-    rows = [{"question": i.question, "facts": list(i.facts)} | ({"answer": i.answer} if i.answer else {}) for i in kept]
-    text = json.dumps(rows, ensure_ascii=False, indent=1)
-    path = store.datasets_dir / HELDOUT_DIR / f"{hashlib.sha256(text.encode()).hexdigest()[:16]}.json"
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, text)
-    return path
-
-
-def prune_heldout(store: ModelStore) -> None:
-    """Remove the narrowed held-out files that no kept version names."""
-    folder = store.datasets_dir / HELDOUT_DIR
-    if not folder.is_dir():
-        return
-    with store.lock():
-        named = {Path(str(v.meta.get("eval_data") or "")).name for v in store.list()}
-        for path in folder.glob("*.json"):
-            if path.name not in named:
-                path.unlink(missing_ok=True)
 
 
 def release(

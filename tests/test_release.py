@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from engine.release import gate_questions, heldout_for
+from engine.heldout import heldout_for
+from engine.release import gate_questions
 from engine.versions import ModelStore
 from qabot.dataset import HeldoutItem, QAPair, read_heldout
 from qabot.merge import UploadMode, merge_pairs, would_drop
