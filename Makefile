@@ -13,8 +13,8 @@ install:  ## torch (the CPU build where none is installed), qabot with its dev e
 chat: install  ## chat with the bot; trains a first model on data/sample.json if there is none
 	$(PYTHON) -m qabot chat
 
-test: install  ## the whole test suite
-	$(PYTHON) -m pytest -q
+test: install  ## the whole test suite, in two pytest-xdist workers (the suite waits on subprocesses half the time)
+	$(PYTHON) -m pytest -q -n 2 --dist worksteal
 
 lint:
 	$(PYTHON) -m ruff check . && $(PYTHON) -m ruff format --check .

@@ -15,6 +15,10 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# `make test` runs the suite in pytest-xdist workers, which share the cores: each worker's torch gets its share of
+# them, as a torch thread that loses its core stalls every step it takes part in (see SUBPROCESS_THREADS).
+if workers := int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0")):
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
 
 from qabot.dataset import QAPair
 
