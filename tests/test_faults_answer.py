@@ -385,12 +385,12 @@ def test_declines_reach_the_inbox_when_redis_stops_as_their_batch_ends(grounded_
     outage: list[threading.Thread] = []
 
     class RedisStopsAsTheBatchEnds(AnswerWorker):
-        def _hand_in(self, job, queue, execution):
+        def _hand_in(self, job, queue, execution, give_up_s):
             if not outage:  # once: Redis goes away for 5 s, right after the model answered, before any hand-in
                 outage.append(threading.Thread(target=restart, kwargs={"down_s": 5.0}, daemon=True))
                 outage[0].start()
                 time.sleep(0.5)
-            return super()._hand_in(job, queue, execution)
+            return super()._hand_in(job, queue, execution, give_up_s)
 
     monkeypatch.setenv("QABOT_HOME", str(grounded_home))
     worker = RedisStopsAsTheBatchEnds([ANSWER_QUEUE], connection=client.connection, settings=settings)

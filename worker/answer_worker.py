@@ -3,8 +3,6 @@ questions in a running batch that later questions join, handing each answer in a
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import logging
 import math
 import time
@@ -20,9 +18,8 @@ from rq.job import Job
 
 from qabot.settings import Settings
 from worker import jobs, metrics
-from worker.liveness import RECONNECT_MAX_SECONDS, LiveWorker
-from worker.model_keeper import ModelKeeper
-from worker.results import retrying
+from worker.liveness import LiveWorker
+from worker.model_keeper import ModelKeeper, give_back_free_memory
 from worker.rq_seam import Execution, JobTimeoutException
 
 logger = logging.getLogger(__name__)
@@ -231,7 +228,7 @@ class AnswerWorker(ModelKeeper, LiveWorker):
         def deliver(each: Job, outcome: Any) -> None:
             jobs.ANSWERED[each.id] = outcome  # the answer job takes its own (answer_job) when rq performs it
             self._outage_over()
-            if self._hand_in(each, queue, held[each.id]):
+            if self._hand_in(each, queue, held[each.id], self.settings.answer_wait):
                 metrics.question_ended(outcome, each.enqueued_at)
             handed.add(each.id)
             jobs.ANSWERED.pop(each.id, None)
@@ -268,10 +265,10 @@ class AnswerWorker(ModelKeeper, LiveWorker):
                         if each.id not in handed and each.func_name == jobs.ANSWER_JOB:
                             deliver(each, exc)
             self._outage_over()
-            _give_back_free_memory()
+            give_back_free_memory()
             for each, execution in batch:  # anything else that was in the queue: rq runs it
                 if each.id not in handed:
-                    self._hand_in(each, queue, execution)
+                    self._hand_in(each, queue, execution, self.settings.answer_wait)
         finally:
             for each, execution in batch:
                 jobs.ANSWERED.pop(each.id, None)  # handed in, or dropped with its job
@@ -288,25 +285,9 @@ class AnswerWorker(ModelKeeper, LiveWorker):
         except RedisError:
             pass
 
-    def _hand_in(self, job: Job, queue: Queue, execution: Execution) -> bool:
-        """Let rq record the job's outcome; while Redis is away, wait and try again (as long as the asker waits).
-        False when the outcome was dropped (the job is gone, or Redis stayed away)."""
-
-        def hand_in() -> bool:
-            self.connection.ping()
-            if not self.connection.exists(job.key):  # Redis lost it (restart without AOF) or it expired
-                self.log.warning("Worker %s: job %s is gone; its answer is dropped", self.name, job.id)
-                return False
-            self.record_declined(job, jobs.ANSWERED.get(job.id))  # inside the retry: a blip loses no decline
-            self.finish(job, queue, execution)
-            return True
-
-        what = f"Worker {self.name}: handing in job {job.id}"
-        try:
-            return retrying(hand_in, what, give_up_s=self.settings.answer_wait, max_pause=RECONNECT_MAX_SECONDS)
-        except RedisError:
-            self.log.error("Worker %s: Redis stayed away; the answer to job %s is dropped", self.name, job.id)
-            return False
+    def before_hand_in(self, job: Job) -> None:
+        """Inside the hand-in's retry (worker.liveness): a Redis blip loses no decline from the inbox."""
+        self.record_declined(job, jobs.ANSWERED.get(job.id))
 
     def on_start(self) -> None:
         """Registered (so askers know a worker is coming): load the live model before taking the first question."""
@@ -314,27 +295,6 @@ class AnswerWorker(ModelKeeper, LiveWorker):
             self.refresh_model()
         except Exception:  # the worker still starts; each question then gets the error
             self.log.exception("Worker %s: could not load the live model", self.name)
-
-
-def _give_back_free_memory() -> None:
-    """Return the heap memory a running batch freed to the OS, between batches. glibc keeps it otherwise, and a running
-    batch allocates caches of ever-changing widths: on the FAQ model (bench/load.py) the worker's RSS grew 18% over 90
-    questions without this."""
-    global _libc, _trimmed
-    if time.monotonic() - _trimmed < 1.0:  # a few ms each: at most once a second
-        return
-    _trimmed = time.monotonic()
-    if _libc is None:
-        try:
-            _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        except OSError:
-            _libc = False
-    if _libc and hasattr(_libc, "malloc_trim"):
-        _libc.malloc_trim(0)
-
-
-_libc: Any = None  # glibc, loaded on first use (False where there is none)
-_trimmed = float("-inf")
 
 
 def _timed_out(exc: BaseException) -> bool:

@@ -20,6 +20,7 @@ from rq import Queue
 from rq.job import Job, JobStatus
 
 from worker import metrics
+from worker.results import retrying
 from worker.rq_seam import BatchingWorker, Execution, drop_started, put_back, started_entries, stranded, worker_alive
 
 logger = logging.getLogger(__name__)
@@ -133,6 +134,29 @@ class LiveWorker(BatchingWorker):
         with self._held_lock:
             self._held.pop(execution.id, None)
         self.let_go(execution)
+
+    def before_hand_in(self, job: Job) -> None:
+        """Runs inside each try of `_hand_in`, right before rq records the job's outcome (a hook for subclasses)."""
+
+    def _hand_in(self, job: Job, queue: Queue, execution: Execution, give_up_s: float) -> bool:
+        """Let rq record the job's outcome; while Redis is away, wait and try again for up to `give_up_s` (as long as
+        the asker waits). False when the outcome was dropped (the job is gone, or Redis stayed away)."""
+
+        def hand_in() -> bool:
+            self.connection.ping()
+            if not self.connection.exists(job.key):  # Redis lost it (restart without AOF) or it expired
+                self.log.warning("Worker %s: job %s is gone; its answer is dropped", self.name, job.id)
+                return False
+            self.before_hand_in(job)
+            self.finish(job, queue, execution)
+            return True
+
+        what = f"Worker {self.name}: handing in job {job.id}"
+        try:
+            return retrying(hand_in, what, give_up_s=give_up_s, max_pause=RECONNECT_MAX_SECONDS)
+        except RedisError:
+            self.log.error("Worker %s: Redis stayed away; the answer to job %s is dropped", self.name, job.id)
+            return False
 
 
 def rescue_orphans(connection: Any, queues: list[Queue], log: logging.Logger = logger) -> int:
