@@ -148,6 +148,15 @@ def main() -> None:
         ok = ratio <= 1.0
         failed |= not ok
         print(f"faq fine-tune per pair against the sample's: {ratio:.2f}x (target <= 1.00): {'PASS' if ok else 'FAIL'}")
+        tokens = {n: r["meta"].get("train_tokens_per_epoch") for n, r in results.items()}
+        if all(tokens.get(n) for n in DATASETS):  # where the per-pair gap comes from: each pair's examples are longer
+            per_pair_tokens = {n: tokens[n] / results[n]["pairs"] for n in DATASETS}
+            per_token = {n: 1000 * per_pair[n] / per_pair_tokens[n] / results[n]["meta"]["epochs_run"] for n in DATASETS}
+            print(
+                f"tokens trained per pair and epoch: faq {per_pair_tokens['faq']:.0f}, sample {per_pair_tokens['sample']:.0f} "
+                f"({per_pair_tokens['faq'] / per_pair_tokens['sample']:.2f}x); ms per token: faq {per_token['faq']:.2f}, "
+                f"sample {per_token['sample']:.2f} ({per_token['faq'] / per_token['sample']:.2f}x)"
+            )
     sys.exit(1 if failed else 0)
 
 

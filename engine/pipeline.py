@@ -188,6 +188,7 @@ def train_version(
                 "metrics": result.metrics,
                 "train_seconds": round(result.seconds, 1),
                 "epochs_run": result.epochs_run,
+                "train_tokens_per_epoch": result.tokens_per_epoch,
                 "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
                 "grounding": {"notes": request.config.notes, "decline": DECLINE, "note_words": request.config.note_words}
                 if grounding

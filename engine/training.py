@@ -133,6 +133,7 @@ class TrainResult:
     seconds: float
     epochs_run: float
     budget: int = FALLBACK_BUDGET  # new tokens an answer may take, from the data's longest answer
+    tokens_per_epoch: int = 0  # tokens of the formatted examples (prompts and answers): what a step's time follows
 
 
 def eval_count(config: TrainConfig, budget: int) -> int:
@@ -258,6 +259,8 @@ def fine_tune(
     if config.lora:
         model = model.merge_and_unload()
     model.eval()
-    result = TrainResult(metrics, trainer.state.log_history, time.monotonic() - started, trainer.state.epoch or 0.0, budget)
+    seconds, epochs_run = time.monotonic() - started, trainer.state.epoch or 0.0
+    tokens = sum(len(f["input_ids"]) for f in features)
+    result = TrainResult(metrics, trainer.state.log_history, seconds, epochs_run, budget, tokens)
     report(Progress("trained", trainer.state.global_step, trainer.state.max_steps, result.epochs_run, metrics=metrics))
     return model, result
