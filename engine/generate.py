@@ -1,17 +1,18 @@
 """Answer questions: check them, ground them in their notes, decode them in a running batch, and settle each answer
-(`Answer`, `Sampling` and `StopReason` live in `engine.answers` and are re-exported here)."""
+(`Answer`, `Sampling` and `StopReason`, and how an answer is settled, live in `engine.answers`; the first three are
+re-exported here)."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from transformers import BatchEncoding, StoppingCriteriaList, StopStringCriteria
 
-from engine.answers import Answer, Sampling, StopReason, picker
+from engine.answers import Answer, Asked, Sampling, StopReason, finish, is_decline, picker, settle
 from engine.decoding import RunningBatch, generate_whole, supports_pruned_decoding
 from engine.formatting import STOP_TEXT, PromptTokens, format_prompt, longest_answer
 from engine.grounding import decline_token
@@ -26,21 +27,6 @@ STOP_TAIL_TOKENS = 12
 logger = logging.getLogger(__name__)
 
 __all__ = ["Answer", "Answerer", "Sampling", "StopReason"]
-
-
-@dataclass(frozen=True)
-class _Asked:
-    """A question on its way to an answer: its prompt, the pairs its prompt shows as notes (nearest first), and why
-    the data declines it without the model (None: the model answers)."""
-
-    question: str
-    prompt: str
-    hits: list[Any] = field(default_factory=list)
-    reason: str | None = None
-
-
-def _notes(item: _Asked) -> list[str]:
-    return [h.pair.response for h in item.hits]
 
 
 @dataclass(frozen=True)
@@ -182,14 +168,14 @@ class Answerer:
             should_stop=lambda key, ids: self._ends_with_stop_text(ids) or bool(steer.snap and steer.snap.match(key, ids)),
             pick=picker(sampling, self.device),
         )
-        asked: dict[int, _Asked] = {}
+        asked: dict[int, Asked] = {}
         waiting, count = self._plan(cleaned), len(cleaned)
         with torch.inference_mode():
             while True:
                 chosen = []
                 for index, item in enumerate(waiting, start=count - len(waiting)):
                     if item.reason is not None:  # declined without the model
-                        yield index, self._settle(item, Answer(item.question, "", 0, StopReason.EOS))
+                        yield index, settle(self.grounding, item, Answer(item.question, "", 0, StopReason.EOS))
                     elif self._chooses(item, sampling):
                         chosen.append((index, item))
                     else:
@@ -200,7 +186,7 @@ class Answerer:
                 if joining:
                     for index, ids in self._join(batch, joining, asked, steer):
                         item = asked.pop(index)
-                        yield index, self._settle(item, self._ended(item, ids, steer, index))
+                        yield index, settle(self.grounding, item, self._ended(item, ids, steer, index))
                 waiting = []
                 if more is not None and (len(batch) == 0 or batch.joinable):
                     waiting = self._plan(more(len(batch)))
@@ -209,19 +195,19 @@ class Answerer:
                     return
                 for index, ids in batch.step():
                     item = asked.pop(index)
-                    yield index, self._settle(item, self._ended(item, ids, steer, index))
+                    yield index, settle(self.grounding, item, self._ended(item, ids, steer, index))
 
-    def _chooses(self, item: _Asked, sampling: Sampling) -> bool:
+    def _chooses(self, item: Asked, sampling: Sampling) -> bool:
         """A greedy answer of a grounded model whose notes are all answers it learnt is chosen among them."""
         learnt = self.grounding.learnt if self.grounding is not None else None
         return (
             learnt is not None
             and self.choosable
             and not sampling.do_sample
-            and all(" ".join(note.split()) in learnt for note in _notes(item))
+            and all(" ".join(note.split()) in learnt for note in item.notes())
         )
 
-    def _choose(self, items: list[tuple[int, _Asked]], gate: DeclineGate) -> Iterator[tuple[int, Answer]]:
+    def _choose(self, items: list[tuple[int, Asked]], gate: DeclineGate) -> Iterator[tuple[int, Answer]]:
         """A grounded model's answers where every note is one it learnt: the decline where the model declines past the
         gate (engine.steering.model_declines), else the nearest note, whole; one prefill, no decoding."""
         decline = " ".join(self.grounding.decline.split())
@@ -232,8 +218,8 @@ class Answerer:
             if declined or not item.hits:
                 answer = Answer(item.question, decline, 0, StopReason.EOS)
             else:
-                answer = Answer(item.question, _notes(item)[0].strip(), 1, StopReason.NOTE)
-            yield index, self._settle(item, answer)
+                answer = Answer(item.question, item.notes()[0].strip(), 1, StopReason.NOTE)
+            yield index, settle(self.grounding, item, answer)
 
     def _answer_ids(self, note: str) -> list[int]:
         """A note's token ids as an answer (kept: the same notes come back question after question)."""
@@ -243,17 +229,17 @@ class Answerer:
             found = self._notes_ids[note] = answer_ids(self.tokenizer, note)
         return found
 
-    def _plan(self, cleaned: list[str]) -> list[_Asked]:
+    def _plan(self, cleaned: list[str]) -> list[Asked]:
         """Each question's prompt, its notes and whether the data decides it without the model."""
         if not cleaned:
             return []
         if self.grounding is None:
-            return [_Asked(q, format_prompt(q)) for q in cleaned]
+            return [Asked(q, format_prompt(q)) for q in cleaned]
         encoded = self.grounding.embedder.encode(cleaned)  # once: for the notes and for the off-topic rule
         prompts, hits, shown = self.grounding.prompts(cleaned, fits=self._fits, encoded=encoded)
         near = self.grounding.offtopic_closeness(cleaned, encoded)
         return [  # the data's reasons read every hit; the answer's notes and sources are the ones its prompt shows
-            _Asked(q, prompt, notes, self.grounding.reason_to_decline(q, found, offtopic))
+            Asked(q, prompt, notes, self.grounding.reason_to_decline(q, found, offtopic))
             for q, prompt, found, notes, offtopic in zip(cleaned, prompts, hits, shown, near, strict=True)
         ]
 
@@ -262,21 +248,21 @@ class Answerer:
             return None
         return DeclineGate(self._decline_first_token(), self.grounding.decline_confidence)
 
-    def _join(self, batch: RunningBatch, indices: list[int], asked: dict[int, _Asked], steer: _Steering) -> Any:
+    def _join(self, batch: RunningBatch, indices: list[int], asked: dict[int, Asked], steer: _Steering) -> Any:
         """Prefill these questions' prompts into the running batch; the rows that ended at their first token."""
         encoded = self._encode([asked[i].prompt for i in indices]).to(self.device)
         lengths = encoded["attention_mask"].sum(dim=1).tolist()
         budgets = [max(1, min(self.max_new_tokens, self.context - length)) for length in lengths]
         if steer.snap is not None:
             for index in indices:
-                steer.snap.rows[index] = steer.snap.note_ids(_notes(asked[index]))
+                steer.snap.rows[index] = steer.snap.note_ids(asked[index].notes())
         self.generate_calls += 1
         first = steer.gate.gate if steer.gate is not None else None
         return batch.join(indices, encoded["input_ids"], encoded["attention_mask"], budgets, first)
 
-    def _ended(self, item: _Asked, ids: list[int], steer: _Steering, row: int) -> Answer:
+    def _ended(self, item: Asked, ids: list[int], steer: _Steering, row: int) -> Answer:
         """A decoded answer; one that began copying a note, or is most of one, is that note."""
-        answer = self._finish(item.question, ids)
+        answer = finish(self.tokenizer, item.question, ids)
         snap = steer.snap
         if snap is None:
             return answer
@@ -285,43 +271,20 @@ class Answerer:
             answer = replace(answer, text=note, stop=StopReason.NOTE)
         elif (
             answer.stop != StopReason.LENGTH
-            and not self._is_decline(answer.text)
+            and not is_decline(answer.text, self.grounding)
             and (note := snap.closest(row, answer.text)) is not None
         ):
             answer = replace(answer, text=note, stop=StopReason.NOTE)
         snap.rows.pop(row, None)
         return answer
 
-    def _settle(self, item: _Asked, answer: Answer) -> Answer:
-        """The answer as shown: the data's or the model's decline, a runaway or an answer its notes do not hold turned
-        into the decline (what the model said kept in `withheld`), with its sources and score."""
-        if self.grounding is None:
-            return answer
-        decline = " ".join(self.grounding.decline.split())
-        reason, found = item.reason, item.hits
-        if reason is not None:
-            answer = replace(answer, text=decline)
-        elif self._is_decline(answer.text):
-            reason = "the model found no answer in its notes"
-        elif answer.stop == StopReason.LENGTH:  # kept as a runaway in `stop`, never shown
-            reason, answer = "the answer ran to the token limit", replace(answer, text=decline, withheld=answer.text)
-        elif (reason := self.grounding.reason_to_reject(item.question, answer.text, _notes(item))) is not None:
-            answer = replace(answer, text=decline, withheld=answer.text)
-        return replace(
-            answer,
-            declined=reason is not None,
-            reason=reason,
-            sources=tuple(h.pair.prompt for h in found),
-            score=round(found[0].score, 4) if found else None,
-        )
-
-    def _generate(self, items: list[_Asked], sampling: Sampling) -> list[Answer]:
+    def _generate(self, items: list[Asked], sampling: Sampling) -> list[Answer]:
         """`model.generate` over the questions the model must answer, in one batch (models the running batch does not
         support, and GPUs); the others are settled without it."""
         to_model = [i for i, item in enumerate(items) if item.reason is None]
         answers = {i: Answer(item.question, "", 0, StopReason.EOS) for i, item in enumerate(items) if item.reason is not None}
         if to_model:
-            notes = [_notes(items[i]) for i in to_model]
+            notes = [items[i].notes() for i in to_model]
             grounding = self.grounding
             snap = NoteSnap(self.tokenizer, notes, self._answer_ids, grounding.note_words) if grounding is not None else None
             steer = _Steering(self._decline_gate(), snap)
@@ -336,25 +299,7 @@ class Answerer:
             self.generate_calls += 1
             for row, (i, ids) in enumerate(zip(to_model, new_tokens, strict=True)):
                 answers[i] = self._ended(items[i], ids, steer, row)
-        return [self._settle(item, answers[i]) for i, item in enumerate(items)]
-
-    def _is_decline(self, text: str) -> bool:
-        decline = self.grounding.decline if self.grounding is not None else ""
-        return " ".join(text.split()).casefold() == " ".join(decline.split()).casefold()
+        return [settle(self.grounding, item, answers[i]) for i, item in enumerate(items)]
 
     def _ends_with_stop_text(self, ids: list[int]) -> bool:
         return STOP_TEXT in self.tokenizer.decode(ids[-STOP_TAIL_TOKENS:], skip_special_tokens=True)
-
-    def _finish(self, question: str, ids: list[int]) -> Answer:
-        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
-        while ids and pad != eos and ids[-1] == pad:
-            ids = ids[:-1]
-        stop = StopReason.LENGTH
-        if eos in ids:
-            ids = ids[: ids.index(eos)]
-            stop = StopReason.EOS
-        text = self.tokenizer.decode(ids, skip_special_tokens=True)
-        if STOP_TEXT in text:
-            text = text[: text.index(STOP_TEXT)]
-            stop = StopReason.STOP_TEXT
-        return Answer(question=question, text=text.strip(), new_tokens=len(ids), stop=stop)

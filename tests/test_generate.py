@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from engine.answers import finish
 from engine.generate import Answerer, Sampling, StopReason
 from engine.models import load_model
 from engine.serving import load_version
@@ -45,7 +46,7 @@ def test_batch_equals_single_on_an_untrained_llama(tiny_llama):
 
 def test_a_new_question_line_ends_the_answer(answerer):
     ids = answerer.tokenizer(" Elara guards it.\nQuestion: And who else?", add_special_tokens=False)["input_ids"]
-    answer = answerer._finish("Who guards it?", ids)
+    answer = finish(answerer.tokenizer, "Who guards it?", ids)
     assert answer.text == "Elara guards it." and answer.stop == StopReason.STOP_TEXT
 
 
