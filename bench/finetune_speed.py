@@ -21,7 +21,8 @@ from engine.evaluate import evaluate_heldout, evaluate_pairs
 from engine.generate import Answerer
 from engine.models import load_model
 from engine.training import TrainConfig, _training_args, fine_tune
-from qabot.dataset import read_dataset, read_heldout
+from qabot.dataset import read_dataset
+from qabot.heldout import read_heldout
 
 
 def original_features(pairs, tokenizer, max_length: int = 128):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from bench.common import bundled_folder, machine, quiet, settings
 from engine.versions import ModelStore
-from qabot.dataset import read_heldout
+from qabot.heldout import read_heldout
 
 
 def answerer_of(s, store: ModelStore):

@@ -28,7 +28,7 @@ from engine.pipeline import TrainRequest, load_base, train_version, validate_fil
 from engine.serving import make_answerer, version_grounding
 from engine.training import GROUNDED_EPOCHS, TrainConfig
 from engine.versions import ModelStore
-from qabot.dataset import read_heldout
+from qabot.heldout import read_heldout
 from qabot.settings import Settings
 
 NEW_FACT = ("Who forged the Starlight Anvil?", "The Starlight Anvil was forged by Bram Ironvale in the Ashen Deep.")

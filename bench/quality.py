@@ -46,7 +46,8 @@ def qabot(env: dict[str, str], *args: str) -> str:
 def retrieval(data: Path) -> tuple[int, int, int]:
     """(right pair nearest, among the 3 notes, questions) for a dataset's held-out questions."""
     from engine.retrieval import Embedder, PairIndex
-    from qabot.dataset import read_dataset, read_heldout
+    from qabot.dataset import read_dataset
+    from qabot.heldout import read_heldout
 
     embedder = Embedder()
     index = PairIndex.build(read_dataset(data), embedder)

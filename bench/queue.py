@@ -22,8 +22,9 @@ from redis import Redis
 from rq import Queue
 
 from bench.common import machine, quiet
-from qabot.dataset import read_dataset, read_heldout
+from qabot.dataset import read_dataset
 from qabot.errors import ServiceUnavailable
+from qabot.heldout import read_heldout
 from qabot.settings import Settings
 from worker.answer_worker import AnswerWorker
 from worker.client import QueueClient

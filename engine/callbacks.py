@@ -17,7 +17,8 @@ from engine.generate import Answerer
 from engine.grounding import note_head
 from engine.models import context_length
 from engine.textformat import FALLBACK_BUDGET
-from qabot.dataset import MAX_FIELD_CHARS, HeldoutItem, QAPair
+from qabot.dataset import MAX_FIELD_CHARS, QAPair
+from qabot.heldout import HeldoutItem
 
 logger = logging.getLogger("engine.training")
 

@@ -12,8 +12,9 @@ import torch
 
 from engine.formatting import IGNORE_INDEX, AnswerCollator, PadCollator, format_prompt, tail_loss, tokenize_example
 from engine.generate import Answer, Answerer, StopReason
-from qabot.dataset import HeldoutItem, QAPair
+from qabot.dataset import QAPair
 from qabot.errors import QuestionError
+from qabot.heldout import HeldoutItem
 
 MATCH_F1 = 0.6
 _ARTICLES = re.compile(r"\b(a|an|the)\b")

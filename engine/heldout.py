@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 
 from engine.datastore import write_atomic
 from engine.versions import ModelStore, VersionInfo
-from qabot.dataset import HeldoutItem, QAPair
+from qabot.dataset import QAPair
+from qabot.heldout import HeldoutItem
 
 if TYPE_CHECKING:
     from engine.pipeline import TrainRequest

@@ -22,8 +22,9 @@ from engine.plots import plot_training
 from engine.serving import dataset_grounding
 from engine.training import Progress, ProgressFn, TrainConfig, TrainResult, fine_tune
 from engine.versions import ModelStore, VersionInfo
-from qabot.dataset import QAPair, parse_text, read_dataset, read_heldout, validate_items
+from qabot.dataset import QAPair, parse_text, read_dataset, validate_items
 from qabot.errors import DatasetError, ModelError
+from qabot.heldout import read_heldout
 
 logger = logging.getLogger(__name__)
 

@@ -28,7 +28,8 @@ from engine.retrieval import PairIndex
 from engine.serving import make_answerer, version_grounding
 from engine.training import Progress, ProgressFn
 from engine.versions import ModelStore, VersionInfo, read_stored
-from qabot.dataset import MAX_FIELD_CHARS, HeldoutItem, QAPair, normalize_question, pair_key, read_heldout
+from qabot.dataset import MAX_FIELD_CHARS, QAPair, normalize_question, pair_key
+from qabot.heldout import HeldoutItem, read_heldout
 from qabot.rewrites import Rewrite, user_rewrites
 
 logger = logging.getLogger(__name__)

@@ -27,7 +27,8 @@ from engine.formatting import (
 from engine.grounding import NOTE_WORDS, note_head
 from engine.models import blocks, context_length, train_top_layers
 from engine.textformat import FALLBACK_BUDGET, answer_budget
-from qabot.dataset import HeldoutItem, QAPair
+from qabot.dataset import QAPair
+from qabot.heldout import HeldoutItem
 
 logger = logging.getLogger(__name__)
 

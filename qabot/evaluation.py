@@ -90,7 +90,8 @@ def evaluate(
     Held-out and unanswerable files default to the companions of --train-data (X.heldout.json, X.unanswerable.json
     beside X.json), else to the held-out file the version was released with and its companion."""
     from engine.evaluate import evaluate_heldout, evaluate_pairs, evaluate_unanswerable
-    from qabot.dataset import read_dataset, read_heldout
+    from qabot.dataset import read_dataset
+    from qabot.heldout import read_heldout
 
     settings = _settings()
     answerer, info = load_answerer(settings, version)

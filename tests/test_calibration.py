@@ -8,7 +8,8 @@ import pytest
 from engine.calibration import Calibration, calibrate
 from engine.grounding import Grounding
 from engine.retrieval import Embedder, PairIndex
-from qabot.dataset import QAPair, read_dataset, read_heldout
+from qabot.dataset import QAPair, read_dataset
+from qabot.heldout import read_heldout
 from tests.conftest import DATA_DIR
 
 

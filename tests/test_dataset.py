@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from qabot.dataset import dataset_hash, normalize_question, read_dataset, read_heldout, validate_items
+from qabot.dataset import dataset_hash, normalize_question, read_dataset, validate_items
 from qabot.errors import DatasetError
+from qabot.heldout import read_heldout
 from tests.conftest import DATA_DIR
 
 

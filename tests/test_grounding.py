@@ -172,7 +172,7 @@ def test_questions_about_names_the_data_never_mentions_or_far_from_every_pair_ar
     from engine.generate import Answerer
     from engine.grounding import Grounding
     from engine.models import load_model
-    from qabot.dataset import read_heldout
+    from qabot.heldout import read_heldout
 
     pairs = read_dataset(DATA_DIR / "sample.json")
     grounding = Grounding(PairIndex.build(pairs, embedder), embedder)
@@ -343,7 +343,7 @@ def test_each_question_is_tokenised_once_and_its_prompt_gets_the_ids_of_the_whol
     from engine.generate import Answerer
     from engine.grounding import Grounding
     from engine.models import load_model
-    from qabot.dataset import read_heldout
+    from qabot.heldout import read_heldout
     from qabot.questions import clean_question
 
     loaded = load_model(str(tiny_model), device="cpu")
@@ -401,7 +401,8 @@ def test_a_grounded_fine_tunes_held_out_loss_is_the_loss_of_what_it_learnt_given
     from engine.models import context_length
     from engine.serving import load_version, version_grounding
     from engine.versions import ModelStore
-    from qabot.dataset import QAPair, read_heldout
+    from qabot.dataset import QAPair
+    from qabot.heldout import read_heldout
     from tests.conftest import release_tiny
 
     store = ModelStore(tmp_path / "models")

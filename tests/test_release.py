@@ -8,7 +8,8 @@ from pathlib import Path
 from engine.heldout import heldout_for
 from engine.release import gate_questions
 from engine.versions import ModelStore
-from qabot.dataset import HeldoutItem, QAPair, read_heldout
+from qabot.dataset import QAPair
+from qabot.heldout import HeldoutItem, read_heldout
 from qabot.merge import UploadMode, merge_pairs, would_drop
 from tests.conftest import TINY_PAIRS, release_tiny, write_pairs
 

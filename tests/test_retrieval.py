@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from engine.retrieval import Embedder, PairIndex
-from qabot.dataset import QAPair, read_dataset, read_heldout
+from qabot.dataset import QAPair, read_dataset
+from qabot.heldout import read_heldout
 from tests.conftest import DATA_DIR
 
 
