@@ -50,7 +50,7 @@ from worker.jobs import ANSWER_QUEUE
 from worker.liveness import BEAT_SECONDS, LIVE_TTL_SECONDS
 from worker.localredis import free_port, start_redis_server, stop_redis_server
 from worker.results import AnswerResult
-from worker.train_worker import DIED, LEASE_TTL_S
+from worker.train_reaper import DIED, LEASE_TTL_S
 
 logger = logging.getLogger(__name__)
 

@@ -524,3 +524,12 @@ def test_rq_is_used_through_its_documented_api_outside_one_commented_module():
                 found.append(f"{where} overrides {node.name}")
     assert not found, "\n".join(found)
     assert "rq" in seam.read_text().split('"""')[1]  # the seam says what it works around, and why
+
+
+def test_every_benchmark_of_make_bench_starts():
+    """Each `bench/` script imports in a fresh interpreter: a name moved elsewhere (bench.faults imported DIED from the
+    train worker after it had moved to worker.train_reaper) broke `make bench` with no test failing."""
+    names = sorted(p.stem for p in (Path(__file__).resolve().parent.parent / "bench").glob("*.py") if p.stem != "__init__")
+    code = "import importlib, sys\n" + f"for name in {names!r}: importlib.import_module('bench.' + name)\n" + "print('ok')\n"
+    assert modules_loaded_by(code)[-1:] == ["ok"]
+    assert {"faults", "quality", "load"} <= set(names)
