@@ -65,6 +65,27 @@ class ProgressCallback(TrainerCallback):
             self._report(state)
 
 
+class CheckpointCallback(TrainerCallback):
+    """Keeps an epoch's checkpoint (TrainingArguments' save_strategy "epoch") only where it can save work: when at
+    least `after_s` seconds of training since the last one would otherwise be lost, and never after the last epoch or
+    one that early stopping ends (the version is saved then). Goes after every callback that may stop training."""
+
+    def __init__(self, after_s: float) -> None:
+        self.after_s = after_s
+        self.since = time.monotonic()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.since = time.monotonic()
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        ending = control.should_training_stop or state.global_step >= state.max_steps
+        if ending or time.monotonic() - self.since < self.after_s:
+            control.should_save = False
+
+    def on_save(self, args, state, control, **kwargs):
+        self.since = time.monotonic()
+
+
 class AccuracyCallback(TrainerCallback):
     """Asks questions after each epoch, logs accuracy, stops when it no longer improves, keeps the best."""
 

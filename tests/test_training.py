@@ -93,7 +93,9 @@ def test_resume_continues_from_the_last_checkpoint(tiny_gpt2, tmp_path, tiny_dat
         if p.stage == "training" and p.epoch > 2.0:
             raise Interrupt
 
-    config = TrainConfig(epochs=4, learning_rate=3e-3, batch_size=4, early_stopping_patience=0, grounded=False)
+    config = TrainConfig(
+        epochs=4, learning_rate=3e-3, batch_size=4, early_stopping_patience=0, grounded=False, checkpoint_after_s=0
+    )
     base = load_base(str(tiny_gpt2), tmp_path, config.max_length)
     pairs = validate_file(tiny_data, base)
     request = TrainRequest(str(tiny_gpt2), config)
@@ -108,6 +110,33 @@ def test_resume_continues_from_the_last_checkpoint(tiny_gpt2, tmp_path, tiny_dat
     first_step = min(p.step for p in seen if p.stage == "training")
     assert first_step == 5
     assert outcome.version.name == "v0001" and not run.exists()
+
+
+def test_a_short_run_keeps_no_checkpoint_and_resumes_from_the_start(tiny_gpt2, tmp_path, tiny_data):
+    """With the default interval, an epoch of a few seconds is not worth a checkpoint: an interrupted run has none, and
+    --resume trains from the first step."""
+    store = ModelStore(tmp_path / "models")
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_in_epoch_3(p):
+        if p.stage == "training" and p.epoch > 2.0:
+            raise Interrupt
+
+    config = TrainConfig(epochs=4, learning_rate=3e-3, batch_size=4, early_stopping_patience=0, grounded=False)
+    assert config.checkpoints and config.checkpoint_after_s > 10
+    base = load_base(str(tiny_gpt2), tmp_path, config.max_length)
+    pairs = validate_file(tiny_data, base)
+    with pytest.raises(Interrupt):
+        train_version(store, pairs, base, TrainRequest(str(tiny_gpt2), config), device="cpu", progress=stop_in_epoch_3)
+    (run,) = store.runs_dir.iterdir()
+    assert not list((run / "checkpoints").glob("checkpoint-*"))
+    seen = []
+    resumed = TrainRequest(str(tiny_gpt2), config, resume=True)
+    outcome = train_version(store, pairs, base, resumed, device="cpu", progress=seen.append)
+    assert min(p.step for p in seen if p.stage == "training") == 1
+    assert outcome.version.name == "v0001"
 
 
 def test_bad_hyperparameters_name_the_problem():
