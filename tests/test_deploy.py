@@ -200,10 +200,23 @@ def test_workers_share_the_models_volume_at_qabot_home():
     assert set(stores.values()) == {"models"}
 
 
-def test_answer_worker_is_healthy_only_with_a_model_loaded():
+def test_answer_worker_is_healthy_only_with_a_model_loaded(redis_url, tmp_path):
+    """Compose's check fails with no answer worker, and with one registered on this host that has no model loaded yet
+    (a real rq worker record, this process's). The healthy side, a worker serving a model, is checked in
+    tests/test_faults_answer.py."""
     check = SERVICES["answer-worker"]["healthcheck"]
     assert as_list(check["test"]) == ["CMD", "qabot", "health", "answer"]
-    assert cli_has(["health", "answer"]), "`qabot health answer` does not exist yet"
+    unhealthy = f"no answer worker on {socket.gethostname()} has a model loaded"
+    alone = qabot_health(["answer"], redis_url, tmp_path)
+    assert alone.returncode == 1 and unhealthy in alone.stderr, alone.stderr
+    loading = Worker([Queue("answer", connection=Redis.from_url(redis_url))], connection=Redis.from_url(redis_url))
+    loading.register_birth()
+    try:
+        assert [w.pid for w in Worker.all(queue=loading.queues[0])] == [os.getpid()]
+        without_model = qabot_health(["answer"], redis_url, tmp_path)
+        assert without_model.returncode == 1 and unhealthy in without_model.stderr, without_model.stderr
+    finally:
+        loading.register_death()
 
 
 def test_workers_serve_metrics_each_on_its_own_port_published_on_loopback_only():
@@ -359,7 +372,9 @@ def interrupt(proc: subprocess.Popen) -> str:
 def assert_all_stopped(proc: subprocess.Popen, output: str, url: str) -> None:
     assert proc.returncode == 0, output
     assert "Redis redis://127.0.0.1" in output and "(started here)" in output and "stopping" in output
-    for pid in map(int, re.findall(r"\(pid (\d+)\)", output)):
+    pids = [int(pid) for pid in re.findall(r"\(pid (\d+)\)", output)]
+    assert pids, output
+    for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
     try:

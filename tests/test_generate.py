@@ -41,7 +41,8 @@ def test_batch_equals_single_on_an_untrained_llama(tiny_llama):
     answerer = Answerer(loaded.model, loaded.tokenizer, max_new_tokens=12)
     batched = answerer.answer(QUESTIONS)
     assert [a.text for a in batched] == [answerer.answer([q])[0].text for q in QUESTIONS]
-    assert all(a.stop == StopReason.LENGTH and a.new_tokens == 12 for a in batched if a.stop == StopReason.LENGTH)
+    assert any(a.stop == StopReason.LENGTH for a in batched)  # untrained: rows run to the limit, and stop there
+    assert all(a.new_tokens == 12 for a in batched if a.stop == StopReason.LENGTH)
 
 
 def test_a_new_question_line_ends_the_answer(answerer):

@@ -128,10 +128,11 @@ def test_plain_versions_stay_plain(trained_tiny):
 
 
 def test_grounded_prompts_run_on_both_tiny_architectures_and_fit_a_1024_token_context(tiny_model, embedder):
-    from engine.formatting import tokenize_example
+    from engine.formatting import longest_answer, tokenize_example
     from engine.generate import Answerer
     from engine.grounding import Grounding
     from engine.models import load_model
+    from engine.textformat import answer_budget
 
     loaded = load_model(str(tiny_model), device="cpu")
     grounding = Grounding(PairIndex.build(TINY_PAIRS, embedder), embedder)
@@ -142,7 +143,8 @@ def test_grounded_prompts_run_on_both_tiny_architectures_and_fit_a_1024_token_co
     pairs = read_dataset(DATA_DIR / "sample.json")
     examples = build_examples(pairs, PairIndex.build(pairs, embedder), embedder)
     longest = max(len(tokenize_example(p, a, loaded.tokenizer, 10**6)["input_ids"]) for p, a in examples)
-    assert longest <= 1024 - 96, longest  # gpt2-medium's context, less the gate's answer budget
+    budget = answer_budget(longest_answer(loaded.tokenizer, [p.response for p in pairs]), 1024)
+    assert longest + budget <= 1024, (longest, budget)  # gpt2-medium's context holds the example and the answer budget
 
 
 def test_a_long_grounded_example_keeps_its_answer_and_long_notes_never_overflow_the_context(tiny_gpt2, embedder):

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from engine.heldout import heldout_for
-from engine.release import gate_questions
+from engine.release import GATE_SAMPLE, GATE_UNKNOWN, gate_questions
 from engine.versions import ModelStore
 from qabot.dataset import QAPair
 from qabot.heldout import HeldoutItem, read_heldout
@@ -35,7 +35,9 @@ def test_the_gate_asks_kept_new_and_still_answered_heldout_questions():
     ]
     merged = merge_pairs(LIVE, UPLOAD).pairs
     union = gate_questions(LIVE, merged, heldout, seed=1)
-    assert (len(union.kept), len(union.new), len(union.heldout)) == (96, 1, 2)  # the 160 kept are sampled, not dropped
+    assert GATE_SAMPLE < len(LIVE) - 1
+    # the 160 kept are sampled, not dropped
+    assert (len(union.kept), len(union.new), len(union.heldout)) == (GATE_SAMPLE, 1, 2)
     assert union.new[0].prompt == "Who guards the Luminary Stone?"
     replaced = gate_questions(LIVE, UPLOAD, heldout, seed=1)  # replace: a dropped pair's held-out question goes too
     assert (len(replaced.kept), len(replaced.new), len(replaced.heldout), replaced.left_out) == (5, 1, 1, 1)
@@ -44,8 +46,9 @@ def test_the_gate_asks_kept_new_and_still_answered_heldout_questions():
     )
     # no held-out question at all: rewrites of the training questions in users' style stand in, judged like them
     alone = gate_questions([], merged, [], seed=1)
-    assert len(alone.rewrites) == 96
-    assert alone.describe() == "192 questions (0 kept, 96 new, 0 held-out, 96 rewrites in users' style)"
+    new = min(GATE_SAMPLE, len(merged))
+    assert len(alone.rewrites) == new
+    assert alone.describe() == f"{2 * new} questions (0 kept, {new} new, 0 held-out, {new} rewrites in users' style)"
     by_question = {p.prompt: p.response for p in merged}
     assert all(r.response in by_question.values() and r.prompt not in by_question for r in alone.rewrites)
 
@@ -168,7 +171,9 @@ def test_a_grounded_candidate_is_also_asked_what_it_must_decline(tiny_gpt2, tiny
     from engine.retrieval import Embedder, PairIndex
 
     questions = gate_questions(LIVE, LIVE, [], seed=1, grounded=True)
-    assert len(questions.unknown) == 24 and "24 to decline, their answer left out of the notes" in questions.describe()
+    unknown = min(GATE_UNKNOWN, len(LIVE) // 4)  # up to a quarter of the pairs
+    assert len(questions.unknown) == unknown
+    assert f"{unknown} to decline, their answer left out of the notes" in questions.describe()
     assert gate_questions(LIVE, LIVE, [], seed=1).unknown == []  # a plain candidate: nothing it could decline
     embedder = Embedder()
     same_answer = [QAPair(f"Which warden watches gate {i}?", p.response) for i, p in enumerate(LIVE[:40])]  # reworded

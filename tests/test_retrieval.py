@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.retrieval import Embedder, PairIndex
+from engine.retrieval import Embedder, PairIndex, views
 from qabot.dataset import QAPair, read_dataset
 from qabot.heldout import read_heldout
 from tests.conftest import DATA_DIR
@@ -78,9 +78,12 @@ def test_a_question_finds_the_pair_that_asks_for_the_same_kind_of_thing(embedder
     ]
 
 
-def test_a_pair_added_is_found_at_once_and_the_others_are_not_embedded_again(embedder, sample_index, tmp_path):
+def test_a_pair_added_is_found_at_once_and_the_others_are_not_embedded_again(embedder, sample_index, tmp_path, monkeypatch):
     new = QAPair("Who carved the Moon Gate of Aurelhaven?", "Ilsa the mason carved the Moon Gate.")
+    encoded, encode = [], embedder.encode
+    monkeypatch.setattr(embedder, "encode", lambda texts: encoded.extend(texts) or encode(texts))
     grown = PairIndex.build([*sample_index.pairs, new], embedder, reuse=sample_index)
+    assert encoded == views(new)  # the new pair's views only
     assert grown.vectors[: len(sample_index.pairs)].equal(sample_index.vectors)
     assert grown.search(embedder, ["Who made the Moon Gate?"], k=1)[0][0].pair == new
     path = tmp_path / "index.safetensors"
