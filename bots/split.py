@@ -6,7 +6,9 @@ import re
 
 _BREAKS = ("\n\n", "\n", ". ", "! ", "? ", "; ", ", ", " ")  # best first: a paragraph, a line, a sentence, a word
 _UNBROKEN = re.compile(r"\[[^\]\n]*\]\([^)\s]*\)|`[^`\n]*`|\S*://\S*")  # a Markdown link, inline code, a URL
-_FENCE = re.compile(r"^[ \t]*```[^\n]*$", re.MULTILINE)  # a line that opens or closes a code block
+# A line that opens or closes a code block: ``` and an info string without backticks (CommonMark), so that a line like
+# "```ls``` lists files" (inline code written with three backticks) is not one.
+_FENCE = re.compile(r"^[ \t]*```[^`\n]*$", re.MULTILINE)
 CLOSE = "\n```"
 
 
@@ -32,6 +34,12 @@ def _open_fence(part: str) -> str | None:
     return fences[-1].strip() if len(fences) % 2 else None
 
 
+def _reopened(fence: str, limit: int) -> bool:
+    """Whether the next part opens the block again with `fence`: only a short fence line, so that each part takes
+    more off the text than the fence adds to it (a part holds at least half the limit: see `_cut`)."""
+    return len(fence) < limit // 4
+
+
 def split_message(text: str, limit: int) -> list[str]:
     """Split a long text into parts of at most `limit` characters at sensible places: a paragraph, a line, a
     sentence, then a word; never inside a Markdown link, inline code or a URL unless one alone is over the limit. A
@@ -45,7 +53,8 @@ def split_message(text: str, limit: int) -> list[str]:
             fence = _open_fence(part)
         rest = rest[len(part) :].lstrip()
         if fence is not None:
-            part, rest = part + CLOSE, f"{fence}\n{rest}"
+            part += CLOSE
+            rest = f"{fence}\n{rest}" if _reopened(fence, limit) else rest
         parts.append(part)
     if rest:
         parts.append(rest)

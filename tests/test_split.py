@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
+
+import pytest
 
 from bots.split import split_message
 
@@ -45,3 +48,32 @@ def test_a_code_block_cut_in_two_is_closed_and_opened_again_in_each_part():
     assert parts[1].startswith("```bash\npbl admin")  # opened again, with its language
     joined = "\n".join(parts).replace("\n```\n```bash\n", "\n")
     assert joined.split() == text.split()  # nothing lost or added but the fences
+
+
+@pytest.mark.parametrize("limit", [2000, 4096])
+def test_inline_code_written_with_three_backticks_is_no_code_block(limit):
+    """ "```ls``` lists files" opens no block: a long line of it once made each part start again with that line, for
+    ever (the bot froze). Each part is within the limit, nothing is added, nothing is lost."""
+
+    def stuck(*_):
+        raise TimeoutError("split_message did not end")
+
+    line = "```ls -la``` lists the files, " + "with their sizes and owners " * (limit // 40)
+    text = line + "\n\n" + "Then the next paragraph goes on. " * (limit // 20)
+    previous = signal.signal(signal.SIGALRM, stuck)
+    signal.alarm(10)
+    try:
+        parts = split_message(text, limit)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert all(len(p) <= limit for p in parts) and len(parts) >= 2
+    assert "".join(parts).count("```") == 2 and " ".join(parts).split() == text.split()
+
+
+def test_a_code_block_whose_fence_line_is_long_is_closed_but_not_opened_again():
+    fence = "```" + "x" * 700
+    text = fence + "\n" + "run this line\n" * 300 + "```"
+    parts = split_message(text, 2000)
+    assert all(len(p) <= 2000 for p in parts) and parts[0].endswith("\n```")
+    assert not parts[1].startswith(fence)
