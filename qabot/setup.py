@@ -77,8 +77,7 @@ def report_error(exc: Exception) -> int:
         return 1
     if isinstance(exc, ValidationError):  # bad settings
         for problem in exc.errors():
-            name = "QABOT_" + "_".join(str(part) for part in problem["loc"]).upper()
-            err.print(f"[red]error:[/] invalid setting {name}={problem.get('input')!r}: {problem['msg']}", highlight=False)
+            err.print(f"[red]error:[/] {_setting_problem(problem)}", highlight=False)
         return 2
     if isinstance(exc, ValueError):  # bad hyper-parameters, missing tokens
         err.print(f"[red]error:[/] {scrub(str(exc))}", highlight=False)
@@ -86,6 +85,20 @@ def report_error(exc: Exception) -> int:
     logger.debug("unexpected failure", exc_info=True)  # the edge: log it, show one line
     err.print(f"[red]error:[/] unexpected {type(exc).__name__}: {scrub(str(exc))}{save_traceback()}", highlight=False)
     return 1
+
+
+def _setting_problem(problem: dict) -> str:
+    """One invalid setting, for the user. Its value is shown only for a setting that holds no secret: a check across
+    settings (no field of its own) gets the whole raw settings as its input, tokens and the Redis password included,
+    and none of them are masked yet (State.secrets is filled once the settings load)."""
+    if not problem["loc"]:
+        return f"invalid settings: {problem['msg']}"
+    field = str(problem["loc"][0])
+    name = "QABOT_" + "_".join(str(part) for part in problem["loc"]).upper()
+    info = Settings.model_fields.get(field)
+    secret = field == "redis_url" or (info is not None and "SecretStr" in str(info.annotation))
+    shown = "" if secret else f"={problem.get('input')!r}"
+    return f"invalid setting {name}{shown}: {problem['msg']}"
 
 
 def save_traceback() -> str:

@@ -134,6 +134,23 @@ def test_bad_settings_are_reported(env):
     assert "invalid setting QABOT_DEVICE='gpu'" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_bad_settings_never_print_a_secret(env):
+    """A check across settings (both metrics ports the same) is reported without the values of the tokens and the
+    Redis password, which are not masked yet when the settings fail to load; a plain setting's bad value is shown."""
+    secrets = {
+        "QABOT_TELEGRAM_TOKEN": "123456:SECRET-telegram-token",
+        "QABOT_DISCORD_TOKEN": "SECRET-discord-token",
+        "QABOT_REDIS_URL": "redis://:SECRET-password@127.0.0.1:6379/0",
+    }
+    clash = {**env, **secrets, "QABOT_ANSWER_METRICS_PORT": "9108", "QABOT_TRAIN_METRICS_PORT": "9108"}
+    result = run_cli(clash, "models", "list")
+    assert result.returncode == 2 and "both 9108" in result.stderr, result.stderr
+    assert "SECRET" not in result.stderr + result.stdout
+    shown = run_cli({**env, **secrets, "QABOT_ANSWER_BATCH_SIZE": "0"}, "models", "list")
+    assert shown.returncode == 2 and "QABOT_ANSWER_BATCH_SIZE='0'" in shown.stderr, shown.stderr
+    assert "SECRET" not in shown.stderr + shown.stdout
+
+
 def test_data_find_export_forget_and_undo_on_the_host(env, tmp_path):
     """`qabot data` does what /find, /export, /forget and /undo do, with no Redis or worker."""
     import json
