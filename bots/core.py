@@ -82,6 +82,7 @@ class RetrainOutcome:
 
 Send = Callable[[str], Awaitable[Any]]
 Edit = Callable[[Any, str], Awaitable[None]]
+Deliver = Callable[[RetrainOutcome], Awaitable[None]]
 Alert = Callable[[str, str], Awaitable[None]]  # (text, the chat of the question that went unanswered)
 
 
@@ -185,26 +186,46 @@ class BotCore(AdminCommands):
         *,
         replace: bool = False,
         force: bool = False,
+        deliver: Deliver | None = None,
     ) -> RetrainOutcome | None:
-        """Queue a fine-tune (with an uploaded file), keep one progress message up to date, return the final word.
+        """Queue a fine-tune (with an uploaded file), keep one progress message up to date, send the final word with
+        `deliver` and return it.
 
-        None when another bot delivered the outcome already (it is delivered once).
+        None when another bot delivered the outcome already (it is delivered once). A fine-tune's outcome that
+        `deliver` fails to send (the platform timed out, refused it) is handed back to the delivery loop
+        (`deliver_pending`), which sends it on a later round.
         """
+        outcome, job_id = await self._start_and_follow(reply_to, upload, start, edit, replace=replace, force=force)
+        if outcome is not None and deliver is not None:
+            try:
+                await deliver(outcome)
+            except Exception:
+                if job_id is None:  # a refusal before any job: nothing to hand back
+                    raise
+                await asyncio.to_thread(self.client.release_delivery, job_id)  # the delivery loop sends it again
+                logger.exception("could not send the outcome of a fine-tune; the delivery loop will")
+        return outcome
+
+    async def _start_and_follow(
+        self, reply_to: ReplyTo, upload: tuple[bytes, str] | None, start: Send, edit: Edit, *, replace: bool, force: bool
+    ) -> tuple[RetrainOutcome | None, str | None]:
+        """The final word and the fine-tune's job id (None when no job was queued)."""
         if upload is not None and len(upload[0]) > self.settings.upload_max_bytes:
-            return RetrainOutcome(f"{upload[1]} is {len(upload[0])} bytes; the limit is {self.settings.upload_max_bytes}.")
+            limit = self.settings.upload_max_bytes
+            return RetrainOutcome(f"{upload[1]} is {len(upload[0])} bytes; the limit is {limit}."), None
         request = {"mode": "replace" if replace else "add", "force": force}
         try:
             job = await asyncio.to_thread(self.client.start_training, request, reply_to, upload)
         except TrainingBusy as exc:
-            return RetrainOutcome(f"{exc}.")
+            return RetrainOutcome(f"{exc}."), None
         except ServiceUnavailable:
-            return RetrainOutcome(APOLOGY)
+            return RetrainOutcome(APOLOGY), None
         self.following.add(job.id)
         try:
-            return await self._follow(job.id, start, edit)
+            return await self._follow(job.id, start, edit), job.id
         except Exception:  # Redis away, job gone: the delivery loop reports the outcome once it can
             logger.warning("lost track of a fine-tune; its outcome will be delivered when it ends", exc_info=True)
-            return None
+            return None, job.id
         finally:
             self.following.discard(job.id)
 

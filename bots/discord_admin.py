@@ -98,12 +98,13 @@ def register_admin(bot: QabotDiscord) -> None:
             await say(f"Retraining {what}" + (", forced" if force else "") + ".")
             return await say(text)
 
-        outcome = await bot.core.retrain(reply_to(interaction), upload, start, edit, replace=mode == "replace", force=force)
-        if outcome is None:
-            return
-        parts = split_message(outcome.text, MESSAGE_LIMIT)
-        for index, part in enumerate(parts):
-            await say(part, **(_file(outcome) if index == len(parts) - 1 else {}))
+        async def deliver(outcome: RetrainOutcome) -> None:
+            parts = split_message(outcome.text, MESSAGE_LIMIT)
+            for index, part in enumerate(parts):
+                await say(part, **(_file(outcome) if index == len(parts) - 1 else {}))
+
+        where = reply_to(interaction)
+        await bot.core.retrain(where, upload, start, edit, replace=mode == "replace", force=force, deliver=deliver)
 
     @tree.command(name="addqa", description=BY_NAME["addqa"].help)
     @ADMINS_SEE

@@ -15,7 +15,7 @@ from telegram.constants import ChatType
 from telegram.error import BadRequest, Forbidden
 from telegram.ext import Application, CommandHandler, ContextTypes, MessageHandler, filters
 
-from bots.core import REFUSAL
+from bots.core import REFUSAL, RetrainOutcome
 from bots.split import split_message
 from bots.telegram_delivery import MESSAGE_LIMIT, TelegramDelivery, core_of, reply, reply_to
 
@@ -112,9 +112,12 @@ async def retrain(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         with contextlib.suppress(Exception):  # an edit that fails (flood, unchanged) must not stop the run
             await handle.edit_text(text)
 
-    outcome = await core.retrain(reply_to(message), upload, send, edit, replace="replace" in words, force="force" in words)
-    if outcome is not None:
-        await TelegramDelivery(context.application).deliver(reply_to(message), outcome)
+    where = reply_to(message)
+
+    async def deliver(outcome: RetrainOutcome) -> None:
+        await TelegramDelivery(context.application).deliver(where, outcome)
+
+    await core.retrain(where, upload, send, edit, replace="replace" in words, force="force" in words, deliver=deliver)
 
 
 @admins_only

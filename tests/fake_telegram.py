@@ -7,6 +7,7 @@ import itertools
 import json
 import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -30,6 +31,8 @@ class FakeTelegram(Watched):
         self.menus: dict[str, list[str]] = {}  # command menus by scope (JSON), as setMyCommands set them
         self.unreachable: set[int] = set()  # users who never started a private chat with the bot: it cannot write first
         self.deleted: set[int] = set()  # messages deleted since they were sent: a reply to one needs allow_sending_without_reply
+        # (method, params) -> True: that call fails once with a server error, as Telegram's API sometimes does
+        self.fail_once: Callable[[str, dict[str, Any]], bool] | None = None
         self._ids = itertools.count(1)
         self._update_ids = itertools.count(1)
         self._new_update = asyncio.Event()
@@ -76,6 +79,9 @@ class FakeTelegram(Watched):
             return web.json_response({"ok": False, "error_code": 403, "description": description}, status=403)
         if handler is None:
             return web.json_response({"ok": False, "error_code": 404, "description": f"Not Found: {method}"}, status=404)
+        if self.fail_once is not None and self.fail_once(method, params):
+            self.fail_once = None
+            return web.json_response({"ok": False, "error_code": 500, "description": "Internal Server Error"}, status=500)
         reply = params.get("reply_parameters")
         reply = json.loads(reply) if isinstance(reply, str) else reply
         if reply and int(reply["message_id"]) in self.deleted:

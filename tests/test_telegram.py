@@ -531,6 +531,33 @@ async def test_an_outcome_is_delivered_once_by_the_bot_running_when_training_end
         await fake.stop()
 
 
+async def test_an_outcome_the_platform_fails_to_take_is_sent_again_by_the_delivery_loop(stack):
+    """Telegram refuses the message that carries a fine-tune's result (a 500): the result is not lost, the delivery
+    loop sends it on a later round, once."""
+    import asyncio
+
+    fake = FakeTelegram(TOKEN)
+    await fake.start()
+    refused: list[str] = []
+
+    def result_message(method: str, params: dict) -> bool:
+        refused.extend([params.get("text", "")] if "Training done" in str(params.get("text", "")) else [])
+        return bool(refused)
+
+    fake.fail_once = result_message
+    app = await run_bot(stack, fake)
+    try:
+        pairs = [{"prompt": "Who painted the Moon Gate?", "response": "Orla painted the Moon Gate."}]
+        doc = fake.send_document(ADMIN, ADMIN, "paint.json", json.dumps(pairs).encode())
+        final = await fake.wait_for(lambda: [t for t in texts(fake, doc) if "Training done" in t], timeout=240)
+        await asyncio.sleep(2.0)  # the delivery loop polls every 0.5 s here: a second copy would have come
+        assert refused and final[0] == refused[0] and len([t for t in texts(fake, doc) if "Training done" in t]) == 1
+        assert final[0].startswith("paint.json: 1 pairs; 1 added")
+    finally:
+        await stop_bot(app)
+        await fake.stop()
+
+
 def test_the_bot_runs_on_a_host_without_the_engine(stack):
     """Questions and admin commands through a bot process that cannot import engine, torch or transformers."""
     env = qabot_env({"QABOT_REDIS_URL": stack.redis_url, "QABOT_TELEGRAM_TOKEN": TOKEN, "QABOT_TELEGRAM_ADMINS": str(ADMIN)})
