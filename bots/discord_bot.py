@@ -94,8 +94,9 @@ class QabotDiscord(discord.Client):
         question = message.content.replace(f"<@{self.user.id}>", "").replace(f"<@!{self.user.id}>", "").strip()
         async with message.channel.typing():
             answer: Reply = await self.core.ask(f"dc:{message.author.id}", question, f"dc:{message.channel.id}")
+        reference = message.to_reference(fail_if_not_exists=False)  # deleted meanwhile: the answer still goes out
         sent = [
-            await message.reply(part, mention_author=False, allowed_mentions=NO_MENTIONS)
+            await message.channel.send(part, reference=reference, mention_author=False, allowed_mentions=NO_MENTIONS)
             for part in split_message(answer.text, MESSAGE_LIMIT)
         ]
         await remember(self.core.client, PLATFORM, str(message.channel.id), [str(m.id) for m in sent], answer)

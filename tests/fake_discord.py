@@ -66,6 +66,7 @@ class FakeDiscord(Watched):
         super().__init__()
         self.calls: list[tuple[str, str, Any]] = []
         self.messages: dict[str, dict[str, Any]] = {}  # by id, as last edited
+        self.deleted: set[str] = set()  # messages deleted since they were sent: a reply to one needs fail_if_not_exists
         self.callbacks: list[dict[str, Any]] = []
         self.commands: list[dict[str, Any]] = []
         self.files: dict[str, bytes] = {}
@@ -144,6 +145,11 @@ class FakeDiscord(Watched):
         if parts[0] == "channels" and parts[-1] == "typing":
             return web.Response(status=204)
         if parts[0] == "channels" and parts[-1] == "messages" and request.method == "POST":
+            reference = (body or {}).get("message_reference") or {}
+            if str(reference.get("message_id")) in self.deleted:
+                if reference.get("fail_if_not_exists", True):
+                    return self._json({"message": "Unknown message", "code": 10008}, status=400)
+                body = {k: v for k, v in body.items() if k != "message_reference"}  # sent as a plain message
             return self._json(self._bot_message(parts[1], body, files))
         if parts[0] == "channels" and parts[-2] == "messages" and request.method == "PATCH":
             message = self.messages[parts[-1]]

@@ -90,6 +90,18 @@ async def test_mentions_and_replies_get_answers_with_typing(discord_bot):
     assert discord_bot.replies_to(ignored) == [] and discord_bot.replies_to(elsewhere) == []
 
 
+async def test_a_mention_deleted_while_it_is_answered_still_gets_its_answer(discord_bot):
+    asked = await discord_bot.say(306, TINY_PAIRS[3].prompt, mention=True)
+    discord_bot.deleted.add(asked)  # a moderator or AutoMod removes it: a reply cannot point at it any more
+
+    def in_channel():
+        return [m["content"] for m in discord_bot.messages.values() if m["author"]["id"] != "306" and m.get("content")]
+
+    assert TINY_PAIRS[3].response in await discord_bot.wait_for(
+        lambda: [c for c in in_channel() if c == TINY_PAIRS[3].response], timeout=60
+    )
+
+
 async def test_threads_of_an_allowed_channel_are_answered_and_threads_of_other_channels_are_not(discord_bot):
     """Under a channel allow-list a thread counts as its channel: a mention, /ask and a 👎 on an answer in a thread of
     an allowed channel work (they were all refused: a thread has its own id); a thread of another channel stays
