@@ -28,6 +28,7 @@ from bots.telegram_delivery import (
     stop_delivery,
 )
 from qabot.settings import Settings
+from worker.client import ADMIN_WAITERS
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +110,9 @@ async def on_text(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         await answer_question(message, context, text)
 
 
+SPARE_UPDATES = 64  # updates handled at once beyond questions and admin commands (help, feedback, uploads)
+
+
 def build_application(settings: Settings, core: BotCore | None = None) -> Application:
     """Wire the handlers; the token comes from the settings and is never logged."""
     if settings.telegram_token is None:
@@ -117,17 +121,21 @@ def build_application(settings: Settings, core: BotCore | None = None) -> Applic
         logging.getLogger(noisy).setLevel(logging.WARNING)
     logging.getLogger("telegram").setLevel(logging.INFO)  # its debug lines print the API URL, token included
     api = settings.telegram_api_url.rstrip("/")
+    core = core or BotCore(settings)
     app = (
         ApplicationBuilder()
         .token(settings.telegram_token.get_secret_value())
         .base_url(f"{api}/bot")
         .base_file_url(f"{api}/file/bot")
-        .concurrent_updates(True)
+        # Every update may wait in a handler: each question the client can wait on, each admin command, and others
+        # (help, a 👎) besides. With python-telegram-bot's own default (256, the client's WAITERS) the 257th question
+        # waited for a free handler instead of hearing "busy" at once, and admin commands waited behind questions.
+        .concurrent_updates(core.client.waiters + ADMIN_WAITERS + SPARE_UPDATES)
         .post_init(start_delivery)
         .post_stop(stop_delivery)
         .build()
     )
-    core = app.bot_data["core"] = core or BotCore(settings)
+    app.bot_data["core"] = core
     core.platform, core.alert = PLATFORM, TelegramDelivery(app).alert_admins
     new = filters.UpdateType.MESSAGE  # an edited message must not ask again or retrain again
     app.add_handler(CommandHandler(["start", "help"], start, filters=new))

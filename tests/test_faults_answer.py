@@ -428,6 +428,29 @@ async def test_admin_commands_never_wait_behind_questions_and_askers_past_capaci
     assert {r.text for r in replies} == {APOLOGY}  # the others still get their answer or the apology, in their own time
 
 
+async def test_on_telegram_the_asker_past_capacity_hears_busy_at_once(home, redis_url):
+    """The same through python-telegram-bot: its own limit on updates handled at once (256 by default, the client's
+    capacity) once held the next question back until an asker's wait ended, so it heard the apology 8 s later instead
+    of "busy" at once."""
+    settings = Settings(home=home / "bot", redis_url=redis_url, telegram_token=TOKEN, answer_wait=8)
+    fake = FakeTelegram(TOKEN)
+    await fake.start()
+    app = await run_bot(settings, fake)  # no answer worker: every asker waits its whole answer_wait
+    try:
+        asked = [fake.send_text(10_000 + i, 10_000 + i, f"question {i}?") for i in range(WAITERS)]
+        await fake.wait_for(lambda: len([c for c in fake.calls if c[0] == "sendChatAction"]) >= WAITERS, 30)
+        started = time.monotonic()
+        late = fake.send_text(99_999, 99_999, "one more question?")
+        assert await fake.wait_for(lambda: texts(fake, late), 30) == [BUSY]
+        busy_after = time.monotonic() - started
+        replies = await fake.wait_for(lambda: all(texts(fake, m) for m in asked) and [texts(fake, m) for m in asked], 60)
+    finally:
+        await stop_bot(app)
+        await fake.stop()
+    assert busy_after < 3.0, f"the asker past capacity waited {busy_after:.1f} s"
+    assert {text for each in replies for text in each} == {APOLOGY}
+
+
 async def test_a_worker_started_while_the_live_weights_are_damaged_serves_the_last_version_that_loads(home, redis_url, tmp_path):
     """Audit finding: a worker restarted while the live version's weights were damaged failed every question
     ("invalid header length") until someone ran /rollback. Now it answers with the version live before, and says so:
