@@ -264,8 +264,10 @@ class BotCore(AdminCommands):
             try:
                 await deliver(status.reply_to, outcome_of(status))
                 delivered += 1
-            except Exception:
-                await asyncio.to_thread(self.client.release_delivery, status.job_id)  # try again on the next round
+            except BaseException as exc:  # failed, or cancelled as the bot stops: another round or bot sends it
+                await asyncio.to_thread(self.client.release_delivery, status.job_id)
+                if not isinstance(exc, Exception):
+                    raise
                 logger.exception("could not deliver the outcome of a fine-tune")
         return delivered
 

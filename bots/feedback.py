@@ -78,13 +78,25 @@ async def report_wrong(client: QueueClient, platform: str, chat: str, message: s
 
 
 async def deliver_notices(client: QueueClient, platform: str, notify: Notify, escape: Callable[[str], str] = str) -> int:
-    """Post admins' answers in the chats of `platform` where the questions were asked; each is taken by one bot."""
+    """Post admins' answers in the chats of `platform` where the questions were asked; each is taken by one bot.
+
+    Cancelled (the bot stops), the answers taken and not yet posted go back to the front of the line for the next bot;
+    the one being posted goes back too, so it may be posted twice rather than never."""
+    taking = asyncio.ensure_future(asyncio.to_thread(client.pop_notices, platform))
+    try:
+        notices = await asyncio.shield(taking)
+    except asyncio.CancelledError:  # the pop runs on in its thread: what it takes goes back
+        await asyncio.to_thread(client.return_notices, platform, await taking)
+        raise
     delivered = 0
-    for notice in await asyncio.to_thread(client.pop_notices, platform):
+    for index, notice in enumerate(notices):
         try:
             await notify(notice.chat, render_notice(notice.question, notice.answer, escape))
             delivered += 1
         except Exception:
             again = await asyncio.to_thread(client.retry_notice, platform, notice)
             logger.warning("could not post an admin's answer in a chat%s", "; will retry" if again else "", exc_info=True)
+        except BaseException:
+            await asyncio.to_thread(client.return_notices, platform, notices[index:])
+            raise
     return delivered

@@ -256,6 +256,14 @@ def retry_notice(connection: Any, platform: str, notice: Notice) -> bool:
     return True
 
 
+def return_notices(connection: Any, platform: str, notices: list[Notice]) -> None:
+    """Put answers taken but not posted (the bot stopped) back at the front of the line, in their order, their tries
+    unchanged."""
+    if notices:
+        raw = [json.dumps({"chat": n.chat, "question": n.question, "answer": n.answer, "tries": n.tries}) for n in notices]
+        connection.lpush(NOTIFY.format(platform), *reversed(raw))
+
+
 # -- answers a bot sent, so that people can say one was wrong -------------------------------------
 def remember_answer(connection: Any, platform: str, chat: str, messages: list[str], question: str, answer: str) -> None:
     """Remember, for SENT_TTL_S, which question and answer each of these bot messages carried (the parts of a long

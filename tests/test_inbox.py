@@ -180,3 +180,40 @@ def test_user_text_in_the_inbox_and_notices_shows_literally_on_discord(redis_url
     notice = render_notice(question, "Yes, it is.", hints.escape)
     assert "legit? \\[verify](" in notice and notice.endswith("— Yes, it is.")
     assert "[verify](https://evil.example/login)" in render_inbox(InboxListResult(tuple(items), total))  # Telegram: plain
+
+
+async def test_answers_taken_but_not_posted_when_the_bot_stops_go_back_first_in_line(redis_url):
+    """A bot stopped (its delivery task cancelled) while it posts admins' answers: the one being posted and the ones
+    after it go back to the front of the line, in order, for the next bot."""
+    import asyncio
+
+    from bots.feedback import deliver_notices
+    from qabot.settings import Settings
+    from worker.client import QueueClient
+
+    r = Redis.from_url(redis_url)
+    places = [Place("telegram", chat, 0.0) for chat in ("1", "2", "3")]
+    inbox.push_notices(r, "Who?", "Ana.", places)
+    posted, stuck = [], asyncio.Event()
+
+    async def notify(chat: str, text: str) -> None:
+        if chat == "2":
+            stuck.set()
+            await asyncio.Event().wait()  # the platform hangs; the bot is told to stop
+        posted.append(chat)
+
+    client = QueueClient(Settings(redis_url=redis_url))
+    task = asyncio.create_task(deliver_notices(client, "telegram", notify))
+    await asyncio.wait_for(stuck.wait(), 10)
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+    inbox.push_notices(r, "When?", "Now.", [Place("telegram", "4", 0.0)])
+    assert posted == ["1"]
+    assert [(n.chat, n.question) for n in inbox.pop_notices(r, "telegram")] == [
+        ("2", "Who?"),
+        ("3", "Who?"),
+        ("4", "When?"),
+    ]

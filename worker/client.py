@@ -213,3 +213,6 @@ class QueueClient(TrainingClient):
 
     def retry_notice(self, platform: str, notice: inbox.Notice) -> bool:
         return inbox.retry_notice(self.connection, platform, notice)
+
+    def return_notices(self, platform: str, notices: list[inbox.Notice]) -> None:
+        inbox.return_notices(self.connection, platform, notices)
