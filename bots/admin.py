@@ -43,13 +43,15 @@ class AdminCommands:
         """/addqa: one more pair in the dataset (no training)."""
         if not question.strip() or not answer.strip():
             return "Usage: /addqa question | answer"
-        return await self._admin(render_added, "add_pair", question, answer, reply_to=reply_to)
+        render = functools.partial(render_added, escape=self.hints.escape)
+        return await self._admin(render, "add_pair", question, answer, reply_to=reply_to)
 
     async def forget(self, question: str, reply_to: ReplyTo | None = None) -> str:
         """/forget: the pair of a question leaves the dataset (no training; /undo brings it back)."""
         if not question.strip():
             return "Usage: /forget <question, or a number from /find>"
-        return await self._admin(render_forgotten, "forget_pair", question.strip(), reply_to=reply_to)
+        render = functools.partial(render_forgotten, escape=self.hints.escape)
+        return await self._admin(render, "forget_pair", question.strip(), reply_to=reply_to)
 
     async def find(self, query: str) -> str:
         """/find <words>: the pairs nearest to the words, numbered, with where each came from."""

@@ -145,27 +145,30 @@ def render_models(result: ModelsResult) -> str:
     return "\n".join(rows)
 
 
-def render_added(result: AddPairResult) -> str:
+def render_added(result: AddPairResult, escape: Callable[[str], str] = str) -> str:
+    """`escape`: user text as the platform shows it literally (Discord: Markdown escaped)."""
     if not result.added:
         return problems_text(result.problems, "That pair")
+    question = escape(result.question)
     if result.unchanged:
-        return f"'{result.question}' already has that answer: nothing changed ({result.pairs} pairs, dataset {result.dataset})."
+        return f"'{question}' already has that answer: nothing changed ({result.pairs} pairs, dataset {result.dataset})."
     did = "Updated the answer to" if result.replaced else "Added"
     return (
-        f"{did} '{result.question}'. The dataset now has {result.pairs} pairs (dataset {result.dataset}); "
+        f"{did} '{question}'. The dataset now has {result.pairs} pairs (dataset {result.dataset}); "
         "/retrain to teach it to the bot."
     )
 
 
-def render_forgotten(result: EditResult) -> str:
+def render_forgotten(result: EditResult, escape: Callable[[str], str] = str) -> str:
+    """`escape`: as for `render_added`."""
     if not result.done:
         if result.message:
             return f"Nothing was forgotten: {result.message}."
-        close = "; ".join(f"'{q}'" for q in result.suggestions)
-        return f"No pair has the question '{result.what}'." + (f" Did you mean {close}?" if close else "")
+        close = "; ".join(f"'{escape(q)}'" for q in result.suggestions)
+        return f"No pair has the question '{escape(result.what)}'." + (f" Did you mean {close}?" if close else "")
     answer = result.answer if len(result.answer) <= QUOTE_CHARS else result.answer[: QUOTE_CHARS - 1] + "…"
     return (
-        f"Forgot '{result.what}' (its answer was: {answer}). The dataset now has {result.pairs} pairs (dataset "
+        f"Forgot '{escape(result.what)}' (its answer was: {escape(answer)}). The dataset now has {result.pairs} pairs (dataset "
         f"{result.dataset}); the bot answers from it within seconds. /undo brings the pair back."
     )
 

@@ -112,7 +112,7 @@ def render_inbox_answer(result: InboxAnswerResult, hints: InboxHints = CHAT_HINT
     told = len(result.notified)
     where = f" The answer goes to the {told} chat(s) where it was asked lately." if told else ""
     others = f" with its {result.grouped} other wording(s)" if result.grouped else ""
-    return f"{render_added(result.added)} The question is closed{others}.{where}"
+    return f"{render_added(result.added, hints.escape)} The question is closed{others}.{where}"
 
 
 def render_inbox_dismiss(result: InboxDismissResult, hints: InboxHints = CHAT_HINTS) -> str:

@@ -182,6 +182,33 @@ def test_user_text_in_the_inbox_and_notices_shows_literally_on_discord(redis_url
     assert "[verify](https://evil.example/login)" in render_inbox(InboxListResult(tuple(items), total))  # Telegram: plain
 
 
+def test_the_admin_replies_about_a_pair_show_its_question_literally_on_discord():
+    """/answer's "Added '...'" and /forget's reply quote a user's question (and its answer): on Discord a masked link in
+    them is escaped, so it is no link; elsewhere they are plain text."""
+    from dataclasses import replace
+
+    import discord
+
+    from bots.render import render_forgotten
+    from bots.render_inbox import CHAT_HINTS, render_inbox_answer
+    from qabot.shapes import AddPairResult, EditResult, InboxAnswerResult
+
+    link = "[Verify your account](https://evil.example/login)"
+    hints = replace(CHAT_HINTS, escape=discord.utils.escape_markdown)
+    added = AddPairResult(question=link, added=True, pairs=9, dataset="abc")
+    answered = render_inbox_answer(InboxAnswerResult("a1b2c3", True, link, added), hints)
+    assert f"'{link}" not in answered and "'\\[Verify your account](https://evil.example/login)" in answered
+    assert link in render_inbox_answer(InboxAnswerResult("a1b2c3", True, link, added))  # Telegram: plain text
+    forgot = render_forgotten(EditResult(True, what=link, answer=link, pairs=8, dataset="abd"), hints.escape)
+    missing = render_forgotten(EditResult(False, what="x", suggestions=(link,)), hints.escape)
+    assert (
+        f"'{link}" not in forgot + missing
+        and f": {link}" not in forgot
+        and forgot.count("\\[Verify") == 2
+        and "\\[Verify" in missing
+    )
+
+
 async def test_answers_taken_but_not_posted_when_the_bot_stops_go_back_first_in_line(redis_url):
     """A bot stopped (its delivery task cancelled) while it posts admins' answers: the one being posted and the ones
     after it go back to the front of the line, in order, for the next bot."""
