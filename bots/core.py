@@ -20,6 +20,7 @@ from bots.render import render_declined, render_progress, render_result
 from bots.render_inbox import CHAT_HINTS
 from qabot.errors import AnswerTimeout, Busy, JobFailed, ServiceUnavailable, TrainingBusy
 from qabot.health import BOT_BEAT_TTL_S, beat, bot_service
+from qabot.questions import clean_question
 from qabot.settings import Settings
 from qabot.shapes import ReplyTo
 from worker.client import QueueClient
@@ -140,7 +141,7 @@ class BotCore(AdminCommands):
             return Reply(render_declined(self.settings.decline_text, bool(result.details.get("inboxed"))))
         if not result.answer:
             return Reply(NO_ANSWER)
-        return Reply(result.answer, text, result.answer)
+        return Reply(result.answer, clean_question(text), result.answer)  # flagged, it is stored as the worker read it
 
     def _in_background(self, alert: Awaitable[None]) -> None:
         task = asyncio.ensure_future(alert)

@@ -22,6 +22,7 @@ from bots.telegram_admin import NO_PRIVATE_CHAT, SENT_PRIVATELY
 from bots.telegram_bot import NOT_AN_ANSWER
 from engine.versions import ModelStore
 from qabot import inbox
+from qabot.questions import clean_question
 from qabot.settings import Settings
 from qabot.shapes import InboxKind
 from tests.conftest import TINY_PAIRS, qabot_env, qabot_workers, release_tiny, write_pairs
@@ -299,6 +300,22 @@ async def test_people_flag_wrong_answers_on_both_platforms(stack, redis, telegra
         assert (flagged.kind, flagged.answer, flagged.flags) == (InboxKind.WRONG, TINY_PAIRS[4].response, 2)
         listing = await say(telegram, ADMIN, ADMIN, "/unanswered")
         assert f'flagged wrong 2 times, last just now; the answer was "{TINY_PAIRS[4].response}"' in listing
+
+
+async def test_a_flagged_question_is_kept_as_the_worker_read_it_so_an_admin_can_answer_it(stack, redis, telegram):
+    """A question written with the prompt's own marker ("Question: ...") is answered as cleaned; flagged, it reaches
+    the inbox in that cleaned form, which /answer can add (the raw text was refused by the validator for ever)."""
+    with live(stack, stack.plain):
+        written = f"Question: {TINY_PAIRS[2].prompt}"
+        asked = telegram.send_text(-830, 531, f"/ask {written}", chat_type="group")
+        await telegram.wait_for(lambda: texts(telegram, asked), timeout=60)
+        bot_answer = telegram.replies_to(asked)[0]["message_id"]
+        await telegram.wait_for(lambda: inbox.recall_answer(redis, "telegram", "-830", str(bot_answer)))
+        assert await say(telegram, -830, 532, "wrong", chat_type="group", reply_to=bot_answer) == REPORTED
+        (item,) = open_items(redis)
+        assert item.text == clean_question(written) != written
+        done = await say(telegram, ADMIN, ADMIN, f"/answer {item.id} Cleaned questions are kept.")
+        assert done.startswith(f"Added '{clean_question(written)}'"), done
 
 
 SUBJECTS = ("the Ember Vault", "the Glass Sea", "Mount Orrow", "the Salt Road", "the Iron Choir", "the Moon Wells")
