@@ -107,7 +107,7 @@ class AdminCommands:
     async def inbox(self, page: str | int = 1, limit: int = INBOX_SHOWN) -> str:
         """/unanswered [page]: one page of the most-asked open questions with their ids, other wordings grouped."""
         number = str(page).strip().lstrip("#") or "1"
-        if not number.isdigit() or int(number) < 1:
+        if not (number.isascii() and number.isdecimal()) or int(number) < 1:  # "²" is a digit int() refuses
             return "Usage: /unanswered [page], for example /unanswered 2"
         request = InboxListRequest(limit, int(number))
         return await self._admin(functools.partial(render_inbox, hints=self.hints), "inbox_jobs.inbox_list", request)

@@ -68,3 +68,16 @@ def test_undo_never_overwrites_what_an_upload_changed_since(store):
     # an edit still in effect is undone as before
     add_pair_as(Settings(), "Who sweeps the hall?", "Bram does.")
     assert undo_edit().done and [p.prompt for p in store.current_pairs()] == [fixed.prompt, "Who rings the bell?"]
+
+
+def test_a_superscript_digit_is_no_number_of_find_nor_a_page(store):
+    """ "²" is a digit to str.isdigit but not to int(): /forget ² and /unanswered ² once failed with int()'s error."""
+    import asyncio
+
+    from bots.admin import AdminCommands
+
+    _make_current(store, [QAPair("Q?", "A."), QAPair("R?", "B.")])
+    missed = forget_pair("²")
+    assert not missed.done and missed.what == "²" and len(store.current_pairs()) == 2
+    assert forget_pair("#2").done and store.current_pairs() == [QAPair("Q?", "A.")]
+    assert asyncio.run(AdminCommands().inbox("²")).startswith("Usage: /unanswered [page]")

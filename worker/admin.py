@@ -109,7 +109,7 @@ def forget_pair(question: str) -> EditResult:
         current = store.current_pairs()
         removed = next((p for p in current if normalize_question(p.prompt) == wanted), None)
         number = question.strip().lstrip("#")
-        if removed is None and number.isdigit():  # a number from /find: the pair's place in the dataset
+        if removed is None and number.isascii() and number.isdecimal():  # a number from /find: the pair's place in the dataset
             if not 1 <= int(number) <= len(current):
                 return EditResult(False, question, message=f"the dataset has pairs 1 to {len(current)}; /find shows numbers")
             removed = current[int(number) - 1]
