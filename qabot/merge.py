@@ -32,9 +32,9 @@ def merge_pairs(current: list[QAPair], incoming: list[QAPair], mode: UploadMode 
     incoming_questions = {normalize_question(p.prompt) for p in incoming}
     updated = sum(1 for p in incoming if by_question.get(normalize_question(p.prompt), p).response != p.response)
     added = sum(1 for q in incoming_questions if q not in by_question)
-    missing = [p for q, p in by_question.items() if q not in incoming_questions]
-    if mode == UploadMode.REPLACE:
-        return Merge(list(incoming), added, updated, len(current) - len(missing), len(missing))
+    if mode == UploadMode.REPLACE:  # counted over the pairs, so that two wordings of one question count twice
+        dropped = would_drop(current, incoming)
+        return Merge(list(incoming), added, updated, len(current) - dropped, dropped)
     kept_order = [p for p in current if normalize_question(p.prompt) not in incoming_questions]
     return Merge([*kept_order, *incoming], added, updated, len(current), 0)
 

@@ -190,3 +190,14 @@ def test_the_unanswerable_set_covers_three_kinds_and_its_absent_entities_are_abs
     for question in kinds["absent_entity"]:  # each names something (a capitalised word past the first) the data lacks
         names = [w for w in re.findall(r"[\w'-]+", question)[1:] if w[0].isupper()]
         assert any(name.casefold() not in known for name in names), question
+
+
+def test_a_replacement_counts_each_pair_it_keeps_and_drops():
+    """Two wordings of one question (allowed when their answers match) are two pairs: replaced by a file without
+    them, both are dropped, and the reply must say so."""
+    from qabot.dataset import QAPair
+    from qabot.merge import UploadMode, merge_pairs
+
+    current = [QAPair("Who is X?", "A."), QAPair("who is x", "A."), QAPair("Q2?", "B.")]
+    merged = merge_pairs(current, [QAPair("Q2?", "B.")], UploadMode.REPLACE)
+    assert (merged.kept, merged.dropped) == (1, 2)

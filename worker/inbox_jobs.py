@@ -99,7 +99,8 @@ def inbox_answer(request: InboxAnswerRequest) -> InboxAnswerResult:
     places = list({(p.platform, p.chat): p for p in places}.values())  # a chat that asked two wordings hears it once
     inbox.push_notices(connection, added.question, request.answer.strip(), places)
     logger.info("inbox question %s answered (%d wordings); %d chats to tell", item.id, len(closed), len(places))
-    return InboxAnswerResult(item.id, True, added.question, added, tuple(places), grouped=len(closed) - 1)
+    grouped = max(0, len(closed) - 1)  # none closed here: an eviction or another admin took them meanwhile
+    return InboxAnswerResult(item.id, True, added.question, added, tuple(places), grouped=grouped)
 
 
 def inbox_dismiss(request: InboxDismissRequest) -> InboxDismissResult:
