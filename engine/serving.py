@@ -16,7 +16,7 @@ from engine.models import LoadedModel, context_length, load_model
 from engine.retrieval import Embedder, ensure_index
 from engine.textformat import FALLBACK_BUDGET, answer_budget
 from engine.versions import ModelStore, VersionInfo, read_stored
-from qabot.dataset import QAPair, read_dataset
+from qabot.dataset import QAPair
 from qabot.errors import ModelError, TrainingError
 
 
@@ -91,7 +91,7 @@ def version_grounding(
     )
     learnt = store.datasets_dir / f"{info.meta['dataset']['hash']}.json"
     if learnt.is_file():  # the answers it was fine-tuned on: among those it chooses (engine.grounding.Grounding.learnt)
-        grounding.learnt = learnt_answers(read_dataset(learnt))
+        grounding.learnt = learnt_answers(read_stored(learnt))  # stored: checked when trained, with the base's rules
     return grounding
 
 

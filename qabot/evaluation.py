@@ -90,13 +90,15 @@ def evaluate(
     Held-out and unanswerable files default to the companions of --train-data (X.heldout.json, X.unanswerable.json
     beside X.json), else to the held-out file the version was released with and its companion."""
     from engine.evaluate import evaluate_heldout, evaluate_pairs, evaluate_unanswerable
+    from engine.versions import read_stored
     from qabot.dataset import read_dataset
     from qabot.heldout import read_heldout
 
     settings = _settings()
     answerer, info = load_answerer(settings, version)
     default_heldout, default_unanswerable = _defaults(info, train_data)
-    pairs = read_dataset(train_data or Path(info.meta["dataset"]["path"]))
+    # A file given is checked; the version's own dataset was checked when it was trained, with its base model's rules
+    pairs = read_dataset(train_data) if train_data else read_stored(Path(info.meta["dataset"]["path"]))
     heldout_path, unanswerable_path = data or default_heldout, unanswerable or default_unanswerable
     if verbose:
         console.print(_thresholds(answerer, info), soft_wrap=True, highlight=False)

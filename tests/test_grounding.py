@@ -338,6 +338,25 @@ def test_the_fine_tunes_own_evaluation_answers_as_the_released_version_does(tiny
     assert reported == evaluate_pairs(answerer, TINY_PAIRS).accuracy == 1.0
 
 
+def test_a_version_whose_data_names_another_models_special_token_loads_and_answers(tiny_gpt2, tmp_path):
+    """GPT-2's only special token is <|endoftext|>: a pair that mentions SmolLM2's <|im_start|> is valid data for it.
+    Serving once checked the version's stored dataset again with every model's tokens, so such a version never loaded."""
+    from engine.serving import load_version, make_answerer, version_grounding
+    from engine.versions import ModelStore
+    from tests.conftest import release_tiny
+
+    store = ModelStore(tmp_path / "models")
+    marker = QAPair("How does SmolLM2 mark a turn?", "Each turn starts with <|im_start|> and a role.")
+    data = write_pairs(tmp_path / "tiny.json", [*TINY_PAIRS, marker])
+    assert release_tiny(store, data, tiny_gpt2, tmp_path / "cache", grounded=True, epochs=1).promoted
+    info = store.current()
+    grounding = version_grounding(store, info)
+    assert grounding is not None and marker.response in grounding.learnt
+    loaded, _ = load_version(store, info.name, device="cpu")
+    answer = make_answerer(loaded, info, max_new_tokens=None, max_question_chars=500, grounding=grounding)
+    assert answer.answer([TINY_PAIRS[0].prompt])[0].sources
+
+
 def test_each_question_is_tokenised_once_and_its_prompt_gets_the_ids_of_the_whole_text(tiny_model, embedder):
     """A grounded question is counted for the length check and then given its notes: its text reaches the tokenizer
     once, and the prompt's ids, built from the notes' and the question's, are those of the whole prompt."""
