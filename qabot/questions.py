@@ -35,6 +35,7 @@ MARKER = re.compile(r"\b(question|answer)[ \t]*:", re.IGNORECASE)
 _MARKER_RUN = re.compile(r"\b(question|answer)[ \t]*:[\s:]*", re.IGNORECASE)
 MARKER_LINE = re.compile(r"^[ \t]*(question|answer)[ \t]*:", re.IGNORECASE | re.MULTILINE)
 
+UNREADABLE_MESSAGE = "your question has characters that could not be read; please type it again"
 EMPTY_MESSAGE = "the question is empty: ask something, e.g. 'Who guards the Luminary Stone?'"
 
 
@@ -60,6 +61,11 @@ def check_question(question: str, max_chars: int) -> str:
     text = clean_question(question)
     if not text:
         raise QuestionError(EMPTY_MESSAGE)
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate (bytes a terminal could not decode): no tokenizer reads it
+            raise QuestionError(UNREADABLE_MESSAGE) from None
     if len(text) > max_chars:
         raise QuestionError(too_long_message(len(text), max_chars))
     return text

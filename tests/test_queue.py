@@ -240,6 +240,20 @@ def test_a_question_too_long_in_tokens_fails_alone_with_a_clear_message(home, re
     assert client.wait_answer(later).answer == TINY_PAIRS[2].response  # the worker goes on
 
 
+def test_an_unreadable_question_fails_alone_and_its_batch_is_answered(home, redis_url):
+    """A lone surrogate (what `qabot ask` gets from bytes the terminal could not decode) passed the character checks,
+    then broke the tokenizer with a TypeError that failed every question of its batch."""
+    settings = make_settings(home, redis_url)
+    client = QueueClient(settings)
+    good, broken = (client.enqueue_answer(q) for q in [QUESTIONS[0], "who \udcff is it"])
+    worker = make_worker(settings)
+    worker.work(burst=True)
+    assert client.wait_answer(good).answer == TINY_PAIRS[0].response
+    with pytest.raises(JobFailed, match="could not be read") as failed:
+        client.wait_answer(broken)
+    assert failed.value.kind == "QuestionError"
+
+
 def test_any_rq_worker_answers_a_question_and_a_failed_one_can_be_requeued(home, redis_url):
     """The answer job is real (issue 16): a plain `rq worker answer` (rq's own CLI, forking a work horse per job)
     answers it alone with the live version; a job that failed is requeued with rq's public API and answered again."""

@@ -99,7 +99,8 @@ class AnswerWorker(ModelKeeper, LiveWorker):
             self._answer_all(valid, deliver, more)
 
     def _prepared(self, batch: list[Job], deliver: Deliver) -> list[tuple[Job, str]]:
-        """(job, its question as checked) for each usable question; the others are handed their QuestionError."""
+        """(job, its question as checked) for each usable question; the others are handed their error, each alone (a
+        QuestionError is the asker's message; anything else fails that question, never its batch)."""
         from qabot.errors import QuestionError
 
         valid = []
@@ -107,6 +108,9 @@ class AnswerWorker(ModelKeeper, LiveWorker):
             try:
                 valid.append((job, self.answerer.prepare(job.kwargs.get("question", job.args[0] if job.args else ""))))
             except QuestionError as exc:
+                deliver(job, exc)
+            except Exception as exc:
+                logger.exception("question %s could not be prepared", job.id)
                 deliver(job, exc)
         return valid
 
