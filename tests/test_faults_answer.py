@@ -488,6 +488,14 @@ async def test_a_worker_started_while_the_live_weights_are_damaged_serves_the_la
             assert scrape(port)["qabot_model_fallback"] == 1.0
             healthy = subprocess.run([sys.executable, "-m", "qabot", "health", "answer"], env=env, timeout=60)
             assert healthy.returncode == 0
+            # the admin does what the warning says: rolls back to the version served; the warning ends
+            back = fake.send_text(ADMIN, ADMIN, "/rollback")
+            assert (await fake.wait_for(lambda: texts(fake, back), 30))[0].startswith("Rolled back: v0001 is live again")
+            after = fake.send_text(502, 502, QUESTIONS[2])  # the worker looks at the live version between batches
+            assert await fake.wait_for(lambda: texts(fake, after), 60) == [TINY_PAIRS[2].response]
+            status = fake.send_text(ADMIN, ADMIN, "/status")
+            report = (await fake.wait_for(lambda: texts(fake, status), 30))[0]
+            assert "does not load" not in report and scrape(port)["qabot_model_fallback"] == 0.0, report
     finally:
         stop(worker)
         await stop_bot(app)
