@@ -13,6 +13,7 @@ without them an untrained grounded model scored as well as a trained one: only t
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 from collections.abc import Callable
@@ -201,6 +202,7 @@ def release(
     trained = train_version(store, pairs, base, request, device=policy.device, progress=report, guard=guard)
     new = trained.version
     report(Progress("comparing"))
+    live = store.current()  # again: an admin may have rolled back or promoted while it trained
     live_pairs = read_stored(Path(live.meta["dataset"]["path"])) if live and _has_dataset(live) else []
     questions = gate_questions(live_pairs, pairs, items, request.config.seed, grounded=request.config.grounded)
     digest = new.meta["dataset"]["hash"]
@@ -228,7 +230,10 @@ def release(
         promoted = False
         reason = f"worse than {live.name}: score {new_score:.2f} against {live_score:.2f} on {on}; kept as a candidate"
     if promoted:  # its dataset becomes current only now, with the pairs admins edited meanwhile carried over
-        store.promote(new.name, check=guard)
+        try:
+            store.promote(new.name, check=functools.partial(_still_live, store, live.name if live else None, guard))
+        except LiveChanged as exc:
+            promoted, reason = False, f"{reason}; but {exc}, so it was not promoted: kept as a candidate"
     store.prune(policy.keep_versions)
     prune_heldout(store)
     logger.info("release %s: %s", new.name, reason)
@@ -244,6 +249,19 @@ def release(
         live_metrics,
         trained,
     )
+
+
+class LiveChanged(Exception):
+    """Another version went live while a candidate was scored against the one before it."""
+
+
+def _still_live(store: ModelStore, scored: str | None, guard: Callable[[], None] | None) -> None:
+    """Under the store's lock, before a promotion: the run may still publish (`guard`), and the version it was scored
+    against is still the live one."""
+    if guard is not None:
+        guard()
+    if (now := store.current_name()) != scored:
+        raise LiveChanged(f"{now} went live while it was scored")
 
 
 def _has_dataset(info: VersionInfo) -> bool:

@@ -106,7 +106,7 @@ def test_a_carried_held_out_file_is_narrowed_to_the_pairs_still_there(tiny_gpt2,
     assert second.trained.result.metrics["heldout_n"] == 1  # the fine-tune's early stopping asked only that one
 
 
-def _release(store, pairs, tiny_gpt2, tmp_path, name, **policy):
+def _release(store, pairs, tiny_gpt2, tmp_path, name, progress=None, **policy):
     from engine.pipeline import TrainRequest, load_base
     from engine.release import Policy, release
     from engine.training import TrainConfig
@@ -115,7 +115,7 @@ def _release(store, pairs, tiny_gpt2, tmp_path, name, **policy):
     config = TrainConfig(**(TINY_CONFIG | {"epochs": 2}))
     base = load_base(str(tiny_gpt2), tmp_path / "cache", config.max_length)
     request = TrainRequest(str(tiny_gpt2), config, source=name)
-    return release(store, pairs, base, request, Policy(device="cpu", **policy))
+    return release(store, pairs, base, request, Policy(device="cpu", **policy), progress=progress)
 
 
 def _add(store: ModelStore, pair: QAPair) -> None:
@@ -161,6 +161,24 @@ def test_pairs_added_while_a_candidate_trains_are_carried_onto_its_dataset(tiny_
     _add(store, during)  # as if /addqa ran while the candidate trained
     store.promote(candidate.version.name)
     assert store.current_pairs() == [*TINY_PAIRS[:3], during]
+
+
+def test_a_candidate_is_judged_against_the_version_live_when_it_ends_not_when_it_began(tiny_gpt2, tmp_path):
+    """An admin rolls back while a fine-tune runs: the candidate is scored against the version live now, and its
+    reason names that one (it was scored against the version rolled away from, and could undo the rollback)."""
+    store = ModelStore(tmp_path / "models")
+    _release(store, TINY_PAIRS, tiny_gpt2, tmp_path, "lore.json")
+    _release(store, TINY_PAIRS, tiny_gpt2, tmp_path, "again.json", force=True)
+    assert store.current_name() == "v0002"
+    rolled: list[str] = []
+
+    def rollback_once(p) -> None:
+        if p.stage == "training" and not rolled:
+            rolled.append(store.rollback().name)  # /rollback while the third trains
+
+    third = _release(store, TINY_PAIRS[:3], tiny_gpt2, tmp_path, "three.json", progress=rollback_once)
+    assert rolled == ["v0001"] and third.live == "v0001" and "v0002" not in third.reason, third.reason
+    assert store.current_name() == ("v0003" if third.promoted else "v0001")
 
 
 def test_a_grounded_candidate_is_also_asked_what_it_must_decline(tiny_gpt2, tiny_data, tmp_path):
