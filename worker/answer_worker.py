@@ -148,27 +148,33 @@ class AnswerWorker(ModelKeeper, LiveWorker):
                 job, asked = items[index]
                 deliver(job, self._outcome(job, asked, answer, peak[0], took[index]))
                 deadline += time.monotonic() - handing  # Redis being slow is not the model's time
-        except Exception as exc:  # split until the question that times out or fails is alone
+        except Exception as exc:  # noqa: BLE001 - split (and logged there) until the question that fails is alone
             stream.close()
             left = [item for i, item in enumerate(items) if i not in took]
-            if _timed_out(exc):
-                if len(left) == 1:
-                    deliver(left[0][0], JobTimeoutException(f"the answer took longer than {limit} s and was stopped"))
-                    return
-                self.log.warning("Worker %s: a batch of %d ran past %d s; answering it in halves", self.name, len(left), limit)
-                self.take_most = max(1, len(left) // 2)
-            elif len(left) == 1:
-                deliver(left[0][0], exc)
+            if left:  # none left: every answer was handed in and the time ran out only as the stream ended
+                self._split(left, exc, limit, deliver)
                 return
-            else:
-                self.log.exception("Worker %s: a batch of %d failed; answering it in halves", self.name, len(left))
-            half = (len(left) + 1) // 2
-            self._answer_all(left[:half], deliver)
-            self._answer_all(left[half:], deliver)
-            return
         self._pace(peak[0], max(took.values(), default=0.0), limit)
         self.batches.append(peak[0])
         metrics.BATCH_SIZE.observe(peak[0])
+
+    def _split(self, left: list[tuple[Job, str]], exc: Exception, limit: float, deliver: Deliver) -> None:
+        """A run that timed out or failed with `left` unanswered: the question alone gets the error, or the rest is
+        answered in halves until it is alone."""
+        if _timed_out(exc):
+            if len(left) == 1:
+                deliver(left[0][0], JobTimeoutException(f"the answer took longer than {limit} s and was stopped"))
+                return
+            self.log.warning("Worker %s: a batch of %d ran past %d s; answering it in halves", self.name, len(left), limit)
+            self.take_most = max(1, len(left) // 2)
+        elif len(left) == 1:
+            deliver(left[0][0], exc)
+            return
+        else:
+            self.log.exception("Worker %s: a batch of %d failed; answering it in halves", self.name, len(left))
+        half = (len(left) + 1) // 2
+        self._answer_all(left[:half], deliver)
+        self._answer_all(left[half:], deliver)
 
     def _outcome(self, job: Job, asked: str, answer: Any, rows: int, seconds: float) -> dict[str, Any]:
         """What the answer job returns: the answer with how it was made."""
