@@ -251,9 +251,9 @@ class AnswerWorker(ModelKeeper, LiveWorker):
             start = len(batch)
             try:
                 taken = self._take_waiting(queue, room, batch)
-            except Exception:  # Redis hiccup: go on with the ones in hand
+            except Exception:  # Redis hiccup: go on with the ones in hand, those held before it failed too
                 self.log.exception("Worker %s: could not take more waiting questions", self.name)
-                taken = []
+                taken = [each for each, _ in batch[start:]]  # left out, rq would answer them alone: a second model
             held.update((each.id, execution) for each, execution in batch[start:])  # held even when taking failed midway
             if not taken:
                 return []
