@@ -153,12 +153,16 @@ def chat(version: Annotated[str | None, typer.Option(help="Model version (defaul
     settings = _settings()
     store = _store(settings)
     if version is None and store.current_name() is None:
-        console.print(f"No fine-tuned model yet: training one on {settings.dataset.name} first (a few minutes on a CPU).")
+        # the dataset admins built (/addqa before any training) if there is one, else the demo sample
+        data, eval_data = store.current_dataset(), None
+        if data is None:
+            data, eval_data = settings.dataset, settings.eval_data
+        console.print(f"No fine-tuned model yet: training one on {data.name} first (a few minutes on a CPU).")
         # No epoch checkpoints here: they write ~1.6 GB per epoch for the bundled model, and a first
         # run that is interrupted simply starts again (`qabot train --resume` is the resumable path).
         config = TrainConfig(checkpoints=False, grounded=settings.grounded)
-        request = TrainRequest(settings.base_model, config, settings.eval_data, source=settings.dataset.name)
-        _print_outcome(_train_with_bar(settings, settings.dataset, request))
+        request = TrainRequest(settings.base_model, config, eval_data, source=data.name)
+        _print_outcome(_train_with_bar(settings, data, request))
     answerer, info = _load_answerer(settings, version)
     console.print(f"qabot {info.name} is ready. Ask a question, or type 'exit' to leave.")
     while True:

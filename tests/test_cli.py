@@ -93,6 +93,20 @@ def test_chat_trains_first_then_answers_and_says_goodbye(env):
     assert result.output.rstrip().endswith("Thanks for chatting. Goodbye!")
 
 
+def test_chat_first_trains_the_dataset_admins_built_not_the_sample(env):
+    """/addqa before any model: `qabot chat`'s first run trains that dataset, keeps it current and in the store (it
+    once trained the sample, made it current and pruned the admins' pairs)."""
+    from engine.versions import ModelStore
+
+    store = ModelStore(Path(env["QABOT_HOME"]) / "models")
+    digest, _ = store.store_dataset(TINY_PAIRS[:3])
+    store.set_current_dataset(digest)
+    result = qabot(env, "chat", input="exit\n")
+    assert result.exit_code == 0, result.output
+    assert f"training one on {digest}.json first" in result.output and "v0001 now live: 3 pairs" in result.output
+    assert store.current_digest() == digest and store.current_pairs() == TINY_PAIRS[:3]
+
+
 def test_chat_with_an_existing_model_starts_without_training(env, trained_tiny):
     store, _ = trained_tiny
     env = {**env, "QABOT_HOME": str(store.root.parent)}
