@@ -129,16 +129,23 @@ def train(
     overrides["trained_share"] = trained_share
     grounded = settings.grounded if grounded is None else grounded
     config = TrainConfig(lora=lora, grounded=grounded, **{k: v for k, v in overrides.items() if v is not None})
-    data_path = data
+    data_path, edits_from = data, None
     if data_path is None:  # the dataset admins built (/addqa, uploads) if there is one; the sample is only a demo
-        data_path = _store(settings).current_dataset()
+        store = _store(settings)
+        with store.lock():  # read with the edit journal's length: an /addqa from here on is carried onto the version
+            data_path, edits_from = store.current_dataset(), len(store.edits())
         if data_path is not None:
             console.print(f"No --data: training the current dataset {data_path.stem} ({len(read_stored(data_path))} pairs).")
     if data_path is None:
         data_path = settings.dataset
         eval_data = settings.eval_data if eval_data is None else eval_data
     request = TrainRequest(
-        base_model=base or settings.base_model, config=config, eval_data=eval_data, resume=resume, source=data_path.name
+        base_model=base or settings.base_model,
+        config=config,
+        eval_data=eval_data,
+        resume=resume,
+        source=data_path.name,
+        edits_from=edits_from,
     )
     _print_outcome(_train_with_bar(settings, data_path, request, promote=promote, force=force))
 
