@@ -83,15 +83,17 @@ def test_items_longer_than_max_length_are_rejected_by_token_count(tiny_gpt2, tmp
         validate_file(data, base)
 
 
+class Interrupt(Exception):
+    """The run is stopped (a kill, a crash) in its third epoch."""
+
+
+def stop_in_epoch_3(p) -> None:
+    if p.stage == "training" and p.epoch > 2.0:
+        raise Interrupt
+
+
 def test_resume_continues_from_the_last_checkpoint(tiny_gpt2, tmp_path, tiny_data):
     store = ModelStore(tmp_path / "models")
-
-    class Interrupt(Exception):
-        pass
-
-    def stop_in_epoch_3(p):
-        if p.stage == "training" and p.epoch > 2.0:
-            raise Interrupt
 
     config = TrainConfig(
         epochs=4, learning_rate=3e-3, batch_size=4, early_stopping_patience=0, grounded=False, checkpoint_after_s=0
@@ -116,13 +118,6 @@ def test_a_short_run_keeps_no_checkpoint_and_resumes_from_the_start(tiny_gpt2, t
     """With the default interval, an epoch of a few seconds is not worth a checkpoint: an interrupted run has none, and
     --resume trains from the first step."""
     store = ModelStore(tmp_path / "models")
-
-    class Interrupt(Exception):
-        pass
-
-    def stop_in_epoch_3(p):
-        if p.stage == "training" and p.epoch > 2.0:
-            raise Interrupt
 
     config = TrainConfig(epochs=4, learning_rate=3e-3, batch_size=4, early_stopping_patience=0, grounded=False)
     assert config.checkpoints and config.checkpoint_after_s > 10
