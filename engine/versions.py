@@ -240,6 +240,7 @@ class ModelStore(DatasetVersions):
             if removed:
                 write_atomic(self.history_file, json.dumps([n for n in self.history() if n not in removed]))
             named = {str(v.meta.get("dataset", {}).get("hash")) for v in self.list()}
+            named |= self._training_digests()  # a run still training names its dataset only when it commits
             current = self._current_digest()
             if self.datasets_dir.is_dir():
                 for path in self.datasets_dir.glob("*.json"):  # dataset versions only: named by their hex hash
@@ -250,6 +251,16 @@ class ModelStore(DatasetVersions):
         if removed:
             logger.info("retention removed %s", ", ".join(removed))
         return removed
+
+    def _training_digests(self) -> set[str]:
+        """The datasets of runs still going: a run folder (`claim_run`, named "<digest>-<settings>") whose owner lives,
+        or runs on another host. A `qabot train` and a queued fine-tune on one store once pruned each other's."""
+        found = set()
+        for path in self.runs_dir.iterdir() if self.runs_dir.is_dir() else []:
+            owner = path / OWNER_FILE
+            if owner.is_file() and not _dead_here(owner.read_text(encoding="utf-8").strip()):
+                found.add(path.name.rsplit("-", 1)[0])
+        return found
 
     def _set_current(self, name: str) -> None:
         self.root.mkdir(parents=True, exist_ok=True)

@@ -98,6 +98,32 @@ def test_retention_keeps_the_live_the_previous_n_and_the_newest_candidate(tmp_pa
     assert store.rollback().name == "v0004"
 
 
+def test_retention_keeps_the_dataset_of_a_run_still_training(tmp_path):
+    """Two runs on one store (`qabot train` beside a queued fine-tune): the one that ends first prunes, and must not
+    delete the dataset the other stored and trains on (it is named by no version until that run commits)."""
+    import shutil
+    import socket
+    import subprocess
+
+    from engine.versions import OWNER_FILE
+    from qabot.dataset import QAPair
+
+    store = ModelStore(tmp_path)
+    store.promote(version_with_dataset(store, "a"))
+    training, _ = store.store_dataset([QAPair("Who trains?", "A run that is still going.")])
+    run = store.claim_run(f"{training}-0123abcd")  # this process: alive
+    abandoned, _ = store.store_dataset([QAPair("Who died?", "A run whose process ended.")])
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (store.claim_run(f"{abandoned}-4567cdef") / OWNER_FILE).write_text(f"{socket.gethostname()}-{dead.pid}")
+    store.prune(keep_previous=1)
+    stored = store.datasets_dir
+    assert (stored / f"{training}.json").is_file() and not (stored / f"{abandoned}.json").exists()
+    shutil.rmtree(run)  # the run ended without committing
+    store.prune(keep_previous=1)
+    assert not (stored / f"{training}.json").exists()
+
+
 def test_staging_of_a_dead_run_is_cleaned_and_a_live_one_kept(tmp_path):
     import subprocess
 
