@@ -139,8 +139,7 @@ class ModelStore(DatasetVersions):
                 removed.append(path.name)
         runs = self.runs_dir.iterdir() if self.runs_dir.is_dir() else []
         for path in runs:
-            owner = path / OWNER_FILE
-            if not owner.is_file() or _dead_here(owner.read_text(encoding="utf-8").strip()):
+            if not _running(path):
                 shutil.rmtree(path, ignore_errors=True)
                 removed.append(f"runs/{path.name}")
         if removed:
@@ -255,12 +254,8 @@ class ModelStore(DatasetVersions):
     def _training_digests(self) -> set[str]:
         """The datasets of runs still going: a run folder (`claim_run`, named "<digest>-<settings>") whose owner lives,
         or runs on another host. A `qabot train` and a queued fine-tune on one store once pruned each other's."""
-        found = set()
-        for path in self.runs_dir.iterdir() if self.runs_dir.is_dir() else []:
-            owner = path / OWNER_FILE
-            if owner.is_file() and not _dead_here(owner.read_text(encoding="utf-8").strip()):
-                found.add(path.name.rsplit("-", 1)[0])
-        return found
+        runs = self.runs_dir.iterdir() if self.runs_dir.is_dir() else []
+        return {path.name.rsplit("-", 1)[0] for path in runs if _running(path)}
 
     def _set_current(self, name: str) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -270,6 +265,12 @@ class ModelStore(DatasetVersions):
 def _is_digest(name: str) -> bool:
     """A stored dataset's file stem (its hash), not one of the store's own files (provenance.json)."""
     return bool(name) and all(c in "0123456789abcdef" for c in name)
+
+
+def _running(run: Path) -> bool:
+    """A run folder whose owner (`claim_run`) is alive here or runs on another host; False for one without an owner."""
+    owner = run / OWNER_FILE
+    return owner.is_file() and not _dead_here(owner.read_text(encoding="utf-8").strip())
 
 
 def _dead_here(owner: str) -> bool:

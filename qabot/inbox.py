@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from qabot.dataset import normalize_question
@@ -235,7 +235,7 @@ def push_notices(connection: Any, question: str, answer: str, places: list[Place
     with connection.pipeline(transaction=False) as pipe:
         for place in places:
             key = NOTIFY.format(place.platform)
-            pipe.rpush(key, json.dumps({"chat": place.chat, "question": question, "answer": answer, "tries": 0}))
+            pipe.rpush(key, _raw(Notice(place.chat, question, answer)))
             pipe.ltrim(key, -NOTIFY_MAX, -1)
             pipe.expire(key, NOTIFY_KEEP_S)
         pipe.execute()
@@ -251,8 +251,7 @@ def retry_notice(connection: Any, platform: str, notice: Notice) -> bool:
     """Put back an answer whose delivery failed, unless it failed NOTIFY_TRIES times; True if put back."""
     if notice.tries + 1 >= NOTIFY_TRIES:
         return False
-    again = {"chat": notice.chat, "question": notice.question, "answer": notice.answer, "tries": notice.tries + 1}
-    connection.rpush(NOTIFY.format(platform), json.dumps(again))
+    connection.rpush(NOTIFY.format(platform), _raw(replace(notice, tries=notice.tries + 1)))
     return True
 
 
@@ -260,8 +259,12 @@ def return_notices(connection: Any, platform: str, notices: list[Notice]) -> Non
     """Put answers taken but not posted (the bot stopped) back at the front of the line, in their order, their tries
     unchanged."""
     if notices:
-        raw = [json.dumps({"chat": n.chat, "question": n.question, "answer": n.answer, "tries": n.tries}) for n in notices]
-        connection.lpush(NOTIFY.format(platform), *reversed(raw))
+        connection.lpush(NOTIFY.format(platform), *[_raw(n) for n in reversed(notices)])
+
+
+def _raw(notice: Notice) -> str:
+    """A notice as its platform's list holds it (`pop_notices` reads it back)."""
+    return json.dumps(asdict(notice))
 
 
 # -- answers a bot sent, so that people can say one was wrong -------------------------------------

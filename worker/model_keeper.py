@@ -37,12 +37,14 @@ class ModelKeeper:
         and each answer's `fallback_from` (the bots tell the admins). It tries the live one again every minute.
         Raises only when no version loads at all."""
         live = self.store.current_name()
-        if live is not None and live == self.model_version and self.fallback is not None:
-            self.fallback = None  # rolled back to the version it serves: nothing is amiss any more
-            self._publish_model()
-            metrics.MODEL_FALLBACK.set(0)
-            self.log.info("Worker %s: %s is live again and loaded", self.name, live)
-        if live is None or live == self.model_version:
+        if live is None:
+            return
+        if live == self.model_version:
+            if self.fallback is not None:  # rolled back to the version it serves: nothing is amiss any more
+                self.fallback = None
+                self._publish_model()
+                metrics.MODEL_FALLBACK.set(0)
+                self.log.info("Worker %s: %s is live again and loaded", self.name, live)
             return
         if self._failed == (live, int(time.monotonic() // RELOAD_RETRY_SECONDS)):
             return  # it failed moments ago: keep serving the loaded model, retry a little later
