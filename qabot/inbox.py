@@ -10,8 +10,7 @@ Redis layout:
   flushes a question asked fifty times.
 - `qabot:inbox:chat:<platform>:<chat>` sorted set: the questions a chat raised first; past a tenth of the inbox,
   that chat's oldest one asked only once goes, so one chat cannot fill the inbox.
-- `qabot:notify:<platform>` list of JSON {chat, question, answer, tries}: admins' answers for that platform's bots
-  to post in the chats where the question was asked (popping is the claim: one bot delivers each).
+- `qabot:notify:<platform>`: admins' answers on their way to those chats (qabot.notices).
 - `qabot:sent:<platform>:<chat>:<message>` hash {question, answer, reports}: an answer a bot sent, for SENT_TTL_S,
   so that someone can say it was wrong; `qabot:reported:...:<hash of who>` counts each person once.
 The id is the first 6 hex digits of the SHA-1 of the normalised question, 2 more for each collision. Updates
@@ -23,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from qabot.dataset import normalize_question
@@ -33,15 +32,11 @@ PREFIX = "qabot:inbox:q:"
 OPEN = "qabot:inbox:open"
 CHAT_PREFIX = "qabot:inbox:chat:"  # + platform:chat: sorted set of the open questions a chat raised first, by time
 PER_CHAT_MIN = 10  # a chat keeps at most a tenth of the inbox (this many at least) of questions only it asked
-NOTIFY = "qabot:notify:{}"
 SENT = "qabot:sent:{}:{}:{}"
 REPORTED = "qabot:reported:{}:{}:{}:{}"
 MAX_PLACES = 20  # chats remembered per question, the most recent ones
 DISMISSED_KEEP_S = 30 * 24 * 3600
 SENT_TTL_S = 3 * 24 * 3600  # how long an answer can be flagged as wrong
-NOTIFY_MAX = 1000  # undelivered answers kept per platform (no bot of that platform running)
-NOTIFY_KEEP_S = 7 * 24 * 3600
-NOTIFY_TRIES = 3
 CHANNEL_PREFIXES = {"tg": "telegram", "dc": "discord"}  # how bots name a chat in an answer job's `channel`
 
 _RECORD = """
@@ -128,16 +123,6 @@ class Recorded:
     id: str
     count: int
     open: bool  # False: an admin dismissed this question lately; it was counted, not reopened
-
-
-@dataclass(frozen=True)
-class Notice:
-    """An admin's answer waiting to be posted in a chat where the question was asked."""
-
-    chat: str
-    question: str
-    answer: str
-    tries: int = 0
 
 
 def place_of(channel: str | None) -> tuple[str, str] | None:
@@ -227,44 +212,6 @@ def close(connection: Any, item_id: str, *, dismissed: bool = False) -> bool:
     """Close an open question (answered: removed; dismissed: kept a while, closed); False if it was not open."""
     state = "dismissed" if dismissed else "answered"
     return bool(connection.eval(_CLOSE, 1, OPEN, _clean_id(item_id), PREFIX, state, DISMISSED_KEEP_S))
-
-
-# -- admins' answers on their way to the chats where the question was asked -----------------------
-def push_notices(connection: Any, question: str, answer: str, places: list[Place]) -> None:
-    """Queue the answer for each chat, on its platform's list."""
-    with connection.pipeline(transaction=False) as pipe:
-        for place in places:
-            key = NOTIFY.format(place.platform)
-            pipe.rpush(key, _raw(Notice(place.chat, question, answer)))
-            pipe.ltrim(key, -NOTIFY_MAX, -1)
-            pipe.expire(key, NOTIFY_KEEP_S)
-        pipe.execute()
-
-
-def pop_notices(connection: Any, platform: str, most: int = 20) -> list[Notice]:
-    """Take (and so claim) up to `most` waiting answers for `platform`."""
-    found = connection.lpop(NOTIFY.format(platform), most) or []
-    return [Notice(**json.loads(raw)) for raw in found]
-
-
-def retry_notice(connection: Any, platform: str, notice: Notice) -> bool:
-    """Put back an answer whose delivery failed, unless it failed NOTIFY_TRIES times; True if put back."""
-    if notice.tries + 1 >= NOTIFY_TRIES:
-        return False
-    connection.rpush(NOTIFY.format(platform), _raw(replace(notice, tries=notice.tries + 1)))
-    return True
-
-
-def return_notices(connection: Any, platform: str, notices: list[Notice]) -> None:
-    """Put answers taken but not posted (the bot stopped) back at the front of the line, in their order, their tries
-    unchanged."""
-    if notices:
-        connection.lpush(NOTIFY.format(platform), *[_raw(n) for n in reversed(notices)])
-
-
-def _raw(notice: Notice) -> str:
-    """A notice as its platform's list holds it (`pop_notices` reads it back)."""
-    return json.dumps(asdict(notice))
 
 
 # -- answers a bot sent, so that people can say one was wrong -------------------------------------

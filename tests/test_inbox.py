@@ -7,7 +7,7 @@ import threading
 
 from redis import Redis
 
-from qabot import inbox
+from qabot import inbox, notices
 from qabot.dataset import normalize_question
 from qabot.shapes import InboxKind, Place
 
@@ -130,15 +130,17 @@ def test_wrong_reports_keep_the_answer_and_dismissed_questions_stay_closed(redis
 
 def test_notices_are_taken_once_and_put_back_a_few_times(redis_url):
     r = Redis.from_url(redis_url)
-    inbox.push_notices(r, "Who?", "Ana.", [Place("telegram", "1", 0.0), Place("discord", "2", 0.0), Place("telegram", "3", 0.0)])
-    taken = inbox.pop_notices(r, "telegram")
-    assert [n.chat for n in taken] == ["1", "3"] and inbox.pop_notices(r, "telegram") == []
+    notices.push_notices(
+        r, "Who?", "Ana.", [Place("telegram", "1", 0.0), Place("discord", "2", 0.0), Place("telegram", "3", 0.0)]
+    )
+    taken = notices.pop_notices(r, "telegram")
+    assert [n.chat for n in taken] == ["1", "3"] and notices.pop_notices(r, "telegram") == []
     notice = taken[0]
-    for _ in range(inbox.NOTIFY_TRIES - 1):
-        assert inbox.retry_notice(r, "telegram", notice)
-        (notice,) = inbox.pop_notices(r, "telegram")
-    assert not inbox.retry_notice(r, "telegram", notice) and inbox.pop_notices(r, "telegram") == []
-    assert [n.chat for n in inbox.pop_notices(r, "discord")] == ["2"]
+    for _ in range(notices.NOTIFY_TRIES - 1):
+        assert notices.retry_notice(r, "telegram", notice)
+        (notice,) = notices.pop_notices(r, "telegram")
+    assert not notices.retry_notice(r, "telegram", notice) and notices.pop_notices(r, "telegram") == []
+    assert [n.chat for n in notices.pop_notices(r, "discord")] == ["2"]
 
 
 def test_an_answer_can_be_flagged_once_per_person_whichever_of_its_messages_they_flag(redis_url):
@@ -220,7 +222,7 @@ async def test_answers_taken_but_not_posted_when_the_bot_stops_go_back_first_in_
 
     r = Redis.from_url(redis_url)
     places = [Place("telegram", chat, 0.0) for chat in ("1", "2", "3")]
-    inbox.push_notices(r, "Who?", "Ana.", places)
+    notices.push_notices(r, "Who?", "Ana.", places)
     posted, stuck = [], asyncio.Event()
 
     async def notify(chat: str, text: str) -> None:
@@ -237,9 +239,9 @@ async def test_answers_taken_but_not_posted_when_the_bot_stops_go_back_first_in_
         await task
     except asyncio.CancelledError:
         pass
-    inbox.push_notices(r, "When?", "Now.", [Place("telegram", "4", 0.0)])
+    notices.push_notices(r, "When?", "Now.", [Place("telegram", "4", 0.0)])
     assert posted == ["1"]
-    assert [(n.chat, n.question) for n in inbox.pop_notices(r, "telegram")] == [
+    assert [(n.chat, n.question) for n in notices.pop_notices(r, "telegram")] == [
         ("2", "Who?"),
         ("3", "Who?"),
         ("4", "When?"),

@@ -19,7 +19,7 @@ from redis.exceptions import RedisError
 from rq import Queue, Worker
 from rq.job import Job
 
-from qabot import inbox
+from qabot import inbox, notices
 from qabot.errors import AnswerTimeout, Busy, ServiceUnavailable
 from qabot.settings import Settings
 from qabot.shapes import ReplyTo
@@ -208,11 +208,11 @@ class QueueClient(TrainingClient):
     def uncount_report(self, platform: str, chat: str, message: str, reporter: str) -> None:
         inbox.uncount_report(self.connection, platform, chat, message, reporter)
 
-    def pop_notices(self, platform: str) -> list[inbox.Notice]:
-        return inbox.pop_notices(self.connection, platform)
+    def pop_notices(self, platform: str) -> list[notices.Notice]:
+        return notices.pop_notices(self.connection, platform)
 
-    def retry_notice(self, platform: str, notice: inbox.Notice) -> bool:
-        return inbox.retry_notice(self.connection, platform, notice)
+    def retry_notice(self, platform: str, notice: notices.Notice) -> bool:
+        return notices.retry_notice(self.connection, platform, notice)
 
-    def return_notices(self, platform: str, notices: list[inbox.Notice]) -> None:
-        inbox.return_notices(self.connection, platform, notices)
+    def return_notices(self, platform: str, taken: list[notices.Notice]) -> None:
+        notices.return_notices(self.connection, platform, taken)

@@ -10,7 +10,7 @@ import logging
 import time
 from dataclasses import replace
 
-from qabot import inbox
+from qabot import inbox, notices
 from qabot.settings import Settings
 from qabot.shapes import (
     InboxAnswerRequest,
@@ -97,7 +97,7 @@ def inbox_answer(request: InboxAnswerRequest) -> InboxAnswerResult:
     since = time.time() - days * 24 * 3600
     places = [p for m in closed for p in m.places if p.platform in PLATFORMS_NOTIFIED and p.at >= since] if days else []
     places = list({(p.platform, p.chat): p for p in places}.values())  # a chat that asked two wordings hears it once
-    inbox.push_notices(connection, added.question, request.answer.strip(), places)
+    notices.push_notices(connection, added.question, request.answer.strip(), places)
     logger.info("inbox question %s answered (%d wordings); %d chats to tell", item.id, len(closed), len(places))
     grouped = max(0, len(closed) - 1)  # none closed here: an eviction or another admin took them meanwhile
     return InboxAnswerResult(item.id, True, added.question, added, tuple(places), grouped=grouped)
