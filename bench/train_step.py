@@ -37,7 +37,13 @@ def main() -> None:
     embedder = Embedder()
     index = PairIndex.build(pairs, embedder)
     examples = build_examples(
-        pairs, index, embedder, notes=config.notes, negative_share=config.negative_share, note_words=config.note_words
+        pairs,
+        index,
+        embedder,
+        notes=config.notes,
+        negative_share=config.negative_share,
+        note_words=config.note_words,
+        note_chars=config.note_chars,
     )
     loaded = load_model(str(bundled_folder(settings())), device="cpu", dtype="float32")
     model, tokenizer = loaded.model, loaded.tokenizer

@@ -137,7 +137,11 @@ def calibrate_decline(
     hits = grounding.index.search(grounding.embedder, [p.prompt for p in asked], k=grounding.notes + 1)
     unknown = [
         fitted_prompt(
-            p.prompt, [h.pair.response for h in reversed(found) if h.pair != p][-grounding.notes :], fits, grounding.note_words
+            p.prompt,
+            [h.pair.response for h in reversed(found) if h.pair != p][-grounding.notes :],
+            fits,
+            grounding.note_words,
+            grounding.note_chars,
         )
         for p, found in zip(asked, hits, strict=True)
     ]

@@ -154,7 +154,7 @@ class AccuracyCallback(TrainerCallback):
         if self.grounding is None:
             return answer_loss(model, self.tokenizer, pairs, max_length=self.config.max_length)
         prompts, _, _ = self.grounding.prompts([p.prompt for p in pairs])
-        learnt = [note_head(p.response, self.grounding.note_words) for p in pairs]
+        learnt = [note_head(p.response, self.grounding.note_words, self.grounding.note_chars) for p in pairs]
         limit = max(self.config.max_length, context_length(model.config))  # as its training examples (engine.training)
         return examples_loss(model, self.tokenizer, list(zip(prompts, learnt, strict=True)), max_length=limit)
 

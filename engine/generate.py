@@ -160,7 +160,11 @@ class Answerer:
             rest = [i for i in range(len(plan)) if i not in picked]
             yield from zip(rest, self._generate([plan[i] for i in rest], sampling), strict=True)
             return
-        snap = NoteSnap(self.tokenizer, [], self._answer_ids, self.grounding.note_words) if self.grounding is not None else None
+        snap = (
+            NoteSnap(self.tokenizer, [], self._answer_ids, self.grounding.note_words, self.grounding.note_chars)
+            if self.grounding is not None
+            else None
+        )
         steer = _Steering(self._decline_gate(), snap)
         batch = RunningBatch(
             self.model,
@@ -286,7 +290,11 @@ class Answerer:
         if to_model:
             notes = [items[i].notes() for i in to_model]
             grounding = self.grounding
-            snap = NoteSnap(self.tokenizer, notes, self._answer_ids, grounding.note_words) if grounding is not None else None
+            snap = (
+                NoteSnap(self.tokenizer, notes, self._answer_ids, grounding.note_words, grounding.note_chars)
+                if grounding is not None
+                else None
+            )
             steer = _Steering(self._decline_gate(), snap)
             batch = self._encode([items[i].prompt for i in to_model]).to(self.device)
             budget = max(1, min(self.max_new_tokens, self.context - batch["input_ids"].shape[1]))

@@ -55,6 +55,12 @@ DECLINE_CONFIDENCE = 0.7
 # declined against 0/220, and 16/20 corrections answered with their new answer (19/20 and 20/20 with 24 words in earlier
 # runs).
 NOTE_WORDS = 16
+# ... and at most NOTE_CHARS characters of them (whole words, at least one): a word of a link or of Markdown costs
+# several tokens, so pebble's 16-word heads took 26.5 tokens on average (up to 61) against the sample's 16, and its
+# examples 181 tokens per pair and epoch against 122. With the characters capped at 64, about 16 tokens of English
+# prose, heads cost about as many tokens in either style (built examples, 2026-12-05: pebble 113 tokens per pair,
+# the sample 112; at 60 characters 116 and 110, at 70 130 and 118).
+NOTE_CHARS = 64
 GOLD_NEAREST = 0.8  # share of training examples whose own note sits where retrieval puts the nearest pair
 HARD_NEGATIVES = 0.75  # share of negatives whose notes are the nearest other pairs rather than random ones
 REWRITTEN = 0.3  # share of positives whose question is rewritten as users type it
@@ -90,29 +96,42 @@ def learnt_answers(pairs: list[QAPair]) -> frozenset[str]:
     return frozenset(" ".join(p.response.split()) for p in pairs)
 
 
-def note_head(note: str, note_words: int = 0) -> str:
-    """A note's first `note_words` words (whitespace folded); the whole note for 0."""
+def note_head(note: str, note_words: int = 0, note_chars: int = 0) -> str:
+    """A note's first `note_words` words (whitespace folded), then as many of those as fit in `note_chars` characters
+    (at least one word); the whole note for 0 words. 0 characters: no cap (versions from before NOTE_CHARS)."""
     kept = note.split()
-    return " ".join(kept[:note_words] if note_words else kept)
+    if not note_words:
+        return " ".join(kept)
+    kept = kept[:note_words]
+    if note_chars:
+        length = len(kept[0])
+        for count, word in enumerate(kept[1:], start=1):
+            length += 1 + len(word)
+            if length > note_chars:
+                kept = kept[:count]
+                break
+    return " ".join(kept)
 
 
-def format_grounded(question: str, notes: list[str], note_words: int = 0) -> str:
+def format_grounded(question: str, notes: list[str], note_words: int = 0, note_chars: int = 0) -> str:
     """Notes (each cut to its head: see NOTE_WORDS), then the question, in the `Question: ...\\nAnswer:` format the
     model continues."""
-    lines = "".join(f"{NOTE_PREFIX}{note_head(note, note_words)}\n" for note in notes)
+    lines = "".join(f"{NOTE_PREFIX}{note_head(note, note_words, note_chars)}\n" for note in notes)
     return f"{lines}Question: {question.strip()}\nAnswer:"
 
 
-def fitted_notes(question: str, notes: list[str], fits=lambda prompt: True, note_words: int = 0) -> list[str]:
+def fitted_notes(
+    question: str, notes: list[str], fits=lambda prompt: True, note_words: int = 0, note_chars: int = 0
+) -> list[str]:
     """The notes a grounded prompt shows: `notes` (farthest first) less the farthest ones, dropped until `fits(prompt)`."""
-    while notes and not fits(format_grounded(question, notes, note_words)):
+    while notes and not fits(format_grounded(question, notes, note_words, note_chars)):
         notes = notes[1:]
     return notes
 
 
-def fitted_prompt(question: str, notes: list[str], fits=lambda prompt: True, note_words: int = 0) -> str:
+def fitted_prompt(question: str, notes: list[str], fits=lambda prompt: True, note_words: int = 0, note_chars: int = 0) -> str:
     """The grounded prompt, its farthest notes (the first ones) dropped until `fits(prompt)`."""
-    return format_grounded(question, fitted_notes(question, notes, fits, note_words), note_words)
+    return format_grounded(question, fitted_notes(question, notes, fits, note_words, note_chars), note_words, note_chars)
 
 
 def decline_token(tokenizer: Any, decline: str) -> int:
@@ -132,6 +151,7 @@ class Grounding:
     decline_confidence: float = DECLINE_CONFIDENCE
     offtopic_margin: float | None = None  # engine.calibration; None: the off-topic rule is off
     note_words: int = 0  # words of each note the prompt shows, as the version learnt them (NOTE_WORDS); 0: whole
+    note_chars: int = 0  # and the characters those words may take (NOTE_CHARS); 0: no cap
     # The answers the version was fine-tuned on (whitespace folded); None: unknown. A question whose notes are all among
     # them is answered by the model's choice among its notes; one with a note added or changed since (/addqa, an
     # edit) is decoded, so a note that begins otherwise than the model learnt still wins (bench/forget.py: a choice
@@ -244,8 +264,8 @@ class Grounding:
         prompts, shown = [], []
         for question, found in zip(questions, hits, strict=True):
             notes = [h.pair.response for h in reversed(found)]  # the nearest note sits next to the question
-            kept = fitted_notes(question, notes, fits, self.note_words)
-            prompts.append(format_grounded(question, kept, self.note_words))
+            kept = fitted_notes(question, notes, fits, self.note_words, self.note_chars)
+            prompts.append(format_grounded(question, kept, self.note_words, self.note_chars))
             shown.append(found[: len(kept)])
         return prompts, hits, shown
 
@@ -260,6 +280,7 @@ def build_examples(
     seed: int = 42,
     decline: str = DECLINE,
     note_words: int = 0,
+    note_chars: int = 0,
 ) -> list[tuple[str, str]]:
     """(prompt, answer) training examples: one positive per pair, negatives for a share of the pairs, and off-topic
     messages.
@@ -283,15 +304,17 @@ def build_examples(
         question = pair.prompt
         if rng.random() < REWRITTEN and (forms := rewrite(pair.prompt, rng)):
             question = rng.choice(forms)[1]
-        examples.append((format_grounded(question, positive, note_words), note_head(pair.response, note_words)))
+        head = note_head(pair.response, note_words, note_chars)
+        examples.append((format_grounded(question, positive, note_words, note_chars), head))
         if len(pairs) > notes and rng.random() < negative_share:
             if rng.random() < HARD_NEGATIVES:
                 negative = list(reversed(others[:notes]))
             else:
                 negative = [p.response for p in rng.sample(pairs, notes + 1) if p.response != pair.response][:notes]
-            examples.append((format_grounded(pair.prompt, negative, note_words), decline))
+            examples.append((format_grounded(pair.prompt, negative, note_words, note_chars), decline))
     count = min(len(OFF_TOPIC), math.ceil(len(pairs) * OFF_TOPIC_SHARE)) if len(pairs) >= notes else 0
     messages = rng.sample(OFF_TOPIC, count)
     for message, found in zip(messages, index.search(embedder, messages, k=notes), strict=True):
-        examples.append((format_grounded(message, [h.pair.response for h in reversed(found)], note_words), decline))
+        shown = [h.pair.response for h in reversed(found)]
+        examples.append((format_grounded(message, shown, note_words, note_chars), decline))
     return examples

@@ -97,7 +97,7 @@ def validate_upload(data: bytes, filename: str, base: Base, max_bytes: int) -> t
 def _run_name(digest: str, request: TrainRequest) -> str:
     config = asdict(request.config)
     if not request.config.grounded:  # plain runs keep the names they had before grounding existed (--resume)
-        for name in ("grounded", "notes", "negative_share", "note_words"):
+        for name in ("grounded", "notes", "negative_share", "note_words", "note_chars"):
             config.pop(name)
         if config["trained_share"] == 1:
             config.pop("trained_share")
@@ -126,7 +126,8 @@ def train_version(
     examples, grounding, calibration = None, None, None
     if request.config.grounded:
         report(Progress("indexing the dataset"))
-        grounding = dataset_grounding(store, digest, request.config.notes, note_words=request.config.note_words)
+        heads = {"note_words": request.config.note_words, "note_chars": request.config.note_chars}
+        grounding = dataset_grounding(store, digest, request.config.notes, **heads)
         report(Progress("calibrating declines"))
         calibration = calibrate(pairs, grounding.index, grounding.embedder, seed=request.config.seed)
         # The fine-tune's own evaluation answers as the version will: the same floor and off-topic rule, the lowest
@@ -141,7 +142,7 @@ def train_version(
             grounding.embedder,
             notes=request.config.notes,
             negative_share=request.config.negative_share,
-            note_words=request.config.note_words,
+            **heads,
             seed=request.config.seed,
         )
     report(Progress("loading base model"))
@@ -191,7 +192,12 @@ def train_version(
                 "epochs_run": result.epochs_run,
                 "train_tokens_per_epoch": result.tokens_per_epoch,
                 "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-                "grounding": {"notes": request.config.notes, "decline": DECLINE, "note_words": request.config.note_words}
+                "grounding": {
+                    "notes": request.config.notes,
+                    "decline": DECLINE,
+                    "note_words": request.config.note_words,
+                    "note_chars": request.config.note_chars,
+                }
                 if grounding
                 else None,
                 "answer_budget": result.budget,

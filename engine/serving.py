@@ -38,6 +38,7 @@ def dataset_grounding(
     previous: Grounding | None = None,
     calibration: Calibration | None = None,
     note_words: int | None = None,
+    note_chars: int | None = None,
 ) -> Grounding:
     """Notes from stored dataset `digest` (its index loaded, or built and saved beside it, reusing `previous`).
 
@@ -62,6 +63,7 @@ def dataset_grounding(
         offtopic_margin=calibration.offtopic_margin,
         learnt=previous.learnt if previous is not None else None,
         note_words=note_words if note_words is not None else previous.note_words if previous is not None else 0,
+        note_chars=note_chars if note_chars is not None else previous.note_chars if previous is not None else 0,
     )
 
 
@@ -85,10 +87,9 @@ def version_grounding(
     if not (store.datasets_dir / f"{digest}.json").is_file():
         raise ModelError(f"{info.name} answers from notes, but dataset {digest} is not in the store; /retrain or roll back")
     calibration = Calibration.from_meta(info.meta.get("calibration")).overridden(min_score, decline_confidence, offtopic_margin)
-    note_words = int(meta.get("note_words", 0))  # a version from before note heads read whole notes
-    grounding = dataset_grounding(
-        store, digest, int(meta["notes"]), str(meta["decline"]), calibration=calibration, note_words=note_words
-    )
+    # a version from before note heads read whole notes, one from before NOTE_CHARS heads of whole words
+    heads = {"note_words": int(meta.get("note_words", 0)), "note_chars": int(meta.get("note_chars", 0))}
+    grounding = dataset_grounding(store, digest, int(meta["notes"]), str(meta["decline"]), calibration=calibration, **heads)
     learnt = store.datasets_dir / f"{info.meta['dataset']['hash']}.json"
     if learnt.is_file():  # the answers it was fine-tuned on: among those it chooses (engine.grounding.Grounding.learnt)
         grounding.learnt = learnt_answers(read_stored(learnt))  # stored: checked when trained, with the base's rules

@@ -34,9 +34,11 @@ class NoteSnap:
         notes: list[list[str]],
         ids_of: Callable[[str], list[int]] | None = None,
         note_words: int = 0,
+        note_chars: int = 0,
     ) -> None:
         self.ids_of = ids_of or (lambda note: answer_ids(tokenizer, note))  # a note's token ids as an answer
         self.note_words = note_words  # a model that learnt note heads (engine.grounding.NOTE_WORDS) copies heads
+        self.note_chars = note_chars
         self.rows: dict[Any, list[tuple[str, list[int]]]] = {row: self.note_ids(each) for row, each in enumerate(notes)}
 
     def note_ids(self, notes: list[str]) -> list[tuple[str, list[int]]]:
@@ -58,7 +60,7 @@ class NoteSnap:
         from engine.evaluate import token_f1
         from engine.grounding import note_head
 
-        heads = [(note, note_head(note, self.note_words)) for note, _ in self.rows[row]]
+        heads = [(note, note_head(note, self.note_words, self.note_chars)) for note, _ in self.rows[row]]
         scored = [(max(token_f1(text, note), token_f1(text, head)), note) for note, head in heads]
         best = max(scored, default=(0.0, None))
         return best[1] if best[0] >= CLOSE_NOTE else None

@@ -24,7 +24,7 @@ from engine.formatting import (
     tokenize_example,
     tokenize_pair,
 )
-from engine.grounding import NOTE_WORDS, note_head
+from engine.grounding import NOTE_CHARS, NOTE_WORDS, note_head
 from engine.models import blocks, context_length, train_top_layers
 from engine.textformat import FALLBACK_BUDGET, answer_budget
 from qabot.dataset import QAPair
@@ -115,6 +115,9 @@ class TrainConfig:
     note_words: int = field(
         default=NOTE_WORDS, metadata={"help": "Words of each note a grounded prompt shows, and of each answer learnt; 0: whole."}
     )
+    note_chars: int = field(
+        default=NOTE_CHARS, metadata={"help": "Characters those words may take (whole words, at least one); 0: no cap."}
+    )
 
     def __post_init__(self) -> None:
         if self.epochs is None:
@@ -152,13 +155,13 @@ def eval_count(config: TrainConfig, budget: int) -> int:
     return min(config.eval_questions, max(EVAL_MIN_QUESTIONS, scaled))
 
 
-def whole_answer_tokens(learnt: int, tokenizer: Any, pairs: list[QAPair], note_words: int) -> int:
+def whole_answer_tokens(learnt: int, tokenizer: Any, pairs: list[QAPair], note_words: int, note_chars: int = 0) -> int:
     """Answer tokens an epoch of grounded examples counts toward the minimum: what it learns, with each pair's one
     positive counted as its whole answer rather than the head it learns (see WHOLE_ANSWERS), so that the epochs do not
     depend on the heads' length."""
     if not note_words:
         return learnt
-    heads = answer_lengths(tokenizer, (note_head(p.response, note_words) for p in pairs))
+    heads = answer_lengths(tokenizer, (note_head(p.response, note_words, note_chars) for p in pairs))
     return learnt + sum(answer_lengths(tokenizer, (p.response for p in pairs))) - sum(heads)
 
 
@@ -225,7 +228,7 @@ def fine_tune(
     per_epoch = math.ceil(len(features) / (config.batch_size * config.gradient_accumulation))
     learnt = sum(label != IGNORE_INDEX for f in features for label in f["labels"])  # answer tokens per epoch
     if examples is not None:
-        learnt = whole_answer_tokens(learnt, tokenizer, pairs, config.note_words)
+        learnt = whole_answer_tokens(learnt, tokenizer, pairs, config.note_words, config.note_chars)
     if config.min_answer_tokens and learnt * config.epochs < config.min_answer_tokens:
         config = replace(config, epochs=float(math.ceil(config.min_answer_tokens / max(learnt, 1))))
         logger.info("%d answer tokens an epoch: %s epochs, to learn %d at least", learnt, config.epochs, config.min_answer_tokens)

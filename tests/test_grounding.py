@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.grounding import DECLINE, NOTE_PREFIX, NOTE_WORDS, build_examples, format_grounded
+from engine.grounding import DECLINE, NOTE_CHARS, NOTE_PREFIX, NOTE_WORDS, build_examples, format_grounded, note_head
 from engine.offtopic import OFF_TOPIC
 from engine.retrieval import Embedder, PairIndex
 from qabot.dataset import QAPair, read_dataset
@@ -26,19 +26,38 @@ def question_of(prompt: str) -> str:
 
 def test_long_answers_are_learnt_and_shown_by_their_heads(embedder):
     """Issue 14, item 7: pebble's long answers made each example about 370 tokens. A grounded prompt shows each note's
-    first NOTE_WORDS words and the model learns its note's first NOTE_WORDS words; one-sentence answers stay whole."""
+    first NOTE_WORDS words, within NOTE_CHARS characters, and the model learns its note's head."""
     pairs = read_dataset(DATA_DIR / "faq.json")
     index = PairIndex.build(pairs, embedder)
     whole = build_examples(pairs, index, embedder, notes=3, seed=1)
-    heads = build_examples(pairs, index, embedder, notes=3, seed=1, note_words=NOTE_WORDS)
+    heads = build_examples(pairs, index, embedder, notes=3, seed=1, note_words=NOTE_WORDS, note_chars=NOTE_CHARS)
     assert [question_of(p) for p, _ in heads] == [question_of(p) for p, _ in whole]  # the same examples, shorter
-    assert all(len(note.split()) <= NOTE_WORDS for prompt, _ in heads for note in notes_of(prompt))
-    assert all(len(answer.split()) <= NOTE_WORDS for _, answer in heads)
+    shown = [note for prompt, _ in heads for note in notes_of(prompt)] + [a for _, a in heads]
+    assert all(len(note.split()) <= NOTE_WORDS for note in shown)
+    assert all(len(note) <= NOTE_CHARS or " " not in note for note in shown)  # one word longer than that stays whole
     long = [(p, a) for (p, a), (_, full) in zip(heads, whole, strict=True) if len(full.split()) > NOTE_WORDS]
     assert long and all(a in notes_of(p) or a == DECLINE for p, a in long)  # the head is copied from the notes
-    assert sum(len(p) + len(a) for p, a in heads) < 0.6 * sum(len(p) + len(a) for p, a in whole)
-    facts = [p.response for p in read_dataset(DATA_DIR / "sample.json")]  # one sentence each: shown and learnt whole
-    assert all(format_grounded("Q?", [fact], NOTE_WORDS) == format_grounded("Q?", [fact]) for fact in facts)
+    assert sum(len(p) + len(a) for p, a in heads) < 0.4 * sum(len(p) + len(a) for p, a in whole)
+
+
+def test_a_note_head_is_the_notes_first_words_within_its_characters():
+    """Links and Markdown cost several tokens a word: a head stops at NOTE_CHARS characters, so that a FAQ's heads
+    cost about what prose heads cost. A head is always the note's first words, at least one."""
+    link = "See https://pebble.example.org/docs/install/linux#from-source for the steps, then run `pebble serve`."
+    head = note_head(link, NOTE_WORDS, NOTE_CHARS)
+    assert head == "See https://pebble.example.org/docs/install/linux#from-source" and len(head) <= NOTE_CHARS
+    assert note_head(link, NOTE_WORDS) == " ".join(link.split()[:NOTE_WORDS])  # a version from before the cap
+    assert note_head("x" * 100 + " and more", NOTE_WORDS, NOTE_CHARS) == "x" * 100
+    short = "Elara guards the Luminary Stone."
+    assert note_head(short, NOTE_WORDS, NOTE_CHARS) == short == note_head(short)
+    faq = [p.response for p in read_dataset(DATA_DIR / "faq.json")]
+    sample = [p.response for p in read_dataset(DATA_DIR / "sample.json")]
+
+    def mean_chars(notes: list[str], **cap) -> float:
+        return sum(len(note_head(n, NOTE_WORDS, **cap)) for n in notes) / len(notes)
+
+    assert mean_chars(faq) > 1.3 * mean_chars(sample)  # heads of words: the FAQ's cost far more
+    assert mean_chars(faq, note_chars=NOTE_CHARS) < 1.15 * mean_chars(sample, note_chars=NOTE_CHARS)
 
 
 def test_examples_hold_the_answer_at_varying_places_and_negatives_teach_the_decline(embedder):
@@ -85,7 +104,8 @@ def test_a_grounded_model_answers_with_sources_and_declines_and_its_notes_follow
 
     store = ModelStore(tmp_path / "home" / "models")
     release_tiny(store, write_pairs(tmp_path / "tiny.json", TINY_PAIRS), tiny_gpt2, tmp_path / "cache", grounded=True, epochs=60)
-    assert store.current().meta["grounding"] == {"notes": 3, "decline": DECLINE, "note_words": NOTE_WORDS}
+    grounding = {"notes": 3, "decline": DECLINE, "note_words": NOTE_WORDS, "note_chars": NOTE_CHARS}
+    assert store.current().meta["grounding"] == grounding
     from engine.serving import version_grounding
 
     calibration = store.current().meta["calibration"]  # calibrated on this dataset and model, kept with the version
@@ -418,7 +438,6 @@ def test_a_grounded_fine_tunes_held_out_loss_is_the_loss_of_what_it_learnt_given
     whole answers to bare questions, something a grounded model is never taught, so its curve sat above the training
     loss whatever the model learnt."""
     from engine.evaluate import answer_loss, examples_loss
-    from engine.grounding import note_head
     from engine.models import context_length
     from engine.serving import load_version, version_grounding
     from engine.versions import ModelStore
@@ -438,7 +457,8 @@ def test_a_grounded_fine_tunes_held_out_loss_is_the_loss_of_what_it_learnt_given
     grounding = version_grounding(store, info)
     held = read_heldout(tiny_heldout)
     prompts, _, _ = grounding.prompts([h.question for h in held])
-    learnt = [(prompt, note_head(h.answer, grounding.note_words)) for prompt, h in zip(prompts, held, strict=True)]
+    heads = [note_head(h.answer, grounding.note_words, grounding.note_chars) for h in held]
+    learnt = list(zip(prompts, heads, strict=True))
     limit = context_length(loaded.model.config)
     assert logged[0] == pytest.approx(examples_loss(loaded.model, loaded.tokenizer, learnt, max_length=limit), abs=1e-3)
     bare = answer_loss(loaded.model, loaded.tokenizer, [QAPair(h.question, h.answer) for h in held])

@@ -166,7 +166,7 @@ def test_a_share_of_the_blocks_trains_only_the_top_ones(tiny_gpt2, tmp_path, tin
 def test_long_answers_shown_by_their_heads_train_no_more_epochs_than_their_whole_answers_need(tiny_gpt2, tmp_path):
     """Grounded defaults give a small dataset more epochs until it has learnt enough answer tokens; each pair's answer
     counts whole, though the model learns only its head: long answers cut to heads are no reason to train longer."""
-    from engine.grounding import NOTE_WORDS, format_grounded, note_head
+    from engine.grounding import NOTE_CHARS, NOTE_WORDS, format_grounded, note_head
     from engine.models import load_model
     from engine.training import GROUNDED_EPOCHS, GROUNDED_MIN_ANSWER_TOKENS, fine_tune
     from qabot.dataset import QAPair
@@ -176,7 +176,8 @@ def test_long_answers_shown_by_their_heads_train_no_more_epochs_than_their_whole
     long = " ".join(["the tower was built of stone and glass by the river"] * 12)  # well past NOTE_WORDS
     tokens = len(tokenizer(long, add_special_tokens=False)["input_ids"])
     pairs = [QAPair(f"What is tower {i}?", f"Tower {i}: {long}") for i in range(GROUNDED_MIN_ANSWER_TOKENS // tokens + 1)]
-    examples = [(format_grounded(p.prompt, [p.response], NOTE_WORDS), note_head(p.response, NOTE_WORDS)) for p in pairs]
+    heads = {"note_words": NOTE_WORDS, "note_chars": NOTE_CHARS}
+    examples = [(format_grounded(p.prompt, [p.response], **heads), note_head(p.response, **heads)) for p in pairs]
     config = TrainConfig(batch_size=64, checkpoints=False, eval_questions=0)
     _, result = fine_tune(loaded.model, tokenizer, pairs, config=config, run_dir=tmp_path, examples=examples)
     assert result.epochs_run == GROUNDED_EPOCHS  # the heads alone would have asked for several times more
