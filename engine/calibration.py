@@ -28,10 +28,11 @@ from typing import Any
 
 import torch
 
-from engine.grounding import DECLINE_CONFIDENCE, MIN_SCORE, Grounding, decline_token, fitted_prompt
+from engine.grounding import DECLINE_CONFIDENCE, MIN_SCORE, Grounding, decline_token
 from engine.offtopic import OFF_TOPIC, offtopic_closeness
 from engine.retrieval import Embedder, PairIndex
 from engine.steering import first_logits
+from engine.textformat import fitted_prompt
 from qabot.dataset import QAPair
 from qabot.rewrites import user_rewrites
 

@@ -14,9 +14,8 @@ from transformers import TrainerCallback
 
 from engine.evaluate import accuracy_score, answer_loss, evaluate_sets, examples_loss
 from engine.generate import Answerer
-from engine.grounding import note_head
 from engine.models import context_length
-from engine.textformat import FALLBACK_BUDGET
+from engine.textformat import FALLBACK_BUDGET, note_head
 from qabot.dataset import MAX_FIELD_CHARS, QAPair
 from qabot.heldout import HeldoutItem
 

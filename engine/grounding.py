@@ -28,12 +28,11 @@ from typing import Any
 from engine.answer_checks import ANSWER_KINDS, echo_reason
 from engine.offtopic import OFF_TOPIC, offtopic_closeness
 from engine.retrieval import Embedder, Hit, PairIndex
-from engine.textformat import format_answer
+from engine.textformat import fitted_notes, format_answer, format_grounded, note_head
 from qabot.dataset import QAPair
 from qabot.rewrites import rewrite
 
 DECLINE = "I don't know."  # what a grounded model learns to say when its notes lack the answer
-NOTE_PREFIX = "Note: "
 # Below this score (mean cosine over a pair's views, engine.retrieval) nothing in the data is about the question. Each
 # version calibrates its own on its dataset (engine.calibration: 0.26 on the lore sample, 0.18 on the pebble FAQ); this
 # is the floor of a version from before calibration and of a Grounding built without one.
@@ -42,25 +41,6 @@ MIN_SCORE = 0.25
 # otherwise it answers from its notes. Measured on the sample (bundled model, 4 epochs): paraphrases it declined
 # although their pair was nearest had 0.48-0.93 (median 0.64), unknown facts it declined 0.65-0.98 (median 0.89).
 DECLINE_CONFIDENCE = 0.7
-# A grounded prompt shows each note's first NOTE_WORDS words, and the model learns to answer with its note's first
-# NOTE_WORDS words; the answer shown is the note whole (the nearest, where the model does not decline, or the one
-# decoding began to copy: engine.steering). Long FAQ answers (up to 150 tokens; three notes and the answer per example)
-# made each pebble example about 370 tokens against the sample's 83. Measured on pebble with the bundled model
-# (2026-12-03, same rules): whole notes 56/60 training, 87/100 held-out, 41/50 out-of-scope declined, 10/160 answerable
-# declined; heads of 24 words 60/60, 90/100, 38/50, 3/160. Shorter heads, same code (2026-12-04, bench.quality and
-# bench.forget, one run each): 16 words gave pebble the same four figures, 18/20 corrections answered with their new
-# answer (17/20 with 24 words in earlier runs) and a fine-tune of 92.9 s against 143.7 s, and change nothing on
-# one-sentence facts (the sample's longest answer is 15 words); 12 words gave pebble 59/60, 89/100, 38/50, 5/160; 8
-# words gave pebble its four figures again in 65.9 s, but the sample 57/60 held-out against 58/60, 1/220 answerable
-# declined against 0/220, and 16/20 corrections answered with their new answer (19/20 and 20/20 with 24 words in earlier
-# runs).
-NOTE_WORDS = 16
-# ... and at most NOTE_CHARS characters of them (whole words, at least one): a word of a link or of Markdown costs
-# several tokens, so pebble's 16-word heads took 26.5 tokens on average (up to 61) against the sample's 16, and its
-# examples 181 tokens per pair and epoch against 122. With the characters capped at 64, about 16 tokens of English
-# prose, heads cost about as many tokens in either style (built examples, 2026-12-05: pebble 113 tokens per pair,
-# the sample 112; at 60 characters 116 and 110, at 70 130 and 118).
-NOTE_CHARS = 64
 GOLD_NEAREST = 0.8  # share of training examples whose own note sits where retrieval puts the nearest pair
 HARD_NEGATIVES = 0.75  # share of negatives whose notes are the nearest other pairs rather than random ones
 REWRITTEN = 0.3  # share of positives whose question is rewritten as users type it
@@ -94,44 +74,6 @@ def _mentioned(word: str, known: set[str]) -> bool:
 def learnt_answers(pairs: list[QAPair]) -> frozenset[str]:
     """The answers a version was fine-tuned on, whitespace folded (`Grounding.learnt`)."""
     return frozenset(" ".join(p.response.split()) for p in pairs)
-
-
-def note_head(note: str, note_words: int = 0, note_chars: int = 0) -> str:
-    """A note's first `note_words` words (whitespace folded), then as many of those as fit in `note_chars` characters
-    (at least one word); the whole note for 0 words. 0 characters: no cap (versions from before NOTE_CHARS)."""
-    kept = note.split()
-    if not note_words:
-        return " ".join(kept)
-    kept = kept[:note_words]
-    if note_chars:
-        length = len(kept[0])
-        for count, word in enumerate(kept[1:], start=1):
-            length += 1 + len(word)
-            if length > note_chars:
-                kept = kept[:count]
-                break
-    return " ".join(kept)
-
-
-def format_grounded(question: str, notes: list[str], note_words: int = 0, note_chars: int = 0) -> str:
-    """Notes (each cut to its head: see NOTE_WORDS), then the question, in the `Question: ...\\nAnswer:` format the
-    model continues."""
-    lines = "".join(f"{NOTE_PREFIX}{note_head(note, note_words, note_chars)}\n" for note in notes)
-    return f"{lines}Question: {question.strip()}\nAnswer:"
-
-
-def fitted_notes(
-    question: str, notes: list[str], fits=lambda prompt: True, note_words: int = 0, note_chars: int = 0
-) -> list[str]:
-    """The notes a grounded prompt shows: `notes` (farthest first) less the farthest ones, dropped until `fits(prompt)`."""
-    while notes and not fits(format_grounded(question, notes, note_words, note_chars)):
-        notes = notes[1:]
-    return notes
-
-
-def fitted_prompt(question: str, notes: list[str], fits=lambda prompt: True, note_words: int = 0, note_chars: int = 0) -> str:
-    """The grounded prompt, its farthest notes (the first ones) dropped until `fits(prompt)`."""
-    return format_grounded(question, fitted_notes(question, notes, fits, note_words, note_chars), note_words, note_chars)
 
 
 def decline_token(tokenizer: Any, decline: str) -> int:

@@ -37,7 +37,7 @@ class NoteSnap:
         note_chars: int = 0,
     ) -> None:
         self.ids_of = ids_of or (lambda note: answer_ids(tokenizer, note))  # a note's token ids as an answer
-        self.note_words = note_words  # a model that learnt note heads (engine.grounding.NOTE_WORDS) copies heads
+        self.note_words = note_words  # a model that learnt note heads (engine.textformat.NOTE_WORDS) copies heads
         self.note_chars = note_chars
         self.rows: dict[Any, list[tuple[str, list[int]]]] = {row: self.note_ids(each) for row, each in enumerate(notes)}
 
@@ -58,7 +58,7 @@ class NoteSnap:
         (or that note's old version: the answer it learnt before an admin changed it, measured by bench/forget.py)
         is that note."""
         from engine.evaluate import token_f1
-        from engine.grounding import note_head
+        from engine.textformat import note_head
 
         heads = [(note, note_head(note, self.note_words, self.note_chars)) for note, _ in self.rows[row]]
         scored = [(max(token_f1(text, note), token_f1(text, head)), note) for note, head in heads]

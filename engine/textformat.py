@@ -1,4 +1,5 @@
-"""The `Question: ...\\nAnswer: ...` text format and token counting with the `tokenizers` library. No torch here.
+"""The `Question: ...\\nAnswer: ...` text format, grounded prompts (notes shown by their heads), and token counting
+with the `tokenizers` library. No torch here.
 
 The admin worker (no torch) checks new pairs against the live model's context with these, by the
 same rule the train job uses with the transformers tokenizer.
@@ -24,6 +25,26 @@ FALLBACK_BUDGET = 64  # for a version trained before budgets were stored, when n
 
 
 QUESTION_START = "Question: "
+NOTE_PREFIX = "Note: "
+# A grounded prompt shows each note's first NOTE_WORDS words, and the model learns to answer with its note's first
+# NOTE_WORDS words; the answer shown is the note whole (the nearest, where the model does not decline, or the one
+# decoding began to copy: engine.steering). Long FAQ answers (up to 150 tokens; three notes and the answer per example)
+# made each pebble example about 370 tokens against the sample's 83. Measured on pebble with the bundled model
+# (2026-12-03, same rules): whole notes 56/60 training, 87/100 held-out, 41/50 out-of-scope declined, 10/160 answerable
+# declined; heads of 24 words 60/60, 90/100, 38/50, 3/160. Shorter heads, same code (2026-12-04, bench.quality and
+# bench.forget, one run each): 16 words gave pebble the same four figures, 18/20 corrections answered with their new
+# answer (17/20 with 24 words in earlier runs) and a fine-tune of 92.9 s against 143.7 s, and change nothing on
+# one-sentence facts (the sample's longest answer is 15 words); 12 words gave pebble 59/60, 89/100, 38/50, 5/160; 8
+# words gave pebble its four figures again in 65.9 s, but the sample 57/60 held-out against 58/60, 1/220 answerable
+# declined against 0/220, and 16/20 corrections answered with their new answer (19/20 and 20/20 with 24 words in earlier
+# runs).
+NOTE_WORDS = 16
+# ... and at most NOTE_CHARS characters of them (whole words, at least one): a word of a link or of Markdown costs
+# several tokens, so pebble's 16-word heads took 26.5 tokens on average (up to 61) against the sample's 16, and its
+# examples 181 tokens per pair and epoch against 122. With the characters capped at 64, about 16 tokens of English
+# prose, heads cost about as many tokens in either style (built examples, 2026-12-05: pebble 113 tokens per pair,
+# the sample 112; at 60 characters 116 and 110, at 70 130 and 118).
+NOTE_CHARS = 64
 
 
 def format_prompt(question: str) -> str:
@@ -70,3 +91,41 @@ def version_counter(folder: Path) -> tuple[Callable[[str, str], int], int, list[
         return len(prompt_ids) + len(answer_ids) + 1  # + EOS
 
     return count, limit, specials
+
+
+def note_head(note: str, note_words: int = 0, note_chars: int = 0) -> str:
+    """A note's first `note_words` words (whitespace folded), then as many of those as fit in `note_chars` characters
+    (at least one word); the whole note for 0 words. 0 characters: no cap (versions from before NOTE_CHARS)."""
+    kept = note.split()
+    if not note_words:
+        return " ".join(kept)
+    kept = kept[:note_words]
+    if note_chars:
+        length = len(kept[0])
+        for count, word in enumerate(kept[1:], start=1):
+            length += 1 + len(word)
+            if length > note_chars:
+                kept = kept[:count]
+                break
+    return " ".join(kept)
+
+
+def format_grounded(question: str, notes: list[str], note_words: int = 0, note_chars: int = 0) -> str:
+    """Notes (each cut to its head: see NOTE_WORDS), then the question, in the `Question: ...\\nAnswer:` format the
+    model continues."""
+    lines = "".join(f"{NOTE_PREFIX}{note_head(note, note_words, note_chars)}\n" for note in notes)
+    return f"{lines}Question: {question.strip()}\nAnswer:"
+
+
+def fitted_notes(
+    question: str, notes: list[str], fits=lambda prompt: True, note_words: int = 0, note_chars: int = 0
+) -> list[str]:
+    """The notes a grounded prompt shows: `notes` (farthest first) less the farthest ones, dropped until `fits(prompt)`."""
+    while notes and not fits(format_grounded(question, notes, note_words, note_chars)):
+        notes = notes[1:]
+    return notes
+
+
+def fitted_prompt(question: str, notes: list[str], fits=lambda prompt: True, note_words: int = 0, note_chars: int = 0) -> str:
+    """The grounded prompt, its farthest notes (the first ones) dropped until `fits(prompt)`."""
+    return format_grounded(question, fitted_notes(question, notes, fits, note_words, note_chars), note_words, note_chars)

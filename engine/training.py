@@ -24,9 +24,8 @@ from engine.formatting import (
     tokenize_example,
     tokenize_pair,
 )
-from engine.grounding import NOTE_CHARS, NOTE_WORDS, note_head
 from engine.models import blocks, context_length, train_top_layers
-from engine.textformat import FALLBACK_BUDGET, answer_budget
+from engine.textformat import FALLBACK_BUDGET, NOTE_CHARS, NOTE_WORDS, answer_budget, note_head
 from qabot.dataset import QAPair
 from qabot.heldout import HeldoutItem
 
@@ -43,7 +42,7 @@ GROUNDED_TRAINED_SHARE = 0.4
 # steps, too few to learn to read notes and decline). Counted in answer tokens, not steps: a FAQ whose answers run to
 # 95 tokens learns that much in 2 epochs, where a minimum of 56 steps made it 5 epochs of 256-token examples.
 GROUNDED_MIN_ANSWER_TOKENS = 6000
-# WHOLE_ANSWERS: that minimum counts each pair's answer whole. Note heads (engine.grounding.NOTE_WORDS) cut the pebble
+# WHOLE_ANSWERS: that minimum counts each pair's answer whole. Note heads (engine.textformat.NOTE_WORDS) cut the pebble
 # FAQ's learnt answers to a quarter, so the minimum gave it 3 epochs instead of 2, yet in two runs (2026-12-03) its
 # best evaluated epoch was the second: the third cost 25% of the fine-tune and gave nothing. Data of short answers
 # (heads are whole answers there) gets the epochs it got before. Counted per pair (its one positive as its whole

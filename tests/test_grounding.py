@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from engine.grounding import DECLINE, NOTE_CHARS, NOTE_PREFIX, NOTE_WORDS, build_examples, format_grounded, note_head
+from engine.grounding import DECLINE, build_examples
 from engine.offtopic import OFF_TOPIC
 from engine.retrieval import Embedder, PairIndex
+from engine.textformat import NOTE_CHARS, NOTE_PREFIX, NOTE_WORDS, format_grounded, note_head
 from qabot.dataset import QAPair, read_dataset
 from tests.conftest import DATA_DIR, TINY_PAIRS, write_pairs
 

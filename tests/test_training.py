@@ -166,8 +166,8 @@ def test_a_share_of_the_blocks_trains_only_the_top_ones(tiny_gpt2, tmp_path, tin
 def test_long_answers_shown_by_their_heads_train_no_more_epochs_than_their_whole_answers_need(tiny_gpt2, tmp_path):
     """Grounded defaults give a small dataset more epochs until it has learnt enough answer tokens; each pair's answer
     counts whole, though the model learns only its head: long answers cut to heads are no reason to train longer."""
-    from engine.grounding import NOTE_CHARS, NOTE_WORDS, format_grounded, note_head
     from engine.models import load_model
+    from engine.textformat import NOTE_CHARS, NOTE_WORDS, format_grounded, note_head
     from engine.training import GROUNDED_EPOCHS, GROUNDED_MIN_ANSWER_TOKENS, fine_tune
     from qabot.dataset import QAPair
 
@@ -189,8 +189,9 @@ def test_the_epochs_of_a_grounded_fine_tune_do_not_depend_on_how_long_the_heads_
     """Each pair counts its whole answer, and the declines count as learnt: answers just past the head's length, with
     the declines that make up the minimum, train the default epochs (counting the larger of the heads with declines and
     the whole answers alone gave them one more epoch, which the sample then spent for nothing)."""
-    from engine.grounding import DECLINE, format_grounded, note_head
+    from engine.grounding import DECLINE
     from engine.models import load_model
+    from engine.textformat import format_grounded, note_head
     from engine.training import GROUNDED_EPOCHS, GROUNDED_MIN_ANSWER_TOKENS, fine_tune
     from qabot.dataset import QAPair
 
