@@ -114,6 +114,10 @@ def test_a_grounded_model_answers_with_sources_and_declines_and_its_notes_follow
     assert version_grounding(store, store.current()).min_score == pytest.approx(calibration["min_score"], abs=1e-4)
     overridden = version_grounding(store, store.current(), min_score=0.42, decline_confidence=0.9)  # the settings win
     assert (overridden.min_score, overridden.decline_confidence) == (0.42, 0.9)
+    assert (overridden.note_words, overridden.note_chars) == (NOTE_WORDS, NOTE_CHARS)  # its heads, as it learnt them
+    older = store.current()
+    del older.meta["grounding"]["note_chars"]  # a version from before NOTE_CHARS learnt heads of whole words
+    assert (version_grounding(store, older).note_words, version_grounding(store, older).note_chars) == (NOTE_WORDS, 0)
     settings = make_settings(tmp_path / "home", redis_url, max_new_tokens=24)
     client, worker = QueueClient(settings), make_worker(settings)
     known, absent = client.enqueue_answer(TINY_PAIRS[0].prompt), client.enqueue_answer("Who rules the kingdom of Zarnak?")
