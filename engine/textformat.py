@@ -42,8 +42,10 @@ NOTE_WORDS = 16
 # ... and at most NOTE_CHARS characters of them (whole words, at least one): a word of a link or of Markdown costs
 # several tokens, so pebble's 16-word heads took 26.5 tokens on average (up to 61) against the sample's 16, and its
 # examples 181 tokens per pair and epoch against 122. With the characters capped at 64, about 16 tokens of English
-# prose, heads cost about as many tokens in either style (built examples, 2026-12-05: pebble 113 tokens per pair,
-# the sample 112; at 60 characters 116 and 110, at 70 130 and 118).
+# prose, heads cost about as many tokens in either style (2026-12-05, bench.quality: pebble 122 tokens per pair and
+# epoch, the sample 114, the same answers on both; at 60 characters 116 and 110, at 70 130 and 118). The cap shortens
+# about half of the sample's one-sentence heads, and its corrections (bench.forget) got their new answer 17/20
+# instead of 19-20/20; pebble's 20/20 instead of 18/20.
 NOTE_CHARS = 64
 
 
