@@ -160,12 +160,7 @@ class Answerer:
             rest = [i for i in range(len(plan)) if i not in picked]
             yield from zip(rest, self._generate([plan[i] for i in rest], sampling), strict=True)
             return
-        snap = (
-            NoteSnap(self.tokenizer, [], self._answer_ids, self.grounding.note_words, self.grounding.note_chars)
-            if self.grounding is not None
-            else None
-        )
-        steer = _Steering(self._decline_gate(), snap)
+        steer = _Steering(self._decline_gate(), self._snap([]))
         batch = RunningBatch(
             self.model,
             eos_token_id=self.tokenizer.eos_token_id,
@@ -233,6 +228,11 @@ class Answerer:
             found = self._notes_ids[note] = answer_ids(self.tokenizer, note)
         return found
 
+    def _snap(self, notes: list[list[str]]) -> NoteSnap | None:
+        """Which note each row's answer copies, by the heads the version learnt; None for a plain version."""
+        g = self.grounding
+        return None if g is None else NoteSnap(self.tokenizer, notes, self._answer_ids, g.note_words, g.note_chars)
+
     def _plan(self, cleaned: list[str]) -> list[Asked]:
         """Each question's prompt, its notes and whether the data decides it without the model."""
         if not cleaned:
@@ -289,13 +289,7 @@ class Answerer:
         answers = {i: Answer(item.question, "", 0, StopReason.EOS) for i, item in enumerate(items) if item.reason is not None}
         if to_model:
             notes = [items[i].notes() for i in to_model]
-            grounding = self.grounding
-            snap = (
-                NoteSnap(self.tokenizer, notes, self._answer_ids, grounding.note_words, grounding.note_chars)
-                if grounding is not None
-                else None
-            )
-            steer = _Steering(self._decline_gate(), snap)
+            steer = _Steering(self._decline_gate(), self._snap(notes))
             batch = self._encode([items[i].prompt for i in to_model]).to(self.device)
             budget = max(1, min(self.max_new_tokens, self.context - batch["input_ids"].shape[1]))
             if steer.gate is not None:
