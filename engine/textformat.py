@@ -43,9 +43,9 @@ NOTE_WORDS = 16
 # several tokens, so pebble's 16-word heads took 26.5 tokens on average (up to 61) against the sample's 16, and its
 # examples 181 tokens per pair and epoch against 122. With the characters capped at 64, about 16 tokens of English
 # prose, heads cost about as many tokens in either style (2026-12-05, bench.quality: pebble 122 tokens per pair and
-# epoch, the sample 114, the same answers on both; at 60 characters 116 and 110, at 70 130 and 118). The cap shortens
-# about half of the sample's one-sentence heads, and its corrections (bench.forget) got their new answer 17/20
-# instead of 19-20/20; pebble's 20/20 instead of 18/20.
+# epoch, the sample 114, the same answers on both; at 60 characters 116 and 110, at 70 130 and 118). A cap of 80
+# gave the same answers too, at 142 and 121 tokens and 1.37x the sample's fine-tune per pair instead of 1.13x; with
+# either cap the sample's corrections (bench.forget) got their new answer 17/20, pebble's 20/20 at 64 and 19/20 at 80.
 NOTE_CHARS = 64
 
 
