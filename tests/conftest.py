@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -169,9 +170,11 @@ def wait_for_exit(proc: subprocess.Popen, timeout: float) -> str:
 
 
 @contextlib.contextmanager
-def qabot_workers(env: dict[str, str], home: Path, kinds: tuple[str, ...]):
+def qabot_workers(env: dict[str, str], home: Path, kinds: tuple[str, ...], *, ready: bool = False):
     """`qabot worker <kind>` processes for a test stack, each logging to home/<kind>-worker.log (<kind>-<n>-worker.log
-    where a kind runs more than once); stopped on exit."""
+    where a kind runs more than once); stopped on exit. With `ready`, each has registered with rq on its queue before
+    the stack is used, as workers are started before the bots: on a loaded 2-core host an answer worker took longer
+    to start than a bot's no-worker wait, and the first asker heard that no answer worker runs."""
     names = [f"{kind}-{n}" if kinds.count(kind) > 1 else kind for n, kind in enumerate(kinds)]
     logs = [(home / f"{name}-worker.log").open("w") for name in names]
     workers = [
@@ -179,6 +182,14 @@ def qabot_workers(env: dict[str, str], home: Path, kinds: tuple[str, ...]):
         for kind, log in zip(kinds, logs, strict=True)
     ]
     try:
+        if ready:
+            from redis import Redis
+            from rq import Queue
+
+            connection = Redis.from_url(env["QABOT_REDIS_URL"])
+            for kind, proc, log in zip(kinds, workers, logs, strict=True):
+                queue = Queue(kind, connection=connection)  # `qabot worker <kind>` serves the queue of that name
+                wait_until(partial(_registered, queue, proc.pid), 180, f"the {kind} worker registers", Path(log.name))
         yield workers
     finally:
         try:
@@ -186,6 +197,13 @@ def qabot_workers(env: dict[str, str], home: Path, kinds: tuple[str, ...]):
         finally:
             for log in logs:
                 log.close()
+
+
+def _registered(queue, pid: int) -> bool:
+    """A worker of process `pid` is registered with rq on `queue`."""
+    from rq import Worker
+
+    return any(w.pid == pid for w in Worker.all(queue=queue))
 
 
 def write_pairs(path: Path, pairs: list[QAPair]) -> Path:

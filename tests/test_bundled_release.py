@@ -63,7 +63,7 @@ def bundled_stack(bundled_model, redis_server, tmp_path_factory):
         answer_wait=120,
         admin_wait=60,
     )
-    with qabot_workers(env, home, ("answer", "train", "admin")):
+    with qabot_workers(env, home, ("answer", "train", "admin"), ready=True):
         yield settings, store, first.version.name
 
 

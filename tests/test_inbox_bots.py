@@ -70,7 +70,7 @@ def stack(trained_tiny, tiny_gpt2, redis_server, tmp_path_factory):
         answer_wait=60,
         admin_wait=30,
     )
-    with qabot_workers(env, home, ("answer", "admin")):
+    with qabot_workers(env, home, ("answer", "admin"), ready=True):
         yield Stack(settings, models, env, plain, grounded)
 
 

@@ -53,7 +53,7 @@ def stack(trained_tiny, redis_server, tmp_path_factory, tiny_gpt2):
     )
     # The bots' settings name no QABOT_HOME: they never see the store. Two admin workers: concurrent admin changes must
     # not be lost between them.
-    with qabot_workers(env, home, ("answer", "train", "admin", "admin")):
+    with qabot_workers(env, home, ("answer", "train", "admin", "admin"), ready=True):
         yield Settings(
             home=home / "bot-has-no-store",
             redis_url=url,
