@@ -102,7 +102,7 @@ def note_head(note: str, note_words: int = 0, note_chars: int = 0) -> str:
     if not note_words:
         return " ".join(kept)
     kept = kept[:note_words]
-    if note_chars:
+    if note_chars and kept:  # a blank note has no first word
         length = len(kept[0])
         for count, word in enumerate(kept[1:], start=1):
             length += 1 + len(word)
