@@ -140,7 +140,7 @@ def main() -> None:
             print(f"{name} answer checks: withheld {withheld}, right answers lost {lost}, wrong answers caught {caught}")
         print(
             f"{name} fine-tune: {r['train_seconds']} s for {r['pairs']} pairs = {r['train_seconds'] / r['pairs']:.2f} s "
-            f"per pair ({r['meta'].get('epochs_run')} epochs)",
+            f"per pair ({r['meta'].get('epochs_run')} epochs; {r['meta'].get('eval_seconds', '?')} s of it evaluating)",
             flush=True,
         )
     if set(results) >= set(DATASETS):

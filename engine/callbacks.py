@@ -107,6 +107,7 @@ class AccuracyCallback(TrainerCallback):
         self.best_metrics: dict[str, float] = {}
         self.best_state: dict[str, torch.Tensor] | None = None
         self.stale = 0
+        self.seconds = 0.0  # spent evaluating: a fixed cost of a run, whatever the dataset's size
 
     def on_epoch_end(self, args, state, control, model=None, **kwargs):
         epoch = round(state.epoch or 0)
@@ -114,7 +115,9 @@ class AccuracyCallback(TrainerCallback):
         if (epoch < self.first_epoch and not last) or not (self.recall or self.heldout):
             return
         self.report(Progress("evaluating", state.global_step, state.max_steps, state.epoch or 0.0))
+        started = time.monotonic()
         metrics = self.evaluate(model)
+        self.seconds += time.monotonic() - started
         metrics["epoch"] = state.epoch or 0.0
         state.log_history.append({**metrics, "step": state.global_step})
         score = accuracy_score(metrics)

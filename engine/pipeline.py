@@ -189,6 +189,7 @@ def train_version(
                 "hyperparameters": asdict(request.config),
                 "metrics": result.metrics,
                 "train_seconds": round(result.seconds, 1),
+                "eval_seconds": round(result.eval_seconds, 1),
                 "epochs_run": result.epochs_run,
                 "train_tokens_per_epoch": result.tokens_per_epoch,
                 "created_at": datetime.now(UTC).isoformat(timespec="seconds"),

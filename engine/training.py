@@ -146,6 +146,7 @@ class TrainResult:
     epochs_run: float
     budget: int = FALLBACK_BUDGET  # new tokens an answer may take, from the data's longest answer
     tokens_per_epoch: int = 0  # tokens of the formatted examples (prompts and answers): what a step's time follows
+    eval_seconds: float = 0.0  # of `seconds`, spent asking questions after epochs
 
 
 def eval_count(config: TrainConfig, budget: int) -> int:
@@ -273,6 +274,6 @@ def fine_tune(
     model.eval()
     seconds, epochs_run = time.monotonic() - started, trainer.state.epoch or 0.0
     tokens = sum(len(f["input_ids"]) for f in features)
-    result = TrainResult(metrics, trainer.state.log_history, seconds, epochs_run, budget, tokens)
+    result = TrainResult(metrics, trainer.state.log_history, seconds, epochs_run, budget, tokens, accuracy.seconds)
     report(Progress("trained", trainer.state.global_step, trainer.state.max_steps, result.epochs_run, metrics=metrics))
     return model, result
