@@ -42,8 +42,7 @@ def main() -> None:
         embedder,
         notes=config.notes,
         negative_share=config.negative_share,
-        note_words=config.note_words,
-        note_chars=config.note_chars,
+        heads=config.heads,
     )
     loaded = load_model(str(bundled_folder(settings())), device="cpu", dtype="float32")
     model, tokenizer = loaded.model, loaded.tokenizer

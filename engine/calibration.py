@@ -141,8 +141,7 @@ def calibrate_decline(
             p.prompt,
             [h.pair.response for h in reversed(found) if h.pair != p][-grounding.notes :],
             fits,
-            grounding.note_words,
-            grounding.note_chars,
+            grounding.heads,
         )
         for p, found in zip(asked, hits, strict=True)
     ]

@@ -15,7 +15,7 @@ from transformers import TrainerCallback
 from engine.evaluate import accuracy_score, answer_loss, evaluate_sets, examples_loss
 from engine.generate import Answerer
 from engine.models import context_length
-from engine.textformat import FALLBACK_BUDGET, note_head
+from engine.textformat import FALLBACK_BUDGET
 from qabot.dataset import MAX_FIELD_CHARS, QAPair
 from qabot.heldout import HeldoutItem
 
@@ -156,7 +156,7 @@ class AccuracyCallback(TrainerCallback):
         if self.grounding is None:
             return answer_loss(model, self.tokenizer, pairs, max_length=self.config.max_length)
         prompts, _, _ = self.grounding.prompts([p.prompt for p in pairs])
-        learnt = [note_head(p.response, self.grounding.note_words, self.grounding.note_chars) for p in pairs]
+        learnt = [self.grounding.heads.head(p.response) for p in pairs]
         limit = max(self.config.max_length, context_length(model.config))  # as its training examples (engine.training)
         return examples_loss(model, self.tokenizer, list(zip(prompts, learnt, strict=True)), max_length=limit)
 

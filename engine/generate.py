@@ -231,7 +231,7 @@ class Answerer:
     def _snap(self, notes: list[list[str]]) -> NoteSnap | None:
         """Which note each row's answer copies, by the heads the version learnt; None for a plain version."""
         g = self.grounding
-        return None if g is None else NoteSnap(self.tokenizer, notes, self._answer_ids, g.note_words, g.note_chars)
+        return None if g is None else NoteSnap(self.tokenizer, notes, self._answer_ids, g.heads)
 
     def _plan(self, cleaned: list[str]) -> list[Asked]:
         """Each question's prompt, its notes and whether the data decides it without the model."""

@@ -28,7 +28,7 @@ from typing import Any
 from engine.answer_checks import ANSWER_KINDS, echo_reason
 from engine.offtopic import OFF_TOPIC, offtopic_closeness
 from engine.retrieval import Embedder, Hit, PairIndex
-from engine.textformat import fitted_notes, format_answer, format_grounded, note_head
+from engine.textformat import WHOLE_NOTES, HeadRule, fitted_notes, format_answer, format_grounded
 from qabot.dataset import QAPair
 from qabot.rewrites import rewrite
 
@@ -92,8 +92,7 @@ class Grounding:
     min_score: float = MIN_SCORE
     decline_confidence: float = DECLINE_CONFIDENCE
     offtopic_margin: float | None = None  # engine.calibration; None: the off-topic rule is off
-    note_words: int = 0  # words of each note the prompt shows, as the version learnt them (NOTE_WORDS); 0: whole
-    note_chars: int = 0  # and the characters those words may take (NOTE_CHARS); 0: no cap
+    heads: HeadRule = WHOLE_NOTES  # how much of each note the prompt shows, as the version learnt it (HEADS)
     # The answers the version was fine-tuned on (whitespace folded); None: unknown. A question whose notes are all among
     # them is answered by the model's choice among its notes; one with a note added or changed since (/addqa, an
     # edit) is decoded, so a note that begins otherwise than the model learnt still wins (bench/forget.py: a choice
@@ -206,8 +205,8 @@ class Grounding:
         prompts, shown = [], []
         for question, found in zip(questions, hits, strict=True):
             notes = [h.pair.response for h in reversed(found)]  # the nearest note sits next to the question
-            kept = fitted_notes(question, notes, fits, self.note_words, self.note_chars)
-            prompts.append(format_grounded(question, kept, self.note_words, self.note_chars))
+            kept = fitted_notes(question, notes, fits, self.heads)
+            prompts.append(format_grounded(question, kept, self.heads))
             shown.append(found[: len(kept)])
         return prompts, hits, shown
 
@@ -221,8 +220,7 @@ def build_examples(
     negative_share: float = 0.25,
     seed: int = 42,
     decline: str = DECLINE,
-    note_words: int = 0,
-    note_chars: int = 0,
+    heads: HeadRule = WHOLE_NOTES,
 ) -> list[tuple[str, str]]:
     """(prompt, answer) training examples: one positive per pair, negatives for a share of the pairs, and off-topic
     messages.
@@ -246,17 +244,16 @@ def build_examples(
         question = pair.prompt
         if rng.random() < REWRITTEN and (forms := rewrite(pair.prompt, rng)):
             question = rng.choice(forms)[1]
-        head = note_head(pair.response, note_words, note_chars)
-        examples.append((format_grounded(question, positive, note_words, note_chars), head))
+        examples.append((format_grounded(question, positive, heads), heads.head(pair.response)))
         if len(pairs) > notes and rng.random() < negative_share:
             if rng.random() < HARD_NEGATIVES:
                 negative = list(reversed(others[:notes]))
             else:
                 negative = [p.response for p in rng.sample(pairs, notes + 1) if p.response != pair.response][:notes]
-            examples.append((format_grounded(pair.prompt, negative, note_words, note_chars), decline))
+            examples.append((format_grounded(pair.prompt, negative, heads), decline))
     count = min(len(OFF_TOPIC), math.ceil(len(pairs) * OFF_TOPIC_SHARE)) if len(pairs) >= notes else 0
     messages = rng.sample(OFF_TOPIC, count)
     for message, found in zip(messages, index.search(embedder, messages, k=notes), strict=True):
         shown = [h.pair.response for h in reversed(found)]
-        examples.append((format_grounded(message, shown, note_words, note_chars), decline))
+        examples.append((format_grounded(message, shown, heads), decline))
     return examples

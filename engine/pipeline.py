@@ -126,8 +126,7 @@ def train_version(
     examples, grounding, calibration = None, None, None
     if request.config.grounded:
         report(Progress("indexing the dataset"))
-        heads = {"note_words": request.config.note_words, "note_chars": request.config.note_chars}
-        grounding = dataset_grounding(store, digest, request.config.notes, **heads)
+        grounding = dataset_grounding(store, digest, request.config.notes, heads=request.config.heads)
         report(Progress("calibrating declines"))
         calibration = calibrate(pairs, grounding.index, grounding.embedder, seed=request.config.seed)
         # The fine-tune's own evaluation answers as the version will: the same floor and off-topic rule, the lowest
@@ -142,7 +141,7 @@ def train_version(
             grounding.embedder,
             notes=request.config.notes,
             negative_share=request.config.negative_share,
-            **heads,
+            heads=request.config.heads,
             seed=request.config.seed,
         )
     report(Progress("loading base model"))
@@ -196,8 +195,7 @@ def train_version(
                 "grounding": {
                     "notes": request.config.notes,
                     "decline": DECLINE,
-                    "note_words": request.config.note_words,
-                    "note_chars": request.config.note_chars,
+                    **request.config.heads.meta(),
                 }
                 if grounding
                 else None,

@@ -14,7 +14,7 @@ from engine.generate import Answerer
 from engine.grounding import DECLINE, Grounding, learnt_answers
 from engine.models import LoadedModel, context_length, load_model
 from engine.retrieval import Embedder, ensure_index
-from engine.textformat import FALLBACK_BUDGET, answer_budget
+from engine.textformat import FALLBACK_BUDGET, WHOLE_NOTES, HeadRule, answer_budget
 from engine.versions import ModelStore, VersionInfo, read_stored
 from qabot.dataset import QAPair
 from qabot.errors import ModelError, TrainingError
@@ -37,8 +37,7 @@ def dataset_grounding(
     decline: str = DECLINE,
     previous: Grounding | None = None,
     calibration: Calibration | None = None,
-    note_words: int | None = None,
-    note_chars: int | None = None,
+    heads: HeadRule | None = None,
 ) -> Grounding:
     """Notes from stored dataset `digest` (its index loaded, or built and saved beside it, reusing `previous`).
 
@@ -62,8 +61,7 @@ def dataset_grounding(
         decline_confidence=calibration.decline_confidence,
         offtopic_margin=calibration.offtopic_margin,
         learnt=previous.learnt if previous is not None else None,
-        note_words=note_words if note_words is not None else previous.note_words if previous is not None else 0,
-        note_chars=note_chars if note_chars is not None else previous.note_chars if previous is not None else 0,
+        heads=heads if heads is not None else previous.heads if previous is not None else WHOLE_NOTES,
     )
 
 
@@ -88,8 +86,8 @@ def version_grounding(
         raise ModelError(f"{info.name} answers from notes, but dataset {digest} is not in the store; /retrain or roll back")
     calibration = Calibration.from_meta(info.meta.get("calibration")).overridden(min_score, decline_confidence, offtopic_margin)
     # a version from before note heads read whole notes, one from before NOTE_CHARS heads of whole words
-    heads = {"note_words": int(meta.get("note_words", 0)), "note_chars": int(meta.get("note_chars", 0))}
-    grounding = dataset_grounding(store, digest, int(meta["notes"]), str(meta["decline"]), calibration=calibration, **heads)
+    heads = HeadRule.from_meta(meta)
+    grounding = dataset_grounding(store, digest, int(meta["notes"]), str(meta["decline"]), calibration=calibration, heads=heads)
     learnt = store.datasets_dir / f"{info.meta['dataset']['hash']}.json"
     if learnt.is_file():  # the answers it was fine-tuned on: among those it chooses (engine.grounding.Grounding.learnt)
         grounding.learnt = learnt_answers(read_stored(learnt))  # stored: checked when trained, with the base's rules

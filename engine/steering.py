@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from transformers import LogitsProcessor
 
-from engine.textformat import format_answer
+from engine.textformat import WHOLE_NOTES, HeadRule, format_answer
 
 # A grounded model learnt to answer by copying a note whole. Once an answer has copied this many tokens of one note, and
 # matches no other, it is that note: decoding stops and the note is the answer. Measured on the pebble FAQ (bundled
@@ -33,12 +33,10 @@ class NoteSnap:
         tokenizer: Any,
         notes: list[list[str]],
         ids_of: Callable[[str], list[int]] | None = None,
-        note_words: int = 0,
-        note_chars: int = 0,
+        heads: HeadRule = WHOLE_NOTES,
     ) -> None:
         self.ids_of = ids_of or (lambda note: answer_ids(tokenizer, note))  # a note's token ids as an answer
-        self.note_words = note_words  # a model that learnt note heads (engine.textformat.NOTE_WORDS) copies heads
-        self.note_chars = note_chars
+        self.heads = heads  # a model that learnt note heads (engine.textformat.HEADS) copies heads
         self.rows: dict[Any, list[tuple[str, list[int]]]] = {row: self.note_ids(each) for row, each in enumerate(notes)}
 
     def note_ids(self, notes: list[str]) -> list[tuple[str, list[int]]]:
@@ -58,9 +56,8 @@ class NoteSnap:
         (or that note's old version: the answer it learnt before an admin changed it, measured by bench/forget.py)
         is that note."""
         from engine.evaluate import token_f1
-        from engine.textformat import note_head
 
-        heads = [(note, note_head(note, self.note_words, self.note_chars)) for note, _ in self.rows[row]]
+        heads = [(note, self.heads.head(note)) for note, _ in self.rows[row]]
         scored = [(max(token_f1(text, note), token_f1(text, head)), note) for note, head in heads]
         best = max(scored, default=(0.0, None))
         return best[1] if best[0] >= CLOSE_NOTE else None

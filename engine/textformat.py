@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 STOP_TEXT = "\nQuestion:"
@@ -95,39 +96,58 @@ def version_counter(folder: Path) -> tuple[Callable[[str, str], int], int, list[
     return count, limit, specials
 
 
-def note_head(note: str, note_words: int = 0, note_chars: int = 0) -> str:
-    """A note's first `note_words` words (whitespace folded), then as many of those as fit in `note_chars` characters
-    (at least one word); the whole note for 0 words. 0 characters: no cap (versions from before NOTE_CHARS)."""
-    kept = note.split()
-    if not note_words:
+@dataclass(frozen=True)
+class HeadRule:
+    """How much of a note a grounded prompt shows, and of its own answer a grounded model learns: the note's first
+    `words` words (whitespace folded), then as many of those as fit in `chars` characters (whole words, at least one).
+    0 words: whole notes (versions from before note heads); 0 characters: no cap (versions from before NOTE_CHARS).
+    A version stores its rule (`meta()`) and answers by the one it learnt."""
+
+    words: int = 0
+    chars: int = 0
+
+    def head(self, note: str) -> str:
+        kept = note.split()
+        if not self.words:
+            return " ".join(kept)
+        kept = kept[: self.words]
+        if self.chars and kept:  # a blank note has no first word
+            length = len(kept[0])
+            for count, word in enumerate(kept[1:], start=1):
+                length += 1 + len(word)
+                if length > self.chars:
+                    kept = kept[:count]
+                    break
         return " ".join(kept)
-    kept = kept[:note_words]
-    if note_chars and kept:  # a blank note has no first word
-        length = len(kept[0])
-        for count, word in enumerate(kept[1:], start=1):
-            length += 1 + len(word)
-            if length > note_chars:
-                kept = kept[:count]
-                break
-    return " ".join(kept)
+
+    def meta(self) -> dict[str, int]:
+        """The rule as a version's `grounding` meta stores it."""
+        return {"note_words": self.words, "note_chars": self.chars}
+
+    @classmethod
+    def from_meta(cls, grounding: dict) -> HeadRule:
+        """A version's rule; keys an older version lacks read 0 (whole notes, or heads of whole words)."""
+        return cls(int(grounding.get("note_words", 0)), int(grounding.get("note_chars", 0)))
 
 
-def format_grounded(question: str, notes: list[str], note_words: int = 0, note_chars: int = 0) -> str:
+WHOLE_NOTES = HeadRule()
+HEADS = HeadRule(NOTE_WORDS, NOTE_CHARS)  # what a version learns by default
+
+
+def format_grounded(question: str, notes: list[str], heads: HeadRule = WHOLE_NOTES) -> str:
     """Notes (each cut to its head: see NOTE_WORDS), then the question, in the `Question: ...\\nAnswer:` format the
     model continues."""
-    lines = "".join(f"{NOTE_PREFIX}{note_head(note, note_words, note_chars)}\n" for note in notes)
+    lines = "".join(f"{NOTE_PREFIX}{heads.head(note)}\n" for note in notes)
     return f"{lines}Question: {question.strip()}\nAnswer:"
 
 
-def fitted_notes(
-    question: str, notes: list[str], fits=lambda prompt: True, note_words: int = 0, note_chars: int = 0
-) -> list[str]:
+def fitted_notes(question: str, notes: list[str], fits=lambda prompt: True, heads: HeadRule = WHOLE_NOTES) -> list[str]:
     """The notes a grounded prompt shows: `notes` (farthest first) less the farthest ones, dropped until `fits(prompt)`."""
-    while notes and not fits(format_grounded(question, notes, note_words, note_chars)):
+    while notes and not fits(format_grounded(question, notes, heads)):
         notes = notes[1:]
     return notes
 
 
-def fitted_prompt(question: str, notes: list[str], fits=lambda prompt: True, note_words: int = 0, note_chars: int = 0) -> str:
+def fitted_prompt(question: str, notes: list[str], fits=lambda prompt: True, heads: HeadRule = WHOLE_NOTES) -> str:
     """The grounded prompt, its farthest notes (the first ones) dropped until `fits(prompt)`."""
-    return format_grounded(question, fitted_notes(question, notes, fits, note_words, note_chars), note_words, note_chars)
+    return format_grounded(question, fitted_notes(question, notes, fits, heads), heads)

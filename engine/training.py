@@ -25,7 +25,7 @@ from engine.formatting import (
     tokenize_pair,
 )
 from engine.models import blocks, context_length, train_top_layers
-from engine.textformat import FALLBACK_BUDGET, NOTE_CHARS, NOTE_WORDS, answer_budget, note_head
+from engine.textformat import FALLBACK_BUDGET, NOTE_CHARS, NOTE_WORDS, HeadRule, answer_budget
 from qabot.dataset import QAPair
 from qabot.heldout import HeldoutItem
 
@@ -135,6 +135,11 @@ class TrainConfig:
         if not 0 < self.trained_share <= 1:
             raise ValueError("trained_share must be in (0, 1]; 1 trains every weight")
 
+    @property
+    def heads(self) -> HeadRule:
+        """The note heads a grounded version learns (note_words and note_chars: separate settings of the CLI)."""
+        return HeadRule(self.note_words, self.note_chars)
+
 
 @dataclass
 class TrainResult:
@@ -155,14 +160,14 @@ def eval_count(config: TrainConfig, budget: int) -> int:
     return min(config.eval_questions, max(EVAL_MIN_QUESTIONS, scaled))
 
 
-def whole_answer_tokens(learnt: int, tokenizer: Any, pairs: list[QAPair], note_words: int, note_chars: int = 0) -> int:
+def whole_answer_tokens(learnt: int, tokenizer: Any, pairs: list[QAPair], heads: HeadRule) -> int:
     """Answer tokens an epoch of grounded examples counts toward the minimum: what it learns, with each pair's one
     positive counted as its whole answer rather than the head it learns (see WHOLE_ANSWERS), so that the epochs do not
     depend on the heads' length."""
-    if not note_words:
+    if not heads.words:
         return learnt
-    heads = answer_lengths(tokenizer, (note_head(p.response, note_words, note_chars) for p in pairs))
-    return learnt + sum(answer_lengths(tokenizer, (p.response for p in pairs))) - sum(heads)
+    learnt_heads = answer_lengths(tokenizer, (heads.head(p.response) for p in pairs))
+    return learnt + sum(answer_lengths(tokenizer, (p.response for p in pairs))) - sum(learnt_heads)
 
 
 def recall_sample(pairs: list[QAPair], config: TrainConfig, count: int | None = None) -> list[QAPair]:
@@ -228,7 +233,7 @@ def fine_tune(
     per_epoch = math.ceil(len(features) / (config.batch_size * config.gradient_accumulation))
     learnt = sum(label != IGNORE_INDEX for f in features for label in f["labels"])  # answer tokens per epoch
     if examples is not None:
-        learnt = whole_answer_tokens(learnt, tokenizer, pairs, config.note_words, config.note_chars)
+        learnt = whole_answer_tokens(learnt, tokenizer, pairs, config.heads)
     if config.min_answer_tokens and learnt * config.epochs < config.min_answer_tokens:
         config = replace(config, epochs=float(math.ceil(config.min_answer_tokens / max(learnt, 1))))
         logger.info("%d answer tokens an epoch: %s epochs, to learn %d at least", learnt, config.epochs, config.min_answer_tokens)

@@ -7,7 +7,7 @@ import pytest
 from engine.grounding import DECLINE, build_examples
 from engine.offtopic import OFF_TOPIC
 from engine.retrieval import Embedder, PairIndex
-from engine.textformat import NOTE_CHARS, NOTE_PREFIX, NOTE_WORDS, format_grounded, note_head
+from engine.textformat import HEADS, NOTE_CHARS, NOTE_PREFIX, NOTE_WORDS, HeadRule, format_grounded
 from qabot.dataset import QAPair, read_dataset
 from tests.conftest import DATA_DIR, TINY_PAIRS, write_pairs
 
@@ -31,7 +31,7 @@ def test_long_answers_are_learnt_and_shown_by_their_heads(embedder):
     pairs = read_dataset(DATA_DIR / "faq.json")
     index = PairIndex.build(pairs, embedder)
     whole = build_examples(pairs, index, embedder, notes=3, seed=1)
-    heads = build_examples(pairs, index, embedder, notes=3, seed=1, note_words=NOTE_WORDS, note_chars=NOTE_CHARS)
+    heads = build_examples(pairs, index, embedder, notes=3, seed=1, heads=HEADS)
     assert [question_of(p) for p, _ in heads] == [question_of(p) for p, _ in whole]  # the same examples, shorter
     shown = [note for prompt, _ in heads for note in notes_of(prompt)] + [a for _, a in heads]
     assert all(len(note.split()) <= NOTE_WORDS for note in shown)
@@ -45,20 +45,22 @@ def test_a_note_head_is_the_notes_first_words_within_its_characters():
     """Links and Markdown cost several tokens a word: a head stops at NOTE_CHARS characters, so that a FAQ's heads
     cost about what prose heads cost. A head is always the note's first words, at least one."""
     link = "See https://pebble.example.org/docs/install/linux#from-source for the steps, then run `pebble serve`."
-    head = note_head(link, NOTE_WORDS, NOTE_CHARS)
+    head = HEADS.head(link)
     assert head == "See https://pebble.example.org/docs/install/linux#from-source" and len(head) <= NOTE_CHARS
-    assert note_head(link, NOTE_WORDS) == " ".join(link.split()[:NOTE_WORDS])  # a version from before the cap
-    assert note_head("x" * 100 + " and more", NOTE_WORDS, NOTE_CHARS) == "x" * 100
+    words = HeadRule(NOTE_WORDS)  # a version from before the cap
+    assert words.head(link) == " ".join(link.split()[:NOTE_WORDS])
+    assert HEADS.head("x" * 100 + " and more") == "x" * 100
     short = "Elara guards the Luminary Stone."
-    assert note_head(short, NOTE_WORDS, NOTE_CHARS) == short == note_head(short)
+    assert HEADS.head(short) == short == HeadRule().head(short)
+    assert HEADS.head(" \n ") == ""  # a blank note has an empty head
     faq = [p.response for p in read_dataset(DATA_DIR / "faq.json")]
     sample = [p.response for p in read_dataset(DATA_DIR / "sample.json")]
 
-    def mean_chars(notes: list[str], **cap) -> float:
-        return sum(len(note_head(n, NOTE_WORDS, **cap)) for n in notes) / len(notes)
+    def mean_chars(notes: list[str], rule: HeadRule) -> float:
+        return sum(len(rule.head(n)) for n in notes) / len(notes)
 
-    assert mean_chars(faq) > 1.3 * mean_chars(sample)  # heads of words: the FAQ's cost far more
-    assert mean_chars(faq, note_chars=NOTE_CHARS) < 1.15 * mean_chars(sample, note_chars=NOTE_CHARS)
+    assert mean_chars(faq, words) > 1.3 * mean_chars(sample, words)  # heads of words: the FAQ's cost far more
+    assert mean_chars(faq, HEADS) < 1.15 * mean_chars(sample, HEADS)
 
 
 def test_examples_hold_the_answer_at_varying_places_and_negatives_teach_the_decline(embedder):
@@ -114,10 +116,10 @@ def test_a_grounded_model_answers_with_sources_and_declines_and_its_notes_follow
     assert version_grounding(store, store.current()).min_score == pytest.approx(calibration["min_score"], abs=1e-4)
     overridden = version_grounding(store, store.current(), min_score=0.42, decline_confidence=0.9)  # the settings win
     assert (overridden.min_score, overridden.decline_confidence) == (0.42, 0.9)
-    assert (overridden.note_words, overridden.note_chars) == (NOTE_WORDS, NOTE_CHARS)  # its heads, as it learnt them
+    assert overridden.heads == HEADS  # its heads, as it learnt them
     older = store.current()
     del older.meta["grounding"]["note_chars"]  # a version from before NOTE_CHARS learnt heads of whole words
-    assert (version_grounding(store, older).note_words, version_grounding(store, older).note_chars) == (NOTE_WORDS, 0)
+    assert version_grounding(store, older).heads == HeadRule(NOTE_WORDS)
     settings = make_settings(tmp_path / "home", redis_url, max_new_tokens=24)
     client, worker = QueueClient(settings), make_worker(settings)
     known, absent = client.enqueue_answer(TINY_PAIRS[0].prompt), client.enqueue_answer("Who rules the kingdom of Zarnak?")
@@ -394,7 +396,7 @@ def test_each_question_is_tokenised_once_and_its_prompt_gets_the_ids_of_the_whol
 
     loaded = load_model(str(tiny_model), device="cpu")
     pairs = read_dataset(DATA_DIR / "faq.json")
-    grounding = Grounding(PairIndex.build(pairs, embedder), embedder, min_score=0.0, note_words=NOTE_WORDS)
+    grounding = Grounding(PairIndex.build(pairs, embedder), embedder, min_score=0.0, heads=HeadRule(NOTE_WORDS))
     answerer = Answerer(loaded.model, loaded.tokenizer, max_new_tokens=4, grounding=grounding)
     seen: list[str] = []
 
@@ -462,7 +464,7 @@ def test_a_grounded_fine_tunes_held_out_loss_is_the_loss_of_what_it_learnt_given
     grounding = version_grounding(store, info)
     held = read_heldout(tiny_heldout)
     prompts, _, _ = grounding.prompts([h.question for h in held])
-    heads = [note_head(h.answer, grounding.note_words, grounding.note_chars) for h in held]
+    heads = [grounding.heads.head(h.answer) for h in held]
     learnt = list(zip(prompts, heads, strict=True))
     limit = context_length(loaded.model.config)
     assert logged[0] == pytest.approx(examples_loss(loaded.model, loaded.tokenizer, learnt, max_length=limit), abs=1e-3)

@@ -167,7 +167,7 @@ def test_long_answers_shown_by_their_heads_train_no_more_epochs_than_their_whole
     """Grounded defaults give a small dataset more epochs until it has learnt enough answer tokens; each pair's answer
     counts whole, though the model learns only its head: long answers cut to heads are no reason to train longer."""
     from engine.models import load_model
-    from engine.textformat import NOTE_CHARS, NOTE_WORDS, format_grounded, note_head
+    from engine.textformat import HEADS, format_grounded
     from engine.training import GROUNDED_EPOCHS, GROUNDED_MIN_ANSWER_TOKENS, fine_tune
     from qabot.dataset import QAPair
 
@@ -176,8 +176,7 @@ def test_long_answers_shown_by_their_heads_train_no_more_epochs_than_their_whole
     long = " ".join(["the tower was built of stone and glass by the river"] * 12)  # well past NOTE_WORDS
     tokens = len(tokenizer(long, add_special_tokens=False)["input_ids"])
     pairs = [QAPair(f"What is tower {i}?", f"Tower {i}: {long}") for i in range(GROUNDED_MIN_ANSWER_TOKENS // tokens + 1)]
-    heads = {"note_words": NOTE_WORDS, "note_chars": NOTE_CHARS}
-    examples = [(format_grounded(p.prompt, [p.response], **heads), note_head(p.response, **heads)) for p in pairs]
+    examples = [(format_grounded(p.prompt, [p.response], HEADS), HEADS.head(p.response)) for p in pairs]
     config = TrainConfig(batch_size=64, checkpoints=False, eval_questions=0)
     _, result = fine_tune(loaded.model, tokenizer, pairs, config=config, run_dir=tmp_path, examples=examples)
     assert result.epochs_run == GROUNDED_EPOCHS  # the heads alone would have asked for several times more
@@ -191,7 +190,7 @@ def test_the_epochs_of_a_grounded_fine_tune_do_not_depend_on_how_long_the_heads_
     the whole answers alone gave them one more epoch, which the sample then spent for nothing)."""
     from engine.grounding import DECLINE
     from engine.models import load_model
-    from engine.textformat import format_grounded, note_head
+    from engine.textformat import HeadRule, format_grounded
     from engine.training import GROUNDED_EPOCHS, GROUNDED_MIN_ANSWER_TOKENS, fine_tune
     from qabot.dataset import QAPair
 
@@ -202,17 +201,18 @@ def test_the_epochs_of_a_grounded_fine_tune_do_not_depend_on_how_long_the_heads_
         return len(tokenizer(text, add_special_tokens=False)["input_ids"]) + 1  # and the end of text
 
     words = 4
+    rule = HeadRule(words)
     answer = "the tower was built of stone and glass by the river in the old town"
     per_epoch = GROUNDED_MIN_ANSWER_TOKENS // GROUNDED_EPOCHS
     pairs, whole = [], 0
     while whole + count(f"Tower {len(pairs)}: {answer}") < per_epoch:
         pairs.append(QAPair(f"What is tower {len(pairs)}?", f"Tower {len(pairs)}: {answer}"))
         whole += count(pairs[-1].response)
-    examples = [(format_grounded(p.prompt, [p.response], words), note_head(p.response, words)) for p in pairs]
-    declines = [(format_grounded(f"What is hill {i}?", [pairs[0].response], words), DECLINE) for i in range(40)]
+    examples = [(format_grounded(p.prompt, [p.response], rule), rule.head(p.response)) for p in pairs]
+    declines = [(format_grounded(f"What is hill {i}?", [pairs[0].response], rule), DECLINE) for i in range(40)]
     examples += declines[: (per_epoch - whole) // count(DECLINE) + 1]
     learnt = sum(count(a) for _, a in examples)
-    assert whole < per_epoch <= whole + learnt - sum(count(note_head(p.response, words)) for p in pairs)
+    assert whole < per_epoch <= whole + learnt - sum(count(rule.head(p.response)) for p in pairs)
     assert learnt < per_epoch  # the heads with the declines: on their own, also short of the minimum
     config = TrainConfig(batch_size=64, checkpoints=False, eval_questions=0, note_words=words)
     _, result = fine_tune(loaded.model, tokenizer, pairs, config=config, run_dir=tmp_path, examples=examples)
