@@ -286,7 +286,9 @@ def test_a_model_whose_forward_lacks_logits_to_keep_still_fine_tunes_on_its_own_
 def test_a_small_datasets_batches_hold_examples_of_about_the_same_length(tiny_gpt2, tmp_path):
     """transformers groups examples by length only within a quarter of the data: a small dataset's batches mixed
     lengths (the pebble FAQ's fine-tune padded 15.5% of its tokens). Each epoch takes every example once, in batches
-    of about the same length, the longest first; another epoch groups them otherwise, the same epoch alike (resuming)."""
+    of about the same length, the longest first; another epoch groups them otherwise (the same batches every epoch
+    trained worse), the same epoch alike (resuming)."""
+    import itertools
     import random
 
     import torch
@@ -310,13 +312,14 @@ def test_a_small_datasets_batches_hold_examples_of_about_the_same_length(tiny_gp
         batches = list(sampler)
         assert sorted(i for b in batches for i in b) == list(range(89)) and len(batches) == len(sampler) == 12
         assert max(lengths[i] for i in batches[0]) == max(lengths)
-        assert padding(batches) < 0.08
+        assert padding(batches) < 0.15
         epochs.append(batches)
-    assert epochs[0] != epochs[1]
+    together = [{frozenset(two) for b in batches for two in itertools.combinations(b, 2)} for batches in epochs]
+    assert len(together[0] & together[1]) < 0.35 * len(together[0])  # most examples meet others than last epoch
     sampler.set_epoch(0)
     assert list(sampler) == epochs[0]
     theirs = list(LengthGroupedSampler(8, lengths=lengths, generator=torch.Generator().manual_seed(1)))
-    assert padding([theirs[i : i + 8] for i in range(0, 89, 8)]) > 3 * padding(epochs[0])  # 24% against 5%
+    assert padding([theirs[i : i + 8] for i in range(0, 89, 8)]) > 1.6 * padding(epochs[0])  # 24% against 12%
 
     loaded = load_model(str(tiny_gpt2), device="cpu")
     features = [{"input_ids": [5] * n, "attention_mask": [1] * n, "labels": [5] * n} for n in lengths]
