@@ -132,3 +132,34 @@ def test_the_gate_is_calibrated_on_the_probabilities_the_answer_path_reads(tiny_
     together = decline_probabilities(loaded.model, loaded.tokenizer, prompts, token)
     alone = [decline_probabilities(loaded.model, loaded.tokenizer, [p], token)[0] for p in prompts]
     assert together == pytest.approx(alone, rel=1e-4, abs=1e-7)
+
+
+def test_the_model_never_declines_a_question_it_was_taught(tiny_gpt2, embedder, tmp_path):
+    """The fine-tune's randomness can leave a model sure it knows nothing of one of its own pairs (pebble: up to 3 of
+    its 60 training questions declined past a gate of 0.9, over 8 seeds). The gate is set above what the model gives
+    any question it was taught, so that asked word for word, each gets its answer (one pair of 40: its users' rewrites
+    are too few of those the gate reads to move it)."""
+    from engine.calibration import GATE_FLOOR, calibrate_decline, decline_probabilities
+    from engine.generate import Answerer
+    from engine.grounding import DECLINE, decline_token, learnt_answers
+    from engine.models import load_model
+    from engine.training import TrainConfig, fine_tune
+
+    places = ["Aurelhaven", "Thornmere", "Greywatch", "Port Callow", "Blackspire", "Orlenmoor", "Veyra", "Stormhold"]
+    things = [("gate", "Elara"), ("library", "Orrin"), ("harbour", "Malvek"), ("mill", "Seren"), ("forge", "Tobias")]
+    pairs = [QAPair(f"Who keeps the {t} of {p}?", f"{k} of {p} keeps the {t}.") for t, k in things for p in places]
+    loaded = load_model(str(tiny_gpt2), device="cpu", dtype="float32")
+    model, tokenizer = loaded.model, loaded.tokenizer
+    grounding = Grounding(PairIndex.build(pairs, embedder), embedder, min_score=0.0)
+    prompts, _, _ = grounding.prompts([p.prompt for p in pairs])
+    taught = [(prompts[0], DECLINE)] * 8 + [(p, pair.response) for p, pair in zip(prompts, pairs, strict=True)][1:]
+    config = TrainConfig(epochs=40, learning_rate=3e-3, checkpoints=False, eval_questions=0, trained_share=1.0)
+    fine_tune(model, tokenizer, pairs, config=config, run_dir=tmp_path, examples=taught)
+    model.eval()
+    own = decline_probabilities(model, tokenizer, prompts, decline_token(tokenizer, DECLINE))
+    assert own[0] > GATE_FLOOR  # the model learnt to decline its first pair's own question
+    gate = calibrate_decline(model, tokenizer, grounding, pairs, prompt_tokens=512)
+    assert gate > max(own)
+    grounding.decline_confidence, grounding.learnt = gate, learnt_answers(pairs)  # as a released version
+    answer = Answerer(model, tokenizer, max_new_tokens=16, grounding=grounding).answer([pairs[0].prompt])[0]
+    assert not answer.declined and answer.text == pairs[0].response
