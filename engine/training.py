@@ -7,14 +7,12 @@ import math
 import random
 import time
 from dataclasses import dataclass, field, replace
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import PrinterCallback, Trainer, TrainingArguments, set_seed
 
-from engine.batches import GroupedTrainer, LengthBatches
 from engine.callbacks import AccuracyCallback, CheckpointCallback, Progress, ProgressCallback, ProgressFn
 from engine.formatting import (
     IGNORE_INDEX,
@@ -195,7 +193,7 @@ def _training_args(config: TrainConfig, output_dir: Path, steps: int, device: to
         eval_strategy="no",
         report_to="none",
         disable_tqdm=True,
-        train_sampling_strategy="random",  # or engine.batches when grouped by length
+        train_sampling_strategy="group_by_length" if config.group_by_length else "random",
         remove_unused_columns=False,
         use_cpu=device.type == "cpu",
         bf16=bf16,
@@ -260,11 +258,7 @@ def fine_tune(
     heldout = random.Random(config.seed).sample(heldout, asked) if heldout and len(heldout) > asked else heldout or []
     accuracy = AccuracyCallback(tokenizer, recall_sample(pairs, config, asked), heldout, config, report, grounding, budget)
     steps = per_epoch * math.ceil(config.epochs)
-    make: Any = Trainer
-    if config.group_by_length:  # whatever the dataset's size (engine.batches)
-        lengths = [len(f["input_ids"]) for f in features]
-        make = partial(GroupedTrainer, batches=LengthBatches(lengths, config.batch_size, config.seed))
-    trainer = make(
+    trainer = Trainer(
         model=model,
         args=_training_args(config, run_dir / "checkpoints", steps, device),
         train_dataset=features,
