@@ -78,9 +78,11 @@ class DatasetVersions:
         stored = self.datasets_dir / f"{reference}.json"
         return stored if stored.is_file() else Path(reference)
 
-    def index_path(self, digest: str) -> Path:
-        """Where the retrieval index of a stored dataset version lives (beside it)."""
-        return self.datasets_dir / f"{digest}.index.safetensors"
+    def index_path(self, digest: str, embedder: str) -> Path:
+        """Where the retrieval index of a stored dataset version made by `embedder` lives (beside it; MiniLM's keeps
+        the name it had before there was a choice)."""
+        embedder = "" if embedder == "minilm" else f".{embedder}"
+        return self.datasets_dir / f"{digest}{embedder}.index.safetensors"
 
     def current_pairs(self) -> list[QAPair]:
         """The pairs of the current dataset (empty when there is none yet)."""

@@ -97,7 +97,7 @@ def validate_upload(data: bytes, filename: str, base: Base, max_bytes: int) -> t
 def _run_name(digest: str, request: TrainRequest) -> str:
     config = asdict(request.config)
     if not request.config.grounded:  # plain runs keep the names they had before grounding existed (--resume)
-        for name in ("grounded", "notes", "negative_share", "note_words", "note_chars"):
+        for name in ("grounded", "notes", "negative_share", "note_words", "note_chars", "embedder"):
             config.pop(name)
         if config["trained_share"] == 1:
             config.pop("trained_share")
@@ -126,7 +126,9 @@ def train_version(
     examples, grounding, calibration = None, None, None
     if request.config.grounded:
         report(Progress("indexing the dataset"))
-        grounding = dataset_grounding(store, digest, request.config.notes, heads=request.config.heads)
+        grounding = dataset_grounding(
+            store, digest, request.config.notes, heads=request.config.heads, embedder=request.config.embedder
+        )
         report(Progress("calibrating declines"))
         calibration = calibrate(pairs, grounding.index, grounding.embedder, seed=request.config.seed)
         # The fine-tune's own evaluation answers as the version will: the same floor and off-topic rule, the lowest
@@ -195,6 +197,7 @@ def train_version(
                 "grounding": {
                     "notes": request.config.notes,
                     "decline": DECLINE,
+                    "embedder": request.config.embedder,
                     **request.config.heads.meta(),
                 }
                 if grounding

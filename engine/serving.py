@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from engine.calibration import Calibration
+from engine.embedders import DEFAULT_EMBEDDER, LEGACY_EMBEDDER
 from engine.formatting import longest_answer
 from engine.generate import Answerer
 from engine.grounding import DECLINE, Grounding, learnt_answers
 from engine.models import LoadedModel, context_length, load_model
-from engine.retrieval import Embedder, ensure_index
+from engine.retrieval import ensure_index, shared_embedder
 from engine.textformat import FALLBACK_BUDGET, WHOLE_NOTES, HeadRule, answer_budget
 from engine.versions import ModelStore, VersionInfo, read_stored
 from qabot.dataset import QAPair
@@ -38,13 +39,17 @@ def dataset_grounding(
     previous: Grounding | None = None,
     calibration: Calibration | None = None,
     heads: HeadRule | None = None,
+    embedder: str | None = None,
 ) -> Grounding:
-    """Notes from stored dataset `digest` (its index loaded, or built and saved beside it, reusing `previous`).
+    """Notes from stored dataset `digest` (its index by `embedder` loaded, or built and saved beside it, reusing
+    `previous`'s rows where it has the same embedder).
 
     The thresholds are `calibration`'s, else `previous`'s (the notes changed, the version did not), else the defaults.
     """
-    embedder = previous.embedder if previous is not None else Embedder()
-    index = ensure_index(store, digest, embedder, previous.index if previous is not None else None)
+    name = embedder or (previous.embedder.name if previous is not None else DEFAULT_EMBEDDER)
+    same = previous is not None and previous.embedder.name == name
+    found = previous.embedder if same else shared_embedder(name)
+    index = ensure_index(store, digest, found, previous.index if same else None)
     if calibration is None and previous is not None:
         calibration = Calibration(
             min_score=previous.min_score,
@@ -54,7 +59,7 @@ def dataset_grounding(
     calibration = calibration or Calibration()
     return Grounding(
         index,
-        embedder,
+        found,
         notes=notes,
         decline=decline,
         min_score=calibration.min_score,
@@ -87,7 +92,11 @@ def version_grounding(
     calibration = Calibration.from_meta(info.meta.get("calibration")).overridden(min_score, decline_confidence, offtopic_margin)
     # a version from before note heads read whole notes, one from before NOTE_CHARS heads of whole words
     heads = HeadRule.from_meta(meta)
-    grounding = dataset_grounding(store, digest, int(meta["notes"]), str(meta["decline"]), calibration=calibration, heads=heads)
+    # the embedder its notes were retrieved and its floor calibrated with (engine.embedders); older versions: MiniLM
+    embedder = str(meta.get("embedder") or LEGACY_EMBEDDER)
+    grounding = dataset_grounding(
+        store, digest, int(meta["notes"]), str(meta["decline"]), calibration=calibration, heads=heads, embedder=embedder
+    )
     learnt = store.datasets_dir / f"{info.meta['dataset']['hash']}.json"
     if learnt.is_file():  # the answers it was fine-tuned on: among those it chooses (engine.grounding.Grounding.learnt)
         grounding.learnt = learnt_answers(read_stored(learnt))  # stored: checked when trained, with the base's rules

@@ -245,7 +245,8 @@ class ModelStore(DatasetVersions):
                 for path in self.datasets_dir.glob("*.json"):  # dataset versions only: named by their hex hash
                     if path.stem not in named and path.stem != current and _is_digest(path.stem):
                         path.unlink(missing_ok=True)
-                        self.index_path(path.stem).unlink(missing_ok=True)
+                        for index in self.datasets_dir.glob(f"{path.stem}.*index.safetensors"):  # each embedder's
+                            index.unlink(missing_ok=True)
                         removed.append(f"datasets/{path.name}")
         if removed:
             logger.info("retention removed %s", ", ".join(removed))

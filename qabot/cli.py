@@ -128,6 +128,7 @@ def train(
     overrides = {"epochs": epochs, "learning_rate": lr, "batch_size": batch_size, "max_length": max_length, "seed": seed}
     overrides["trained_share"] = trained_share
     grounded = settings.grounded if grounded is None else grounded
+    overrides["embedder"] = settings.embedder
     config = TrainConfig(lora=lora, grounded=grounded, **{k: v for k, v in overrides.items() if v is not None})
     data_path, edits_from = data, None
     if data_path is None:  # the dataset admins built (/addqa, uploads) if there is one; the sample is only a demo
@@ -167,7 +168,7 @@ def chat(version: Annotated[str | None, typer.Option(help="Model version (defaul
         console.print(f"No fine-tuned model yet: training one on {data.name} first (a few minutes on a CPU).")
         # No epoch checkpoints here: they write ~1.6 GB per epoch for the bundled model, and a first
         # run that is interrupted simply starts again (`qabot train --resume` is the resumable path).
-        config = TrainConfig(checkpoints=False, grounded=settings.grounded)
+        config = TrainConfig(checkpoints=False, grounded=settings.grounded, embedder=settings.embedder)
         request = TrainRequest(settings.base_model, config, eval_data, source=data.name)
         _print_outcome(_train_with_bar(settings, data, request))
     answerer, info = _load_answerer(settings, version)

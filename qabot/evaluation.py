@@ -67,6 +67,7 @@ def _thresholds(answerer: Any, info: Any) -> str:
     if grounding is not None:
         names, kinds = grounding.rules_that_hold()
         parts += [
+            f"notes by {grounding.embedder.name}",
             f"floor {grounding.min_score:.3f}",
             f"decline confidence {grounding.decline_confidence:.2f}",
             "off-topic margin " + ("off" if grounding.offtopic_margin is None else f"{grounding.offtopic_margin:.3f}"),

@@ -101,6 +101,11 @@ class Settings(BaseSettings):
         description="Fine-tune to answer from notes retrieved from the dataset and to decline when they lack the answer; "
         "false: the plain format (no notes, no declines).",
     )
+    embedder: Literal["mpnet", "minilm"] = Field(
+        default="mpnet",
+        description="Sentence embedder that finds a new grounded version's notes: mpnet (all-mpnet-base-v2, better on "
+        "users' wording) or minilm (all-MiniLM-L6-v2, 5x less compute to index). A version keeps the one it was trained with.",
+    )
     train_epochs: float | None = Field(default=None, gt=0, description="Epochs for queued fine-tunes (default: TrainConfig's).")
     train_learning_rate: float | None = Field(default=None, gt=0, le=1, description="Learning rate for queued fine-tunes.")
     train_batch_size: int | None = Field(default=None, ge=1, description="Batch size for queued fine-tunes.")

@@ -15,7 +15,7 @@ from tests.conftest import DATA_DIR
 
 @pytest.fixture(scope="module")
 def embedder() -> Embedder:
-    return Embedder()
+    return Embedder("minilm")  # the lighter of the two (engine.embedders); what is tested here holds for both
 
 
 @pytest.fixture(scope="module")

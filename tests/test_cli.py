@@ -47,6 +47,7 @@ def test_train_ask_eval_and_models(env):
     evaluation = qabot(env, "eval", "-v")
     assert evaluation.exit_code == 0
     assert "v0001 training:" in evaluation.output and "v0001 heldout:" in evaluation.output
+    assert "notes by mpnet" in evaluation.output  # the default embedder (engine.embedders)
     assert TINY_PAIRS[1].response in evaluation.output
     training_line = next(line for line in evaluation.output.splitlines() if line.startswith("v0001 training:"))
     right = int(training_line.split("(")[1].split("/")[0])
@@ -65,6 +66,14 @@ def test_train_ask_eval_and_models(env):
     forced = qabot(env, "train", *TRAIN_ARGS, "--epochs", "1", "--lr", "1e-6", "--force")
     assert "v0004 now live" in forced.output and "forced" in forced.output
     assert qabot(env, "models", "rollback").output.strip() == ROLLED_BACK
+
+
+def test_the_embedder_setting_chooses_a_new_versions_embedder_and_the_version_keeps_it(env):
+    trained = qabot({**env, "QABOT_EMBEDDER": "minilm"}, "train", *TRAIN_ARGS)
+    assert trained.exit_code == 0, trained.output
+    evaluation = qabot(env, "eval", "-v").output  # the setting back at its default: the version answers as it was trained
+    assert "notes by minilm" in evaluation and "v0001 training:" in evaluation
+    assert qabot(env, "ask", TINY_PAIRS[0].prompt).output.strip() == TINY_PAIRS[0].response
 
 
 ROLLED_BACK = f"Rolled back: v0001 is now live, with its own dataset ({len(TINY_PAIRS)} pairs)."

@@ -14,7 +14,7 @@ from tests.conftest import DATA_DIR, TINY_PAIRS, write_pairs
 
 @pytest.fixture(scope="module")
 def embedder() -> Embedder:
-    return Embedder()
+    return Embedder("minilm")  # the lighter of the two (engine.embedders); what is tested here holds for both
 
 
 def notes_of(prompt: str) -> list[str]:
@@ -107,7 +107,7 @@ def test_a_grounded_model_answers_with_sources_and_declines_and_its_notes_follow
 
     store = ModelStore(tmp_path / "home" / "models")
     release_tiny(store, write_pairs(tmp_path / "tiny.json", TINY_PAIRS), tiny_gpt2, tmp_path / "cache", grounded=True, epochs=60)
-    grounding = {"notes": 3, "decline": DECLINE, "note_words": NOTE_WORDS, "note_chars": NOTE_CHARS}
+    grounding = {"notes": 3, "decline": DECLINE, "embedder": "mpnet", "note_words": NOTE_WORDS, "note_chars": NOTE_CHARS}
     assert store.current().meta["grounding"] == grounding
     from engine.serving import version_grounding
 
@@ -117,9 +117,13 @@ def test_a_grounded_model_answers_with_sources_and_declines_and_its_notes_follow
     overridden = version_grounding(store, store.current(), min_score=0.42, decline_confidence=0.9)  # the settings win
     assert (overridden.min_score, overridden.decline_confidence) == (0.42, 0.9)
     assert overridden.heads == HEADS  # its heads, as it learnt them
+    assert overridden.embedder.name == "mpnet"  # the default embedder, and the one it was trained and calibrated with
     older = store.current()
     del older.meta["grounding"]["note_chars"]  # a version from before NOTE_CHARS learnt heads of whole words
-    assert version_grounding(store, older).heads == HeadRule(NOTE_WORDS)
+    del older.meta["grounding"]["embedder"]  # and from before the choice of embedder: MiniLM's notes, its own index
+    old = version_grounding(store, older)
+    assert (old.heads, old.embedder.name) == (HeadRule(NOTE_WORDS), "minilm")
+    assert store.index_path(store.current_digest(), "minilm").is_file()
     settings = make_settings(tmp_path / "home", redis_url, max_new_tokens=24)
     client, worker = QueueClient(settings), make_worker(settings)
     known, absent = client.enqueue_answer(TINY_PAIRS[0].prompt), client.enqueue_answer("Who rules the kingdom of Zarnak?")
@@ -135,7 +139,7 @@ def test_a_grounded_model_answers_with_sources_and_declines_and_its_notes_follow
     asked = client.enqueue_answer("Who made the Moon Gate?")
     worker.work(burst=True)
     assert client.wait_answer(asked).details["sources"][0] == new.prompt
-    assert store.index_path(digest).is_file()
+    assert store.index_path(digest, "mpnet").is_file()
     # Answers the version learnt are chosen among its notes; a question whose notes hold a corrected answer is decoded
     # and never gets the old answer from the weights (this tiny model declines it; the bundled one mostly gives the
     # new answer: bench/forget.py).

@@ -193,7 +193,7 @@ def test_a_grounded_candidate_is_also_asked_what_it_must_decline(tiny_gpt2, tiny
     assert len(questions.unknown) == unknown
     assert f"{unknown} to decline, their answer left out of the notes" in questions.describe()
     assert gate_questions(LIVE, LIVE, [], seed=1).unknown == []  # a plain candidate: nothing it could decline
-    embedder = Embedder()
+    embedder = Embedder("minilm")
     same_answer = [QAPair(f"Which warden watches gate {i}?", p.response) for i, p in enumerate(LIVE[:40])]  # reworded
     notes = Grounding(PairIndex.build([*LIVE[:40], *same_answer], embedder), embedder)
     left = without(notes, [r.pair for r in questions.unknown])

@@ -176,12 +176,13 @@ def provenance(store: ModelStore, pairs: list[QAPair]) -> dict[QAPair, dict[str,
 
 def find_pairs(query: str, limit: int = FIND_SHOWN) -> FindResult:
     """/find: the pairs nearest to `query` in the index the answers use, with where each came from."""
-    from worker.lookup import current_index, find
+    from worker.lookup import current_index, find, live_embedder
 
     store = admin_store()
-    index = current_index(store)
+    embedder = live_embedder(store)
+    index = current_index(store, embedder)
     origin = provenance(store, index.pairs) if index is not None else {}
-    found = find(index, query, max(1, min(limit, FIND_MAX)), origin)
+    found = find(index, embedder, query, max(1, min(limit, FIND_MAX)), origin)
     return FindResult(query, found, len(index.pairs) if index is not None else 0, store.current_digest())
 
 

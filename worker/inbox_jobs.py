@@ -45,12 +45,14 @@ def _redis(settings: Settings):
 def _groups(connection, settings: Settings) -> list[InboxItem]:
     """The open questions grouped (worker.lookup: the same question in other words), most asked group first, then the
     most recently asked; each group is its lead item with the others in `also`."""
-    from worker.lookup import current_index, group, same_question_threshold
+    from worker.lookup import current_index, group, live_embedder, same_question_threshold
 
     items, _ = inbox.open_items(connection)
     if not items:
         return []
-    groups = group(items, same_question_threshold(current_index(admin_store(settings))))
+    store = admin_store(settings)
+    embedder = live_embedder(store)
+    groups = group(items, same_question_threshold(current_index(store, embedder)), embedder)
     leads = [replace(g[0], also=tuple(g[1:])) for g in groups]
     leads.sort(key=lambda i: (-(i.asked + i.flagged), -max(m.last_asked for m in (i, *i.also))))
     return leads

@@ -3,7 +3,7 @@
 The admin worker is a SimpleWorker (one process), so the embedder is loaded once, on the first /find or
 /unanswered, and torch is imported only then: the worker starts, and serves /addqa or /status, without it.
 
-Two inbox questions are "the same question in other words" when their embeddings (all-MiniLM-L6-v2, as retrieval
+Two inbox questions are "the same question in other words" when their embeddings (the live version's embedder, as retrieval
 uses) are at least as close as `same_question_threshold`: closer than 99 of 100 pairs of *different* questions in
 the current dataset are to their nearest neighbour, and never below SAME_FLOOR. A community's own questions are
 the best evidence of how close two different questions get ("Who founded X?" and "When was X founded?" are 0.97
@@ -17,7 +17,6 @@ never merged. In other languages the embedding alone decides.
 
 from __future__ import annotations
 
-import functools
 import re
 from typing import TYPE_CHECKING
 
@@ -35,27 +34,33 @@ _VECTORS_KEPT = 5000  # inbox texts whose embeddings stay cached
 QUESTION_WORDS = re.compile(r"\b(who|whom|whose|what|when|where|why|which|how)\b", re.IGNORECASE)
 
 
-@functools.cache
-def embedder() -> Embedder:
-    from engine.retrieval import Embedder
+def live_embedder(store: ModelStore) -> Embedder:
+    """The embedder of the live version's notes (engine.embedders; loaded once per process), so that /find and the
+    inbox's groups rank as its answers do; with no grounded version live, the default."""
+    from engine.embedders import DEFAULT_EMBEDDER, LEGACY_EMBEDDER
+    from engine.retrieval import shared_embedder
 
-    return Embedder()
+    info = store.current()
+    grounding = info.meta.get("grounding") if info is not None else None
+    return shared_embedder(str(grounding.get("embedder") or LEGACY_EMBEDDER) if grounding else DEFAULT_EMBEDDER)
 
 
-def current_index(store: ModelStore) -> PairIndex | None:
+def current_index(store: ModelStore, embedder: Embedder) -> PairIndex | None:
     """The retrieval index of the current dataset, as the answer worker uses it (built and saved if missing)."""
     from engine.retrieval import ensure_index
 
     digest = store.current_digest()
-    return ensure_index(store, digest, embedder()) if digest else None
+    return ensure_index(store, digest, embedder) if digest else None
 
 
-def find(index: PairIndex | None, query: str, limit: int, origin: dict[QAPair, dict[str, str]]) -> tuple[FoundPair, ...]:
+def find(
+    index: PairIndex | None, embedder: Embedder, query: str, limit: int, origin: dict[QAPair, dict[str, str]]
+) -> tuple[FoundPair, ...]:
     """The `limit` pairs nearest to `query`, numbered by their place in the dataset (and in /export's file)."""
     if index is None or not index.pairs:
         return ()
     numbers = {pair_key(p): n for n, p in enumerate(index.pairs, 1)}
-    (hits,) = index.search(embedder(), [query], k=limit)
+    (hits,) = index.search(embedder, [query], k=limit)
     return tuple(
         FoundPair(numbers[pair_key(h.pair)], h.pair.prompt, h.pair.response, round(h.score, 3), origin.get(h.pair, {}))
         for h in hits
@@ -73,26 +78,26 @@ def same_question_threshold(index: PairIndex | None) -> float:
     return max(SAME_FLOOR, float(nearest.quantile(SAME_QUANTILE)))
 
 
-_vectors: dict[str, object] = {}
+_vectors: dict[tuple[str, str], object] = {}  # (embedder, text) -> its embedding
 
 
-def _encode(texts: list[str]):
+def _encode(texts: list[str], embedder: Embedder):
     import torch
 
-    missing = [t for t in dict.fromkeys(texts) if t not in _vectors]
+    missing = [t for t in dict.fromkeys(texts) if (embedder.name, t) not in _vectors]
     if missing:
         if len(_vectors) + len(missing) > _VECTORS_KEPT:
             _vectors.clear()
-        _vectors.update(zip(missing, embedder().encode(missing), strict=True))
-    return torch.stack([_vectors[t] for t in texts]) if texts else torch.empty(0, 384)
+        _vectors.update(zip(((embedder.name, t) for t in missing), embedder.encode(missing), strict=True))
+    return torch.stack([_vectors[embedder.name, t] for t in texts]) if texts else torch.empty(0, embedder.recipe.dimensions)
 
 
-def group(items: list[InboxItem], threshold: float) -> list[list[InboxItem]]:
+def group(items: list[InboxItem], threshold: float, embedder: Embedder) -> list[list[InboxItem]]:
     """Open questions in groups of the same question, each led by its most asked one (`items` come most asked
     first); groups in that order too."""
     if not items:
         return []
-    vectors = _encode([i.text for i in items])
+    vectors = _encode([i.text for i in items], embedder)
     similar = vectors @ vectors.T
     asks = [{w.casefold() for w in QUESTION_WORDS.findall(i.text)} for i in items]
     leaders: list[int] = []

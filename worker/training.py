@@ -112,6 +112,7 @@ def run_training(settings: Settings, request: dict[str, Any], report, connection
     defaults = {
         "checkpoints": False,  # queued fine-tunes never resume: no epoch checkpoints to leave behind
         "grounded": settings.grounded,
+        "embedder": settings.embedder,
         "epochs": settings.train_epochs,
         "learning_rate": settings.train_learning_rate,
         "batch_size": settings.train_batch_size,
