@@ -70,9 +70,11 @@ class Embedder:
 
 
 @functools.lru_cache(maxsize=2)
-def shared_embedder(name: str) -> Embedder:
-    """One loaded embedder per name for the whole process (a worker switching versions loads each once)."""
-    return Embedder(name)
+def shared_embedder(name: str, device: str = "cpu") -> Embedder:
+    """One loaded embedder per name and device for the whole process (a worker switching versions loads each once).
+    The answer worker puts it on its model's device: on a GPU host, embedding a batch's questions on the CPU would
+    cost more than answering them."""
+    return Embedder(name, device)
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ def dataset_grounding(
     calibration: Calibration | None = None,
     heads: HeadRule | None = None,
     embedder: str | None = None,
+    device: str = "cpu",
 ) -> Grounding:
     """Notes from stored dataset `digest` (its index by `embedder` loaded, or built and saved beside it, reusing
     `previous`'s rows where it has the same embedder).
@@ -48,7 +49,7 @@ def dataset_grounding(
     """
     name = embedder or (previous.embedder.name if previous is not None else DEFAULT_EMBEDDER)
     same = previous is not None and previous.embedder.name == name
-    found = previous.embedder if same else shared_embedder(name)
+    found = previous.embedder if same else shared_embedder(name, device)
     index = ensure_index(store, digest, found, previous.index if same else None)
     if calibration is None and previous is not None:
         calibration = Calibration(
@@ -78,8 +79,10 @@ def version_grounding(
     min_score: float | None = None,
     decline_confidence: float | None = None,
     offtopic_margin: float | None = None,
+    device: str = "cpu",
 ) -> Grounding | None:
-    """For a grounded version: notes from `digest` (default: the dataset it learnt); None for a plain version.
+    """For a grounded version: notes from `digest` (default: the dataset it learnt), its embedder on `device`; None for
+    a plain version.
 
     `min_score` and `decline_confidence` override the version's calibrated thresholds (QABOT_MIN_SCORE,
     QABOT_DECLINE_CONFIDENCE)."""
@@ -95,7 +98,14 @@ def version_grounding(
     # the embedder its notes were retrieved and its floor calibrated with (engine.embedders); older versions: MiniLM
     embedder = str(meta.get("embedder") or LEGACY_EMBEDDER)
     grounding = dataset_grounding(
-        store, digest, int(meta["notes"]), str(meta["decline"]), calibration=calibration, heads=heads, embedder=embedder
+        store,
+        digest,
+        int(meta["notes"]),
+        str(meta["decline"]),
+        calibration=calibration,
+        heads=heads,
+        embedder=embedder,
+        device=device,
     )
     learnt = store.datasets_dir / f"{info.meta['dataset']['hash']}.json"
     if learnt.is_file():  # the answers it was fine-tuned on: among those it chooses (engine.grounding.Grounding.learnt)

@@ -43,6 +43,7 @@ def load_answerer(settings: Settings, version: str | None = None):
             min_score=settings.min_score,
             decline_confidence=settings.decline_confidence,
             offtopic_margin=settings.offtopic_margin,
+            device=str(loaded.model.device),  # the embedder beside the model (engine.retrieval.shared_embedder)
         ),
     )
     return answerer, info

@@ -94,6 +94,7 @@ class ModelKeeper:
                 min_score=self.settings.min_score,
                 decline_confidence=self.settings.decline_confidence,
                 offtopic_margin=self.settings.offtopic_margin,
+                device=str(loaded.model.device),  # the embedder beside the model (engine.retrieval.shared_embedder)
             ),
         )
         self.notes_digest = digest
