@@ -11,6 +11,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from engine.embedders import LEGACY_EMBEDDER
 from qabot.dataset import QAPair, dataset_hash, normalize_question, pair_key, pairs_to_json
 from qabot.errors import VersionError
 from qabot.merge import merge_pairs
@@ -81,7 +82,7 @@ class DatasetVersions:
     def index_path(self, digest: str, embedder: str) -> Path:
         """Where the retrieval index of a stored dataset version made by `embedder` lives (beside it; MiniLM's keeps
         the name it had before there was a choice)."""
-        embedder = "" if embedder == "minilm" else f".{embedder}"
+        embedder = "" if embedder == LEGACY_EMBEDDER else f".{embedder}"
         return self.datasets_dir / f"{digest}{embedder}.index.safetensors"
 
     def current_pairs(self) -> list[QAPair]:

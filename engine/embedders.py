@@ -80,6 +80,14 @@ MPNET_FILES = (  # what from_pretrained reads; the zip also holds a README and W
 )
 
 
+def version_embedder(grounding: dict | None) -> str:
+    """The embedder of a version, from its `grounding` meta: the one it names, MiniLM for a grounded version from before
+    the choice, and the default for a plain version (None: it retrieves nothing)."""
+    if not grounding:
+        return DEFAULT_EMBEDDER
+    return str(grounding.get("embedder") or LEGACY_EMBEDDER)
+
+
 def recipe(name: str) -> Recipe:
     try:
         return RECIPES[name]
@@ -103,11 +111,16 @@ def folder(name: str) -> Path:
     target = cache_dir() / MPNET_FOLDER
     if (target / "model.safetensors").is_file():
         return target
-    return join_parts([_part(part, wanted.install) for part in MPNET_PARTS], target, wanted)
+    return join_parts(mpnet_parts(), target, wanted)
+
+
+def mpnet_parts() -> list[Path]:
+    """The installed zip parts of all-mpnet-base-v2, in order (found through each wheel's distribution file list)."""
+    return [_part(distribution, RECIPES["mpnet"].install) for distribution in MPNET_PARTS]
 
 
 def _part(distribution: str, install: str) -> Path:
-    """The zip part a part's wheel installed (found through its distribution's file list)."""
+    """The zip part a part's wheel installed."""
     try:
         files = importlib.metadata.distribution(distribution).files or []
     except importlib.metadata.PackageNotFoundError:

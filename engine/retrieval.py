@@ -109,8 +109,7 @@ class PairIndex:
         pair embeds one."""
         known = {pair_key(p): row for p, row in zip(reuse.pairs, reuse.vectors, strict=True)} if reuse else {}
         missing = [p for p in pairs if pair_key(p) not in known]
-        texts = [text for p in missing for text in views(p)]
-        encoded = embedder.encode(texts) if missing else torch.empty(0, embedder.recipe.dimensions)
+        encoded = embedder.encode([text for p in missing for text in views(p)])  # (0, dimensions) when none is missing
         encoded = encoded.reshape(len(missing), VIEWS, encoded.shape[-1])
         fresh = dict(zip((pair_key(p) for p in missing), encoded, strict=True))
         rows = [known.get(pair_key(p), fresh.get(pair_key(p))) for p in pairs]

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.calibration import Calibration
-from engine.embedders import DEFAULT_EMBEDDER, LEGACY_EMBEDDER
+from engine.embedders import DEFAULT_EMBEDDER, version_embedder
 from engine.formatting import longest_answer
 from engine.generate import Answerer
 from engine.grounding import DECLINE, Grounding, learnt_answers
@@ -96,7 +96,7 @@ def version_grounding(
     # a version from before note heads read whole notes, one from before NOTE_CHARS heads of whole words
     heads = HeadRule.from_meta(meta)
     # the embedder its notes were retrieved and its floor calibrated with (engine.embedders); older versions: MiniLM
-    embedder = str(meta.get("embedder") or LEGACY_EMBEDDER)
+    embedder = version_embedder(meta)
     grounding = dataset_grounding(
         store,
         digest,

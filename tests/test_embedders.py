@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.embedders import MPNET_FILES, MPNET_PARTS, RECIPES, _part, folder, join_parts
+from engine.embedders import MPNET_FILES, folder, join_parts, mpnet_parts
 from engine.retrieval import Embedder, PairIndex
 from qabot.dataset import QAPair
 from qabot.errors import ModelError
@@ -33,10 +33,6 @@ IN_OTHER_WORDS = {  # asked in words the stored questions do not use -> the pair
 }
 
 
-def installed_parts():
-    return [_part(name, RECIPES["mpnet"].install) for name in MPNET_PARTS]
-
-
 def test_the_default_embedder_is_joined_from_its_parts_once_and_checked(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     joined = folder("mpnet")
@@ -48,7 +44,7 @@ def test_the_default_embedder_is_joined_from_its_parts_once_and_checked(tmp_path
 
 
 def test_damaged_parts_say_what_to_do_and_leave_nothing(tmp_path):
-    parts = installed_parts()
+    parts = mpnet_parts()
     truncated = tmp_path / "part-005"
     truncated.write_bytes(parts[-1].read_bytes()[:4096])  # a download cut short
     target = tmp_path / "cache" / "all-mpnet-base-v2"

@@ -37,12 +37,11 @@ QUESTION_WORDS = re.compile(r"\b(who|whom|whose|what|when|where|why|which|how)\b
 def live_embedder(store: ModelStore) -> Embedder:
     """The embedder of the live version's notes (engine.embedders; loaded once per process), so that /find and the
     inbox's groups rank as its answers do; with no grounded version live, the default."""
-    from engine.embedders import DEFAULT_EMBEDDER, LEGACY_EMBEDDER
+    from engine.embedders import version_embedder
     from engine.retrieval import shared_embedder
 
     info = store.current()
-    grounding = info.meta.get("grounding") if info is not None else None
-    return shared_embedder(str(grounding.get("embedder") or LEGACY_EMBEDDER) if grounding else DEFAULT_EMBEDDER)
+    return shared_embedder(version_embedder(info.meta.get("grounding") if info is not None else None))
 
 
 def current_index(store: ModelStore, embedder: Embedder) -> PairIndex | None:
