@@ -33,6 +33,18 @@ def test_embeddings_are_unit_vectors_that_put_paraphrases_close(embedder):
     assert float(vectors[0] @ vectors[1]) > float(vectors[0] @ vectors[2]) + 0.3
 
 
+def test_a_text_gets_the_same_vector_in_a_batch_of_mixed_lengths_as_alone(embedder):
+    """Texts are embedded in batches of similar length (engine.retrieval BY_LENGTH): each row still belongs to its own
+    text, in the order given, and padding changes nothing."""
+    answer = read_dataset(DATA_DIR / "faq.json")[0].response  # long, with a link
+    texts = [answer, "hi", f"{answer} {answer}", "Who guards the Luminary Stone?", "ok"]
+    together = embedder.encode(texts)
+    alone = [embedder.encode([text])[0] for text in texts]
+    for row, vector in zip(together, alone, strict=True):
+        assert float(row @ vector) > 0.9999
+    assert embedder.encode([]).shape == (0, embedder.recipe.dimensions)
+
+
 def test_paraphrased_questions_find_their_pair(embedder, sample_index):
     heldout = read_heldout(DATA_DIR / "sample.heldout.json")
     hits = sample_index.search(embedder, [h.question for h in heldout], k=3)
