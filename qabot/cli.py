@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.progress import Progress as Bar
 
@@ -83,7 +84,8 @@ def _print_outcome(outcome) -> None:
     console.print(
         f"[bold green]{info.name}[/] {state}: {info.meta['dataset']['pairs']} pairs, {info.meta['train_seconds']} s. {metrics}"
     )
-    console.print(f"{'promoted' if outcome.promoted else 'not promoted'}: {outcome.reason}", highlight=False, soft_wrap=True)
+    verdict = "promoted" if outcome.promoted else "not promoted"
+    console.print(f"{verdict}: {escape(outcome.reason)}", highlight=False, soft_wrap=True)
     console.print(f"loss curve: {info.path / 'loss.png'}")
 
 
@@ -185,9 +187,10 @@ def chat(version: Annotated[str | None, typer.Option(help="Model version (defaul
             continue
         try:
             answer = answerer.answer([question])[0]
-            console.print(f"[bold green]bot>[/] {settings.decline_text if answer.declined else answer.text or '(no answer)'}")
+            said = settings.decline_text if answer.declined else answer.text or "(no answer)"
+            console.print(f"[bold green]bot>[/] {escape(said)}")  # an answer's "[label](link)" is text, not markup
         except QuestionError as exc:
-            console.print(f"[yellow]{exc}[/]")
+            console.print(f"[yellow]{escape(str(exc))}[/]")
     console.print("Thanks for chatting. Goodbye!")
 
 

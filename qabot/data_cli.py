@@ -38,7 +38,7 @@ def data_export(
         typer.echo(result.data.decode("utf-8"))
         return
     out.write_bytes(result.data)
-    err.print(f"Wrote {result.pairs} pairs to {out} (dataset {result.dataset}).")
+    err.print(f"Wrote {result.pairs} pairs to {out} (dataset {result.dataset}).", markup=False)
 
 
 @data_app.command("forget")

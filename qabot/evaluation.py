@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from qabot.settings import Settings
 from qabot.setup import console
@@ -138,8 +139,10 @@ def _show_items(report: Any) -> None:
     console.rule(f"{report.name} questions")
     for item in report.items:
         mark = "[green]right[/]" if item.correct else "[red]wrong[/]"
-        lines = [f"{mark} {item.question}", f"      answer: {item.answer}", f"    expected: {item.expected}"]
+        # the data's own text, never markup: a Markdown link's "[label]" was dropped, and "[/b]" stopped the report
+        lines = [f"{mark} {escape(item.question)}", f"      answer: {escape(item.answer)}"]
+        lines.append(f"    expected: {escape(item.expected)}")
         if item.declined:
-            lines.append(f"    declined: {item.reason}")
-        lines += [f"      source: {source}" for source in item.sources]
+            lines.append(f"    declined: {escape(item.reason)}")
+        lines += [f"      source: {escape(source)}" for source in item.sources]
         console.print("\n".join(lines), highlight=False, soft_wrap=True)

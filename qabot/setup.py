@@ -8,6 +8,7 @@ import traceback
 from urllib.parse import urlsplit
 
 from rich.console import Console
+from rich.markup import escape
 
 from qabot.settings import Settings
 
@@ -73,17 +74,17 @@ def report_error(exc: Exception) -> int:
     from qabot.errors import QabotError
 
     if isinstance(exc, QabotError):
-        err.print(f"[red]error:[/] {scrub(str(exc))}", highlight=False)
+        err.print(f"[red]error:[/] {escape(scrub(str(exc)))}", highlight=False)
         return 1
     if isinstance(exc, ValidationError):  # bad settings
         for problem in exc.errors():
-            err.print(f"[red]error:[/] {_setting_problem(problem)}", highlight=False)
+            err.print(f"[red]error:[/] {escape(_setting_problem(problem))}", highlight=False)
         return 2
     if isinstance(exc, ValueError):  # bad hyper-parameters, missing tokens
-        err.print(f"[red]error:[/] {scrub(str(exc))}", highlight=False)
+        err.print(f"[red]error:[/] {escape(scrub(str(exc)))}", highlight=False)
         return 2
     logger.debug("unexpected failure", exc_info=True)  # the edge: log it, show one line
-    err.print(f"[red]error:[/] unexpected {type(exc).__name__}: {scrub(str(exc))}{save_traceback()}", highlight=False)
+    err.print(f"[red]error:[/] unexpected {type(exc).__name__}: {escape(scrub(str(exc)) + save_traceback())}", highlight=False)
     return 1
 
 

@@ -125,6 +125,30 @@ def test_chat_with_an_existing_model_starts_without_training(env, trained_tiny):
     assert f"bot> {TINY_PAIRS[3].response}" in result.output
 
 
+def test_chat_and_eval_show_the_datas_brackets_as_written(env, tiny_gpt2, tmp_path):
+    """Answers are printed as text, not as the console's markup: a Markdown link's "[label]" vanished from `qabot chat`
+    and `qabot eval -v`, and an answer or question holding "[/b]" stopped either with a MarkupError."""
+    from engine.versions import ModelStore
+    from qabot.dataset import QAPair
+    from tests.conftest import release_tiny, write_pairs
+
+    linked = QAPair("How do I read the setup guide?", "See [the guide](https://x.io/g), [b]bold[/b] or [/b].")
+    store = ModelStore(Path(env["QABOT_HOME"]) / "models")
+    data = write_pairs(tmp_path / "linked.json", [*TINY_PAIRS, linked])
+    assert release_tiny(store, data, tiny_gpt2, tmp_path / "cache", grounded=True, epochs=1).promoted
+
+    chat = qabot(env, "chat", input=f"{linked.prompt}\nexit\n")
+    assert chat.exit_code == 0, chat.output
+    assert f"bot> {linked.response}" in chat.output
+
+    asked = tmp_path / "asked.json"
+    item = {"question": "the [setup] guide [/b] pls?", "answer": linked.response, "facts": ["See [the guide]"]}
+    asked.write_text(json.dumps([item]), encoding="utf-8")
+    report = qabot(env, "eval", "-v", "--data", str(asked), "--unanswerable", str(asked))
+    assert report.exit_code == 0, report.output
+    assert "the [setup] guide [/b] pls?" in report.output and f"expected: {linked.response}" in report.output
+
+
 def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "qabot", *args], env=qabot_env(env), capture_output=True, text=True, timeout=300)
 
@@ -137,6 +161,10 @@ def test_errors_are_one_line_without_a_traceback(env, tmp_path):
     assert "Traceback" not in result.stderr
     assert "pair 2, 'ok?': the same question as pair 1 with a different answer" in result.stderr
     assert not (tmp_path / "home" / "models" / "current").exists()
+
+    bad.write_text(json.dumps([{"prompt": "[/b] ok?", "response": "fine"}, {"prompt": "[/b] ok?", "response": "other"}]))
+    quoted = run_cli(env, "train", "--data", str(bad))  # the data's own text in a message is not the console's markup
+    assert quoted.returncode == 1 and "pair 2, '[/b] ok?': the same question" in quoted.stderr, quoted.stderr
 
     asked = run_cli(env, "ask", "Who guards the Luminary Stone?")
     assert asked.returncode == 1 and "no model has been trained yet" in asked.stderr and "Traceback" not in asked.stderr
