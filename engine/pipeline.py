@@ -17,7 +17,15 @@ from transformers import AutoConfig
 from engine.calibration import GATE_FLOOR, calibrate, calibrate_decline
 from engine.formatting import count_tokens
 from engine.grounding import DECLINE, build_examples, learnt_answers
-from engine.models import context_length, free_memory, load_model, load_tokenizer, resolve_source, special_tokens
+from engine.models import (
+    context_length,
+    free_memory,
+    load_model,
+    load_tokenizer,
+    resolve_device,
+    resolve_source,
+    special_tokens,
+)
 from engine.plots import plot_training
 from engine.serving import dataset_grounding
 from engine.training import Progress, ProgressFn, TrainConfig, TrainResult, fine_tune
@@ -126,8 +134,15 @@ def train_version(
     examples, grounding, calibration = None, None, None
     if request.config.grounded:
         report(Progress("indexing the dataset"))
+        # on the device the model trains on, as the answer worker embeds on its model's: on a GPU host, indexing and
+        # calibrating pebble's 60 pairs on the CPU (about 30 s on 2 cores) would cost as much as the fine-tune itself
         grounding = dataset_grounding(
-            store, digest, request.config.notes, heads=request.config.heads, embedder=request.config.embedder
+            store,
+            digest,
+            request.config.notes,
+            heads=request.config.heads,
+            embedder=request.config.embedder,
+            device=str(resolve_device(device)),
         )
         report(Progress("calibrating declines"))
         calibration = calibrate(pairs, grounding.index, grounding.embedder, seed=request.config.seed)

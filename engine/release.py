@@ -154,7 +154,8 @@ def score(
     """Load a version as the answer workers do and ask it the gate's questions; (share right, per-set accuracy)."""
     info = store.get(name)
     loaded = load_model(str(info.path), device=policy.device, dtype=policy.dtype)
-    grounding = version_grounding(store, info, digest)  # grounded models read the same notes
+    # grounded models read the same notes, embedded on the model's device (as the answer worker embeds)
+    grounding = version_grounding(store, info, digest, device=str(loaded.model.device))
     answerer = _answerer(loaded, info, grounding)
     reports = [evaluate_pairs(answerer, questions.kept, name="kept"), evaluate_pairs(answerer, questions.new, name="new")]
     reports.append(evaluate_heldout(answerer, questions.heldout, name="heldout"))
