@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from engine.formatting import length_batches
 from engine.grounding import DECLINE_CONFIDENCE, MIN_SCORE, Grounding, decline_token
 from engine.offtopic import OFF_TOPIC, offtopic_closeness
 from engine.retrieval import Embedder, PairIndex
@@ -116,10 +117,8 @@ def decline_probabilities(model: Any, tokenizer: Any, prompts: list[str], token_
     tokenizer.padding_side = "left"
     device = next(model.parameters()).device
     ids = tokenizer(list(prompts), split_special_tokens=True)["input_ids"] if prompts else []
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     found = [0.0] * len(ids)
-    for start in range(0, len(order), batch):
-        chosen = order[start : start + batch]
+    for chosen in length_batches(ids, batch):
         encoded = tokenizer.pad({"input_ids": [ids[i] for i in chosen]}, return_tensors="pt")
         logits = first_logits(model, encoded["input_ids"].to(device), encoded["attention_mask"].to(device))
         for i, p in zip(chosen, logits.softmax(-1)[:, token_id].tolist(), strict=True):

