@@ -75,6 +75,24 @@ def test_a_rare_word_of_the_question_finds_the_answer_that_names_it(embedder, fa
     assert sum("Flickr" in h.pair.response for h in flickr) == 1  # one pair names it: the others are not pulled up with it
 
 
+def test_a_misspelt_rare_word_counts_for_the_answer_that_names_it(embedder, faq_index):
+    """Users type "unriad", "requirments", "langauges": a word the data lacks counts for the pairs that hold the data's
+    word it is a slip away from (engine.lexical.Coverage.spelled). Before, mpnet put "How do I report a bug?" first
+    for "unriad template?"."""
+    from engine.lexical import Coverage
+
+    found = faq_index.search(embedder, ["unriad template?", "min requirments?"], k=1)
+    assert [hits[0].pair.prompt for hits in found] == [
+        "Does pebble run on a Synology or Unraid NAS?",
+        "What are the system requirements for pebble?",
+    ]
+    coverage = Coverage(["Does pebble run on Unraid?", "How do I report a bug?"])
+    assert coverage.of(["unriad template?"]).tolist() == coverage.of(["unraid template?"]).tolist()
+    assert coverage.of(["unriad template?"])[0, 0] > 0
+    # a slip seldom hits the first letter, and a short word is too near too many others to be read as one
+    assert coverage.spelled("nuraid") == "nuraid" and coverage.spelled("bgu") == "bgu"
+
+
 def test_a_question_finds_the_pair_that_asks_for_the_same_kind_of_thing(embedder, sample_index):
     """Sentence embeddings barely read "who" against "when": the sample's own training question "Who founded Starfall
     Academy?" found "When was Starfall Academy founded?" first and was answered with a year; so was its paraphrase.
