@@ -21,23 +21,10 @@ from engine.retrieval import EMBED_BATCH, Embedder, PairIndex, views
 from qabot.dataset import read_dataset
 
 
-@torch.inference_mode()
 def in_order(embedder: Embedder, texts: list[str]) -> torch.Tensor:
-    """The baseline: batches of EMBED_BATCH texts in their given order, each padded to its longest."""
-    rows = []
-    for start in range(0, len(texts), EMBED_BATCH):
-        batch = embedder.tokenizer(
-            texts[start : start + EMBED_BATCH],
-            padding=True,
-            truncation=True,
-            max_length=embedder.recipe.max_tokens,
-            return_tensors="pt",
-        )
-        hidden = embedder.model(**batch).last_hidden_state
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-        rows.append(torch.nn.functional.normalize(pooled.float(), dim=-1))
-    return torch.cat(rows)
+    """The baseline: batches of EMBED_BATCH texts in their given order, each padded to its longest (`encode` of one
+    batch's texts makes one batch of them)."""
+    return torch.cat([embedder.encode(texts[start : start + EMBED_BATCH]) for start in range(0, len(texts), EMBED_BATCH)])
 
 
 def main() -> None:

@@ -74,18 +74,23 @@ def report_error(exc: Exception) -> int:
     from qabot.errors import QabotError
 
     if isinstance(exc, QabotError):
-        err.print(f"[red]error:[/] {escape(scrub(str(exc)))}", highlight=False)
+        _print_error(scrub(str(exc)))
         return 1
     if isinstance(exc, ValidationError):  # bad settings
         for problem in exc.errors():
-            err.print(f"[red]error:[/] {escape(_setting_problem(problem))}", highlight=False)
+            _print_error(_setting_problem(problem))
         return 2
     if isinstance(exc, ValueError):  # bad hyper-parameters, missing tokens
-        err.print(f"[red]error:[/] {escape(scrub(str(exc)))}", highlight=False)
+        _print_error(scrub(str(exc)))
         return 2
     logger.debug("unexpected failure", exc_info=True)  # the edge: log it, show one line
-    err.print(f"[red]error:[/] unexpected {type(exc).__name__}: {escape(scrub(str(exc)) + save_traceback())}", highlight=False)
+    _print_error(f"unexpected {type(exc).__name__}: {scrub(str(exc))}{save_traceback()}")
     return 1
+
+
+def _print_error(text: str) -> None:
+    """One error line on stderr; its text is the data's or a library's, never markup (a "[/b]" in it stopped Rich)."""
+    err.print(f"[red]error:[/] {escape(text)}", highlight=False)
 
 
 def _setting_problem(problem: dict) -> str:
