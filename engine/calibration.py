@@ -9,7 +9,9 @@ scores, and never above the score of all but REWRITES_LOST of the training quest
 nearest message above the data's score by more than the margin) is declined: the margin is the most that all but
 REWRITES_LOST of the rewrites reach, and never below 0 (on the pebble FAQ this turned away "bitcoin price today" and
 "translate good morning to japanese", which scored above its floor). What passes both is left to the model, which
-learnt to decline off-topic messages with its notes (engine.grounding.build_examples).
+learnt to decline off-topic messages with its notes (engine.grounding.build_examples). Complaints that name what the
+data is about (engine.offtopic.complaints: "pebble is garbage") are scored the same way with a margin of their own, at
+least COMPLAINT_MARGIN: they share the data's words, so they pass the floor and are nearer the data than any message.
 
 The decline confidence is the fine-tuned model's: after training, the model reads (with the notes retrieval gives
 them) questions it must answer, users' rewrites of its training questions, and questions it must decline: the same
@@ -31,7 +33,7 @@ import torch
 
 from engine.formatting import length_batches
 from engine.grounding import DECLINE_CONFIDENCE, MIN_SCORE, Grounding, decline_token
-from engine.offtopic import OFF_TOPIC, offtopic_closeness
+from engine.offtopic import OFF_TOPIC, complaints, offtopic_closeness
 from engine.retrieval import Embedder, PairIndex
 from engine.steering import first_logits
 from engine.textformat import fitted_prompt
@@ -55,6 +57,12 @@ GATE_ANSWERABLE = 128
 # right, 0.95 86/100; its heads model declines nothing at 0.7 or above.
 GATE_FLOOR = 0.9
 WRONG_DECLINES = 0.03  # share of answerable questions the gate may let the model decline
+# The least margin of the complaint rule. Users' rewrites are near their own pair, so they leave the margin at 0, but
+# users' own questions that name the subject sit far nearer a complaint: "who owns this server" and "server ip pls"
+# 0.12 and 0.09 nearer "server sucks" than to their club FAQ, "why is reverb so laggy" 0.04; the complaints of four
+# FAQs of bench/fresh/ 0.17 to 0.37 ("reverb devs are clowns", "this server sucks"). Measured on the six sets of
+# data/ and bench/fresh/ then, with no held-out question within 0.03 of it.
+COMPLAINT_MARGIN = 0.15
 
 
 @dataclass(frozen=True)
@@ -67,20 +75,26 @@ class Calibration:
     rewrites_floor: float | None = None  # the score that all but REWRITES_LOST of the rewrites reach
     # A question nearer an off-topic message than to the data by more than this is declined; None: no such rule
     offtopic_margin: float | None = None
+    complaint_margin: float | None = None  # the same for the complaints about the data (engine.offtopic); None: off
 
     def to_meta(self) -> dict[str, float | None]:
         return {k: None if v is None else round(v, 4) for k, v in asdict(self).items()}
 
     def overridden(
-        self, min_score: float | None = None, decline_confidence: float | None = None, offtopic_margin: float | None = None
+        self,
+        min_score: float | None = None,
+        decline_confidence: float | None = None,
+        offtopic_margin: float | None = None,
+        complaint_margin: float | None = None,
     ) -> Calibration:
         """These thresholds with the settings' overrides (QABOT_MIN_SCORE, QABOT_DECLINE_CONFIDENCE,
-        QABOT_OFFTOPIC_MARGIN) where given."""
+        QABOT_OFFTOPIC_MARGIN, QABOT_COMPLAINT_MARGIN) where given."""
         return replace(
             self,
             min_score=self.min_score if min_score is None else min_score,
             decline_confidence=self.decline_confidence if decline_confidence is None else decline_confidence,
             offtopic_margin=self.offtopic_margin if offtopic_margin is None else offtopic_margin,
+            complaint_margin=self.complaint_margin if complaint_margin is None else complaint_margin,
         )
 
     @classmethod
@@ -101,11 +115,13 @@ def calibrate(pairs: list[QAPair], index: PairIndex, embedder: Embedder, *, seed
     high_offtopic = float(offtopic.quantile(FLOOR_QUANTILE))
     low_answerable = float(answerable.quantile(REWRITES_LOST))
     nearer_offtopic = torch.tensor(offtopic_closeness(embedder, rewrites, encoded)) - answerable
+    nearer_complaint = (encoded @ embedder.encode(complaints(pairs, embedder.vocabulary) or [""]).T).max(dim=1).values
     return Calibration(
         min_score=max(0.0, min(high_offtopic, low_answerable)),
         offtopic_quantile=high_offtopic,
         rewrites_floor=low_answerable,
         offtopic_margin=max(0.0, float(nearer_offtopic.quantile(1 - REWRITES_LOST))),
+        complaint_margin=max(COMPLAINT_MARGIN, float((nearer_complaint - answerable).quantile(1 - REWRITES_LOST))),
     )
 
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.answer_checks import ANSWER_KINDS, echo_reason
-from engine.offtopic import OFF_TOPIC, offtopic_closeness
+from engine.offtopic import OFF_TOPIC, complaints, offtopic_closeness
 from engine.retrieval import Embedder, Hit, PairIndex
 from engine.textformat import WHOLE_NOTES, HeadRule, fitted_notes, format_answer, format_grounded
 from qabot.dataset import QAPair
@@ -92,6 +92,7 @@ class Grounding:
     min_score: float = MIN_SCORE
     decline_confidence: float = DECLINE_CONFIDENCE
     offtopic_margin: float | None = None  # engine.calibration; None: the off-topic rule is off
+    complaint_margin: float | None = None  # the same rule's margin for complaints about the data; None: off
     heads: HeadRule = WHOLE_NOTES  # how much of each note the prompt shows, as the version learnt it (HEADS)
     # The answers the version was fine-tuned on (whitespace folded); None: unknown. A question whose notes are all among
     # them is answered by the model's choice among its notes; one with a note added or changed since (/addqa, an
@@ -102,6 +103,7 @@ class Grounding:
     # with other notes: engine.release.without) starts without them instead of reading the old dataset's words.
     _vocabulary: set[str] | None = field(default=None, init=False, repr=False, compare=False)
     _rules: tuple[bool, tuple[str, ...]] | None = field(default=None, init=False, repr=False, compare=False)
+    _complaints: Any = field(default=None, init=False, repr=False, compare=False)
 
     def vocabulary(self) -> set[str]:
         """Every word of the dataset's questions and answers, casefolded (computed once per index)."""
@@ -166,10 +168,30 @@ class Grounding:
 
     def offtopic_closeness(self, questions: list[str], encoded: Any = None) -> list[float | None]:
         """Each question's similarity to the nearest off-topic message, where the off-topic rule is on (`encoded`:
-        the questions as the embedder gave them, when the caller has them)."""
+        the questions as the embedder gave them, when the caller has them).
+
+        Where the complaint rule is on too, a complaint about the data (engine.offtopic.complaints) counts among those
+        messages, less close by as much as its margin exceeds the off-topic margin: a question is declined when it is
+        nearer a complaint than to the data by more than `complaint_margin`."""
         if self.offtopic_margin is None:
             return [None] * len(questions)
-        return offtopic_closeness(self.embedder, questions, encoded)
+        encoded = self.embedder.encode(questions) if encoded is None and questions else encoded
+        near = offtopic_closeness(self.embedder, questions, encoded)
+        complained = self.complaint_vectors()
+        if complained is None or not len(complained) or not questions:
+            return near
+        shift = max(0.0, self.complaint_margin - self.offtopic_margin)
+        closest = (encoded @ complained.T).max(dim=1).values.tolist()
+        return [max(n, c - shift) for n, c in zip(near, closest, strict=True)]
+
+    def complaint_vectors(self) -> Any:
+        """The dataset's complaints, embedded once per index; None where the rule is off or does not hold (not
+        English)."""
+        if self.complaint_margin is None or not self.rules_that_hold()[0]:
+            return None
+        if self._complaints is None:
+            self._complaints = self.embedder.encode(complaints(self.index.pairs, self.embedder.vocabulary))
+        return self._complaints
 
     def reason_to_decline(self, question: str, hits: list[Hit], offtopic: float | None = None) -> str | None:
         """Why the data cannot answer the question, judged before asking the model; None when the model should try.

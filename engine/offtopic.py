@@ -13,7 +13,12 @@ it was then scored on; they were replaced by messages of the same kinds.
 from __future__ import annotations
 
 import functools
+import re
+from collections import Counter
 from typing import Any
+
+from qabot.dataset import QAPair
+from qabot.rewrites import FUNCTION_WORDS
 
 OFF_TOPIC: tuple[str, ...] = (
     # chit-chat
@@ -104,6 +109,48 @@ OFF_TOPIC: tuple[str, ...] = (
     "qual é o melhor time de futebol",
     "hoe laat is het",
 )
+
+
+# Complaints that name what a dataset is about ("<product> is trash", "this server sucks"), as people post them in a
+# community's chat. They share the data's own word, so they score like a question about it: they pass the floor and are
+# nearer the data than any message above, and the model, reading notes about that subject, answered them (reverb 3 of 3,
+# club 1 of 1, tidepool 2 of 2 in bench/fresh/). A dataset's complaints are these with its subjects (`subjects`) in
+# place of {}; English, like the name rule, and used only where it holds (engine.grounding).
+COMPLAINTS: tuple[str, ...] = (
+    "{} sucks",
+    "{} is garbage",
+    "{} is a joke",
+    "i hate {}",
+    "{} is a waste of money",
+    "stupid {} lol",
+    "worst {} ever",
+    "{} is a scam",
+)
+_WORD = re.compile(r"[^\W\d_][\w'’-]*")
+_LINK = re.compile(r"\S*https?://\S+|\S+\.(?:com|org|net|io|example)\S*")
+_POSSESSIVE = re.compile(r"['’]s?$")
+
+
+def subjects(pairs: list[QAPair], common: set[str]) -> list[str]:
+    """What a dataset is about, as its users would name it: the word the most pairs use (links left out; 3 letters or
+    more, no function word), and its most used name (a word outside `common`, the embedder's English vocabulary) when
+    at least half as many pairs use that. "pebble" for the pebble FAQ, "eldoria" for the lore sample, "course" and
+    "tidepool" for an online course's FAQ."""
+    used: Counter[str] = Counter()
+    for pair in pairs:
+        text = _LINK.sub(" ", f"{pair.prompt} {pair.response}")
+        used.update({_POSSESSIVE.sub("", w.casefold()) for w in _WORD.findall(text)})
+    ranked = [(w, n) for w, n in used.most_common() if len(w) >= 3 and w not in FUNCTION_WORDS and n >= 2]
+    if not ranked:
+        return []
+    top, count = ranked[0]
+    name = next((w for w, n in ranked if w not in common and n * 2 >= count), top)
+    return [top] if name == top else [top, name]
+
+
+def complaints(pairs: list[QAPair], common: set[str]) -> list[str]:
+    """The dataset's complaints: COMPLAINTS about each of its `subjects`."""
+    return [template.format(subject) for subject in subjects(pairs, common) for template in COMPLAINTS]
 
 
 @functools.cache

@@ -150,6 +150,7 @@ def train_version(
         # decline gate calibration may give it, and each learnt question answered by its nearest note unless the model
         # declines (one prefill per question, not decoding it)
         grounding.min_score, grounding.offtopic_margin = calibration.min_score, calibration.offtopic_margin
+        grounding.complaint_margin = calibration.complaint_margin
         grounding.decline_confidence = GATE_FLOOR
         grounding.learnt = learnt_answers(pairs)
         examples = build_examples(

@@ -56,6 +56,7 @@ def dataset_grounding(
             min_score=previous.min_score,
             decline_confidence=previous.decline_confidence,
             offtopic_margin=previous.offtopic_margin,
+            complaint_margin=previous.complaint_margin,
         )
     calibration = calibration or Calibration()
     return Grounding(
@@ -66,6 +67,7 @@ def dataset_grounding(
         min_score=calibration.min_score,
         decline_confidence=calibration.decline_confidence,
         offtopic_margin=calibration.offtopic_margin,
+        complaint_margin=calibration.complaint_margin,
         learnt=previous.learnt if previous is not None else None,
         heads=heads if heads is not None else previous.heads if previous is not None else WHOLE_NOTES,
     )
@@ -79,20 +81,23 @@ def version_grounding(
     min_score: float | None = None,
     decline_confidence: float | None = None,
     offtopic_margin: float | None = None,
+    complaint_margin: float | None = None,
     device: str = "cpu",
 ) -> Grounding | None:
     """For a grounded version: notes from `digest` (default: the dataset it learnt), its embedder on `device`; None for
     a plain version.
 
-    `min_score` and `decline_confidence` override the version's calibrated thresholds (QABOT_MIN_SCORE,
-    QABOT_DECLINE_CONFIDENCE)."""
+    `min_score`, `decline_confidence`, `offtopic_margin` and `complaint_margin` override the version's calibrated
+    thresholds (QABOT_MIN_SCORE, QABOT_DECLINE_CONFIDENCE, QABOT_OFFTOPIC_MARGIN, QABOT_COMPLAINT_MARGIN)."""
     meta = info.meta.get("grounding")
     if not meta:
         return None
     digest = digest or info.meta["dataset"]["hash"]
     if not (store.datasets_dir / f"{digest}.json").is_file():
         raise ModelError(f"{info.name} answers from notes, but dataset {digest} is not in the store; /retrain or roll back")
-    calibration = Calibration.from_meta(info.meta.get("calibration")).overridden(min_score, decline_confidence, offtopic_margin)
+    calibration = Calibration.from_meta(info.meta.get("calibration")).overridden(
+        min_score, decline_confidence, offtopic_margin, complaint_margin
+    )
     # a version from before note heads read whole notes, one from before NOTE_CHARS heads of whole words
     heads = HeadRule.from_meta(meta)
     # the embedder its notes were retrieved and its floor calibrated with (engine.embedders); older versions: MiniLM

@@ -44,6 +44,7 @@ def load_answerer(settings: Settings, version: str | None = None):
             min_score=settings.min_score,
             decline_confidence=settings.decline_confidence,
             offtopic_margin=settings.offtopic_margin,
+            complaint_margin=settings.complaint_margin,
             device=str(loaded.model.device),  # the embedder beside the model (engine.retrieval.shared_embedder)
         ),
     )
@@ -73,6 +74,7 @@ def _thresholds(answerer: Any, info: Any) -> str:
             f"floor {grounding.min_score:.3f}",
             f"decline confidence {grounding.decline_confidence:.2f}",
             "off-topic margin " + ("off" if grounding.offtopic_margin is None else f"{grounding.offtopic_margin:.3f}"),
+            "complaint margin " + ("off" if grounding.complaint_vectors() is None else f"{grounding.complaint_margin:.3f}"),
             f"name rule {'on' if names else 'off'}",
             f"answer kinds {', '.join(kinds) or 'none'}",
         ]

@@ -15,7 +15,7 @@ from qabot.dataset import QAPair
 
 # Function words that users drop when they type keywords ("pricing pebble cloud"); English only, and only used to make
 # a keyword rewrite: where a question has no such words, that rewrite is simply its other forms.
-_FUNCTION_WORDS = frozenset(
+FUNCTION_WORDS = frozenset(
     "a an the is are was were be been do does did can could would should will shall may might must i me my we our you "
     "your it its to of in on at for with by from about as and or what which who whom whose how when where why there "
     "this that these those please".split()
@@ -53,7 +53,7 @@ def rewrite(question: str, rng: random.Random) -> list[tuple[str, str]]:
     if long_words:
         target = rng.choice(long_words)
         found.append(("typo", re.sub(rf"\b{re.escape(target)}\b", _typo(target, rng), base, count=1)))
-    keywords = [w for w in words if w not in _FUNCTION_WORDS]
+    keywords = [w for w in words if w not in FUNCTION_WORDS]
     if 0 < len(keywords) < len(words):
         found.append(("keywords", " ".join(keywords) + (" " + rng.choice(_SUFFIXES) if rng.random() < 0.5 else "")))
     folded = " ".join(question.split()).rstrip("?!. ").casefold()

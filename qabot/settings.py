@@ -64,6 +64,12 @@ class Settings(BaseSettings):
         description="How much nearer an off-topic message than the data a question may be before it is declined; unset: "
         "the version's, calibrated on its dataset when trained.",
     )
+    complaint_margin: float | None = Field(
+        default=None,
+        ge=0,
+        description="The same for a complaint that names what the data is about ('<product> sucks'); unset: the version's, "
+        "calibrated on its dataset when trained (at least 0.15).",
+    )
     decline_text: str = Field(
         default="I don't know that yet: it isn't in what I've been taught.",
         min_length=1,

@@ -163,3 +163,43 @@ def test_the_model_never_declines_a_question_it_was_taught(tiny_gpt2, embedder, 
     grounding.decline_confidence, grounding.learnt = gate, learnt_answers(pairs)  # as a released version
     answer = Answerer(model, tokenizer, max_new_tokens=16, grounding=grounding).answer([pairs[0].prompt])[0]
     assert not answer.declined and answer.text == pairs[0].response
+
+
+def test_a_complaint_that_names_what_the_data_is_about_is_declined_before_the_model(embedder, calibrated):
+    """People post complaints in a community's chat ("pebble is garbage"). They share the data's own word, so they pass
+    the floor and sit nearer the data than any off-topic message, and the model, reading notes about pebble, answered
+    them. Complaints about the data's subject (engine.offtopic.complaints) turn them away, with a margin of their own
+    that users' questions naming pebble stay within."""
+    index, calibration = calibrated("faq")
+    assert calibration.complaint_margin is not None and calibration.complaint_margin >= 0.15
+    thresholds = {"min_score": calibration.min_score, "offtopic_margin": calibration.offtopic_margin}
+    with_rule = Grounding(index, embedder, complaint_margin=calibration.complaint_margin, **thresholds)
+    without = Grounding(index, embedder, **thresholds)
+    messages = ["pebble is absolute trash", "honestly pebble sucks so much"]  # not the rule's own wording
+
+    def turned_away(grounding: Grounding, questions: list[str]) -> list[str]:
+        near = grounding.offtopic_closeness(questions)
+        found = index.search(embedder, questions)
+        return [q for q, hits, n in zip(questions, found, near, strict=True) if grounding.reason_to_decline(q, hits, n)]
+
+    assert turned_away(without, messages) == []  # what the bot did before: both went to the model
+    assert turned_away(with_rule, messages) == messages
+    heldout = [h.question for h in read_heldout(DATA_DIR / "faq.heldout.json")]
+    assert turned_away(with_rule, heldout) == turned_away(without, heldout)  # no user question of pebble's lost to it
+
+
+def test_complaints_name_the_datasets_subject_and_hold_only_for_english(embedder):
+    from engine.offtopic import complaints, subjects
+
+    common = embedder.vocabulary
+    assert subjects(read_dataset(DATA_DIR / "faq.json"), common) == ["pebble"]
+    assert subjects(read_dataset(DATA_DIR / "sample.json"), common) == ["eldoria"]
+    assert "pebble is garbage" in complaints(read_dataset(DATA_DIR / "faq.json"), common)
+    german = [
+        QAPair("Was kostet pebble?", "pebble ist kostenlos und quelloffen; du betreibst es auf deinem eigenen Server."),
+        QAPair("Wie installiere ich pebble?", "Lade die Compose-Datei herunter und starte sie mit Docker."),
+        QAPair("Wo bekomme ich Hilfe?", "Frag im Forum oder im Chat der Gemeinschaft nach."),
+        QAPair("Gibt es eine App?", "Ja, für Android und iOS, kostenlos in beiden Läden."),
+    ]
+    grounding = Grounding(PairIndex.build(german, embedder), embedder, offtopic_margin=0.0, complaint_margin=0.15)
+    assert grounding.complaint_vectors() is None  # an English complaint says nothing about German data

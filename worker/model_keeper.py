@@ -94,6 +94,7 @@ class ModelKeeper:
                 min_score=self.settings.min_score,
                 decline_confidence=self.settings.decline_confidence,
                 offtopic_margin=self.settings.offtopic_margin,
+                complaint_margin=self.settings.complaint_margin,
                 device=str(loaded.model.device),  # the embedder beside the model (engine.retrieval.shared_embedder)
             ),
         )
