@@ -8,8 +8,8 @@ keep the one that answers the very questions it is then scored on. Checks issue 
 the training questions and 90% of the held-out questions answered right, at least 90% of the unanswerable or
 out-of-scope questions declined, at most 5% of the answerable questions wrongly declined, no answer cut at the token limit;
 retrieval puts the right pair among the notes for at least 95% of the held-out questions; the FAQ's fine-tune takes at
-most the sample's seconds per pair. `--data X.json` measures other datasets the same way (bench/fresh/ holds two
-written only to be measured).
+most the sample's seconds per pair. `--data X.json` measures other datasets the same way (bench/fresh/ holds
+sets written only to be measured).
 """
 
 from __future__ import annotations
