@@ -186,6 +186,9 @@ def test_a_complaint_that_names_what_the_data_is_about_is_declined_before_the_mo
     assert turned_away(with_rule, messages) == messages
     heldout = [h.question for h in read_heldout(DATA_DIR / "faq.heldout.json")]
     assert turned_away(with_rule, heldout) == turned_away(without, heldout)  # no user question of pebble's lost to it
+    # a complaint about something the data answers is a question: it still gets its answer
+    moaning = ["i hate that pebble has no dark mode", "pebble mobile is garbage at backing up in the background"]
+    assert turned_away(with_rule, moaning) == []
 
 
 def test_complaints_name_the_datasets_subject_and_hold_only_for_english(embedder):
