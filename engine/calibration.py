@@ -60,8 +60,8 @@ WRONG_DECLINES = 0.03  # share of answerable questions the gate may let the mode
 # The least margin of the complaint rule. Users' rewrites are near their own pair, so they leave the margin at 0, but
 # users' own questions that name the subject sit far nearer a complaint: "who owns this server" and "server ip pls"
 # 0.12 and 0.09 nearer "server sucks" than to their club FAQ, "why is reverb so laggy" 0.04; the complaints of four
-# FAQs of bench/fresh/ 0.17 to 0.37 ("reverb devs are clowns", "this server sucks"). Measured on the six sets of
-# data/ and bench/fresh/ then, with no held-out question within 0.03 of it.
+# FAQs of bench/fresh/ 0.17 to 0.37 ("reverb devs are clowns", "this server sucks"). Measured on the seven sets of
+# data/ and bench/fresh/ then (session 19), with no held-out question within 0.03 of it.
 COMPLAINT_MARGIN = 0.15
 
 
@@ -115,13 +115,16 @@ def calibrate(pairs: list[QAPair], index: PairIndex, embedder: Embedder, *, seed
     high_offtopic = float(offtopic.quantile(FLOOR_QUANTILE))
     low_answerable = float(answerable.quantile(REWRITES_LOST))
     nearer_offtopic = torch.tensor(offtopic_closeness(embedder, rewrites, encoded)) - answerable
-    nearer_complaint = (encoded @ embedder.encode(complaints(pairs, embedder.vocabulary) or [""]).T).max(dim=1).values
+    complaint_margin = None  # no subject (engine.offtopic.subjects), no complaints
+    if said := complaints(pairs, embedder.vocabulary):
+        nearer_complaint = (encoded @ embedder.encode(said).T).max(dim=1).values - answerable
+        complaint_margin = max(COMPLAINT_MARGIN, float(nearer_complaint.quantile(1 - REWRITES_LOST)))
     return Calibration(
         min_score=max(0.0, min(high_offtopic, low_answerable)),
         offtopic_quantile=high_offtopic,
         rewrites_floor=low_answerable,
         offtopic_margin=max(0.0, float(nearer_offtopic.quantile(1 - REWRITES_LOST))),
-        complaint_margin=max(COMPLAINT_MARGIN, float((nearer_complaint - answerable).quantile(1 - REWRITES_LOST))),
+        complaint_margin=complaint_margin,
     )
 
 

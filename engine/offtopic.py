@@ -134,8 +134,8 @@ _POSSESSIVE = re.compile(r"['’]s?$")
 def subjects(pairs: list[QAPair], common: set[str]) -> list[str]:
     """What a dataset is about, as its users would name it: the word the most pairs use (links left out; 3 letters or
     more, no function word), and its most used name (a word outside `common`, the embedder's English vocabulary) when
-    at least half as many pairs use that. "pebble" for the pebble FAQ, "eldoria" for the lore sample, "course" and
-    "tidepool" for an online course's FAQ."""
+    at least half as many pairs use that. "pebble" for the pebble FAQ, "eldoria" for the lore sample, "course" for an
+    online course's FAQ, "server" and "lanternmoor" (its spawn city) for a game server's."""
     used: Counter[str] = Counter()
     for pair in pairs:
         text = _LINK.sub(" ", f"{pair.prompt} {pair.response}")
