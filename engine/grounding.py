@@ -170,9 +170,9 @@ class Grounding:
         """Each question's similarity to the nearest off-topic message, where the off-topic rule is on (`encoded`:
         the questions as the embedder gave them, when the caller has them).
 
-        Where the complaint rule is on too, a complaint about the data (engine.offtopic.complaints) counts among those
-        messages, less close by as much as its margin exceeds the off-topic margin: a question is declined when it is
-        nearer a complaint than to the data by more than `complaint_margin`."""
+        Where the complaint rule is on too (it rides on the off-topic rule), a complaint about the data
+        (engine.offtopic.complaints) counts among those messages, shifted by the difference of the two margins: a
+        question is declined when it is nearer a complaint than to the data by more than `complaint_margin`."""
         if self.offtopic_margin is None:
             return [None] * len(questions)
         encoded = self.embedder.encode(questions) if encoded is None and questions else encoded
@@ -180,14 +180,14 @@ class Grounding:
         complained = self.complaint_vectors()
         if complained is None or not len(complained) or not questions:
             return near
-        shift = max(0.0, self.complaint_margin - self.offtopic_margin)
+        shift = self.complaint_margin - self.offtopic_margin
         closest = (encoded @ complained.T).max(dim=1).values.tolist()
         return [max(n, c - shift) for n, c in zip(near, closest, strict=True)]
 
     def complaint_vectors(self) -> Any:
-        """The dataset's complaints, embedded once per index; None where the rule is off or does not hold (not
-        English)."""
-        if self.complaint_margin is None or not self.rules_that_hold()[0]:
+        """The dataset's complaints, embedded once per index; None where the rule is off (or the off-topic rule it rides
+        on is) or does not hold (not English)."""
+        if self.complaint_margin is None or self.offtopic_margin is None or not self.rules_that_hold()[0]:
             return None
         if self._complaints is None:
             self._complaints = self.embedder.encode(complaints(self.index.pairs, self.embedder.vocabulary))
@@ -199,7 +199,7 @@ class Grounding:
         if not hits or hits[0].score < self.min_score:
             return "nothing in the data is close to the question"
         if offtopic is not None and self.offtopic_margin is not None and offtopic - hits[0].score > self.offtopic_margin:
-            return "the question is nearer a message no community's data is about than to the data"
+            return "the question is nearer a message the data does not answer (chatter, a complaint) than to the data"
         if not self.rules_that_hold()[0]:
             return None
         if names := self.unknown_names(question):

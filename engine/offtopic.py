@@ -1,4 +1,5 @@
-"""Messages no community's dataset is about, as people send them to a bot: the negatives that calibrate declines.
+"""Messages no community's dataset is about, as people send them to a bot: the negatives that calibrate declines; and
+complaints about what a dataset is about (`complaints`), which no dataset answers either.
 
 Scored against a dataset's own index when it is trained, they show how close "nothing to do with us" comes to that
 dataset's questions (engine.calibration), and a question nearer one of them than to anything in the data is declined
@@ -129,6 +130,8 @@ COMPLAINTS: tuple[str, ...] = (
 _WORD = re.compile(r"[^\W\d_][\w'’-]*")
 _LINK = re.compile(r"\S*https?://\S+|\S+\.(?:com|org|net|io|example)\S*")
 _POSSESSIVE = re.compile(r"['’]s?$")
+# Words a dataset uses everywhere that are nobody's subject ("not", "have"): the function words and a few more.
+_NOT_SUBJECTS = FUNCTION_WORDS | frozenset("not no yes have has had any all one more also just only get use used".split())
 
 
 def subjects(pairs: list[QAPair], common: set[str]) -> list[str]:
@@ -140,7 +143,10 @@ def subjects(pairs: list[QAPair], common: set[str]) -> list[str]:
     for pair in pairs:
         text = _LINK.sub(" ", f"{pair.prompt} {pair.response}")
         used.update({_POSSESSIVE.sub("", w.casefold()) for w in _WORD.findall(text)})
-    ranked = [(w, n) for w, n in used.most_common() if len(w) >= 3 and w not in FUNCTION_WORDS and n >= 2]
+    ranked = sorted(  # ties by the word itself: the same subjects in every process (sets iterate by hash)
+        ((w, n) for w, n in used.items() if len(w) >= 3 and w.isalpha() and w not in _NOT_SUBJECTS and n >= 2),
+        key=lambda found: (-found[1], found[0]),
+    )
     if not ranked:
         return []
     top, count = ranked[0]

@@ -198,6 +198,11 @@ def test_complaints_name_the_datasets_subject_and_hold_only_for_english(embedder
     assert subjects(read_dataset(DATA_DIR / "faq.json"), common) == ["pebble"]
     assert subjects(read_dataset(DATA_DIR / "sample.json"), common) == ["eldoria"]
     assert "pebble is garbage" in complaints(read_dataset(DATA_DIR / "faq.json"), common)
+    tied = [
+        QAPair("Is zorblax quick?", "zorblax and quibbit are both quick."),
+        QAPair("Is quibbit old?", "quibbit is as old as zorblax."),
+    ]
+    assert subjects(tied, common) == subjects(tied[::-1], common) == ["quibbit"]  # a tie goes the same way in every process
     german = [
         QAPair("Was kostet pebble?", "pebble ist kostenlos und quelloffen; du betreibst es auf deinem eigenen Server."),
         QAPair("Wie installiere ich pebble?", "Lade die Compose-Datei herunter und starte sie mit Docker."),
