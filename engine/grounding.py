@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.answer_checks import ANSWER_KINDS, echo_reason
+from engine.lexical import WRITTEN_WORD, word_key, words
 from engine.offtopic import OFF_TOPIC, complaints, offtopic_closeness
 from engine.retrieval import Embedder, Hit, PairIndex
 from engine.textformat import WHOLE_NOTES, HeadRule, fitted_notes, format_answer, format_grounded
@@ -50,24 +51,12 @@ CLOSE_NAME = 0.8  # difflib ratio above which a name counts as a misspelling of 
 # (words of the embedder's English vocabulary: 82% on the lore sample, 87% on the pebble FAQ; 38-41% for German,
 # French and Italian FAQ text).
 ENGLISH_SHARE = 0.6
-_POSSESSIVE = re.compile(r"['’]s?$")
-_WORD = re.compile(r"[^\W\d_][\w'’-]*")
 _SENTENCE_END = re.compile(r"[.!?:;]\s*$|\n\s*$")  # what ends the text before a word that starts a sentence
-
-
-def words(text: str) -> list[str]:
-    """The words of a text, as written."""
-    return _WORD.findall(text)
-
-
-def _key(word: str) -> str:
-    """A word as names are compared: casefolded, without a possessive ending."""
-    return _POSSESSIVE.sub("", word.casefold())
 
 
 def _mentioned(word: str, known: set[str]) -> bool:
     """A word of `known` (casefolded words), or a near-miss spelling of one."""
-    key = _key(word)
+    key = word_key(word)
     return key in known or word.casefold() in known or bool(difflib.get_close_matches(key, known, n=1, cutoff=CLOSE_NAME))
 
 
@@ -137,12 +126,12 @@ class Grounding:
         Nor do they at the start of a later sentence ("Hi! Tell me: ...", "Sorry, new here. Quick question: ..."),
         and "I'm", "I've", "I'd", "I'll" are never names."""
         common = self.embedder.vocabulary
-        later = list(_WORD.finditer(question))[1:]
+        later = list(WRITTEN_WORD.finditer(question))[1:]
         sentence_case = any(m.group()[0].islower() for m in later if len(m.group()) >= 3)
         found = []
         for match in later:
             word = match.group()
-            if not word[0].isupper() or len(key := _key(word)) < 3 or key.startswith(("i'", "i’")):
+            if not word[0].isupper() or len(key := word_key(word)) < 3 or key.startswith(("i'", "i’")):
                 continue
             starts_sentence = _SENTENCE_END.search(question, 0, match.start()) is not None
             if key not in common or (sentence_case and not starts_sentence):
@@ -161,7 +150,7 @@ class Grounding:
         Aurelhaven?"). A near-miss spelling of a word of the pair counts as mentioned. One name mentioned is enough: a
         name many pairs share (the world's, the product's: "Eldoria" is in 36 of the sample's 160 pairs) is often
         added to a question ("In Eldoria, who guards the Luminary Stone?") whose answer does not repeat it."""
-        text = {_key(w) for w in words(f"{pair.prompt} {pair.response}")}
+        text = {word_key(w) for w in words(f"{pair.prompt} {pair.response}")}
         names = self.names(question)
         missing = [word for word in names if not _mentioned(word, text)]
         return missing if len(missing) == len(names) else []

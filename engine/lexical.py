@@ -42,6 +42,8 @@ KIND_PENALTY = 0.05
 CLOSE_SPELLING = 0.8
 TYPO_LETTERS = 5
 _WORD = re.compile(r"\w+")
+WRITTEN_WORD = re.compile(r"[^\W\d_][\w'’-]*")  # a word as written: a letter first, then letters, digits, ' and -
+_POSSESSIVE = re.compile(r"['’]s?$")
 _LETTERS = re.compile(r"[^\W\d_]+")
 _KINDS = {
     "who": "person",
@@ -54,6 +56,16 @@ _KINDS = {
     "how much": "amount",
 }
 KIND_LEAD = 2  # the kind is read from a question's first two words ("who ...", "so who ...", "and how many ...")
+
+
+def words(text: str) -> list[str]:
+    """The words of a text, as written (names, subjects: engine.grounding, engine.offtopic)."""
+    return WRITTEN_WORD.findall(text)
+
+
+def word_key(word: str) -> str:
+    """A word as names and subjects are compared: casefolded, without a possessive ending."""
+    return _POSSESSIVE.sub("", word.casefold())
 
 
 def word_set(text: str) -> set[str]:

@@ -18,6 +18,7 @@ import re
 from collections import Counter
 from typing import Any
 
+from engine.lexical import word_key, words
 from qabot.dataset import QAPair
 from qabot.rewrites import FUNCTION_WORDS
 
@@ -127,9 +128,7 @@ COMPLAINTS: tuple[str, ...] = (
     "worst {} ever",
     "{} is a scam",
 )
-_WORD = re.compile(r"[^\W\d_][\w'’-]*")
 _LINK = re.compile(r"\S*https?://\S+|\S+\.(?:com|org|net|io|example)\S*")
-_POSSESSIVE = re.compile(r"['’]s?$")
 # Words a dataset uses everywhere that are nobody's subject ("not", "have"): the function words and a few more.
 _NOT_SUBJECTS = FUNCTION_WORDS | frozenset("not no yes have has had any all one more also just only get use used".split())
 
@@ -142,7 +141,7 @@ def subjects(pairs: list[QAPair], common: set[str]) -> list[str]:
     used: Counter[str] = Counter()
     for pair in pairs:
         text = _LINK.sub(" ", f"{pair.prompt} {pair.response}")
-        used.update({_POSSESSIVE.sub("", w.casefold()) for w in _WORD.findall(text)})
+        used.update({word_key(w) for w in words(text)})
     ranked = sorted(  # ties by the word itself: the same subjects in every process (sets iterate by hash)
         ((w, n) for w, n in used.items() if len(w) >= 3 and w.isalpha() and w not in _NOT_SUBJECTS and n >= 2),
         key=lambda found: (-found[1], found[0]),
