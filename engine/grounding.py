@@ -27,7 +27,7 @@ from typing import Any
 
 from engine.answer_checks import ANSWER_KINDS, echo_reason
 from engine.lexical import WRITTEN_WORD, word_key, words
-from engine.offtopic import OFF_TOPIC, complaints, offtopic_closeness
+from engine.offtopic import OFF_TOPIC, complaints, offtopic_closeness, subjects
 from engine.retrieval import Embedder, Hit, PairIndex
 from engine.textformat import WHOLE_NOTES, HeadRule, fitted_notes, format_answer, format_grounded
 from qabot.dataset import QAPair
@@ -93,6 +93,7 @@ class Grounding:
     _vocabulary: set[str] | None = field(default=None, init=False, repr=False, compare=False)
     _rules: tuple[bool, tuple[str, ...]] | None = field(default=None, init=False, repr=False, compare=False)
     _complaints: Any = field(default=None, init=False, repr=False, compare=False)
+    _subjects: frozenset[str] | None = field(default=None, init=False, repr=False, compare=False)
 
     def vocabulary(self) -> set[str]:
         """Every word of the dataset's questions and answers, casefolded (computed once per index)."""
@@ -149,11 +150,19 @@ class Grounding:
         than the answer it would get ("How many people live in Port Marrowick?" nearest to "How many people live in
         Aurelhaven?"). A near-miss spelling of a word of the pair counts as mentioned. One name mentioned is enough: a
         name many pairs share (the world's, the product's: "Eldoria" is in 36 of the sample's 160 pairs) is often
-        added to a question ("In Eldoria, who guards the Luminary Stone?") whose answer does not repeat it."""
+        added to a question ("In Eldoria, who guards the Luminary Stone?") whose answer does not repeat it. Nor is the
+        data's own subject (engine.offtopic.subjects) alone such a name: "How many years old is the queen of Ashkarra?"
+        is about the queen, and her pair need not name the city that all the data is about."""
         text = {word_key(w) for w in words(f"{pair.prompt} {pair.response}")}
         names = self.names(question)
         missing = [word for word in names if not _mentioned(word, text)]
-        return missing if len(missing) == len(names) else []
+        return [word for word in missing if word_key(word) not in self.subjects()] if len(missing) == len(names) else []
+
+    def subjects(self) -> frozenset[str]:
+        """What the whole dataset is about (engine.offtopic.subjects), found once per index."""
+        if self._subjects is None:
+            self._subjects = frozenset(subjects(self.index.pairs, self.embedder.vocabulary))
+        return self._subjects
 
     def offtopic_closeness(self, questions: list[str], encoded: Any = None) -> list[float | None]:
         """Each question's similarity to the nearest off-topic message, where the off-topic rule is on (`encoded`:

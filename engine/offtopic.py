@@ -8,7 +8,9 @@ English, some in other languages; lower case, fragments and typos as people type
 is measured on: each stays below 0.7 cosine (the retrieval embedder) of every question of data/ and bench/fresh/
 (tests/test_calibration.py checks it). Until 2026-12-04, 16 of them were such questions or close to them ("who painted
 the mona lisa", "what is the speed of light", "my wifi router keeps dropping, help"), which taught the bot the answers
-it was then scored on; they were replaced by messages of the same kinds.
+it was then scored on; they were replaced by messages of the same kinds. On 2026-12-05 two more were replaced ("how's
+it going", "how many bones are in the human body"), as close to messages of two new sets written by someone who saw none
+of these.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ OFF_TOPIC: tuple[str, ...] = (
     "hiya bot",
     "hey bot",
     "morning folks",
-    "how's it going",
+    "what are you up to",
     "what's up",
     "are you a real person?",
     "do you have feelings",
@@ -48,7 +50,7 @@ OFF_TOPIC: tuple[str, ...] = (
     "which is the longest river in africa",
     "how tall is mount everest",
     "who won the world cup in 2010",
-    "how many bones are in the human body",
+    "how many hearts does an octopus have",
     "explain quantum entanglement simply",
     "how many moons does jupiter have",
     "who composed the four seasons",

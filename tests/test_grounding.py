@@ -350,6 +350,28 @@ def test_a_question_about_something_its_nearest_answer_is_not_about_is_declined_
     assert reasons[1:] == [None] * 5
 
 
+def test_the_name_all_the_data_is_about_does_not_make_a_question_about_something_else(embedder):
+    """A lore set names its city in only some of its pairs (found on a set no rule was tuned on: "How many years old
+    is the queen of Ashkarra?" was declined as not about Ashkarra, its queen's pair not naming the city); a place the
+    data knows elsewhere still is such a name."""
+    from engine.grounding import Grounding
+    from engine.retrieval import Hit
+
+    pairs = [
+        QAPair("Who rules Ashvale?", "Ashvale is ruled by Queen Mira of the Dunes."),
+        QAPair("How old is Queen Mira?", "Queen Mira is sixty-three years old."),
+        QAPair("When was Ashvale founded?", "Ashvale was founded eleven hundred years ago."),
+        QAPair("What does Ashvale trade?", "Ashvale trades salt, glass and spices."),
+        QAPair("Where is Port Sel?", "Port Sel lies at the end of the long road from Ashvale."),
+        QAPair("What is the Lamp of Sefer?", "The Lamp of Sefer is a bronze lamp whose flame never dies."),
+    ]
+    grounding = Grounding(PairIndex.build(pairs, embedder), embedder, min_score=0.0)
+    nearest = [Hit(pairs[1], 0.8)]  # Queen Mira's age, which does not name the city
+    assert grounding.reason_to_decline("How many years old is the queen of Ashvale?", nearest) is None
+    assert "not about Port, Sel" in grounding.reason_to_decline("How many years old is the queen of Port Sel?", nearest)
+    assert grounding.subjects() == {"ashvale"}
+
+
 def test_the_fine_tunes_own_evaluation_answers_as_the_released_version_does(tiny_gpt2, tmp_path):
     """A grounded version answers a learnt question with its nearest note unless the model declines; the accuracy its
     fine-tune reports (and early-stops on) is measured the same way, not by decoding, which a barely trained model
