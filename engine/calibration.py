@@ -33,7 +33,7 @@ import torch
 
 from engine.formatting import length_batches
 from engine.grounding import DECLINE_CONFIDENCE, MIN_SCORE, Grounding, decline_token
-from engine.offtopic import OFF_TOPIC, complaints, offtopic_closeness
+from engine.offtopic import OFF_TOPIC, complaints, offtopic_closeness, subjects
 from engine.retrieval import Embedder, PairIndex
 from engine.steering import first_logits
 from engine.textformat import fitted_prompt
@@ -116,7 +116,7 @@ def calibrate(pairs: list[QAPair], index: PairIndex, embedder: Embedder, *, seed
     low_answerable = float(answerable.quantile(REWRITES_LOST))
     nearer_offtopic = torch.tensor(offtopic_closeness(embedder, rewrites, encoded)) - answerable
     complaint_margin = None  # no subject (engine.offtopic.subjects), no complaints
-    if said := complaints(pairs, embedder.vocabulary):
+    if said := complaints(subjects(pairs, embedder.vocabulary)):
         nearer_complaint = (encoded @ embedder.encode(said).T).max(dim=1).values - answerable
         complaint_margin = max(COMPLAINT_MARGIN, float(nearer_complaint.quantile(1 - REWRITES_LOST)))
     return Calibration(

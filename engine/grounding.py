@@ -93,7 +93,7 @@ class Grounding:
     _vocabulary: set[str] | None = field(default=None, init=False, repr=False, compare=False)
     _rules: tuple[bool, tuple[str, ...]] | None = field(default=None, init=False, repr=False, compare=False)
     _complaints: Any = field(default=None, init=False, repr=False, compare=False)
-    _subjects: frozenset[str] | None = field(default=None, init=False, repr=False, compare=False)
+    _subjects: tuple[str, ...] | None = field(default=None, init=False, repr=False, compare=False)
 
     def vocabulary(self) -> set[str]:
         """Every word of the dataset's questions and answers, casefolded (computed once per index)."""
@@ -158,10 +158,11 @@ class Grounding:
         missing = [word for word in names if not _mentioned(word, text)]
         return [word for word in missing if word_key(word) not in self.subjects()] if len(missing) == len(names) else []
 
-    def subjects(self) -> frozenset[str]:
-        """What the whole dataset is about (engine.offtopic.subjects), found once per index."""
+    def subjects(self) -> tuple[str, ...]:
+        """What the whole dataset is about (engine.offtopic.subjects), found once per index: for the name rule and the
+        complaints."""
         if self._subjects is None:
-            self._subjects = frozenset(subjects(self.index.pairs, self.embedder.vocabulary))
+            self._subjects = tuple(subjects(self.index.pairs, self.embedder.vocabulary))
         return self._subjects
 
     def offtopic_closeness(self, questions: list[str], encoded: Any = None) -> list[float | None]:
@@ -188,7 +189,7 @@ class Grounding:
         if self.complaint_margin is None or self.offtopic_margin is None or not self.rules_that_hold()[0]:
             return None
         if self._complaints is None:
-            self._complaints = self.embedder.encode(complaints(self.index.pairs, self.embedder.vocabulary))
+            self._complaints = self.embedder.encode(complaints(self.subjects()))
         return self._complaints
 
     def reason_to_decline(self, question: str, hits: list[Hit], offtopic: float | None = None) -> str | None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import re
 from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
 from engine.lexical import word_key, words
@@ -155,9 +156,9 @@ def subjects(pairs: list[QAPair], common: set[str]) -> list[str]:
     return [top] if name == top else [top, name]
 
 
-def complaints(pairs: list[QAPair], common: set[str]) -> list[str]:
-    """The dataset's complaints: COMPLAINTS about each of its `subjects`."""
-    return [template.format(subject) for subject in subjects(pairs, common) for template in COMPLAINTS]
+def complaints(about: Iterable[str]) -> list[str]:
+    """A dataset's complaints: COMPLAINTS about each of its subjects (`subjects`)."""
+    return [template.format(subject) for subject in about for template in COMPLAINTS]
 
 
 @functools.cache

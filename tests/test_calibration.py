@@ -197,7 +197,7 @@ def test_complaints_name_the_datasets_subject_and_hold_only_for_english(embedder
     common = embedder.vocabulary
     assert subjects(read_dataset(DATA_DIR / "faq.json"), common) == ["pebble"]
     assert subjects(read_dataset(DATA_DIR / "sample.json"), common) == ["eldoria"]
-    assert "pebble is garbage" in complaints(read_dataset(DATA_DIR / "faq.json"), common)
+    assert "pebble is garbage" in complaints(subjects(read_dataset(DATA_DIR / "faq.json"), common))
     tied = [
         QAPair("Is zorblax quick?", "zorblax and quibbit are both quick."),
         QAPair("Is quibbit old?", "quibbit is as old as zorblax."),

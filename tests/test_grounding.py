@@ -369,7 +369,7 @@ def test_the_name_all_the_data_is_about_does_not_make_a_question_about_something
     nearest = [Hit(pairs[1], 0.8)]  # Queen Mira's age, which does not name the city
     assert grounding.reason_to_decline("How many years old is the queen of Ashvale?", nearest) is None
     assert "not about Port, Sel" in grounding.reason_to_decline("How many years old is the queen of Port Sel?", nearest)
-    assert grounding.subjects() == {"ashvale"}
+    assert grounding.subjects() == ("ashvale",)
 
 
 def test_the_fine_tunes_own_evaluation_answers_as_the_released_version_does(tiny_gpt2, tmp_path):
